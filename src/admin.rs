@@ -1,0 +1,228 @@
+//! The admin listener (plain HTTP, loopback by default): health, readiness,
+//! metrics, and the session admin API behind a bearer token.
+//!
+//! - `GET /healthz` → 200 while the process serves.
+//! - `GET /readyz` → 200 when the session store answers, else 503.
+//! - `GET /metrics` → Prometheus/OpenMetrics text.
+//! - `GET /sessions?user=NAME`, `DELETE /sessions/{id}`, `DELETE /sessions?user=NAME`,
+//!   `POST /sessions` (mint) → JSON; 401 without the configured token (and
+//!   always 401 when no token is configured). Tokens never appear in answers
+//!   except the freshly minted cookie.
+
+use crate::auth::endpoints::{json, rfc3339};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::body::{self, Body};
+use crate::session::record::{Identity, SessionRecord};
+use crate::session::token::SessionId;
+use crate::session::Sessions;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub struct AdminState {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    sessions: Arc<Sessions>,
+}
+
+impl AdminState {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, sessions: Arc<Sessions>) -> AdminState {
+        AdminState { config, metrics, sessions }
+    }
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = crate::server::stopped(&mut shutdown) => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, peer, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+async fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => readyz(state).await,
+        (&Method::GET, "/metrics") => metrics(state),
+        (_, p) if p == "/sessions" || p.starts_with("/sessions/") => {
+            if !authorized(state, req.headers()) {
+                let mut r = json(StatusCode::UNAUTHORIZED, &json!({"error": "admin token required"}));
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return r;
+            }
+            match sessions_api(state, peer, req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin session API failed");
+                    let mut r = json(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": "session store unavailable"}));
+                    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                    r
+                }
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(body::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+async fn readyz(state: &AdminState) -> Response<Body> {
+    match state.sessions.ping().await {
+        Ok(()) => text(StatusCode::OK, "ready\n"),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "session store unavailable\n"),
+    }
+}
+
+fn metrics(state: &AdminState) -> Response<Body> {
+    state
+        .metrics
+        .sessions_active
+        .set(i64::try_from(state.sessions.cached()).unwrap_or(i64::MAX));
+    let mut r = Response::new(body::full(state.metrics.encode()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+/// Constant-time comparison against the configured token; no token
+/// configured means the API is closed.
+fn authorized(state: &AdminState, headers: &HeaderMap) -> bool {
+    let Some(expected) = &state.config.admin.token else { return false };
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    aws_lc_rs::constant_time::verify_slices_are_equal(given.trim().as_bytes(), expected.0.as_bytes()).is_ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintRequest {
+    user: String,
+    client_ip: Option<IpAddr>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    email: Option<String>,
+    groups: Option<Vec<String>>,
+}
+
+async fn sessions_api(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, crate::session::SessionError> {
+    let user = query_user(req.uri().query());
+    let path = req.uri().path().to_string();
+    let s = &state.sessions;
+    Ok(match (req.method().clone(), path.strip_prefix("/sessions").unwrap_or("")) {
+        (Method::GET, "") => {
+            let list: Vec<_> = s.list(user).await?.iter().map(describe).collect();
+            json(StatusCode::OK, &json!({"count": list.len(), "sessions": list}))
+        }
+        (Method::DELETE, "") => match user {
+            Some(u) => {
+                let n = s.revoke_user(&u).await?;
+                tracing::info!(event = "admin_revoke_user", user = %u, count = n);
+                json(StatusCode::OK, &json!({"revoked": n}))
+            }
+            None => json(StatusCode::BAD_REQUEST, &json!({"error": "DELETE /sessions needs ?user=NAME"})),
+        },
+        (Method::DELETE, id) => match SessionId::parse(id.trim_start_matches('/')) {
+            Some(id) if s.revoke_id(id).await? => {
+                tracing::info!(event = "admin_revoke", session_id = %id);
+                json(StatusCode::OK, &json!({"revoked": 1}))
+            }
+            _ => json(StatusCode::NOT_FOUND, &json!({"error": "no such session"})),
+        },
+        (Method::POST, "") => mint(state, peer, req).await?,
+        _ => json(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method not allowed"})),
+    })
+}
+
+async fn mint(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, crate::session::SessionError> {
+    let bytes = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Ok(json(StatusCode::PAYLOAD_TOO_LARGE, &json!({"error": "body too large"}))),
+    };
+    let m: MintRequest = match serde_json::from_slice(&bytes) {
+        Ok(m) => m,
+        Err(e) => return Ok(json(StatusCode::BAD_REQUEST, &json!({"error": format!("bad request: {e}")}))),
+    };
+    let mut headers = HeaderMap::new();
+    for (k, v) in &m.headers {
+        match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            (Ok(k), Ok(v)) => {
+                headers.append(k, v);
+            }
+            _ => return Ok(json(StatusCode::BAD_REQUEST, &json!({"error": format!("bad header `{k}`")}))),
+        }
+    }
+    let configured = state.config.users.iter().find(|u| u.name == m.user);
+    let identity = Identity {
+        email: m.email.or_else(|| configured.and_then(|u| u.email.clone())),
+        groups: m.groups.unwrap_or_else(|| configured.map(|u| u.groups.clone()).unwrap_or_default()),
+        user: m.user,
+    };
+    let ip = m.client_ip.unwrap_or(peer.ip());
+    let (token, live) = state.sessions.mint(ip, &headers, identity).await?;
+    Ok(json(
+        StatusCode::CREATED,
+        &json!({"id": live.record.id.to_string(), "cookie": state.sessions.cookie_pair(&token)}),
+    ))
+}
+
+fn query_user(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "user")
+        .map(|(_, v)| v.into_owned())
+}
+
+fn describe(r: &SessionRecord) -> serde_json::Value {
+    json!({
+        "id": r.id.to_string(),
+        "user": r.identity.as_ref().map(|i| i.user.as_str()),
+        "ip_prefix": r.binding.ip.map(|n| n.to_string()),
+        "created_at": rfc3339(r.created_at),
+        "last_seen": rfc3339(r.last_seen),
+        "expires_at": rfc3339(r.expires_at),
+    })
+}

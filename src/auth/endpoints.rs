@@ -1,0 +1,285 @@
+//! The gateway's own endpoints under `/.sessiongate/`, answered on every
+//! host before routing:
+//! - `GET  /.sessiongate/login`   the form (issues an anonymous session for its CSRF secret)
+//! - `POST /.sessiongate/login`   verify, rotate the token, 303 to a same-origin `rd`
+//! - `POST /.sessiongate/logout`  CSRF-checked; delete the session, clear the cookie
+//! - `GET  /.sessiongate/session` JSON about the current session, for single-page apps
+
+use super::{pages, throttle::Throttle, LoginError, Users};
+use crate::error::GatewayError;
+use crate::proxy::body::{self, Body};
+use crate::session::record::Identity;
+use crate::session::{Live, Lookup, SessionError, Sessions};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub const PREFIX: &str = "/.sessiongate/";
+/// Largest login or logout form we read.
+const MAX_FORM_BYTES: usize = 16 * 1024;
+
+/// Everything the endpoints need.
+pub struct Auth {
+    pub users: Users,
+    pub throttle: Throttle,
+}
+
+impl Auth {
+    pub fn new(config: &crate::config::Config) -> Auth {
+        Auth {
+            users: Users::new(&config.users, config.login.max_concurrent),
+            throttle: Throttle::new(config.login.max_failures, config.login.failure_window),
+        }
+    }
+}
+
+/// One request to a gateway endpoint.
+pub struct EndpointRequest<'a> {
+    pub sessions: &'a Sessions,
+    pub auth: &'a Auth,
+    pub client_ip: IpAddr,
+    /// The host the client addressed, with port, for the same-origin check.
+    pub authority: Option<String>,
+}
+
+impl From<SessionError> for GatewayError {
+    fn from(e: SessionError) -> Self {
+        GatewayError::StoreUnavailable(e.to_string())
+    }
+}
+
+/// Dispatches `/.sessiongate/*`.
+pub async fn handle(ep: EndpointRequest<'_>, path: &str, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let name = &path[PREFIX.len()..];
+    match (req.method(), name) {
+        (&Method::GET | &Method::HEAD, "login") => login_form(&ep, &req).await,
+        (&Method::POST, "login") => login_submit(&ep, req).await,
+        (&Method::POST, "logout") => logout(&ep, req).await,
+        (&Method::GET | &Method::HEAD, "session") => session_info(&ep, &req).await,
+        (_, "login" | "logout" | "session") => Ok(crate::error::plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")),
+        _ => Err(GatewayError::NoRoute),
+    }
+}
+
+/// The current session, or a fresh anonymous one (with its cookie to set).
+async fn current_or_new(ep: &EndpointRequest<'_>, headers: &HeaderMap) -> Result<(Arc<Live>, Option<HeaderValue>), GatewayError> {
+    match ep.sessions.lookup(headers, ep.client_ip).await? {
+        Lookup::Valid(live) => Ok((live, None)),
+        Lookup::None { .. } => {
+            let (token, live) = ep.sessions.issue(ep.client_ip, headers).await?;
+            Ok((live, Some(ep.sessions.set_cookie(&token))))
+        }
+    }
+}
+
+async fn login_form(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let (live, cookie) = current_or_new(ep, req.headers()).await?;
+    let rd = query_param(req.uri().query(), "rd").map(|r| safe_redirect(&r)).unwrap_or_else(|| "/".into());
+    let mut resp = html(StatusCode::OK, pages::login(&live.record.csrf, &rd, None));
+    if let Some(c) = cookie {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    Ok(resp)
+}
+
+async fn login_submit(ep: &EndpointRequest<'_>, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let (parts, incoming) = req.into_parts();
+    let form = read_form(incoming).await?;
+    let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or("");
+    let (username, password, csrf) = (field("username"), field("password"), field("csrf"));
+    let rd = safe_redirect(field("rd"));
+    let live = match ep.sessions.lookup(&parts.headers, ep.client_ip).await? {
+        Lookup::Valid(live) if constant_time_eq(csrf, &live.record.csrf) => live,
+        _ => return Ok(forbidden("Your sign-in form expired. Reload the page and try again.")),
+    };
+    if let Some(wait) = ep.auth.throttle.blocked(ep.client_ip, username) {
+        ep.sessions.metrics().login("throttled");
+        tracing::warn!(event = "login_throttled", client_ip = %ep.client_ip, user = username);
+        let mut resp = html(StatusCode::TOO_MANY_REQUESTS, pages::login(&live.record.csrf, &rd, Some("Too many failed sign-ins. Try again later.")));
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+        return Ok(resp);
+    }
+    match ep.auth.users.authenticate(username, password).await {
+        Ok(user) => {
+            ep.auth.throttle.succeeded(username);
+            let identity = Identity {
+                user: user.name.clone(),
+                email: user.email.clone(),
+                groups: user.groups.clone(),
+            };
+            let (token, new) = ep.sessions.rotate_login(&live, identity, ep.client_ip, &parts.headers).await?;
+            ep.sessions.metrics().login("succeeded");
+            tracing::info!(event = "login", user = %user.name, session_id = %new.record.id, client_ip = %ep.client_ip);
+            let mut resp = redirect(StatusCode::SEE_OTHER, &rd);
+            resp.headers_mut().append(header::SET_COOKIE, ep.sessions.set_cookie(&token));
+            Ok(resp)
+        }
+        Err(LoginError::Busy) => Err(GatewayError::StoreUnavailable("login capacity exhausted".into())),
+        Err(LoginError::Invalid) => {
+            ep.auth.throttle.failed(ep.client_ip, username);
+            ep.sessions.metrics().login("failed");
+            tracing::warn!(event = "login_failed", client_ip = %ep.client_ip, user = username);
+            Ok(html(StatusCode::UNAUTHORIZED, pages::login(&live.record.csrf, &rd, Some("Invalid username or password."))))
+        }
+    }
+}
+
+async fn logout(ep: &EndpointRequest<'_>, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let (parts, incoming) = req.into_parts();
+    let same_origin = is_same_origin(&parts.headers, ep.authority.as_deref());
+    let form = if same_origin { Vec::new() } else { read_form(incoming).await? };
+    let lookup = ep.sessions.lookup(&parts.headers, ep.client_ip).await?;
+    let live = match lookup {
+        Lookup::Valid(live) => Some(live),
+        Lookup::None { .. } => None,
+    };
+    let csrf_ok = live.as_ref().is_some_and(|l| {
+        form.iter()
+            .any(|(k, v)| k == "csrf" && constant_time_eq(v, &l.record.csrf))
+    });
+    if !same_origin && !csrf_ok {
+        return Ok(forbidden("Sign-out must come from this site."));
+    }
+    if let Some(live) = live {
+        ep.sessions.revoke(live.hash, "logout").await?;
+        tracing::info!(event = "logout", session_id = %live.record.id);
+    }
+    let mut resp = redirect(StatusCode::SEE_OTHER, "/");
+    let h = resp.headers_mut();
+    h.append(header::SET_COOKIE, ep.sessions.clear_cookie());
+    h.insert(HeaderName::CLEAR_SITE_DATA, HeaderValue::from_static("\"cookies\""));
+    Ok(resp)
+}
+
+struct HeaderName;
+impl HeaderName {
+    const CLEAR_SITE_DATA: http::HeaderName = http::HeaderName::from_static("clear-site-data");
+}
+
+async fn session_info(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let live = match ep.sessions.lookup(req.headers(), ep.client_ip).await? {
+        Lookup::Valid(live) => live,
+        Lookup::None { .. } => return Ok(json(StatusCode::UNAUTHORIZED, &serde_json::json!({"error": "no session"}))),
+    };
+    let r = &live.record;
+    let idle_expires = live.last_seen().saturating_add(ep.sessions.idle_ms()).min(r.expires_at);
+    let body = serde_json::json!({
+        "authenticated": r.identity.is_some(),
+        "user": r.identity.as_ref().map(|i| i.user.as_str()),
+        "email": r.identity.as_ref().and_then(|i| i.email.as_deref()),
+        "groups": r.identity.as_ref().map(|i| i.groups.clone()).unwrap_or_default(),
+        "session_id": r.id.to_string(),
+        "idle_expires_at": rfc3339(idle_expires),
+        "expires_at": rfc3339(r.expires_at),
+    });
+    Ok(json(StatusCode::OK, &body))
+}
+
+/// Unix milliseconds as an RFC 3339 UTC timestamp.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+}
+
+async fn read_form(incoming: Incoming) -> Result<Vec<(String, String)>, GatewayError> {
+    let bytes: Bytes = Limited::new(incoming, MAX_FORM_BYTES)
+        .collect()
+        .await
+        .map_err(|_| GatewayError::BodyTooLarge)?
+        .to_bytes();
+    Ok(form_urlencoded::parse(&bytes).into_owned().collect())
+}
+
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// SECURITY.md rule 7: only a same-origin relative path survives; anything
+/// else (absolute URLs, `//host`, `/\host`, control characters) becomes `/`.
+pub fn safe_redirect(rd: &str) -> String {
+    let ok = rd.starts_with('/')
+        && !rd.starts_with("//")
+        && !rd.starts_with("/\\")
+        && rd.len() <= 2048
+        && !rd.contains('\\')
+        && !rd.chars().any(|c| c.is_control() || c.is_whitespace())
+        && rd.parse::<http::Uri>().is_ok_and(|u| u.scheme().is_none() && u.authority().is_none());
+    if ok {
+        rd.to_string()
+    } else {
+        "/".to_string()
+    }
+}
+
+/// `Origin` is `https://` plus exactly the authority the request addressed.
+fn is_same_origin(headers: &HeaderMap, authority: Option<&str>) -> bool {
+    let (Some(origin), Some(authority)) = (headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()), authority) else {
+        return false;
+    };
+    origin
+        .strip_prefix("https://")
+        .is_some_and(|o| o.eq_ignore_ascii_case(authority) || o.eq_ignore_ascii_case(authority.strip_suffix(":443").unwrap_or(authority)))
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    !b.is_empty() && aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
+}
+
+fn no_store(resp: &mut Response<Body>) {
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+    );
+}
+
+fn html(status: StatusCode, page: String) -> Response<Body> {
+    let mut resp = Response::new(body::full(page));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    no_store(&mut resp);
+    resp
+}
+
+/// A small JSON response with `Cache-Control: no-store`.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(body::full(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    no_store(&mut resp);
+    resp
+}
+
+fn forbidden(message: &str) -> Response<Body> {
+    html(StatusCode::FORBIDDEN, format!("<!doctype html><title>Forbidden</title><p>{}</p>\n", pages::escape(message)))
+}
+
+/// A redirect with no body and `Cache-Control: no-store`.
+pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = status;
+    let loc = HeaderValue::from_str(location).unwrap_or_else(|_| HeaderValue::from_static("/"));
+    resp.headers_mut().insert(header::LOCATION, loc);
+    no_store(&mut resp);
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_stay_home() {
+        assert_eq!(safe_redirect("/app?x=1"), "/app?x=1");
+        for bad in ["//evil.example", "/\\evil.example", "https://evil.example", "https:evil.example", "/\tx", "/x\n", "evil", "", "/a\\b", "javascript:alert(1)"] {
+            assert_eq!(safe_redirect(bad), "/", "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Authentication: the users of the built-in login, password verification,
+//! failed-login throttling, and the gateway's own endpoints under
+//! `/.sessiongate/`.
+//!
+//! Password hashing is argon2id, run on the blocking pool behind a small
+//! semaphore so that a login storm cannot starve proxied requests of CPU. An
+//! unknown user is verified against a dummy hash, so it costs the same time
+//! and gets the same answer as a wrong password.
+
+pub mod endpoints;
+pub mod pages;
+pub mod throttle;
+
+use crate::config::UserConfig;
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// Checks that `phc` is an argon2id PHC string (config validation).
+pub fn check_phc(phc: &str) -> Result<(), String> {
+    let parsed = PasswordHash::new(phc).map_err(|e| format!("not a PHC string ({e}); create one with `sessiongate hash-password`"))?;
+    if parsed.algorithm != argon2::ARGON2ID_IDENT {
+        return Err(format!("algorithm `{}` is not argon2id", parsed.algorithm));
+    }
+    Ok(())
+}
+
+/// Hashes a password as an argon2id PHC string with the crate's defaults.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn verify(phc: &str, password: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(h) => Argon2::default().verify_password(password.as_bytes(), &h).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Why a login did not produce an identity.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("invalid username or password")]
+    Invalid,
+    #[error("too many concurrent logins")]
+    Busy,
+}
+
+/// The configured users, by name.
+pub struct Users {
+    by_name: HashMap<String, UserConfig>,
+    /// Verified when the user is unknown, to equalise timing.
+    dummy_hash: String,
+    permits: Arc<Semaphore>,
+}
+
+impl Users {
+    pub fn new(users: &[UserConfig], max_concurrent: usize) -> Users {
+        Users {
+            by_name: users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
+            dummy_hash: hash_password("sessiongate-dummy-password").unwrap_or_default(),
+            permits: Arc::new(Semaphore::new(max_concurrent)),
+        }
+    }
+
+    /// Verifies a password on the blocking pool; waits for a hashing slot at
+    /// most a few seconds.
+    pub async fn authenticate(&self, name: &str, password: &str) -> Result<UserConfig, LoginError> {
+        let permit = tokio::time::timeout(std::time::Duration::from_secs(5), self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| LoginError::Busy)?
+            .map_err(|_| LoginError::Busy)?;
+        let user = self.by_name.get(name).cloned();
+        let phc = user.as_ref().map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
+        let password = password.to_string();
+        let ok = tokio::task::spawn_blocking(move || {
+            let ok = verify(&phc, &password);
+            drop(permit);
+            ok
+        })
+        .await
+        .unwrap_or(false);
+        match (ok, user) {
+            (true, Some(u)) => Ok(u),
+            _ => Err(LoginError::Invalid),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&UserConfig> {
+        self.by_name.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_verify_and_validate() {
+        let h = hash_password("pw").unwrap_or_default();
+        assert!(check_phc(&h).is_ok());
+        assert!(verify(&h, "pw"));
+        assert!(!verify(&h, "other"));
+        assert!(check_phc("plain").is_err());
+    }
+}

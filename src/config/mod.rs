@@ -1,0 +1,662 @@
+//! Configuration: file structs → validation → runtime types.
+//!
+//! `raw` mirrors the TOML exactly; [`Config::parse`] validates it into the
+//! precise runtime types below (`SocketAddr`, `Duration`, `IpNet`, enums), so
+//! that code past startup never re-checks or re-defaults anything. Every error
+//! names the file, the key and, when it can be found, the line. Secrets (admin
+//! token, password hashes) are never echoed in an error.
+
+mod raw;
+
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration that could not be loaded. Its `Display` is the one line an
+/// operator sees: file, key, line and reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}{line}: key `{key}`: {reason}", line = line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        file: String,
+        key: String,
+        line: Option<usize>,
+        reason: String,
+    },
+}
+
+/// Who may reach a route without a session, and what happens when they do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// No session work at all.
+    None,
+    /// A session is issued and identity forwarded when present; never required.
+    Optional,
+    /// A logged-in session is required (and membership in `groups`, when set).
+    Required,
+}
+
+/// An upstream origin: plain HTTP, host and port, nothing else.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub path_prefix: String,
+    /// Lowercased host without port.
+    pub host: Option<String>,
+    pub upstream: Upstream,
+    pub auth: AuthMode,
+    pub groups: Vec<String>,
+    pub max_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub http_redirect_listen: Option<SocketAddr>,
+    /// The port browsers use for HTTPS, for redirects (default: `listen`'s).
+    pub public_https_port: Option<u16>,
+    /// One log line per request at `info` (target `sessiongate::access`).
+    pub access_log: bool,
+    pub trusted_proxies: Vec<IpNet>,
+    pub upstream_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+    pub upstream_pool_idle_timeout: Duration,
+    pub upstream_pool_max_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The admin bearer token. Its `Debug` never prints the secret.
+#[derive(Clone)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: Option<AdminToken>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+}
+
+/// How a session is tied to the client's IP address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpBinding {
+    Exact,
+    Subnet { v4: u8, v6: u8 },
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMismatch {
+    /// Delete the session server-side: a stolen cookie becomes worthless.
+    Revoke,
+    /// Treat only the offending request as unauthenticated.
+    Reject,
+}
+
+#[derive(Debug, Clone)]
+pub struct BindingConfig {
+    pub ip: IpBinding,
+    /// Lowercased header names hashed into the session's fingerprint.
+    pub fingerprint_headers: Vec<http::HeaderName>,
+    pub on_mismatch: OnMismatch,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub cookie_name: String,
+    pub same_site: SameSite,
+    pub persistent: bool,
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Duration,
+    pub max_data_bytes: usize,
+    pub binding: BindingConfig,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    Memory,
+    Embedded { path: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    pub touch_interval: Duration,
+    pub cache_capacity: u64,
+    pub sweep_interval: Duration,
+}
+
+/// Names of the headers the gateway owns towards the upstream.
+#[derive(Debug, Clone)]
+pub struct HeaderNames {
+    pub user: http::HeaderName,
+    pub email: http::HeaderName,
+    pub groups: http::HeaderName,
+    pub session_id: http::HeaderName,
+    pub session_data: http::HeaderName,
+    pub session_data_set: http::HeaderName,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoginConfig {
+    pub max_failures: u32,
+    pub failure_window: Duration,
+    pub max_concurrent: usize,
+}
+
+/// A user of the built-in login. `password_hash` is an argon2id PHC string.
+#[derive(Clone)]
+pub struct UserConfig {
+    pub name: String,
+    pub password_hash: String,
+    pub email: Option<String>,
+    pub groups: Vec<String>,
+}
+
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("email", &self.email)
+            .field("groups", &self.groups)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The validated, runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from, for messages.
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub admin: AdminConfig,
+    pub routes: Vec<RouteConfig>,
+    pub session: SessionConfig,
+    pub store: StoreConfig,
+    pub headers: HeaderNames,
+    pub login: LoginConfig,
+    pub users: Vec<UserConfig>,
+}
+
+impl Config {
+    /// Reads and validates `path`. Relative paths inside the file resolve
+    /// against the file's directory, so a config works from any working dir.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates `text` as if it had been read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| syntax_error(&file, e))?;
+        let v = Validator {
+            file,
+            text,
+            base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
+        v.config(raw, path)
+    }
+}
+
+fn syntax_error(file: &str, e: toml::de::Error) -> ConfigError {
+    // toml's message already carries line, column and a caret.
+    ConfigError::Syntax {
+        file: file.to_string(),
+        message: e.to_string().trim_end().to_string(),
+    }
+}
+
+/// Carries what every validation error needs: the file name and its text (to
+/// find the line of a key).
+struct Validator<'a> {
+    file: String,
+    text: &'a str,
+    base: PathBuf,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.clone(),
+            key: key.to_string(),
+            line: find_key_line(self.text, key),
+            reason: reason.into(),
+        }
+    }
+
+    fn duration(&self, key: &str, value: &str) -> Result<Duration, ConfigError> {
+        let d = humantime::parse_duration(value.trim()).map_err(|e| {
+            self.err(
+                key,
+                format!("`{value}` is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"15m\", \"12h\""),
+            )
+        })?;
+        if d.is_zero() {
+            return Err(self.err(key, "must be greater than zero"));
+        }
+        Ok(d)
+    }
+
+    fn addr(&self, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+        value.parse().map_err(|_| {
+            self.err(
+                key,
+                format!("`{value}` is not a socket address like \"0.0.0.0:8443\" or \"[::1]:8443\""),
+            )
+        })
+    }
+
+    fn path(&self, value: &str) -> PathBuf {
+        let p = Path::new(value);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn header_name(&self, key: &str, value: &str) -> Result<http::HeaderName, ConfigError> {
+        http::HeaderName::from_bytes(value.as_bytes())
+            .map_err(|_| self.err(key, format!("`{value}` is not a valid header name")))
+    }
+
+    fn config(&self, raw: raw::RawConfig, path: &Path) -> Result<Config, ConfigError> {
+        let server = self.server(&raw.server)?;
+        let tls = self.tls(&raw.tls)?;
+        let admin = self.admin(&raw.admin)?;
+        if raw.routes.is_empty() {
+            return Err(self.err("routes", "at least one [[routes]] entry is required"));
+        }
+        let routes = raw
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| self.route(i, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let session = self.session(&raw.session)?;
+        let store = self.store(&raw.store)?;
+        let headers = self.headers(&raw.headers)?;
+        let login = LoginConfig {
+            max_failures: raw.login.max_failures.max(1),
+            failure_window: self.duration("login.failure_window", &raw.login.failure_window)?,
+            max_concurrent: raw.login.max_concurrent.max(1),
+        };
+        let users = raw
+            .users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| self.user(i, u))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Config {
+            source: path.to_path_buf(),
+            server,
+            tls,
+            admin,
+            routes,
+            session,
+            store,
+            headers,
+            login,
+            users,
+        })
+    }
+
+    fn server(&self, s: &raw::RawServer) -> Result<ServerConfig, ConfigError> {
+        let trusted_proxies = s
+            .trusted_proxies
+            .iter()
+            .map(|c| parse_cidr(c).ok_or_else(|| self.err("server.trusted_proxies", format!("`{c}` is not a CIDR like \"10.0.0.0/8\" or an IP address"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if s.max_header_bytes < 1024 {
+            return Err(self.err("server.max_header_bytes", "must be at least 1024"));
+        }
+        if s.max_connections == 0 {
+            return Err(self.err("server.max_connections", "must be at least 1"));
+        }
+        Ok(ServerConfig {
+            listen: self.addr("server.listen", &s.listen)?,
+            http_redirect_listen: s
+                .http_redirect_listen
+                .as_deref()
+                .map(|a| self.addr("server.http_redirect_listen", a))
+                .transpose()?,
+            public_https_port: s.public_https_port,
+            access_log: s.access_log,
+            trusted_proxies,
+            upstream_timeout: self.duration("server.upstream_timeout", &s.upstream_timeout)?,
+            upstream_connect_timeout: self.duration("server.upstream_connect_timeout", &s.upstream_connect_timeout)?,
+            tls_handshake_timeout: self.duration("server.tls_handshake_timeout", &s.tls_handshake_timeout)?,
+            header_read_timeout: self.duration("server.header_read_timeout", &s.header_read_timeout)?,
+            keepalive_timeout: self.duration("server.keepalive_timeout", &s.keepalive_timeout)?,
+            max_header_bytes: s.max_header_bytes,
+            max_connections: s.max_connections,
+            shutdown_grace: self.duration("server.shutdown_grace", &s.shutdown_grace)?,
+            upstream_pool_idle_timeout: self.duration("server.upstream_pool_idle_timeout", &s.upstream_pool_idle_timeout)?,
+            upstream_pool_max_idle_per_host: s.upstream_pool_max_idle_per_host,
+        })
+    }
+
+    fn tls(&self, t: &raw::RawTls) -> Result<TlsConfig, ConfigError> {
+        let cert = self.path(&t.cert);
+        let key = self.path(&t.key);
+        for (k, p) in [("tls.cert", &cert), ("tls.key", &key)] {
+            if let Err(e) = std::fs::File::open(p) {
+                return Err(self.err(k, format!("cannot read {}: {e}", p.display())));
+            }
+        }
+        Ok(TlsConfig { cert, key })
+    }
+
+    fn admin(&self, a: &raw::RawAdmin) -> Result<AdminConfig, ConfigError> {
+        let token = match (&a.token, &a.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(self.err("admin.token_file", "set either `token` or `token_file`, not both"))
+            }
+            (Some(t), None) => Some(t.trim().to_string()),
+            (None, Some(f)) => {
+                let p = self.path(f);
+                let t = std::fs::read_to_string(&p)
+                    .map_err(|e| self.err("admin.token_file", format!("cannot read {}: {e}", p.display())))?;
+                Some(t.trim().to_string())
+            }
+            (None, None) => None,
+        };
+        if let Some(t) = &token {
+            if t.len() < 16 {
+                return Err(self.err("admin.token", "must be at least 16 characters"));
+            }
+        }
+        Ok(AdminConfig {
+            listen: self.addr("admin.listen", &a.listen)?,
+            token: token.map(AdminToken),
+        })
+    }
+
+    fn route(&self, i: usize, r: &raw::RawRoute) -> Result<RouteConfig, ConfigError> {
+        let key = |k: &str| format!("routes[{i}].{k}");
+        if !r.path_prefix.starts_with('/') {
+            return Err(self.err(&key("path_prefix"), "must start with `/`"));
+        }
+        if crate::routing::normalize_path(&r.path_prefix).as_deref() != Ok(r.path_prefix.as_str())
+            && r.path_prefix != "/"
+            && !r.path_prefix.ends_with('/')
+        {
+            return Err(self.err(&key("path_prefix"), "must be a normalised path (no `.`/`..` segments, `//`, `%` escapes or `\\`)"));
+        }
+        let upstream = parse_upstream(&r.upstream)
+            .map_err(|reason| self.err(&key("upstream"), format!("`{}`: {reason}", r.upstream)))?;
+        let auth = match r.auth.as_str() {
+            "none" => AuthMode::None,
+            "optional" => AuthMode::Optional,
+            "required" => AuthMode::Required,
+            other => {
+                return Err(self.err(&key("auth"), format!("`{other}` is not one of \"none\", \"optional\", \"required\"")))
+            }
+        };
+        if !r.groups.is_empty() && auth != AuthMode::Required {
+            return Err(self.err(&key("groups"), "groups only apply to routes with auth = \"required\""));
+        }
+        let host = match &r.host {
+            Some(h) if h.is_empty() || h.contains(['/', ' ', ':']) => {
+                return Err(self.err(&key("host"), format!("`{h}` is not a host name (no port, scheme or path)")))
+            }
+            Some(h) => Some(h.to_ascii_lowercase()),
+            None => None,
+        };
+        Ok(RouteConfig {
+            path_prefix: r.path_prefix.clone(),
+            host,
+            upstream,
+            auth,
+            groups: r.groups.clone(),
+            max_body_bytes: r.max_body_bytes,
+        })
+    }
+
+    fn session(&self, s: &raw::RawSession) -> Result<SessionConfig, ConfigError> {
+        let same_site = match s.same_site.to_ascii_lowercase().as_str() {
+            "lax" => SameSite::Lax,
+            "strict" => SameSite::Strict,
+            other => return Err(self.err("session.same_site", format!("`{other}` is not \"lax\" or \"strict\""))),
+        };
+        if !s.cookie_name.starts_with("__Host-") {
+            return Err(self.err(
+                "session.cookie_name",
+                "must start with `__Host-` (the prefix makes browsers refuse Domain and non-Secure copies)",
+            ));
+        }
+        if s.cookie_name.len() <= 7 || !s.cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(self.err("session.cookie_name", "must be a cookie token of letters, digits, `-`, `_` or `.`"));
+        }
+        let b = &s.binding;
+        let ip = match b.ip.as_str() {
+            "exact" => IpBinding::Exact,
+            "off" => IpBinding::Off,
+            "subnet" => {
+                if b.ipv4_prefix == 0 || b.ipv4_prefix > 32 {
+                    return Err(self.err("session.binding.ipv4_prefix", "must be between 1 and 32"));
+                }
+                if b.ipv6_prefix == 0 || b.ipv6_prefix > 128 {
+                    return Err(self.err("session.binding.ipv6_prefix", "must be between 1 and 128"));
+                }
+                IpBinding::Subnet { v4: b.ipv4_prefix, v6: b.ipv6_prefix }
+            }
+            other => {
+                return Err(self.err("session.binding.ip", format!("`{other}` is not one of \"exact\", \"subnet\", \"off\"")))
+            }
+        };
+        let on_mismatch = match b.on_mismatch.as_str() {
+            "revoke" => OnMismatch::Revoke,
+            "reject" => OnMismatch::Reject,
+            other => {
+                return Err(self.err("session.binding.on_mismatch", format!("`{other}` is not \"revoke\" or \"reject\"")))
+            }
+        };
+        let fingerprint_headers = b
+            .fingerprint_headers
+            .iter()
+            .map(|h| self.header_name("session.binding.fingerprint_headers", h))
+            .collect::<Result<Vec<_>, _>>()?;
+        let idle_timeout = self.duration("session.idle_timeout", &s.idle_timeout)?;
+        let absolute_timeout = self.duration("session.absolute_timeout", &s.absolute_timeout)?;
+        Ok(SessionConfig {
+            cookie_name: s.cookie_name.clone(),
+            same_site,
+            persistent: s.persistent,
+            idle_timeout,
+            absolute_timeout,
+            max_data_bytes: s.max_data_bytes,
+            binding: BindingConfig { ip, fingerprint_headers, on_mismatch },
+        })
+    }
+
+    fn store(&self, s: &raw::RawStore) -> Result<StoreConfig, ConfigError> {
+        let kind = match s.kind.as_str() {
+            "memory" => StoreKind::Memory,
+            "embedded" => StoreKind::Embedded { path: self.path(&s.path) },
+            other => return Err(self.err("store.kind", format!("`{other}` is not \"embedded\" or \"memory\""))),
+        };
+        if s.cache_capacity == 0 {
+            return Err(self.err("store.cache_capacity", "must be at least 1"));
+        }
+        Ok(StoreConfig {
+            kind,
+            touch_interval: self.duration("store.touch_interval", &s.touch_interval)?,
+            cache_capacity: s.cache_capacity,
+            sweep_interval: self.duration("store.sweep_interval", &s.sweep_interval)?,
+        })
+    }
+
+    fn headers(&self, h: &raw::RawHeaders) -> Result<HeaderNames, ConfigError> {
+        Ok(HeaderNames {
+            user: self.header_name("headers.user", &h.user)?,
+            email: self.header_name("headers.email", &h.email)?,
+            groups: self.header_name("headers.groups", &h.groups)?,
+            session_id: self.header_name("headers.session_id", &h.session_id)?,
+            session_data: self.header_name("headers.session_data", &h.session_data)?,
+            session_data_set: self.header_name("headers.session_data_set", &h.session_data_set)?,
+        })
+    }
+
+    fn user(&self, i: usize, u: &raw::RawUser) -> Result<UserConfig, ConfigError> {
+        let key = |k: &str| format!("users[{i}].{k}");
+        if u.name.is_empty() || u.name.len() > 256 || u.name.chars().any(char::is_control) {
+            return Err(self.err(&key("name"), "must be 1 to 256 printable characters"));
+        }
+        crate::auth::check_phc(&u.password_hash).map_err(|reason| self.err(&key("password_hash"), reason))?;
+        Ok(UserConfig {
+            name: u.name.clone(),
+            password_hash: u.password_hash.clone(),
+            email: u.email.clone(),
+            groups: u.groups.clone(),
+        })
+    }
+}
+
+/// Accepts `10.0.0.0/8`, `::1/128` or a bare address (as a host route).
+fn parse_cidr(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+        .map(|n| n.trunc())
+}
+
+fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("not a URL ({e})"))?;
+    let scheme = uri.scheme().cloned().ok_or("must start with http://")?;
+    if scheme != http::uri::Scheme::HTTP {
+        return Err("only http:// upstreams are supported".into());
+    }
+    let authority = uri.authority().cloned().ok_or("must name a host")?;
+    if authority.as_str().contains('@') {
+        return Err("must not contain credentials".into());
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err("must be an origin (`http://host:port`) without a path or query".into());
+    }
+    Ok(Upstream { scheme, authority })
+}
+
+/// Finds the 1-based line of a dotted key like `server.listen` or
+/// `routes[1].upstream` by walking the TOML text's table headers. Best effort:
+/// used only to point the operator at the right line.
+fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    let (table, index, leaf) = split_key(key);
+    let mut current = String::new();
+    let mut array_index: Option<usize> = None;
+    let mut counts: std::collections::HashMap<String, usize> = Default::default();
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(h) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            current = h.trim().to_string();
+            let c = counts.entry(current.clone()).or_insert(0);
+            array_index = Some(*c);
+            *c += 1;
+            if current == table && index == array_index && leaf.is_none() {
+                return Some(n + 1);
+            }
+            continue;
+        }
+        if let Some(h) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            current = h.trim().to_string();
+            array_index = None;
+            if current == table && leaf.is_none() {
+                return Some(n + 1);
+            }
+            continue;
+        }
+        let Some(leaf) = leaf else { continue };
+        if current == table && array_index == index {
+            if let Some((k, _)) = t.split_once('=') {
+                if k.trim().trim_matches('"') == leaf {
+                    return Some(n + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// `routes[2].upstream` → ("routes", Some(2), Some("upstream")); `server.listen`
+/// → ("server", None, Some("listen")); `session.binding.ip` → ("session.binding", None, Some("ip")).
+fn split_key(key: &str) -> (String, Option<usize>, Option<&str>) {
+    let (head, leaf) = match key.rsplit_once('.') {
+        Some((h, l)) => (h, Some(l)),
+        None => (key, None),
+    };
+    if let Some((name, rest)) = head.split_once('[') {
+        let idx = rest.trim_end_matches(']').parse().ok();
+        return (name.to_string(), idx, leaf);
+    }
+    (head.to_string(), None, leaf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_lines_of_nested_and_array_keys() {
+        let text = "[server]\nlisten = \"x\"\n\n[[routes]]\nupstream = \"a\"\n[[routes]]\npath_prefix=\"/\"\nupstream = \"b\"\n[session.binding]\nip = \"z\"\n";
+        assert_eq!(find_key_line(text, "server.listen"), Some(2));
+        assert_eq!(find_key_line(text, "routes[0].upstream"), Some(5));
+        assert_eq!(find_key_line(text, "routes[1].upstream"), Some(8));
+        assert_eq!(find_key_line(text, "session.binding.ip"), Some(10));
+        assert_eq!(find_key_line(text, "server.nope"), None);
+    }
+
+    #[test]
+    fn upstream_must_be_plain_http_origin() {
+        assert!(parse_upstream("http://127.0.0.1:8080").is_ok());
+        assert!(parse_upstream("ftp://x").is_err());
+        assert!(parse_upstream("http://x/path").is_err());
+        assert!(parse_upstream("http://u:p@x").is_err());
+    }
+
+    #[test]
+    fn cidr_accepts_bare_addresses() {
+        assert_eq!(parse_cidr("10.1.2.3"), Some("10.1.2.3/32".parse().unwrap_or_else(|_| unreachable!())));
+        assert!(parse_cidr("10.0.0.0/33").is_none());
+    }
+}

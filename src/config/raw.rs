@@ -1,0 +1,397 @@
+//! Raw configuration structs: a one-to-one mirror of the TOML file.
+//!
+//! Every table uses `deny_unknown_fields` so a typo is an error, not a silently
+//! ignored key. Defaults live in named functions so that `config.toml.example`
+//! and the code agree on one value each. Nothing here is interpreted: that is
+//! `validate`'s job.
+
+use serde::Deserialize;
+
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    pub tls: RawTls,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub session: RawSession,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub headers: RawHeaders,
+    #[serde(default)]
+    pub login: RawLogin,
+    #[serde(default)]
+    pub users: Vec<RawUser>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    #[serde(default = "d_listen")]
+    pub listen: String,
+    pub http_redirect_listen: Option<String>,
+    pub public_https_port: Option<u16>,
+    #[serde(default = "d_true")]
+    pub access_log: bool,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default = "d_upstream_timeout")]
+    pub upstream_timeout: String,
+    #[serde(default = "d_upstream_connect_timeout")]
+    pub upstream_connect_timeout: String,
+    #[serde(default = "d_tls_handshake_timeout")]
+    pub tls_handshake_timeout: String,
+    #[serde(default = "d_header_read_timeout")]
+    pub header_read_timeout: String,
+    #[serde(default = "d_keepalive_timeout")]
+    pub keepalive_timeout: String,
+    #[serde(default = "d_max_header_bytes")]
+    pub max_header_bytes: usize,
+    #[serde(default = "d_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "d_shutdown_grace")]
+    pub shutdown_grace: String,
+    #[serde(default = "d_upstream_pool_idle")]
+    pub upstream_pool_idle_timeout: String,
+    #[serde(default = "d_upstream_pool_max_idle")]
+    pub upstream_pool_max_idle_per_host: usize,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: d_listen(),
+            http_redirect_listen: None,
+            public_https_port: None,
+            access_log: true,
+            trusted_proxies: Vec::new(),
+            upstream_timeout: d_upstream_timeout(),
+            upstream_connect_timeout: d_upstream_connect_timeout(),
+            tls_handshake_timeout: d_tls_handshake_timeout(),
+            header_read_timeout: d_header_read_timeout(),
+            keepalive_timeout: d_keepalive_timeout(),
+            max_header_bytes: d_max_header_bytes(),
+            max_connections: d_max_connections(),
+            shutdown_grace: d_shutdown_grace(),
+            upstream_pool_idle_timeout: d_upstream_pool_idle(),
+            upstream_pool_max_idle_per_host: d_upstream_pool_max_idle(),
+        }
+    }
+}
+
+fn d_true() -> bool {
+    true
+}
+fn d_listen() -> String {
+    "0.0.0.0:8443".into()
+}
+fn d_upstream_timeout() -> String {
+    "30s".into()
+}
+fn d_upstream_connect_timeout() -> String {
+    "5s".into()
+}
+fn d_tls_handshake_timeout() -> String {
+    "10s".into()
+}
+fn d_header_read_timeout() -> String {
+    "10s".into()
+}
+fn d_keepalive_timeout() -> String {
+    "60s".into()
+}
+fn d_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn d_max_connections() -> usize {
+    10_000
+}
+fn d_shutdown_grace() -> String {
+    "30s".into()
+}
+fn d_upstream_pool_idle() -> String {
+    "90s".into()
+}
+fn d_upstream_pool_max_idle() -> usize {
+    256
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    #[serde(default = "d_admin_listen")]
+    pub listen: String,
+    pub token: Option<String>,
+    pub token_file: Option<String>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: d_admin_listen(),
+            token: None,
+            token_file: None,
+        }
+    }
+}
+
+fn d_admin_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path_prefix: String,
+    pub host: Option<String>,
+    pub upstream: String,
+    #[serde(default = "d_auth")]
+    pub auth: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub max_body_bytes: Option<u64>,
+}
+
+fn d_auth() -> String {
+    "none".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSession {
+    #[serde(default = "d_cookie_name")]
+    pub cookie_name: String,
+    #[serde(default = "d_same_site")]
+    pub same_site: String,
+    #[serde(default)]
+    pub persistent: bool,
+    #[serde(default = "d_idle_timeout")]
+    pub idle_timeout: String,
+    #[serde(default = "d_absolute_timeout")]
+    pub absolute_timeout: String,
+    #[serde(default = "d_max_data_bytes")]
+    pub max_data_bytes: usize,
+    #[serde(default)]
+    pub binding: RawBinding,
+}
+
+impl Default for RawSession {
+    fn default() -> Self {
+        RawSession {
+            cookie_name: d_cookie_name(),
+            same_site: d_same_site(),
+            persistent: false,
+            idle_timeout: d_idle_timeout(),
+            absolute_timeout: d_absolute_timeout(),
+            max_data_bytes: d_max_data_bytes(),
+            binding: RawBinding::default(),
+        }
+    }
+}
+
+fn d_cookie_name() -> String {
+    "__Host-sessiongate".into()
+}
+fn d_same_site() -> String {
+    "lax".into()
+}
+fn d_idle_timeout() -> String {
+    "30m".into()
+}
+fn d_absolute_timeout() -> String {
+    "12h".into()
+}
+fn d_max_data_bytes() -> usize {
+    4096
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBinding {
+    #[serde(default = "d_bind_ip")]
+    pub ip: String,
+    #[serde(default = "d_v4_prefix")]
+    pub ipv4_prefix: u8,
+    #[serde(default = "d_v6_prefix")]
+    pub ipv6_prefix: u8,
+    #[serde(default = "d_fingerprint_headers")]
+    pub fingerprint_headers: Vec<String>,
+    #[serde(default = "d_on_mismatch")]
+    pub on_mismatch: String,
+}
+
+impl Default for RawBinding {
+    fn default() -> Self {
+        RawBinding {
+            ip: d_bind_ip(),
+            ipv4_prefix: d_v4_prefix(),
+            ipv6_prefix: d_v6_prefix(),
+            fingerprint_headers: d_fingerprint_headers(),
+            on_mismatch: d_on_mismatch(),
+        }
+    }
+}
+
+fn d_bind_ip() -> String {
+    "exact".into()
+}
+fn d_v4_prefix() -> u8 {
+    24
+}
+fn d_v6_prefix() -> u8 {
+    64
+}
+fn d_fingerprint_headers() -> Vec<String> {
+    vec!["user-agent".into()]
+}
+fn d_on_mismatch() -> String {
+    "revoke".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    #[serde(default = "d_store_kind")]
+    pub kind: String,
+    #[serde(default = "d_store_path")]
+    pub path: String,
+    #[serde(default = "d_touch_interval")]
+    pub touch_interval: String,
+    #[serde(default = "d_cache_capacity")]
+    pub cache_capacity: u64,
+    #[serde(default = "d_sweep_interval")]
+    pub sweep_interval: String,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            kind: d_store_kind(),
+            path: d_store_path(),
+            touch_interval: d_touch_interval(),
+            cache_capacity: d_cache_capacity(),
+            sweep_interval: d_sweep_interval(),
+        }
+    }
+}
+
+fn d_store_kind() -> String {
+    "embedded".into()
+}
+fn d_store_path() -> String {
+    "sessiongate.redb".into()
+}
+fn d_touch_interval() -> String {
+    "60s".into()
+}
+fn d_cache_capacity() -> u64 {
+    1_000_000
+}
+fn d_sweep_interval() -> String {
+    "5m".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaders {
+    #[serde(default = "d_h_user")]
+    pub user: String,
+    #[serde(default = "d_h_email")]
+    pub email: String,
+    #[serde(default = "d_h_groups")]
+    pub groups: String,
+    #[serde(default = "d_h_session_id")]
+    pub session_id: String,
+    #[serde(default = "d_h_session_data")]
+    pub session_data: String,
+    #[serde(default = "d_h_session_data_set")]
+    pub session_data_set: String,
+}
+
+impl Default for RawHeaders {
+    fn default() -> Self {
+        RawHeaders {
+            user: d_h_user(),
+            email: d_h_email(),
+            groups: d_h_groups(),
+            session_id: d_h_session_id(),
+            session_data: d_h_session_data(),
+            session_data_set: d_h_session_data_set(),
+        }
+    }
+}
+
+fn d_h_user() -> String {
+    "X-Forwarded-User".into()
+}
+fn d_h_email() -> String {
+    "X-Forwarded-Email".into()
+}
+fn d_h_groups() -> String {
+    "X-Forwarded-Groups".into()
+}
+fn d_h_session_id() -> String {
+    "X-Session-Id".into()
+}
+fn d_h_session_data() -> String {
+    "X-Session-Data".into()
+}
+fn d_h_session_data_set() -> String {
+    "X-Session-Data-Set".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogin {
+    #[serde(default = "d_max_failures")]
+    pub max_failures: u32,
+    #[serde(default = "d_failure_window")]
+    pub failure_window: String,
+    #[serde(default = "d_max_concurrent_logins")]
+    pub max_concurrent: usize,
+}
+
+impl Default for RawLogin {
+    fn default() -> Self {
+        RawLogin {
+            max_failures: d_max_failures(),
+            failure_window: d_failure_window(),
+            max_concurrent: d_max_concurrent_logins(),
+        }
+    }
+}
+
+fn d_max_failures() -> u32 {
+    5
+}
+fn d_failure_window() -> String {
+    "15m".into()
+}
+fn d_max_concurrent_logins() -> usize {
+    8
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub name: String,
+    pub password_hash: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+

@@ -1,0 +1,81 @@
+//! Errors of the request path, by blame.
+//!
+//! Each variant knows who caused it (the client, the upstream, the session
+//! store, or us), which decides the status code and how loudly it is logged.
+//! Bodies are small and generic: they never name an internal host, a path on
+//! disk, or anything secret.
+
+use crate::proxy::body::{self, Body};
+use http::{header, HeaderValue, Response, StatusCode};
+
+/// Why a request was answered by the gateway itself instead of the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("unsafe path: {0}")]
+    BadPath(#[from] crate::routing::PathError),
+    #[error("no route")]
+    NoRoute,
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    #[error("request body too large")]
+    BodyTooLarge,
+    #[error("upstream unreachable: {0}")]
+    UpstreamConnect(String),
+    #[error("upstream sent no response headers in time")]
+    UpstreamTimeout,
+    #[error("upstream exchange failed: {0}")]
+    UpstreamOther(String),
+    #[error("session store unavailable: {0}")]
+    StoreUnavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<crate::session::store::StoreError> for GatewayError {
+    fn from(e: crate::session::store::StoreError) -> Self {
+        GatewayError::StoreUnavailable(e.to_string())
+    }
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest(_) | GatewayError::BadPath(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UpstreamConnect(_) | GatewayError::UpstreamOther(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// True when the fault is ours or the upstream's, not the client's.
+    pub fn is_server_side(&self) -> bool {
+        self.status().is_server_error()
+    }
+
+    /// The generic answer the client sees.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let mut resp = plain(status, status.canonical_reason().unwrap_or("Error"));
+        if matches!(self, GatewayError::StoreUnavailable(_)) {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        resp
+    }
+}
+
+/// A small `text/plain` response: `"<code> <reason>\n"`.
+pub fn plain(status: StatusCode, reason: &str) -> Response<Body> {
+    let text = format!("{} {}\n", status.as_u16(), reason);
+    let mut resp = Response::new(body::full(text));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

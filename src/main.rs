@@ -1,0 +1,341 @@
+//! The `sessiongate` binary: CLI, logging, signals. Everything else lives in
+//! the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use sessiongate::config::{Config, ConfigError};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "sessiongate", version, about = "TLS-terminating reverse proxy that owns your app's sessions")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Configuration file (TOML) to run the gateway with.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration file and print a summary.
+    Check {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+    },
+    /// Write a self-signed development certificate (cert.pem, key.pem).
+    GenCert {
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// DNS name or IP address; repeatable.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+    },
+    /// Read a password on stdin and print its argon2id PHC string.
+    HashPassword,
+    /// Run the demo: a built-in upstream plus the gateway on the example config.
+    Demo {
+        #[arg(long, short = 'c', default_value = "config.toml.example")]
+        config: PathBuf,
+    },
+    /// Session automation through the admin API.
+    Session {
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionCommand {
+    /// Mint a logged-in session and print its `Cookie:` header value.
+    Mint {
+        /// Admin listener URL, e.g. http://127.0.0.1:9090
+        #[arg(long)]
+        admin: String,
+        /// File holding the admin bearer token.
+        #[arg(long)]
+        token_file: PathBuf,
+        #[arg(long)]
+        user: String,
+        /// Client IP the session is bound to (the load tool's address).
+        #[arg(long)]
+        client_ip: Option<std::net::IpAddr>,
+        /// A fingerprint header the load tool sends, as 'Name: value'; repeatable.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        None => match cli.config {
+            Some(path) => run_gateway(&path, None),
+            None => {
+                eprintln!("error: --config FILE is required (or a subcommand; see --help)");
+                ExitCode::from(2)
+            }
+        },
+        Some(Command::Check { config }) => check(&config),
+        Some(Command::GenCert { out_dir, hosts }) => report(gen_cert(&out_dir, &hosts)),
+        Some(Command::HashPassword) => report(hash_password()),
+        Some(Command::Demo { config }) => demo(&config),
+        Some(Command::Session {
+            command: SessionCommand::Mint { admin, token_file, user, client_ip, headers },
+        }) => report(runtime().and_then(|rt| rt.block_on(mint(&admin, &token_file, &user, client_ip, &headers)))),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SESSIONGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_error(e: &ConfigError) -> ExitCode {
+    eprintln!("error: invalid configuration: {e}");
+    ExitCode::from(2)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+}
+
+fn check(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    if let Err(e) = sessiongate::tls::server_config(&config.tls.cert, &config.tls.key) {
+        eprintln!("error: invalid configuration: {}: {e}", path.display());
+        return ExitCode::from(2);
+    }
+    println!("{}: OK", path.display());
+    println!("  https     {}", config.server.listen);
+    if let Some(r) = config.server.http_redirect_listen {
+        println!("  redirect  {r}");
+    }
+    println!("  admin     {}", config.admin.listen);
+    for r in &config.routes {
+        let host = r.host.as_deref().unwrap_or("*");
+        let groups = if r.groups.is_empty() { String::new() } else { format!(" groups={}", r.groups.join(",")) };
+        println!(
+            "  route     {host}{} -> http://{} auth={:?}{groups}",
+            r.path_prefix, r.upstream.authority, r.auth
+        );
+    }
+    println!("  users     {}", config.users.len());
+    ExitCode::SUCCESS
+}
+
+/// Runs the gateway until SIGTERM/SIGINT. `demo` is an extra task (the demo
+/// upstream) to run beside it.
+fn run_gateway(path: &Path, demo: Option<tokio::net::TcpListener>) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let gateway = match sessiongate::Gateway::bind(config).await {
+            Ok(g) => g,
+            Err(sessiongate::StartError::Tls(e)) => {
+                eprintln!("error: invalid configuration: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Some(l) = demo {
+            tokio::spawn(sessiongate::demo::serve(l));
+        }
+        let handle = gateway.shutdown_handle();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received");
+            handle.shutdown();
+        });
+        match gateway.run().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn gen_cert(out_dir: &Path, hosts: &[String]) -> anyhow::Result<()> {
+    let (cert, key) = sessiongate::tls::write_self_signed(out_dir, hosts)?;
+    println!("wrote {} and {} for {}", cert.display(), key.display(), hosts.join(", "));
+    Ok(())
+}
+
+fn hash_password() -> anyhow::Result<()> {
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input).context("cannot read stdin")?;
+    let password = input.strip_suffix('\n').map(|p| p.strip_suffix('\r').unwrap_or(p)).unwrap_or(&input);
+    anyhow::ensure!(!password.is_empty(), "empty password on stdin");
+    let phc = sessiongate::auth::hash_password(password).map_err(anyhow::Error::msg)?;
+    println!("{phc}");
+    Ok(())
+}
+
+/// Creates development certificates when the config's are missing, binds the
+/// demo upstream where the first route points, and runs the gateway.
+fn demo(path: &Path) -> ExitCode {
+    let prepared = (|| -> anyhow::Result<std::net::SocketAddr> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let value: toml::Value = toml::from_str(&text).with_context(|| format!("{} is not TOML", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let cert = value.get("tls").and_then(|t| t.get("cert")).and_then(|c| c.as_str()).context("tls.cert missing")?;
+        let cert_path = base.join(cert);
+        if !cert_path.exists() {
+            let dir = cert_path.parent().unwrap_or(Path::new("."));
+            sessiongate::tls::write_self_signed(dir, &["localhost".into(), "127.0.0.1".into()])?;
+            eprintln!("created a development certificate in {}", dir.display());
+        }
+        let upstream = value
+            .get("routes")
+            .and_then(|r| r.as_array())
+            .and_then(|r| r.first())
+            .and_then(|r| r.get("upstream"))
+            .and_then(|u| u.as_str())
+            .context("the demo config needs a [[routes]] entry")?;
+        let authority = upstream.trim_start_matches("http://").trim_end_matches('/');
+        authority.parse().with_context(|| format!("demo upstream `{upstream}` must be http://IP:PORT"))
+    })();
+    let addr = match prepared {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match std::net::TcpListener::bind(addr).and_then(|l| {
+        l.set_nonblocking(true)?;
+        Ok(l)
+    }) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot start the demo upstream on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!("demo upstream on http://{addr}; open https://localhost:8443/ and sign in as demo / demo");
+    let rt_listener = std::sync::Mutex::new(Some(listener));
+    run_gateway_with(path, move || {
+        rt_listener
+            .lock()
+            .ok()
+            .and_then(|mut l| l.take())
+            .and_then(|l| tokio::net::TcpListener::from_std(l).ok())
+    })
+}
+
+fn run_gateway_with(path: &Path, demo: impl FnOnce() -> Option<tokio::net::TcpListener>) -> ExitCode {
+    // The tokio listener must be created inside the runtime.
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    drop(config);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = {
+        let _guard = rt.enter();
+        demo()
+    };
+    drop(rt);
+    run_gateway(path, listener)
+}
+
+async fn mint(admin: &str, token_file: &Path, user: &str, client_ip: Option<std::net::IpAddr>, headers: &[String]) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let token = std::fs::read_to_string(token_file).with_context(|| format!("cannot read {}", token_file.display()))?;
+    let mut header_map = serde_json::Map::new();
+    for h in headers {
+        let (k, v) = h.split_once(':').with_context(|| format!("--header `{h}` is not 'Name: value'"))?;
+        header_map.insert(k.trim().to_ascii_lowercase(), serde_json::Value::String(v.trim().to_string()));
+    }
+    let mut body = serde_json::json!({"user": user, "headers": header_map});
+    if let Some(ip) = client_ip {
+        body["client_ip"] = serde_json::Value::String(ip.to_string());
+    }
+    let uri: http::Uri = format!("{}/sessions", admin.trim_end_matches('/')).parse().context("bad --admin URL")?;
+    let req = http::Request::post(uri)
+        .header(http::header::AUTHORIZATION, format!("Bearer {}", token.trim()))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let resp = client.request(req).await.context("cannot reach the admin listener")?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.context("reading the admin answer")?.to_bytes();
+    anyhow::ensure!(status == http::StatusCode::CREATED, "admin API answered {status}: {}", String::from_utf8_lossy(&bytes));
+    let v: serde_json::Value = serde_json::from_slice(&bytes).context("admin answer is not JSON")?;
+    let cookie = v.get("cookie").and_then(|c| c.as_str()).context("admin answer has no cookie")?;
+    println!("{cookie}");
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! Prometheus metrics, served as text by the admin listener.
+//!
+//! Per-route handles are resolved once at startup ([`RouteMetrics`]), so the
+//! request path only increments atomics: no label formatting, no map lookup.
+//! Labels never carry secrets (no tokens, no cookie values, no user input
+//! other than configured route prefixes).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms .. ~8 s
+    Histogram::new(exponential_buckets(0.00025, 2.0, 16))
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+    upstream_errors: Family<Labels, Counter>,
+    pub open_connections: Gauge,
+    pub sessions_created: Counter,
+    pub sessions_rotated: Counter,
+    sessions_revoked: Family<Labels, Counter>,
+    sessions_expired: Family<Labels, Counter>,
+    pub sessions_active: Gauge,
+    binding_mismatches: Family<Labels, Counter>,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    logins: Family<Labels, Counter>,
+    pub store_errors: Counter,
+}
+
+/// Status classes in the order of `StatusCode::as_u16() / 100 - 1`.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Pre-resolved handles for one route.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    by_class: [Counter; 5],
+    latency: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn observe(&self, status: http::StatusCode, seconds: f64) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.by_class[class].inc();
+        self.latency.observe(seconds);
+    }
+}
+
+/// Why the upstream leg failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Timeout,
+    Other,
+}
+
+impl UpstreamErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Other => "other",
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("sessiongate");
+        let requests = Family::<Labels, Counter>::default();
+        let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let upstream_errors = Family::<Labels, Counter>::default();
+        let open_connections = Gauge::default();
+        let sessions_created = Counter::default();
+        let sessions_rotated = Counter::default();
+        let sessions_revoked = Family::<Labels, Counter>::default();
+        let sessions_expired = Family::<Labels, Counter>::default();
+        let sessions_active = Gauge::default();
+        let binding_mismatches = Family::<Labels, Counter>::default();
+        let cache_hits = Counter::default();
+        let cache_misses = Counter::default();
+        let logins = Family::<Labels, Counter>::default();
+        let store_errors = Counter::default();
+        registry.register("requests", "Requests answered, by route and status class", requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head, by route",
+            latency.clone(),
+        );
+        registry.register("upstream_errors", "Failed upstream exchanges, by kind", upstream_errors.clone());
+        registry.register("open_connections", "Client connections currently open", open_connections.clone());
+        registry.register("sessions_created", "Sessions issued", sessions_created.clone());
+        registry.register("sessions_rotated", "Session tokens rotated (login)", sessions_rotated.clone());
+        registry.register("sessions_revoked", "Sessions ended on purpose, by reason", sessions_revoked.clone());
+        registry.register("sessions_expired", "Sessions refused as expired, by reason", sessions_expired.clone());
+        registry.register("sessions_active", "Sessions in the session cache", sessions_active.clone());
+        registry.register(
+            "binding_mismatches",
+            "Requests whose session was bound to another client, by kind",
+            binding_mismatches.clone(),
+        );
+        registry.register("session_cache_hits", "Session lookups answered by the cache", cache_hits.clone());
+        registry.register("session_cache_misses", "Session lookups that read the store", cache_misses.clone());
+        registry.register("logins", "Login attempts, by result", logins.clone());
+        registry.register("store_errors", "Session store operations that failed", store_errors.clone());
+        Metrics {
+            registry,
+            requests,
+            latency,
+            upstream_errors,
+            open_connections,
+            sessions_created,
+            sessions_rotated,
+            sessions_revoked,
+            sessions_expired,
+            sessions_active,
+            binding_mismatches,
+            cache_hits,
+            cache_misses,
+            logins,
+            store_errors,
+        }
+    }
+
+    /// Resolves the handles for a route label once.
+    pub fn route(&self, label: &str) -> RouteMetrics {
+        let by_class = CLASSES.map(|c| {
+            self.requests
+                .get_or_create(&vec![("route", label.to_string()), ("status", c.to_string())])
+                .clone()
+        });
+        let latency = self.latency.get_or_create(&vec![("route", label.to_string())]).clone();
+        RouteMetrics { by_class, latency }
+    }
+
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors.get_or_create(&vec![("kind", kind.as_str().to_string())]).inc();
+    }
+
+    pub fn session_revoked(&self, reason: &'static str) {
+        self.sessions_revoked.get_or_create(&vec![("reason", reason.to_string())]).inc();
+    }
+
+    pub fn session_expired(&self, reason: &'static str) {
+        self.sessions_expired.get_or_create(&vec![("reason", reason.to_string())]).inc();
+    }
+
+    pub fn binding_mismatch(&self, kind: &'static str) {
+        self.binding_mismatches.get_or_create(&vec![("kind", kind.to_string())]).inc();
+    }
+
+    pub fn login(&self, result: &'static str) {
+        self.logins.get_or_create(&vec![("result", result.to_string())]).inc();
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

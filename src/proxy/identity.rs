@@ -1,0 +1,97 @@
+//! Identity headers towards the upstream (SECURITY.md rule 3).
+//!
+//! Every inbound header whose name, folded (lowercase, `_` and `.` → `-`),
+//! equals one of the names the gateway owns is deleted unconditionally, on
+//! every route, whether or not the session has a value for it: upstream
+//! frameworks often fold `X_Forwarded_User` into `X-Forwarded-User`. Then,
+//! for a session, our values are set.
+
+use crate::config::HeaderNames;
+use crate::session::Live;
+use http::header::{HeaderMap, HeaderName};
+
+/// The folded forms of the names we own.
+pub struct OwnedHeaders {
+    folded: Vec<Vec<u8>>,
+}
+
+fn fold(b: u8) -> u8 {
+    match b {
+        b'_' | b'.' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
+}
+
+impl OwnedHeaders {
+    pub fn new(names: &HeaderNames) -> OwnedHeaders {
+        let all = [
+            &names.user,
+            &names.email,
+            &names.groups,
+            &names.session_id,
+            &names.session_data,
+            &names.session_data_set,
+        ];
+        OwnedHeaders {
+            folded: all.iter().map(|n| n.as_str().bytes().map(fold).collect()).collect(),
+        }
+    }
+
+    fn collides(&self, name: &HeaderName) -> bool {
+        let b = name.as_str().as_bytes();
+        self.folded
+            .iter()
+            .any(|f| f.len() == b.len() && f.iter().zip(b).all(|(x, y)| *x == fold(*y)))
+    }
+
+    /// Deletes every colliding header.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        let doomed: Vec<HeaderName> = headers.keys().filter(|k| self.collides(k)).cloned().collect();
+        for name in doomed {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Sets the session's identity, id and data headers.
+pub fn apply(headers: &mut HeaderMap, names: &HeaderNames, live: &Live) {
+    headers.insert(names.session_id.clone(), live.id_header.clone());
+    if let Some(v) = &live.user_header {
+        headers.insert(names.user.clone(), v.clone());
+    }
+    if let Some(v) = &live.email_header {
+        headers.insert(names.email.clone(), v.clone());
+    }
+    if let Some(v) = &live.groups_header {
+        headers.insert(names.groups.clone(), v.clone());
+    }
+    if let Some(v) = &live.data_header {
+        headers.insert(names.session_data.clone(), v.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn strips_every_spelling() {
+        let names = HeaderNames {
+            user: HeaderName::from_static("x-forwarded-user"),
+            email: HeaderName::from_static("x-forwarded-email"),
+            groups: HeaderName::from_static("x-forwarded-groups"),
+            session_id: HeaderName::from_static("x-session-id"),
+            session_data: HeaderName::from_static("x-session-data"),
+            session_data_set: HeaderName::from_static("x-session-data-set"),
+        };
+        let owned = OwnedHeaders::new(&names);
+        let mut h = HeaderMap::new();
+        for n in ["x-forwarded-user", "x_forwarded_user", "x.forwarded.user", "x-session_id", "x-other"] {
+            h.insert(HeaderName::from_bytes(n.as_bytes()).unwrap_or_else(|_| unreachable!()), HeaderValue::from_static("evil"));
+        }
+        owned.strip(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-other"));
+    }
+}

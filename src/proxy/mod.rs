@@ -1,0 +1,428 @@
+//! The request pipeline.
+//!
+//! Every request passes the same phases over one [`RequestCtx`]:
+//! request filter (limits, path, route) → gateway endpoints → session stage →
+//! upstream request filter (hop-by-hop, forwarding and identity headers) →
+//! upstream exchange → response filter → logging, which always runs.
+//! Nothing here may forward a request as authenticated after an error in the
+//! session path (SECURITY.md rule 1).
+
+pub mod body;
+pub mod headers;
+pub mod identity;
+pub mod upstream;
+mod upgrade;
+
+use crate::auth::endpoints::{self, Auth, EndpointRequest};
+use crate::config::{AuthMode, Config};
+use crate::session::{Live, Lookup, Sessions};
+use crate::error::GatewayError;
+use crate::metrics::{Metrics, RouteMetrics, UpstreamErrorKind};
+use crate::routing::{normalize_path, Route, Router};
+use body::{Body, BoxError};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// State shared by every connection.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub router: Router,
+    /// Metric handles, parallel to `router.routes()`.
+    route_metrics: Vec<RouteMetrics>,
+    pub client: upstream::UpstreamClient,
+    pub metrics: Arc<Metrics>,
+    pub sessions: Arc<Sessions>,
+    pub auth: Auth,
+    owned_headers: identity::OwnedHeaders,
+}
+
+impl Shared {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, sessions: Arc<Sessions>) -> Shared {
+        let router = Router::new(&config.routes);
+        let route_metrics = router.routes().iter().map(|r| metrics.route(&r.label)).collect();
+        let client = upstream::client(&config.server);
+        Shared {
+            auth: Auth::new(&config),
+            owned_headers: identity::OwnedHeaders::new(&config.headers),
+            config,
+            router,
+            route_metrics,
+            client,
+            metrics,
+            sessions,
+        }
+    }
+
+    fn route_metrics(&self, route: &Arc<Route>) -> Option<&RouteMetrics> {
+        self.router
+            .routes()
+            .iter()
+            .position(|r| Arc::ptr_eq(r, route))
+            .and_then(|i| self.route_metrics.get(i))
+    }
+}
+
+/// What one request accumulates while it passes the phases; read by logging.
+pub struct RequestCtx {
+    pub start: Instant,
+    pub peer: SocketAddr,
+    pub client_ip: IpAddr,
+    pub method: Method,
+    /// Normalised path when it could be normalised, else the raw one.
+    pub path: String,
+    pub route: Option<Arc<Route>>,
+    pub upstream_ms: Option<f64>,
+    pub session_id: Option<crate::session::token::SessionId>,
+    pub version: Version,
+}
+
+/// Entry point from the server: never fails, always logs.
+pub async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let mut ctx = RequestCtx {
+        start: Instant::now(),
+        peer,
+        client_ip: peer.ip(),
+        method: req.method().clone(),
+        path: String::new(),
+        route: None,
+        upstream_ms: None,
+        session_id: None,
+        version: req.version(),
+    };
+    let has_body = request_has_body(&req);
+    let mut resp = match pipeline(&shared, &mut ctx, req).await {
+        Ok(resp) => resp,
+        Err(err) => error_response(&shared, &ctx, err),
+    };
+    if has_body && ctx.upstream_ms.is_none() && ctx.version < Version::HTTP_2 {
+        // Answered locally: the body may be unread, and its bytes must never
+        // be parsed as the next request on a kept-alive HTTP/1 connection.
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    finish(&shared, &ctx, &resp);
+    resp
+}
+
+fn request_has_body(req: &Request<Incoming>) -> bool {
+    use hyper::body::Body as _;
+    !req.body().is_end_stream()
+}
+
+fn error_response(shared: &Shared, ctx: &RequestCtx, err: GatewayError) -> Response<Body> {
+    if err.is_server_side() {
+        tracing::warn!(peer = %ctx.peer, path = %ctx.path, error = %err, "request failed");
+    } else {
+        tracing::debug!(peer = %ctx.peer, path = %ctx.path, error = %err, "request refused");
+    }
+    match &err {
+        GatewayError::UpstreamConnect(_) | GatewayError::UpstreamOther(_) => {
+            let kind = if matches!(err, GatewayError::UpstreamConnect(_)) {
+                UpstreamErrorKind::Connect
+            } else {
+                UpstreamErrorKind::Other
+            };
+            shared.metrics.upstream_error(kind);
+        }
+        GatewayError::UpstreamTimeout => shared.metrics.upstream_error(UpstreamErrorKind::Timeout),
+        _ => {}
+    }
+    err.into_response()
+}
+
+/// Logging and metrics: runs for every request, whatever happened.
+fn finish(shared: &Shared, ctx: &RequestCtx, resp: &Response<Body>) {
+    let total = ctx.start.elapsed();
+    let status = resp.status();
+    if let Some(m) = ctx.route.as_ref().and_then(|r| shared.route_metrics(r)) {
+        m.observe(status, total.as_secs_f64());
+    }
+    if !shared.config.server.access_log {
+        return;
+    }
+    tracing::info!(
+        target: "sessiongate::access",
+        method = %ctx.method,
+        path = %ctx.path,
+        status = status.as_u16(),
+        route = ctx.route.as_ref().map(|r| r.label.as_str()).unwrap_or("-"),
+        client_ip = %ctx.client_ip,
+        upstream_ms = ctx.upstream_ms.unwrap_or(0.0),
+        total_ms = total.as_secs_f64() * 1000.0,
+        session_id = ctx.session_id.map(|id| id.to_string()).unwrap_or_default(),
+    );
+}
+
+async fn pipeline(shared: &Shared, ctx: &mut RequestCtx, mut req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    // Request filter: limits and framing.
+    if headers::header_bytes(req.headers()) > shared.config.server.max_header_bytes {
+        return Err(GatewayError::HeadersTooLarge);
+    }
+    if req.version() == Version::HTTP_10 && req.headers().contains_key(header::TRANSFER_ENCODING) {
+        return Err(GatewayError::BadRequest("HTTP/1.0 with Transfer-Encoding"));
+    }
+    ctx.path = req.uri().path().to_string();
+    let path = normalize_path(req.uri().path())?;
+    ctx.path.clone_from(&path);
+    let client = headers::client_addr(ctx.peer.ip(), req.headers(), &shared.config.server.trusted_proxies);
+    ctx.client_ip = client.ip;
+    let host = request_host(&req);
+
+    if path.starts_with(endpoints::PREFIX) {
+        let ep = EndpointRequest {
+            sessions: &shared.sessions,
+            auth: &shared.auth,
+            client_ip: client.ip,
+            authority: request_authority(&req),
+        };
+        return endpoints::handle(ep, &path, req).await;
+    }
+
+    let route = shared
+        .router
+        .find(host.as_deref(), &path)
+        .cloned()
+        .ok_or(GatewayError::NoRoute)?;
+    ctx.route = Some(route.clone());
+
+    if let Some(limit) = route.max_body_bytes {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(GatewayError::BodyTooLarge);
+        }
+    }
+
+    // Session stage.
+    let mut set_cookie = None;
+    let session = match route.auth {
+        AuthMode::None => None,
+        AuthMode::Optional | AuthMode::Required => {
+            let live = match shared.sessions.lookup(req.headers(), client.ip).await? {
+                Lookup::Valid(live) => live,
+                Lookup::None { .. } => {
+                    let (token, live) = shared.sessions.issue(client.ip, req.headers()).await?;
+                    set_cookie = Some(shared.sessions.set_cookie(&token));
+                    live
+                }
+            };
+            ctx.session_id = Some(live.record.id);
+            if route.auth == AuthMode::Required {
+                if let Some(resp) = authorize(&route, &live, &req) {
+                    return Ok(with_cookie(resp, set_cookie));
+                }
+            }
+            Some(live)
+        }
+    };
+
+    // Upstream request filter. Hop-by-hop first, then our headers.
+    let upgrade_value = req.headers().get(header::UPGRADE).cloned();
+    let wants_upgrade = headers::strip_hop_by_hop(req.headers_mut()) && req.version() == Version::HTTP_11;
+    let upgrade_proto = upgrade_value.filter(|_| wants_upgrade);
+    headers::set_forwarding(req.headers_mut(), &client, host.as_deref());
+    shared.owned_headers.strip(req.headers_mut());
+    crate::session::cookies::strip(req.headers_mut(), shared.sessions.cookie_name());
+    if let Some(live) = &session {
+        identity::apply(req.headers_mut(), &shared.config.headers, live);
+    }
+    if req.version() != Version::HTTP_11 || !req.headers().contains_key(header::HOST) {
+        if let Some(h) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            req.headers_mut().insert(header::HOST, h);
+        }
+    }
+    if let Some(proto) = &upgrade_proto {
+        let h = req.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, proto.clone());
+    }
+
+    let client_on_upgrade = upgrade_proto.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let upstream_req = build_upstream_request(req, &route, &path)?;
+    let resp = exchange(shared, ctx, upstream_req).await?;
+    let mut resp = match (client_on_upgrade, resp.status()) {
+        (Some(on_client), StatusCode::SWITCHING_PROTOCOLS) => upgrade::splice(on_client, resp),
+        (_, _) => response_filter(resp),
+    };
+    session_response_filter(shared, session.as_deref(), resp.headers_mut()).await;
+    Ok(with_cookie(resp, set_cookie))
+}
+
+/// Decides whether a session may use an `auth = "required"` route; `Some`
+/// is the answer when it may not.
+fn authorize(route: &Route, live: &Live, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let Some(identity) = &live.record.identity else {
+        return Some(unauthenticated(req));
+    };
+    if !route.groups.is_empty() && !identity.groups.iter().any(|g| route.groups.contains(g)) {
+        return Some(crate::error::plain(StatusCode::FORBIDDEN, "Forbidden"));
+    }
+    None
+}
+
+/// Browsers go to the login form and come back; other clients get 401.
+fn unauthenticated(req: &Request<Incoming>) -> Response<Body> {
+    let wants_html = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.contains("text/html")));
+    if wants_html {
+        let back = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let rd: String = form_urlencoded::byte_serialize(back.as_bytes()).collect();
+        return endpoints::redirect(StatusCode::FOUND, &format!("/.sessiongate/login?rd={rd}"));
+    }
+    let mut resp = endpoints::json(StatusCode::UNAUTHORIZED, &serde_json::json!({"error": "authentication required"}));
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Cookie realm=\"sessiongate\""));
+    resp
+}
+
+/// Adds a newly issued session cookie; such responses are never cached.
+fn with_cookie(mut resp: Response<Body>, cookie: Option<HeaderValue>) -> Response<Body> {
+    if let Some(c) = cookie {
+        let h = resp.headers_mut();
+        h.append(header::SET_COOKIE, c);
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+/// Towards the client: the upstream can never set our cookie, and its
+/// session-data header is consumed here, never passed on.
+async fn session_response_filter(shared: &Shared, session: Option<&Live>, headers: &mut http::HeaderMap) {
+    let name = shared.sessions.cookie_name();
+    if headers.contains_key(header::SET_COOKIE) {
+        let kept: Vec<HeaderValue> = headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter(|v| !sets_cookie(v.as_bytes(), name.as_bytes()))
+            .cloned()
+            .collect();
+        headers.remove(header::SET_COOKIE);
+        for v in kept {
+            headers.append(header::SET_COOKIE, v);
+        }
+    }
+    let data_name = &shared.config.headers.session_data_set;
+    let Some(data) = headers.remove(data_name) else { return };
+    let Some(live) = session else { return };
+    let max = shared.config.session.max_data_bytes;
+    match data.to_str() {
+        Ok(d) if d.len() <= max => {
+            if let Err(e) = shared.sessions.set_data(live, d.to_string()).await {
+                tracing::warn!(session_id = %live.record.id, error = %e, "session data not saved");
+            }
+        }
+        _ => tracing::warn!(
+            session_id = %live.record.id,
+            bytes = data.len(),
+            max,
+            "upstream session data ignored: too large or not text"
+        ),
+    }
+}
+
+/// Whether a `Set-Cookie` value sets the cookie `name` (case-sensitive name,
+/// leading whitespace tolerated).
+fn sets_cookie(value: &[u8], name: &[u8]) -> bool {
+    let v = value.trim_ascii_start();
+    v.len() > name.len() && v.starts_with(name) && v[name.len()..].trim_ascii_start().first() == Some(&b'=')
+}
+
+/// Rewrites the request for the upstream: origin URI, HTTP/1.1, limited body.
+fn build_upstream_request(req: Request<Incoming>, route: &Route, path: &str) -> Result<Request<Body>, GatewayError> {
+    let (mut parts, incoming) = req.into_parts();
+    let mut pq = String::with_capacity(path.len() + parts.uri.query().map_or(0, |q| q.len() + 1));
+    pq.push_str(path);
+    if let Some(q) = parts.uri.query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    parts.uri = Uri::builder()
+        .scheme(route.upstream.scheme.clone())
+        .authority(route.upstream.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?;
+    parts.version = Version::HTTP_11;
+    let body: Body = match route.max_body_bytes {
+        Some(limit) => Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))
+            .map_err(BoxError::from)
+            .boxed(),
+        None => incoming.map_err(BoxError::from).boxed(),
+    };
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Sends the request and waits for response headers within the timeout.
+async fn exchange(shared: &Shared, ctx: &mut RequestCtx, req: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
+    let started = Instant::now();
+    let result = tokio::time::timeout(shared.config.server.upstream_timeout, shared.client.request(req)).await;
+    ctx.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    match result {
+        Err(_) => Err(GatewayError::UpstreamTimeout),
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => Err(classify_client_error(e)),
+    }
+}
+
+fn classify_client_error(e: hyper_util::client::legacy::Error) -> GatewayError {
+    if e.is_connect() {
+        return GatewayError::UpstreamConnect(error_chain(&e));
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return GatewayError::BodyTooLarge;
+        }
+        source = err.source();
+    }
+    GatewayError::UpstreamOther(error_chain(&e))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Response filter: hop-by-hop removal towards the client.
+fn response_filter(resp: Response<Incoming>) -> Response<Body> {
+    let (mut parts, incoming) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, incoming.map_err(BoxError::from).boxed())
+}
+
+/// The authority the client addressed, with port (for same-origin checks).
+fn request_authority(req: &Request<Incoming>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+}
+
+/// The host the client addressed: lowercased, without port.
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.host())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))?;
+    let host = match raw.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => raw.rsplit_once(':').map_or(raw, |(h, _)| h),
+    };
+    Some(host.to_ascii_lowercase())
+}

@@ -1,0 +1,231 @@
+//! Routing: path normalisation and the route table.
+//!
+//! The gateway authorises and forwards the *same* normalised path (SECURITY.md
+//! rule 5): dot segments are resolved, duplicate slashes merged, unreserved
+//! percent-escapes decoded, and anything that could be read differently by the
+//! upstream (a climb above the root, encoded `/` or `\` used to climb, NUL,
+//! `..;` path parameters) is refused with 400. Matching never looks at the
+//! query string.
+
+use crate::config::{AuthMode, RouteConfig, Upstream};
+use std::sync::Arc;
+
+/// Why a request path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path does not start with `/`")]
+    NotAbsolute,
+    #[error("path climbs above the root")]
+    ClimbsOut,
+    #[error("path contains a NUL byte")]
+    Nul,
+    #[error("path contains a backslash")]
+    Backslash,
+    #[error("path contains a malformed percent-escape")]
+    BadEscape,
+    #[error("path contains an ambiguous dot segment with parameters")]
+    DotParams,
+}
+
+/// Normalises an origin-form request path (without query).
+pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+    if !raw.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let canonical = canonical_escapes(raw)?;
+    // A path whose encoded slashes would climb out once a backend decodes them
+    // is refused as well as one that climbs out literally.
+    let decoded_slashes = canonical.replace("%2F", "/");
+    resolve_segments(&decoded_slashes)?;
+    resolve_segments(&canonical)
+}
+
+/// Decodes percent-escapes of unreserved characters, upper-cases the hex of
+/// the rest, and refuses NUL, backslashes and broken escapes.
+fn canonical_escapes(raw: &str) -> Result<String, PathError> {
+    let bytes = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            0 => return Err(PathError::Nul),
+            b'\\' => return Err(PathError::Backslash),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEscape)?;
+                let v = std::str::from_utf8(hex)
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or(PathError::BadEscape)?;
+                match v {
+                    0 => return Err(PathError::Nul),
+                    b'\\' => return Err(PathError::Backslash),
+                    c if c.is_ascii_alphanumeric() || b"-._~".contains(&c) => out.push(c as char),
+                    c => {
+                        out.push('%');
+                        out.push(char::from(HEX[(c >> 4) as usize]));
+                        out.push(char::from(HEX[(c & 0xf) as usize]));
+                    }
+                }
+                i += 3;
+            }
+            _ => {
+                // `raw` is a &str, so non-ASCII bytes come in whole sequences.
+                out.push(b as char);
+                i += 1;
+                if !b.is_ascii() {
+                    out.pop();
+                    let ch_len = utf8_len(b);
+                    out.push_str(&raw[i - 1..i - 1 + ch_len]);
+                    i += ch_len - 1;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0xF0..=0xFF => 4,
+        0xE0..=0xEF => 3,
+        _ => 2,
+    }
+}
+
+/// Resolves `.` and `..` and merges empty segments; keeps a trailing slash.
+fn resolve_segments(path: &str) -> Result<String, PathError> {
+    let mut stack: Vec<&str> = Vec::new();
+    let trailing = path.len() > 1 && (path.ends_with('/') || path.ends_with("/.") || path.ends_with("/.."));
+    for seg in path.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                if stack.pop().is_none() {
+                    return Err(PathError::ClimbsOut);
+                }
+            }
+            s if s.starts_with(".;") || s.starts_with("..;") => return Err(PathError::DotParams),
+            s => stack.push(s),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for s in &stack {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() || (trailing && !stack.is_empty()) {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+/// A route as the request path uses it.
+#[derive(Debug)]
+pub struct Route {
+    pub path_prefix: String,
+    pub host: Option<String>,
+    pub upstream: Upstream,
+    pub auth: AuthMode,
+    pub groups: Vec<String>,
+    pub max_body_bytes: Option<u64>,
+    /// Label used in metrics and logs.
+    pub label: String,
+}
+
+/// The route table, ordered for first-match lookup: host-specific routes
+/// before host-less ones, longer prefixes before shorter ones.
+#[derive(Debug)]
+pub struct Router {
+    routes: Vec<Arc<Route>>,
+}
+
+impl Router {
+    pub fn new(config: &[RouteConfig]) -> Router {
+        let mut routes: Vec<Arc<Route>> = config
+            .iter()
+            .map(|r| {
+                Arc::new(Route {
+                    path_prefix: r.path_prefix.clone(),
+                    host: r.host.clone(),
+                    upstream: r.upstream.clone(),
+                    auth: r.auth,
+                    groups: r.groups.clone(),
+                    max_body_bytes: r.max_body_bytes,
+                    label: match &r.host {
+                        Some(h) => format!("{h}{}", r.path_prefix),
+                        None => r.path_prefix.clone(),
+                    },
+                })
+            })
+            .collect();
+        routes.sort_by(|a, b| {
+            b.host
+                .is_some()
+                .cmp(&a.host.is_some())
+                .then(b.path_prefix.len().cmp(&a.path_prefix.len()))
+        });
+        Router { routes }
+    }
+
+    /// The route for a lowercased host (no port) and a normalised path.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| {
+            r.host.as_deref().is_none_or(|h| Some(h) == host) && prefix_matches(&r.path_prefix, path)
+        })
+    }
+
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+}
+
+/// `/api` matches `/api` and `/api/x` but not `/apiary`; `/api/` and `/`
+/// match everything below them.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_dots_and_slashes() {
+        assert_eq!(normalize_path("/a/./b").as_deref(), Ok("/a/b"));
+        assert_eq!(normalize_path("/a/x/../b").as_deref(), Ok("/a/b"));
+        assert_eq!(normalize_path("//a//b/").as_deref(), Ok("/a/b/"));
+        assert_eq!(normalize_path("/").as_deref(), Ok("/"));
+        assert_eq!(normalize_path("/a/%2e%2E/b").as_deref(), Ok("/b"));
+        assert_eq!(normalize_path("/%7euser/%3f").as_deref(), Ok("/~user/%3F"));
+        assert_eq!(normalize_path("/caf%C3%A9").as_deref(), Ok("/caf%C3%A9"));
+        assert_eq!(normalize_path("/a/..").as_deref(), Ok("/"));
+    }
+
+    #[test]
+    fn refuses_unsafe_paths() {
+        assert_eq!(normalize_path("/../etc/passwd"), Err(PathError::ClimbsOut));
+        assert_eq!(normalize_path("/%2e%2e/x"), Err(PathError::ClimbsOut));
+        assert_eq!(normalize_path("/a/%2f..%2f..%2fx"), Err(PathError::ClimbsOut));
+        assert_eq!(normalize_path("/a%00b"), Err(PathError::Nul));
+        assert_eq!(normalize_path("/a%5cb"), Err(PathError::Backslash));
+        assert_eq!(normalize_path("/a\\b"), Err(PathError::Backslash));
+        assert_eq!(normalize_path("/a/..;/b"), Err(PathError::DotParams));
+        assert_eq!(normalize_path("/a%zz"), Err(PathError::BadEscape));
+        assert_eq!(normalize_path("/a%2"), Err(PathError::BadEscape));
+    }
+
+    #[test]
+    fn prefix_matching_respects_segments() {
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api", "/api/x"));
+        assert!(!prefix_matches("/api", "/apiary"));
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/api/", "/api/x"));
+    }
+}

@@ -1,0 +1,411 @@
+//! Listeners, connection limits, TLS handshakes and graceful shutdown.
+//!
+//! The accept loop takes a permit from a semaphore *before* accepting, so
+//! excess connections wait in the kernel backlog instead of exhausting the
+//! process. Each connection runs in its own task: TLS handshake under
+//! `tls_handshake_timeout`, then hyper (HTTP/1.1 or HTTP/2 by ALPN) with a
+//! timer installed so `header_read_timeout` really fires (hyper silently
+//! ignores it without one), and an idle watchdog for `keepalive_timeout`.
+//! Accept errors (EMFILE and friends) are retried with backoff, never fatal.
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::{self, body::Body, Shared};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("session store: {0}")]
+    Store(#[from] crate::session::store::StoreError),
+}
+
+/// Starts a graceful shutdown of a running [`Gateway`]. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// A gateway whose listeners are bound; [`Gateway::run`] serves them.
+pub struct Gateway {
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    tls: TlsAcceptor,
+    https: TcpListener,
+    admin: TcpListener,
+    redirect: Option<TcpListener>,
+    shutdown_tx: Arc<watch::Sender<bool>>,
+    admin_state: Arc<crate::admin::AdminState>,
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { key, addr, source })
+}
+
+impl Gateway {
+    /// Loads certificates, opens the session store and binds every listener.
+    pub async fn bind(config: Config) -> Result<Gateway, StartError> {
+        let config = Arc::new(config);
+        let tls = TlsAcceptor::from(crate::tls::server_config(&config.tls.cert, &config.tls.key)?);
+        let metrics = Arc::new(Metrics::new());
+        let sessions = Arc::new(crate::session::Sessions::open(config.clone(), metrics.clone()).await?);
+        sessions.start_background();
+        let shared = Arc::new(Shared::new(config.clone(), metrics.clone(), sessions.clone()));
+        let https = bind("server.listen", config.server.listen).await?;
+        let admin = bind("admin.listen", config.admin.listen).await?;
+        let redirect = match config.server.http_redirect_listen {
+            Some(addr) => Some(bind("server.http_redirect_listen", addr).await?),
+            None => None,
+        };
+        let (shutdown_tx, _) = watch::channel(false);
+        let admin_state = Arc::new(crate::admin::AdminState::new(config.clone(), metrics, sessions));
+        Ok(Gateway {
+            config,
+            shared,
+            tls,
+            https,
+            admin,
+            redirect,
+            shutdown_tx: Arc::new(shutdown_tx),
+            admin_state,
+        })
+    }
+
+    pub fn https_addr(&self) -> SocketAddr {
+        local(&self.https)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        local(&self.admin)
+    }
+
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.redirect.as_ref().map(local)
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown_tx.clone())
+    }
+
+    /// Serves until shutdown is requested, then stops accepting and waits up
+    /// to `shutdown_grace` for open connections to finish their requests.
+    pub async fn run(self) -> Result<(), StartError> {
+        let https_addr = self.https_addr();
+        tracing::info!(listener = "https", addr = %https_addr, "listening");
+        tracing::info!(listener = "admin", addr = %self.admin_addr(), "listening");
+        if let Some(addr) = self.redirect_addr() {
+            tracing::info!(listener = "redirect", addr = %addr, "listening");
+        }
+        let limit = self.config.server.max_connections;
+        let permits = Arc::new(Semaphore::new(limit));
+        let conn_settings = Arc::new(ConnSettings::new(&self.config));
+        let shutdown_rx = self.shutdown_tx.subscribe();
+
+        let admin_task = tokio::spawn(crate::admin::serve(self.admin, self.admin_state.clone(), shutdown_rx.clone()));
+        let redirect_task = self.redirect.map(|l| {
+            let port = self.config.server.public_https_port.unwrap_or(https_addr.port());
+            tokio::spawn(crate::redirect::serve(l, port, shutdown_rx.clone()))
+        });
+        accept_loop(
+            self.https,
+            self.tls,
+            self.shared.clone(),
+            conn_settings,
+            permits.clone(),
+            shutdown_rx,
+        )
+        .await;
+
+        tracing::info!(grace = ?self.config.server.shutdown_grace, "shutting down: draining connections");
+        let limit_u32 = u32::try_from(limit).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(self.config.server.shutdown_grace, permits.acquire_many(limit_u32)).await;
+        if drained.is_err() {
+            tracing::warn!("shutdown grace elapsed with connections still open");
+        }
+        admin_task.abort();
+        if let Some(t) = redirect_task {
+            t.abort();
+        }
+        self.shared.sessions.flush().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves once shutdown has been requested.
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn local(l: &TcpListener) -> SocketAddr {
+    l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// Per-connection protocol settings, built once.
+struct ConnSettings {
+    handshake_timeout: Duration,
+    keepalive_timeout: Duration,
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+    any: auto::Builder<TokioExecutor>,
+}
+
+impl ConnSettings {
+    fn new(config: &Config) -> ConnSettings {
+        let make = || {
+            let mut b = auto::Builder::new(TokioExecutor::new());
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(config.server.header_read_timeout)
+                .max_buf_size(config.server.max_header_bytes.max(8192))
+                .keep_alive(true);
+            b.http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(config.server.max_header_bytes).unwrap_or(u32::MAX))
+                .max_concurrent_streams(256)
+                .keep_alive_interval(Some(config.server.keepalive_timeout / 2))
+                .keep_alive_timeout(Duration::from_secs(20));
+            b
+        };
+        ConnSettings {
+            handshake_timeout: config.server.tls_handshake_timeout,
+            keepalive_timeout: config.server.keepalive_timeout,
+            h1: make().http1_only(),
+            h2: make().http2_only(),
+            any: make(),
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    shared: Arc<Shared>,
+    settings: Arc<ConnSettings>,
+    permits: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = crate::server::stopped(&mut shutdown) => return,
+        };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = crate::server::stopped(&mut shutdown) => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(5);
+                pair
+            }
+            Err(e) => {
+                // Out of descriptors or a reset during accept: back off, go on.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let conn = Connection {
+            tls: tls.clone(),
+            shared: shared.clone(),
+            settings: settings.clone(),
+            shutdown: shutdown.clone(),
+        };
+        tokio::spawn(async move {
+            conn.serve(tcp, peer).await;
+            drop(permit);
+        });
+    }
+}
+
+struct Connection {
+    tls: TlsAcceptor,
+    shared: Arc<Shared>,
+    settings: Arc<ConnSettings>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Keeps the open-connections gauge honest whatever way the task ends.
+struct OpenGuard(Arc<Metrics>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open_connections.dec();
+    }
+}
+
+impl Connection {
+    async fn serve(mut self, tcp: TcpStream, peer: SocketAddr) {
+        self.shared.metrics.open_connections.inc();
+        let _guard = OpenGuard(self.shared.metrics.clone());
+        let tls = match tokio::time::timeout(self.settings.handshake_timeout, self.tls.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let builder = match tls.get_ref().1.alpn_protocol() {
+            Some(b"h2") => &self.settings.h2,
+            Some(_) => &self.settings.h1,
+            None => &self.settings.any,
+        };
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(Tracked {
+            inner: tls,
+            activity: activity.clone(),
+        });
+        let shared = self.shared.clone();
+        let in_flight = activity.clone();
+        let service = service_fn(move |req: hyper::Request<Incoming>| {
+            let shared = shared.clone();
+            let in_flight = in_flight.clone();
+            async move {
+                in_flight.requests.fetch_add(1, Ordering::Relaxed);
+                let resp = proxy::handle(shared, peer, req).await;
+                in_flight.requests.fetch_sub(1, Ordering::Relaxed);
+                in_flight.touch();
+                Ok::<hyper::Response<Body>, Infallible>(resp)
+            }
+        });
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
+        let idle = self.settings.keepalive_timeout;
+        let mut closing = false;
+        loop {
+            let deadline = activity.last() + idle;
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = crate::server::stopped(&mut self.shutdown), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = tokio::time::sleep_until(deadline.into()), if !closing => {
+                    if activity.requests.load(Ordering::Relaxed) == 0 && activity.last() + idle <= Instant::now() {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// When the connection last moved a byte, and how many requests it has open.
+struct Activity {
+    base: Instant,
+    last_ms: AtomicU64,
+    requests: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            requests: AtomicUsize::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// An IO wrapper that records activity for the idle watchdog.
+struct Tracked<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        res
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

@@ -1,0 +1,512 @@
+//! Sessions: issue, verify, bind, rotate, expire and end them.
+//!
+//! [`Sessions`] owns a moka cache of live sessions in front of the store of
+//! record. A verified request on a cache hit does no I/O: it checks the
+//! record's own timestamps, the binding, and bumps an atomic `last_seen`;
+//! every `touch_interval` at most one write-behind touch per session is
+//! queued. Concurrent misses for one token make one store read. Rotation and
+//! deletion go to the store first (durably), then invalidate the cache.
+//!
+//! Lifecycle: created → verified → touched → rotated → revoked | expired.
+
+pub mod cookies;
+pub mod record;
+pub mod store;
+pub mod token;
+
+use crate::config::{Config, OnMismatch, SameSite, StoreKind};
+use crate::metrics::Metrics;
+use http::{HeaderMap, HeaderValue};
+use record::{now_ms, ClientBinding, Identity, SessionRecord};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use store::{SessionStore, StoreError};
+use token::{SessionId, SessionToken, TokenHash};
+
+/// A session as the request path sees it: the record plus the header values
+/// forwarded upstream, computed once per cache entry rather than per request.
+pub struct Live {
+    pub hash: TokenHash,
+    pub record: SessionRecord,
+    last_seen: AtomicU64,
+    persisted_seen: AtomicU64,
+    pub id_header: HeaderValue,
+    pub user_header: Option<HeaderValue>,
+    pub email_header: Option<HeaderValue>,
+    pub groups_header: Option<HeaderValue>,
+    pub data_header: Option<HeaderValue>,
+}
+
+impl Live {
+    fn new(hash: TokenHash, record: SessionRecord) -> Live {
+        let hv = |s: &str| HeaderValue::from_str(s).ok();
+        let identity = record.identity.as_ref();
+        Live {
+            hash,
+            id_header: hv(&record.id.to_string()).unwrap_or_else(|| HeaderValue::from_static("")),
+            user_header: identity.and_then(|i| hv(&i.user)),
+            email_header: identity.and_then(|i| i.email.as_deref()).and_then(hv),
+            groups_header: identity.filter(|i| !i.groups.is_empty()).and_then(|i| hv(&i.groups.join(","))),
+            data_header: Some(record.data.as_str()).filter(|d| !d.is_empty()).and_then(hv),
+            last_seen: AtomicU64::new(record.last_seen),
+            persisted_seen: AtomicU64::new(record.last_seen),
+            record,
+        }
+    }
+
+    pub fn last_seen(&self) -> u64 {
+        self.last_seen.load(Ordering::Relaxed)
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        self.record.identity.is_some()
+    }
+}
+
+/// The result of looking at a request's cookie.
+pub enum Lookup {
+    /// A live, bound, unexpired session.
+    Valid(Arc<Live>),
+    /// No usable session; `presented` says whether the request carried our
+    /// cookie at all (a stale or forged one is replaced).
+    None { presented: bool },
+}
+
+/// Failure of a session operation that must fail closed (503).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Random(#[from] token::RandomError),
+}
+
+#[derive(Debug)]
+enum MissError {
+    NotFound,
+    Store(StoreError),
+}
+
+/// The session manager shared by the pipeline, the login endpoints and the
+/// admin API.
+pub struct Sessions {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    store: Arc<dyn SessionStore>,
+    cache: moka::future::Cache<TokenHash, Arc<Live>>,
+    /// Hashes deleted recently: a store read that raced the delete must not
+    /// put the session back into the cache.
+    revoked: moka::sync::Cache<TokenHash, ()>,
+    /// Write-behind `last_seen` updates, coalesced per session.
+    pending_touches: Mutex<HashMap<TokenHash, u64>>,
+    idle_ms: u64,
+    absolute_ms: u64,
+    touch_ms: u64,
+    set_cookie_suffix: String,
+    clear_cookie: HeaderValue,
+}
+
+/// How long a cache entry may be served before it is re-read from the store,
+/// whatever else happens: a bound on staleness from any cause.
+const CACHE_TTL: Duration = Duration::from_secs(600);
+
+impl Sessions {
+    /// Opens the configured store and starts the background tasks.
+    pub async fn open(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Sessions, StoreError> {
+        let store: Arc<dyn SessionStore> = match &config.store.kind {
+            StoreKind::Memory => Arc::new(store::memory::MemoryStore::default()),
+            StoreKind::Embedded { path } => {
+                let path = path.clone();
+                let s = tokio::task::spawn_blocking(move || store::embedded::EmbeddedStore::open(&path))
+                    .await
+                    .map_err(|e| StoreError::Join(e.to_string()))??;
+                Arc::new(s)
+            }
+        };
+        Ok(Sessions::with_store(config, metrics, store))
+    }
+
+    pub fn with_store(config: Arc<Config>, metrics: Arc<Metrics>, store: Arc<dyn SessionStore>) -> Sessions {
+        let s = &config.session;
+        let same_site = match s.same_site {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+        };
+        let mut suffix = format!("; Path=/; Secure; HttpOnly; SameSite={same_site}");
+        if s.persistent {
+            suffix.push_str(&format!("; Max-Age={}", s.absolute_timeout.as_secs()));
+        }
+        let clear = format!("{}=; Max-Age=0; Path=/; Secure; HttpOnly; SameSite={same_site}", s.cookie_name);
+        let cache = moka::future::Cache::builder()
+            .max_capacity(config.store.cache_capacity)
+            .time_to_live(CACHE_TTL)
+            .time_to_idle(s.idle_timeout.min(CACHE_TTL))
+            .build();
+        Sessions {
+            store,
+            cache,
+            revoked: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(CACHE_TTL * 2)
+                .build(),
+            pending_touches: Mutex::new(HashMap::new()),
+            idle_ms: millis(s.idle_timeout),
+            absolute_ms: millis(s.absolute_timeout),
+            touch_ms: millis(config.store.touch_interval),
+            set_cookie_suffix: suffix,
+            clear_cookie: HeaderValue::from_str(&clear).unwrap_or_else(|_| HeaderValue::from_static("")),
+            metrics,
+            config,
+        }
+    }
+
+    /// Starts the write-behind and sweeper tasks. They hold a weak reference
+    /// and end with the manager.
+    pub fn start_background(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let touch_every = self.config.store.touch_interval.clamp(Duration::from_millis(50), Duration::from_secs(5));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(touch_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(s) = weak.upgrade() else { return };
+                s.flush().await;
+            }
+        });
+        let weak = Arc::downgrade(self);
+        let sweep_every = self.config.store.sweep_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(sweep_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(s) = weak.upgrade() else { return };
+                s.sweep().await;
+            }
+        });
+    }
+
+    fn store_failed(&self) {
+        self.metrics.store_errors.inc();
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn cookie_name(&self) -> &str {
+        &self.config.session.cookie_name
+    }
+
+    /// Writes queued `last_seen` updates to the store.
+    pub async fn flush(&self) {
+        let batch: Vec<(TokenHash, u64)> = {
+            let mut pending = self.pending_touches.lock().unwrap_or_else(|p| p.into_inner());
+            pending.drain().collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.touch(batch).await {
+            self.metrics.store_errors.inc();
+            tracing::warn!(error = %e, "write-behind of last_seen failed");
+        }
+    }
+
+    async fn sweep(&self) {
+        match self.store.sweep(now_ms(), self.idle_ms).await {
+            Ok(dead) => {
+                for h in &dead {
+                    self.cache.invalidate(h).await;
+                }
+                if !dead.is_empty() {
+                    tracing::info!(count = dead.len(), "swept expired sessions");
+                }
+            }
+            Err(e) => {
+                self.metrics.store_errors.inc();
+                tracing::warn!(error = %e, "session sweep failed");
+            }
+        }
+    }
+
+    /// Finds and verifies the session named by the request's cookie.
+    pub async fn lookup(&self, headers: &HeaderMap, client_ip: IpAddr) -> Result<Lookup, SessionError> {
+        let token = match cookies::find(headers, self.cookie_name()) {
+            cookies::Presented::Absent => return Ok(Lookup::None { presented: false }),
+            cookies::Presented::Conflict => return Ok(Lookup::None { presented: true }),
+            cookies::Presented::One(v) => match SessionToken::parse(v) {
+                Some(t) => t,
+                None => return Ok(Lookup::None { presented: true }),
+            },
+        };
+        let hash = token.hash();
+        let Some(live) = self.get(hash).await? else {
+            return Ok(Lookup::None { presented: true });
+        };
+        let now = now_ms();
+        if let Some(why) = live.record.expiry(now, live.last_seen(), self.idle_ms) {
+            self.metrics.session_expired(why.as_str());
+            tracing::info!(event = "session_expired", session_id = %live.record.id, reason = why.as_str());
+            self.remove(hash).await?;
+            return Ok(Lookup::None { presented: true });
+        }
+        let binding = &self.config.session.binding;
+        if let Err(kind) = live.record.binding.check(binding, client_ip, headers) {
+            self.metrics.binding_mismatch(kind.as_str());
+            tracing::warn!(
+                event = "binding_mismatch",
+                session_id = %live.record.id,
+                kind = kind.as_str(),
+                bound_prefix = ?live.record.binding.ip,
+                client_prefix = ?record::ip_prefix(binding.ip, client_ip),
+                action = ?binding.on_mismatch,
+                "session presented by a different client"
+            );
+            if binding.on_mismatch == OnMismatch::Revoke {
+                self.metrics.session_revoked("binding_mismatch");
+                self.remove(hash).await?;
+            }
+            return Ok(Lookup::None { presented: true });
+        }
+        self.touch(&live, now);
+        Ok(Lookup::Valid(live))
+    }
+
+    /// Cache first; one store read for concurrent misses of one key.
+    async fn get(&self, hash: TokenHash) -> Result<Option<Arc<Live>>, StoreError> {
+        if let Some(live) = self.cache.get(&hash).await {
+            self.metrics.cache_hits.inc();
+            return Ok(Some(live));
+        }
+        self.metrics.cache_misses.inc();
+        let store = self.store.clone();
+        let revoked = self.revoked.clone();
+        let res = self
+            .cache
+            .try_get_with(hash, async move {
+                match store.get(hash).await {
+                    Ok(Some(rec)) if !revoked.contains_key(&hash) => Ok(Arc::new(Live::new(hash, rec))),
+                    Ok(_) => Err(MissError::NotFound),
+                    Err(e) => Err(MissError::Store(e)),
+                }
+            })
+            .await;
+        match res {
+            Ok(live) => Ok(Some(live)),
+            Err(e) => match &*e {
+                MissError::NotFound => Ok(None),
+                MissError::Store(se) => {
+                    self.metrics.store_errors.inc();
+                    Err(StoreError::Backend(se.to_string()))
+                }
+            },
+        }
+    }
+
+    fn touch(&self, live: &Live, now: u64) {
+        live.last_seen.fetch_max(now, Ordering::Relaxed);
+        let persisted = live.persisted_seen.load(Ordering::Relaxed);
+        if now.saturating_sub(persisted) >= self.touch_ms
+            && live
+                .persisted_seen
+                .compare_exchange(persisted, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let mut pending = self.pending_touches.lock().unwrap_or_else(|p| p.into_inner());
+            pending.insert(live.hash, now);
+        }
+    }
+
+    /// Deletes a session from the store (durably) and the cache.
+    async fn remove(&self, hash: TokenHash) -> Result<bool, StoreError> {
+        self.revoked.insert(hash, ());
+        let existed = self.store.delete(hash).await.inspect_err(|_| self.store_failed())?;
+        self.cache.invalidate(&hash).await;
+        Ok(existed)
+    }
+
+    fn new_record(&self, client_ip: IpAddr, headers: &HeaderMap, identity: Option<Identity>) -> Result<SessionRecord, SessionError> {
+        let now = now_ms();
+        Ok(SessionRecord {
+            id: SessionId::generate()?,
+            identity,
+            binding: ClientBinding::new(&self.config.session.binding, client_ip, headers),
+            created_at: now,
+            authenticated_at: now,
+            last_seen: now,
+            expires_at: now.saturating_add(self.absolute_ms),
+            data: String::new(),
+            csrf: token::random_string::<24>()?,
+        })
+    }
+
+    async fn insert(&self, record: SessionRecord) -> Result<(SessionToken, Arc<Live>), SessionError> {
+        let token = SessionToken::generate()?;
+        let hash = token.hash();
+        self.store.put(hash, record.clone()).await.inspect_err(|_| self.store_failed())?;
+        let live = Arc::new(Live::new(hash, record));
+        self.cache.insert(hash, live.clone()).await;
+        self.metrics.sessions_created.inc();
+        Ok((token, live))
+    }
+
+    /// Issues a new anonymous session bound to this client.
+    pub async fn issue(&self, client_ip: IpAddr, headers: &HeaderMap) -> Result<(SessionToken, Arc<Live>), SessionError> {
+        let record = self.new_record(client_ip, headers, None)?;
+        let out = self.insert(record).await?;
+        tracing::debug!(event = "session_created", session_id = %out.1.record.id);
+        Ok(out)
+    }
+
+    /// Mints a logged-in session for automation (admin API).
+    pub async fn mint(&self, client_ip: IpAddr, headers: &HeaderMap, identity: Identity) -> Result<(SessionToken, Arc<Live>), SessionError> {
+        let record = self.new_record(client_ip, headers, Some(identity))?;
+        let out = self.insert(record).await?;
+        tracing::info!(event = "session_minted", session_id = %out.1.record.id);
+        Ok(out)
+    }
+
+    /// Login: a new token for the same session (id and data kept), the
+    /// identity set, the absolute lifetime restarted, a new CSRF secret.
+    /// The old token is refused from the moment this returns.
+    pub async fn rotate_login(&self, old: &Live, identity: Identity, client_ip: IpAddr, headers: &HeaderMap) -> Result<(SessionToken, Arc<Live>), SessionError> {
+        let now = now_ms();
+        let mut record = old.record.clone();
+        record.identity = Some(identity);
+        record.binding = ClientBinding::new(&self.config.session.binding, client_ip, headers);
+        record.authenticated_at = now;
+        record.last_seen = now;
+        record.expires_at = now.saturating_add(self.absolute_ms);
+        record.csrf = token::random_string::<24>()?;
+        let token = SessionToken::generate()?;
+        let hash = token.hash();
+        self.revoked.insert(old.hash, ());
+        self.store
+            .rotate(old.hash, hash, record.clone())
+            .await
+            .inspect_err(|_| self.store_failed())?;
+        self.cache.invalidate(&old.hash).await;
+        let live = Arc::new(Live::new(hash, record));
+        self.cache.insert(hash, live.clone()).await;
+        self.metrics.sessions_rotated.inc();
+        tracing::info!(event = "session_rotated", session_id = %live.record.id, user = live.record.identity.as_ref().map(|i| i.user.as_str()).unwrap_or(""));
+        Ok((token, live))
+    }
+
+    /// Ends a session (logout or admin revocation).
+    pub async fn revoke(&self, hash: TokenHash, reason: &'static str) -> Result<bool, StoreError> {
+        let existed = self.remove(hash).await?;
+        if existed {
+            self.metrics.session_revoked(reason);
+        }
+        Ok(existed)
+    }
+
+    /// Replaces the session's data (from the upstream's data header).
+    pub async fn set_data(&self, live: &Live, data: String) -> Result<(), StoreError> {
+        let mut record = live.record.clone();
+        record.data = data;
+        record.last_seen = live.last_seen();
+        if self.revoked.contains_key(&live.hash) {
+            return Ok(());
+        }
+        self.store.put(live.hash, record.clone()).await.inspect_err(|_| self.store_failed())?;
+        self.cache.insert(live.hash, Arc::new(Live::new(live.hash, record))).await;
+        Ok(())
+    }
+
+    /// All sessions, or one user's (admin API).
+    pub async fn list(&self, user: Option<String>) -> Result<Vec<SessionRecord>, StoreError> {
+        let now = now_ms();
+        let mut out: Vec<SessionRecord> = self
+            .store
+            .list(user)
+            .await?
+            .into_iter()
+            .filter_map(|(h, mut r)| {
+                if let Some(live) = self.cache.get(&h).now_or_never_sync() {
+                    r.last_seen = r.last_seen.max(live.last_seen());
+                }
+                (r.expiry(now, r.last_seen, self.idle_ms).is_none()).then_some(r)
+            })
+            .collect();
+        out.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+        Ok(out)
+    }
+
+    /// Revokes the session with this id. Returns whether one existed.
+    pub async fn revoke_id(&self, id: SessionId) -> Result<bool, StoreError> {
+        match self.store.find_id(id).await? {
+            Some((h, _)) => self.revoke(h, "admin").await,
+            None => Ok(false),
+        }
+    }
+
+    /// Revokes every session of `user`. Returns how many.
+    pub async fn revoke_user(&self, user: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for (h, _) in self.store.list(Some(user.to_string())).await? {
+            if self.revoke(h, "admin").await? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// `Set-Cookie` value carrying `token`.
+    pub fn set_cookie(&self, token: &SessionToken) -> HeaderValue {
+        let v = format!("{}={}{}", self.cookie_name(), token.encode(), self.set_cookie_suffix);
+        HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// `Set-Cookie` value that deletes the cookie.
+    pub fn clear_cookie(&self) -> HeaderValue {
+        self.clear_cookie.clone()
+    }
+
+    /// The `Cookie:` value for a token (admin mint).
+    pub fn cookie_pair(&self, token: &SessionToken) -> String {
+        format!("{}={}", self.cookie_name(), token.encode())
+    }
+
+    pub fn idle_ms(&self) -> u64 {
+        self.idle_ms
+    }
+
+    /// Whether the store answers (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.store.get(TokenHash([0; 32])).await.map(|_| ())
+    }
+
+    /// Entries currently cached (the active-sessions gauge).
+    pub fn cached(&self) -> u64 {
+        self.cache.entry_count()
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// moka's future cache `get` is async; for the admin listing a cheap
+/// synchronous peek is enough.
+trait NowOrNever<T> {
+    fn now_or_never_sync(self) -> Option<T>;
+}
+
+impl<F: std::future::Future<Output = Option<T>>, T> NowOrNever<T> for F {
+    fn now_or_never_sync(self) -> Option<T> {
+        use futures_util::FutureExt;
+        self.now_or_never().flatten()
+    }
+}

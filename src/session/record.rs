@@ -1,0 +1,155 @@
+//! The server-side session record and the client binding.
+//!
+//! Lifecycle: created (anonymous, on an `optional`/`required` route) →
+//! verified on every request (idle and absolute limits from the record's own
+//! timestamps, binding) → touched (`last_seen`, written behind) → rotated at
+//! login (new token, same `id` and `data`, absolute lifetime restarts) →
+//! revoked (logout, admin, binding mismatch) or expired. Revocation and
+//! expiry delete the record; nothing ever resurrects it.
+
+use crate::config::{BindingConfig, IpBinding};
+use http::HeaderMap;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::token::SessionId;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Who a logged-in session belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub email: Option<String>,
+    pub groups: Vec<String>,
+}
+
+/// What a session was bound to at creation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientBinding {
+    /// The client's address or prefix; `None` when IP binding is off.
+    pub ip: Option<IpNet>,
+    /// SHA-256 (hex) of the configured fingerprint headers.
+    pub fingerprint: String,
+}
+
+/// Why a request did not match its session's binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    Ip,
+    Fingerprint,
+}
+
+impl Mismatch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mismatch::Ip => "ip",
+            Mismatch::Fingerprint => "fingerprint",
+        }
+    }
+}
+
+impl ClientBinding {
+    pub fn new(config: &BindingConfig, ip: IpAddr, headers: &HeaderMap) -> ClientBinding {
+        ClientBinding {
+            ip: ip_prefix(config.ip, ip),
+            fingerprint: fingerprint(config, headers),
+        }
+    }
+
+    /// Checks a request against the binding; IP first.
+    pub fn check(&self, config: &BindingConfig, ip: IpAddr, headers: &HeaderMap) -> Result<(), Mismatch> {
+        if let Some(net) = &self.ip {
+            if !net.contains(&crate::proxy::headers::canonical_ip(ip)) {
+                return Err(Mismatch::Ip);
+            }
+        }
+        if self.fingerprint != fingerprint(config, headers) {
+            return Err(Mismatch::Fingerprint);
+        }
+        Ok(())
+    }
+}
+
+/// The network a client address is bound to under `mode`.
+pub fn ip_prefix(mode: IpBinding, ip: IpAddr) -> Option<IpNet> {
+    let ip = crate::proxy::headers::canonical_ip(ip);
+    let len = match (mode, ip) {
+        (IpBinding::Off, _) => return None,
+        (IpBinding::Exact, IpAddr::V4(_)) => 32,
+        (IpBinding::Exact, IpAddr::V6(_)) => 128,
+        (IpBinding::Subnet { v4, .. }, IpAddr::V4(_)) => v4,
+        (IpBinding::Subnet { v6, .. }, IpAddr::V6(_)) => v6,
+    };
+    IpNet::new(ip, len).ok().map(|n| n.trunc())
+}
+
+/// SHA-256 over the configured headers' names and values, in config order.
+/// A missing header hashes differently from an empty one.
+pub fn fingerprint(config: &BindingConfig, headers: &HeaderMap) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for name in &config.fingerprint_headers {
+        ctx.update(name.as_str().as_bytes());
+        for v in headers.get_all(name) {
+            ctx.update(b"\x00=");
+            ctx.update(v.as_bytes());
+        }
+        ctx.update(b"\x00;");
+    }
+    super::token::hex(ctx.finish().as_ref())
+}
+
+/// The server's copy of a session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub identity: Option<Identity>,
+    pub binding: ClientBinding,
+    pub created_at: u64,
+    /// Start of the absolute lifetime: creation, then each login.
+    pub authenticated_at: u64,
+    pub last_seen: u64,
+    /// `authenticated_at + absolute_timeout`.
+    pub expires_at: u64,
+    pub data: String,
+    /// Anti-CSRF secret for the gateway's own forms; rotated at login.
+    pub csrf: String,
+}
+
+/// Why a session is no longer valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    Idle,
+    Absolute,
+}
+
+impl Expiry {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Expiry::Idle => "idle",
+            Expiry::Absolute => "absolute",
+        }
+    }
+}
+
+impl SessionRecord {
+    /// Checks the record's own timestamps; `last_seen` may be fresher than
+    /// the record's field (kept in the cache entry).
+    pub fn expiry(&self, now: u64, last_seen: u64, idle_ms: u64) -> Option<Expiry> {
+        if now >= self.expires_at {
+            Some(Expiry::Absolute)
+        } else if now.saturating_sub(last_seen) >= idle_ms {
+            Some(Expiry::Idle)
+        } else {
+            None
+        }
+    }
+}

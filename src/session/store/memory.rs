@@ -1,0 +1,87 @@
+//! An in-process store: sessions end with the process. For tests and for
+//! deployments that accept a logout-everyone restart.
+
+use super::{is_dead, matches_user, SessionStore, StoreFuture};
+use crate::session::record::SessionRecord;
+use crate::session::token::{SessionId, TokenHash};
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+#[derive(Default)]
+pub struct MemoryStore {
+    map: RwLock<HashMap<TokenHash, SessionRecord>>,
+}
+
+impl MemoryStore {
+    fn read<T>(&self, f: impl FnOnce(&HashMap<TokenHash, SessionRecord>) -> T) -> T {
+        let guard = self.map.read().unwrap_or_else(|p| p.into_inner());
+        f(&guard)
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&mut HashMap<TokenHash, SessionRecord>) -> T) -> T {
+        let mut guard = self.map.write().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
+impl SessionStore for MemoryStore {
+    fn get(&self, hash: TokenHash) -> StoreFuture<'_, Option<SessionRecord>> {
+        let r = self.read(|m| m.get(&hash).cloned());
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn put(&self, hash: TokenHash, record: SessionRecord) -> StoreFuture<'_, ()> {
+        self.write(|m| m.insert(hash, record));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn rotate(&self, old: TokenHash, new: TokenHash, record: SessionRecord) -> StoreFuture<'_, ()> {
+        self.write(|m| {
+            m.remove(&old);
+            m.insert(new, record);
+        });
+        Box::pin(async { Ok(()) })
+    }
+
+    fn delete(&self, hash: TokenHash) -> StoreFuture<'_, bool> {
+        let existed = self.write(|m| m.remove(&hash).is_some());
+        Box::pin(async move { Ok(existed) })
+    }
+
+    fn touch(&self, batch: Vec<(TokenHash, u64)>) -> StoreFuture<'_, ()> {
+        self.write(|m| {
+            for (h, seen) in batch {
+                if let Some(r) = m.get_mut(&h) {
+                    r.last_seen = r.last_seen.max(seen);
+                }
+            }
+        });
+        Box::pin(async { Ok(()) })
+    }
+
+    fn list(&self, user: Option<String>) -> StoreFuture<'_, Vec<(TokenHash, SessionRecord)>> {
+        let v = self.read(|m| {
+            m.iter()
+                .filter(|(_, r)| matches_user(r, user.as_deref()))
+                .map(|(h, r)| (*h, r.clone()))
+                .collect()
+        });
+        Box::pin(async move { Ok(v) })
+    }
+
+    fn find_id(&self, id: SessionId) -> StoreFuture<'_, Option<(TokenHash, SessionRecord)>> {
+        let v = self.read(|m| m.iter().find(|(_, r)| r.id == id).map(|(h, r)| (*h, r.clone())));
+        Box::pin(async move { Ok(v) })
+    }
+
+    fn sweep(&self, now: u64, idle_ms: u64) -> StoreFuture<'_, Vec<TokenHash>> {
+        let dead = self.write(|m| {
+            let dead: Vec<TokenHash> = m.iter().filter(|(_, r)| is_dead(r, now, idle_ms)).map(|(h, _)| *h).collect();
+            for h in &dead {
+                m.remove(h);
+            }
+            dead
+        });
+        Box::pin(async move { Ok(dead) })
+    }
+}

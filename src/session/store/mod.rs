@@ -1,0 +1,59 @@
+//! The store of record for sessions, behind an object-safe async trait so that
+//! another backend (Redis) slots in without touching the request path.
+//!
+//! Creation, rotation and deletion must be durable when the returned future
+//! resolves: the response that announces them leaves only afterwards.
+//! `touch` is the exception: `last_seen` is written behind and may be lost in
+//! a crash, which at worst shortens a session's idle life.
+
+pub mod embedded;
+pub mod memory;
+
+use super::record::SessionRecord;
+use super::token::{SessionId, TokenHash};
+use std::future::Future;
+use std::pin::Pin;
+
+/// A store operation that could not complete: the caller fails closed (503).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store backend: {0}")]
+    Backend(String),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("blocking task failed: {0}")]
+    Join(String),
+}
+
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+pub trait SessionStore: Send + Sync + 'static {
+    /// The record under `hash`, if any.
+    fn get(&self, hash: TokenHash) -> StoreFuture<'_, Option<SessionRecord>>;
+    /// Creates or replaces the record under `hash`, durably.
+    fn put(&self, hash: TokenHash, record: SessionRecord) -> StoreFuture<'_, ()>;
+    /// Atomically removes `old` and stores `record` under `new`.
+    fn rotate(&self, old: TokenHash, new: TokenHash, record: SessionRecord) -> StoreFuture<'_, ()>;
+    /// Removes the record under `hash`, durably. Returns whether it existed.
+    fn delete(&self, hash: TokenHash) -> StoreFuture<'_, bool>;
+    /// Write-behind `last_seen` updates; records that no longer exist are skipped.
+    fn touch(&self, batch: Vec<(TokenHash, u64)>) -> StoreFuture<'_, ()>;
+    /// Every session, or those of one user.
+    fn list(&self, user: Option<String>) -> StoreFuture<'_, Vec<(TokenHash, SessionRecord)>>;
+    /// The session with this id.
+    fn find_id(&self, id: SessionId) -> StoreFuture<'_, Option<(TokenHash, SessionRecord)>>;
+    /// Deletes records whose absolute or idle life ended before `now`.
+    fn sweep(&self, now: u64, idle_ms: u64) -> StoreFuture<'_, Vec<TokenHash>>;
+}
+
+/// Whether a stored record is past its idle or absolute limit.
+pub(crate) fn is_dead(r: &SessionRecord, now: u64, idle_ms: u64) -> bool {
+    r.expiry(now, r.last_seen, idle_ms).is_some()
+}
+
+pub(crate) fn matches_user(r: &SessionRecord, user: Option<&str>) -> bool {
+    match user {
+        None => true,
+        Some(u) => r.identity.as_ref().is_some_and(|i| i.user == u),
+    }
+}

@@ -1,0 +1,170 @@
+//! Session tokens, their hashes and session ids: three types that cannot be
+//! confused for one another.
+//!
+//! A [`SessionToken`] exists only when it came from the OS CSPRNG or parsed as
+//! exactly 32 bytes of canonical base64url. The server only ever keeps its
+//! [`TokenHash`] (SHA-256), so a leaked store leaks no usable cookie. A
+//! [`SessionId`] is a separate random 128-bit name that survives rotation and
+//! may be shown to upstreams and operators.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+/// Length of an encoded token (32 bytes in base64url without padding).
+pub const TOKEN_LEN: usize = 43;
+
+/// Fills `buf` from the OS CSPRNG. Failure here means the OS cannot give us
+/// randomness: refusing to issue is the only safe answer.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], RandomError> {
+    let mut buf = [0u8; N];
+    getrandom::fill(&mut buf).map_err(|e| RandomError(e.to_string()))?;
+    Ok(buf)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the OS random number generator failed: {0}")]
+pub struct RandomError(String);
+
+/// The secret the client holds. Never logged (no `Debug` of the value), never
+/// stored, never forwarded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionToken([u8; 32]);
+
+impl std::fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionToken(<redacted>)")
+    }
+}
+
+impl SessionToken {
+    pub fn generate() -> Result<SessionToken, RandomError> {
+        Ok(SessionToken(random_bytes()?))
+    }
+
+    /// Parses a cookie value. Anything but 43 characters of canonical
+    /// base64url (no padding, no trailing bits) is refused.
+    pub fn parse(value: &str) -> Option<SessionToken> {
+        if value.len() != TOKEN_LEN {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        match URL_SAFE_NO_PAD.decode_slice(value.as_bytes(), &mut out) {
+            Ok(32) => Some(SessionToken(out)),
+            _ => None,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    pub fn hash(&self) -> TokenHash {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.0);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        TokenHash(out)
+    }
+}
+
+/// SHA-256 of a token: the key of a session in every store and cache.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl std::fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Only a prefix: enough to correlate, useless to an attacker anyway.
+        write!(f, "TokenHash({}…)", hex(&self.0[..4]))
+    }
+}
+
+/// The stable, non-secret name of a session (128 random bits, hex).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub [u8; 16]);
+
+impl SessionId {
+    pub fn generate() -> Result<SessionId, RandomError> {
+        Ok(SessionId(random_bytes()?))
+    }
+
+    pub fn parse(s: &str) -> Option<SessionId> {
+        if s.len() != 32 {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+            let hex = std::str::from_utf8(chunk).ok()?;
+            out[i] = u8::from_str_radix(hex, 16).ok()?;
+        }
+        Some(SessionId(out))
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
+
+impl std::fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionId({self})")
+    }
+}
+
+impl Serialize for SessionId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        SessionId::parse(&s).ok_or_else(|| serde::de::Error::custom("bad session id"))
+    }
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+/// A random URL-safe string (for CSRF tokens): `N` bytes, base64url.
+pub fn random_string<const N: usize>() -> Result<String, RandomError> {
+    Ok(URL_SAFE_NO_PAD.encode(random_bytes::<N>()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_reject_noise() {
+        let t = SessionToken::generate().unwrap_or_else(|_| unreachable!());
+        let s = t.encode();
+        assert_eq!(s.len(), TOKEN_LEN);
+        assert_eq!(SessionToken::parse(&s).map(|p| p.hash()), Some(t.hash()));
+        assert!(SessionToken::parse("").is_none());
+        assert!(SessionToken::parse(&format!("{s}A")).is_none());
+        assert!(SessionToken::parse(&s.replace(|c: char| c.is_alphanumeric(), "=")).is_none());
+        // A non-canonical last character (trailing bits set) is refused.
+        let mut last = s.clone();
+        last.pop();
+        last.push('/');
+        assert!(SessionToken::parse(&last).is_none());
+    }
+
+    #[test]
+    fn ids_round_trip() {
+        let id = SessionId::generate().unwrap_or_else(|_| unreachable!());
+        assert_eq!(SessionId::parse(&id.to_string()), Some(id));
+        assert!(SessionId::parse("zz").is_none());
+    }
+}

@@ -1,0 +1,90 @@
+//! TLS: certificate loading, the rustls server configuration, and development
+//! certificates.
+//!
+//! One crypto provider (aws-lc-rs), TLS 1.2 and 1.3 only, ALPN `h2` then
+//! `http/1.1`, stateless session tickets plus a session cache so that resumed
+//! handshakes are cheap. Private keys are read once and never logged.
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("tls.cert: cannot read certificate chain from {path}: {reason}")]
+    Cert { path: PathBuf, reason: String },
+    #[error("tls.key: cannot read private key from {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("tls: certificate and key do not work together: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("cannot generate a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Loads the PEM chain and key and builds the server configuration.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Cert {
+            path: cert.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::Cert {
+            path: cert.to_path_buf(),
+            reason: "no CERTIFICATE block found".into(),
+        });
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+        path: key.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(64 * 1024);
+    Ok(Arc::new(config))
+}
+
+/// Writes a self-signed development certificate for `hosts` (DNS names or IP
+/// addresses) to `out_dir/cert.pem` and `out_dir/key.pem` (mode 0600).
+pub fn write_self_signed(out_dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf), TlsError> {
+    let certified = rcgen::generate_simple_self_signed(hosts.to_vec())?;
+    std::fs::create_dir_all(out_dir).map_err(|source| TlsError::Write {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    let cert_path = out_dir.join("cert.pem");
+    let key_path = out_dir.join("key.pem");
+    write_file(&cert_path, certified.cert.pem().as_bytes(), 0o644)?;
+    write_file(&key_path, certified.signing_key.serialize_pem().as_bytes(), 0o600)?;
+    Ok((cert_path, key_path))
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(mode);
+    let _ = mode;
+    opts.open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|source| TlsError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+}

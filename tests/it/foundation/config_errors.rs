@@ -1,0 +1,232 @@
+//! What an operator sees for a bad config: exit code 2 and a message naming the file, the key
+//! and, where known, the line; both from `sessiongate check` and from a plain start. Also
+//! `check` on a good file, relative certificate paths, and `gen-cert`.
+
+use std::{ffi::OsStr, path::Path};
+
+use sessiongate::config::Config;
+
+use crate::kit::{
+    binary::run_cli, closed_port, config::PreparedConfig, quoted, Echo, GatewayConfig, RouteSpec,
+    TestGateway, TestUpstream,
+};
+
+/// A config that would be valid: one route to a port nobody needs to listen on.
+fn valid_config() -> GatewayConfig {
+    GatewayConfig::new().route(RouteSpec::new(
+        "/api/",
+        format!("http://127.0.0.1:{}", closed_port()),
+    ))
+}
+
+/// Writes `config`, then replaces its text with `edit(text)` (for errors the builder cannot
+/// express, like broken syntax).
+fn prepare_edited(config: GatewayConfig, edit: impl FnOnce(&str) -> String) -> PreparedConfig {
+    let mut prepared = config.prepare();
+    prepared.text = edit(&prepared.text);
+    std::fs::write(&prepared.path, &prepared.text).expect("rewrite config");
+    prepared
+}
+
+/// Runs both `check --config F` and `--config F`: each must exit 2 and say every word in
+/// `mentions` on stderr.
+fn assert_rejected(prepared: &PreparedConfig, mentions: &[&str]) {
+    let path = prepared.path.as_os_str();
+    let check = [OsStr::new("check"), OsStr::new("--config"), path];
+    let run = [OsStr::new("--config"), path];
+    for args in [&check[..], &run[..]] {
+        let out = run_cli(args);
+        assert_eq!(
+            out.code(),
+            Some(2),
+            "{args:?} should exit 2\n--- stderr ---\n{}\n--- config ---\n{}",
+            out.stderr,
+            prepared.text
+        );
+        for word in mentions {
+            assert!(
+                out.stderr.contains(word),
+                "{args:?}: stderr does not mention {word:?}\n--- stderr ---\n{}",
+                out.stderr
+            );
+        }
+    }
+}
+
+fn path_text(path: &Path) -> String {
+    path.display().to_string()
+}
+
+#[test]
+fn toml_syntax_error_names_the_file_and_line() {
+    let prepared = prepare_edited(valid_config(), |text| text.replace("[admin]", "[admin"));
+    assert_rejected(&prepared, &[&path_text(&prepared.path), "line"]);
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let prepared = valid_config()
+        .server("lisen", quoted("127.0.0.1:0"))
+        .prepare();
+    assert_rejected(&prepared, &["lisen"]);
+}
+
+#[test]
+fn wrong_type_is_named() {
+    let prepared = valid_config()
+        .server("max_connections", quoted("many"))
+        .prepare();
+    assert_rejected(&prepared, &["max_connections"]);
+}
+
+#[test]
+fn bad_cidr_in_trusted_proxies_is_named() {
+    let prepared = valid_config()
+        .server("trusted_proxies", format!("[{}]", quoted("10.0.0.0/33")))
+        .prepare();
+    assert_rejected(&prepared, &["trusted_proxies"]);
+}
+
+#[test]
+fn bad_upstream_url_is_named() {
+    let prepared = valid_config()
+        .route(RouteSpec::new("/ftp/", "ftp://x"))
+        .prepare();
+    assert_rejected(&prepared, &["upstream"]);
+}
+
+#[test]
+fn missing_certificate_file_is_named_with_its_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hosts = ["localhost".to_owned()];
+    let (_cert, key) = sessiongate::tls::write_self_signed(dir.path(), &hosts)
+        .expect("write a certificate to get a real key");
+    let missing = dir.path().join("no-such-cert.pem");
+    let prepared = valid_config().tls_files(&missing, &key).prepare();
+    assert_rejected(&prepared, &["cert", &path_text(&missing)]);
+}
+
+#[test]
+fn bad_duration_is_named() {
+    let prepared = valid_config()
+        .server_str("upstream_timeout", "soon")
+        .prepare();
+    assert_rejected(&prepared, &["upstream_timeout"]);
+}
+
+#[test]
+fn config_error_display_names_file_key_and_line() {
+    let file = Path::new("/etc/sessiongate/example.toml");
+    let text = valid_config()
+        .server("lisen", quoted("127.0.0.1:0"))
+        .render("cert.pem", "key.pem");
+    let message = Config::parse(&text, file)
+        .expect_err("unknown key must be rejected")
+        .to_string();
+    assert!(
+        message.contains("/etc/sessiongate/example.toml") && message.contains("lisen"),
+        "unknown key error: {message}"
+    );
+
+    let broken = valid_config()
+        .render("cert.pem", "key.pem")
+        .replace("[admin]", "[admin");
+    let message = Config::parse(&broken, file)
+        .expect_err("syntax error must be rejected")
+        .to_string();
+    assert!(
+        message.contains("/etc/sessiongate/example.toml") && message.contains("line"),
+        "syntax error: {message}"
+    );
+}
+
+#[test]
+fn check_accepts_a_good_config_and_lists_listeners_and_routes() {
+    let upstream_port = closed_port();
+    let prepared = GatewayConfig::new()
+        .route(RouteSpec::new(
+            "/api/",
+            format!("http://127.0.0.1:{upstream_port}"),
+        ))
+        .prepare();
+
+    let out = run_cli([
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        prepared.path.as_os_str(),
+    ]);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "check on a good config\n--- stderr ---\n{}",
+        out.stderr
+    );
+    for expected in [
+        "127.0.0.1:0".to_owned(),
+        "/api/".to_owned(),
+        format!("127.0.0.1:{upstream_port}"),
+    ] {
+        assert!(
+            out.stdout.contains(&expected),
+            "check output does not mention {expected:?}:\n{}",
+            out.stdout
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_paths_are_relative_to_the_config_file() {
+    // Tests run with the crate root as working directory, where no cert.pem exists.
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(GatewayConfig::proxy_all_to(&upstream).relative_tls_paths()).await;
+    assert!(
+        gw.config_text().contains("cert = \"cert.pem\""),
+        "{}",
+        gw.config_text()
+    );
+
+    let response = gw
+        .client()
+        .get(gw.url("/rel"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(Echo::from_response(response).await.path(), "/rel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gen_cert_writes_a_pair_the_gateway_serves() {
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let out = run_cli([
+        OsStr::new("gen-cert"),
+        OsStr::new("--out-dir"),
+        out_dir.path().as_os_str(),
+        OsStr::new("--host"),
+        OsStr::new("localhost"),
+        OsStr::new("--host"),
+        OsStr::new("127.0.0.1"),
+    ]);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "gen-cert\n--- stderr ---\n{}",
+        out.stderr
+    );
+    let cert = out_dir.path().join("cert.pem");
+    let key = out_dir.path().join("key.pem");
+    assert!(
+        cert.is_file() && key.is_file(),
+        "gen-cert did not write cert.pem and key.pem"
+    );
+
+    let upstream = TestUpstream::start().await;
+    let gw =
+        TestGateway::start(GatewayConfig::proxy_all_to(&upstream).tls_files(&cert, &key)).await;
+    let response = gw
+        .client()
+        .get(gw.url("/generated"))
+        .send()
+        .await
+        .expect("request over the generated certificate");
+    assert_eq!(Echo::from_response(response).await.path(), "/generated");
+}

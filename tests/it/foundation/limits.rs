@@ -1,0 +1,286 @@
+//! Bounded everything (SECURITY.md rule 9): body and header sizes, slow clients cut off by
+//! timeouts that count from the first byte, and the connection limit.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use tokio::{
+    io::{AsyncWriteExt, ReadHalf},
+    net::TcpStream,
+};
+use tokio_rustls::client::TlsStream;
+
+use crate::kit::{
+    millis, raw::get_request, secs, within, Echo, GatewayConfig, RawConn, RouteSpec, TestGateway,
+    TestUpstream, ALPN_H1,
+};
+
+/// A gateway with one route, `/`, whose bodies may be at most 1024 bytes.
+async fn gateway_with_body_limit(upstream: &TestUpstream) -> TestGateway {
+    TestGateway::start(
+        GatewayConfig::new().route(RouteSpec::new("/", upstream.url()).max_body_bytes(1024)),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_over_the_route_limit_is_413_and_never_forwarded() {
+    let upstream = TestUpstream::start().await;
+    let gw = gateway_with_body_limit(&upstream).await;
+    let client = gw.client();
+
+    let response = client
+        .post(gw.url("/upload"))
+        .body(vec![b'a'; 2048])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 413);
+    assert_eq!(upstream.request_count(), 0, "oversized body was forwarded");
+
+    // Exactly at the limit is fine.
+    let response = client
+        .post(gw.url("/upload"))
+        .body(vec![b'a'; 1024])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(Echo::from_response(response).await.body_len(), 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_body_over_the_route_limit_is_413() {
+    let upstream = TestUpstream::start().await;
+    let gw = gateway_with_body_limit(&upstream).await;
+
+    // A streamed body has no Content-Length: the limit must be enforced while reading.
+    let chunks = stream::iter([
+        Ok::<_, std::io::Error>(Bytes::from(vec![b'a'; 1024])),
+        Ok(Bytes::from(vec![b'b'; 1024])),
+    ]);
+    let response = gw
+        .client()
+        .post(gw.url("/upload"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 413);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_body_is_never_parsed_as_the_next_request() {
+    let upstream = TestUpstream::start().await;
+    let gw = gateway_with_body_limit(&upstream).await;
+    let host = gw.host_header();
+
+    // The 2048-byte body is itself a request. If the gateway answers 413 without draining the
+    // body and keeps the connection, that request would be served next (the Pingora trap).
+    let smuggled_head = format!("GET /smuggled HTTP/1.1\r\nHost: {host}\r\nX-Pad: ");
+    let padding = 2048 - smuggled_head.len() - "\r\n\r\n".len();
+    let body = format!("{smuggled_head}{}\r\n\r\n", "p".repeat(padding));
+    assert_eq!(body.len(), 2048);
+    let mut conn = gw.raw().await;
+    let response = within(
+        secs(5),
+        "413 response",
+        conn.roundtrip(format!(
+            "POST /upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2048\r\n\r\n{body}"
+        )),
+    )
+    .await
+    .expect("413 response");
+    assert_eq!(response.status, 413, "{}", response.text());
+
+    // Either the connection is closed, or the next request is the one we send now.
+    let next = within(
+        secs(5),
+        "the connection to answer or close",
+        conn.roundtrip(get_request("/after", &host)),
+    )
+    .await;
+    if let Ok(next) = next {
+        assert_eq!(
+            next.echo().path(),
+            "/after",
+            "request after a 413 was desynchronised"
+        );
+    }
+    assert!(
+        !upstream
+            .targets()
+            .iter()
+            .any(|t| t.starts_with("/smuggled")),
+        "the refused body was parsed as a request: {:?}",
+        upstream.targets()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_headers_are_431() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(
+        GatewayConfig::proxy_all_to(&upstream).server("max_header_bytes", "4096"),
+    )
+    .await;
+    let client = gw.client();
+
+    let response = client
+        .get(gw.url("/big"))
+        .header("x-big", "b".repeat(8 * 1024))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 431);
+    assert_eq!(upstream.request_count(), 0);
+
+    let response = client
+        .get(gw.url("/small"))
+        .header("x-big", "b".repeat(1024))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(Echo::from_response(response).await.path(), "/small");
+}
+
+/// A gateway cutting off header reads after 500 ms.
+async fn gateway_with_short_header_timeout(upstream: &TestUpstream) -> TestGateway {
+    TestGateway::start(
+        GatewayConfig::proxy_all_to(upstream).server_str("header_read_timeout", "500ms"),
+    )
+    .await
+}
+
+/// Fails the test unless what the gateway sent before closing is nothing or a 408.
+fn assert_closed_or_408(received: &[u8]) {
+    let text = String::from_utf8_lossy(received);
+    assert!(
+        received.is_empty() || text.starts_with("HTTP/1.1 408") || text.starts_with("HTTP/1.0 408"),
+        "expected a close or 408, got: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_request_head_is_cut_off() {
+    let upstream = TestUpstream::start().await;
+    let gw = gateway_with_short_header_timeout(&upstream).await;
+    let mut conn = gw.raw().await;
+
+    conn.send("GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("send half a request head");
+    let received = within(
+        secs(3),
+        "slowloris connection to be closed",
+        conn.read_until_closed(),
+    )
+    .await;
+    assert_closed_or_408(&received);
+    assert_eq!(upstream.request_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_request_head_is_cut_off_counting_from_the_first_byte() {
+    let upstream = TestUpstream::start().await;
+    let gw = gateway_with_short_header_timeout(&upstream).await;
+    let tls = within(secs(5), "TLS connect", gw.tls_connect(ALPN_H1))
+        .await
+        .expect("TLS connect");
+    let (reader, mut writer) = tokio::io::split(tls);
+
+    // One byte every 100 ms keeps the connection busy forever unless the timeout counts
+    // from the first byte rather than from the last one. This pacing is the attack itself.
+    let trickle = tokio::spawn(async move {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+        if writer.write_all(head).await.is_err() {
+            return;
+        }
+        let mut ticks = tokio::time::interval(millis(100));
+        loop {
+            ticks.tick().await;
+            if writer.write_all(b"a").await.is_err() || writer.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut conn: RawConn<ReadHalf<TlsStream<TcpStream>>> = RawConn::new(reader);
+    let received = within(
+        secs(3),
+        "trickling connection to be closed",
+        conn.read_until_closed(),
+    )
+    .await;
+    trickle.abort();
+    assert_closed_or_408(&received);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connection_is_closed_after_the_tls_handshake_timeout() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(
+        GatewayConfig::proxy_all_to(&upstream).server_str("tls_handshake_timeout", "500ms"),
+    )
+    .await;
+
+    let tcp = TcpStream::connect(gw.https).await.expect("TCP connect");
+    let mut conn = RawConn::new(tcp);
+    let received = within(
+        secs(3),
+        "silent connection to be closed",
+        conn.read_until_closed(),
+    )
+    .await;
+    assert!(received.is_empty(), "server sent {} bytes", received.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_wait_until_one_closes() {
+    let upstream = TestUpstream::start().await;
+    let gw =
+        TestGateway::start(GatewayConfig::proxy_all_to(&upstream).server("max_connections", "2"))
+            .await;
+    let host = gw.host_header();
+
+    let mut first = gw.raw().await;
+    let mut second = gw.raw().await;
+    for (name, conn) in [("first", &mut first), ("second", &mut second)] {
+        let response = within(secs(5), name, conn.roundtrip(get_request("/held", &host)))
+            .await
+            .unwrap_or_else(|e| panic!("{name} connection: {e}"));
+        assert_eq!(response.status, 200, "{name} connection");
+    }
+
+    let third = gw.tls_connect(ALPN_H1);
+    tokio::pin!(third);
+    // An upper bound on a negative: the third handshake must still be pending.
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut third).await;
+    assert!(
+        early.is_err(),
+        "a third connection was handled while two were open: {:?}",
+        early.map(|r| r.map(|_| "handshake completed"))
+    );
+
+    drop(first);
+    let tls = within(secs(5), "third connection after one closed", third)
+        .await
+        .expect("TLS handshake of the third connection");
+    let mut third = RawConn::new(tls);
+    let response = within(
+        secs(5),
+        "third connection's response",
+        third.roundtrip(get_request("/third", &host)),
+    )
+    .await
+    .expect("response on the third connection");
+    assert_eq!(response.echo().path(), "/third");
+
+    drop(second);
+    let response = gw
+        .client()
+        .get(gw.url("/afterwards"))
+        .send()
+        .await
+        .expect("request after the limit was released");
+    assert_eq!(Echo::from_response(response).await.path(), "/afterwards");
+}

@@ -1,0 +1,29 @@
+//! The foundation: TLS termination, routing, forwarding, limits, shutdown, admin, config
+//! errors and the access log. Sessions are tested elsewhere.
+//!
+//! Modules by concern:
+//! - `protocol`: HTTP/1.1 and HTTP/2 on one port, ALPN, HTTP/1.0, plaintext on the TLS port.
+//! - `redirect`: the plain-HTTP redirect listener.
+//! - `routing`: route choice, path normalisation, paths refused with 400.
+//! - `forwarding`: what the upstream receives and what the client gets back (headers).
+//! - `upstream_errors`: 502 and 504 without leaking the upstream.
+//! - `limits`: body and header limits, slow clients, the connection limit.
+//! - `websocket`: upgrades through the gateway.
+//! - `large_bodies`: 50 MB each way through the binary in bounded memory.
+//! - `shutdown`: graceful shutdown, in-process and by signal.
+//! - `admin`: health and metrics.
+//! - `config_errors`: what `check` and a failed start tell the operator; `gen-cert`.
+//! - `access_log`: the JSON access log of the binary.
+
+mod access_log;
+mod admin;
+mod config_errors;
+mod forwarding;
+mod large_bodies;
+mod limits;
+mod protocol;
+mod redirect;
+mod routing;
+mod shutdown;
+mod upstream_errors;
+mod websocket;

@@ -1,0 +1,145 @@
+//! Route choice (longest prefix, host-specific first, 404 when nothing matches) and the one
+//! normalised path that is both routed and forwarded (SECURITY.md rule 5).
+//!
+//! Paths go over raw TLS: reqwest would normalise them before the gateway ever saw them.
+
+use crate::kit::{
+    raw::get_request, secs, within, Echo, GatewayConfig, RouteSpec, TestGateway, TestUpstream,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn longest_prefix_and_host_specific_routes_win() {
+    let root = TestUpstream::named("root").await;
+    let api = TestUpstream::named("api").await;
+    let v2 = TestUpstream::named("v2").await;
+    let on_host = TestUpstream::named("on-host").await;
+    // Least specific first, so that file order cannot be what picks the route.
+    let gw = TestGateway::start(
+        GatewayConfig::new()
+            .route(RouteSpec::new("/", root.url()))
+            .route(RouteSpec::new("/api/", api.url()))
+            .route(RouteSpec::new("/api/v2/", v2.url()))
+            .route(RouteSpec::new("/api/", on_host.url()).host("example.test")),
+    )
+    .await;
+    let client = gw.client();
+
+    for (host, path, expected) in [
+        ("localhost", "/x", "root"),
+        ("localhost", "/api/x", "api"),
+        ("localhost", "/api/v2/x", "v2"),
+        ("example.test", "/api/x", "on-host"),
+        ("example.test", "/x", "root"),
+    ] {
+        let response = client
+            .get(gw.url_for_host(host, path))
+            .send()
+            .await
+            .expect("request");
+        let echo = Echo::from_response(response).await;
+        assert_eq!(echo.upstream(), expected, "route for {host}{path}");
+        assert_eq!(echo.path(), path, "forwarded path for {host}{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_matching_route_is_404_and_reaches_no_upstream() {
+    let api = TestUpstream::named("api").await;
+    let on_host = TestUpstream::named("on-host").await;
+    let gw = TestGateway::start(
+        GatewayConfig::new()
+            .route(RouteSpec::new("/api/", api.url()))
+            .route(RouteSpec::new("/", on_host.url()).host("example.test")),
+    )
+    .await;
+    let client = gw.client();
+
+    let response = client
+        .get(gw.url("/elsewhere"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 404);
+    assert_eq!(api.request_count() + on_host.request_count(), 0);
+
+    // The host-specific catch-all still serves its own host.
+    let response = client
+        .get(gw.url_for_host("example.test", "/elsewhere"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(Echo::from_response(response).await.upstream(), "on-host");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_segments_are_resolved_before_routing_and_forwarding() {
+    let root = TestUpstream::named("root").await;
+    let a = TestUpstream::named("a").await;
+    let gw = TestGateway::start(
+        GatewayConfig::new()
+            .route(RouteSpec::new("/", root.url()))
+            .route(RouteSpec::new("/a/", a.url())),
+    )
+    .await;
+    let host = gw.host_header();
+    let mut conn = gw.raw().await;
+
+    for (target, upstream, path, query) in [
+        ("/a/./b", "a", "/a/b", None),
+        ("/a/x/../b", "a", "/a/b", None),
+        // Routed on the normalised path, not on the raw `/x/...` prefix.
+        ("/x/../a/b", "a", "/a/b", None),
+        (
+            "/a/./b?q=1&r=%2e%2e/../x",
+            "a",
+            "/a/b",
+            Some("q=1&r=%2e%2e/../x"),
+        ),
+    ] {
+        let response = within(
+            secs(5),
+            "response",
+            conn.roundtrip(get_request(target, &host)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("GET {target}: {e}"));
+        let echo = response.echo();
+        assert_eq!(echo.upstream(), upstream, "route for {target}");
+        assert_eq!(echo.path(), path, "forwarded path for {target}");
+        assert_eq!(echo.query(), query, "forwarded query for {target}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_that_cannot_be_normalised_safely_are_400() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(GatewayConfig::proxy_all_to(&upstream)).await;
+    let host = gw.host_header();
+
+    for target in [
+        "/../etc/passwd",
+        "/%2e%2e/x",
+        "/%2E%2E/x",
+        "/a/%2f..%2f..",
+        "/a/%2F..%2F..",
+        "/a%00b",
+        "/a/%5c..%5cb",
+        "/a%5Cb",
+    ] {
+        // A fresh connection each time: a 400 may close the connection.
+        let mut conn = gw.raw().await;
+        let response = within(
+            secs(5),
+            "response",
+            conn.roundtrip(get_request(target, &host)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("GET {target}: {e}"));
+        assert_eq!(response.status, 400, "GET {target}: {}", response.text());
+    }
+    assert_eq!(
+        upstream.targets(),
+        Vec::<String>::new(),
+        "unsafe paths reached the upstream"
+    );
+}

@@ -1,0 +1,163 @@
+//! `TestGateway`: the library's `Gateway` running in-process on the test's runtime, and
+//! `GatewayAddrs`, what every way of running a gateway exposes (addresses, clients).
+
+use std::{io, net::SocketAddr, ops::Deref, path::PathBuf, time::Duration};
+
+use tokio::{net::TcpStream, task::JoinHandle};
+use tokio_rustls::client::TlsStream;
+
+use sessiongate::{config::Config, Gateway, ShutdownHandle, StartError};
+
+use super::{
+    client::{self, ClientBuilder, DEFAULT_HOST},
+    config::{GatewayConfig, PreparedConfig},
+    within, RawConn,
+};
+
+/// Where a running gateway can be reached, and clients that trust its certificate.
+#[derive(Clone, Debug)]
+pub struct GatewayAddrs {
+    pub https: SocketAddr,
+    pub admin: SocketAddr,
+    pub redirect: Option<SocketAddr>,
+    /// The certificate the gateway serves (PEM); clients trust exactly this.
+    pub cert: PathBuf,
+}
+
+impl GatewayAddrs {
+    /// `https://localhost:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        self.url_for_host(DEFAULT_HOST, path)
+    }
+
+    /// `https://{host}:PORT{path}`; `host` must be one of `client::TEST_HOSTS`.
+    pub fn url_for_host(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.https.port())
+    }
+
+    /// The `Host` header value a browser would send: `localhost:PORT`.
+    pub fn host_header(&self) -> String {
+        format!("{DEFAULT_HOST}:{}", self.https.port())
+    }
+
+    /// `http://127.0.0.1:ADMIN_PORT{path}`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// An HTTP/1.1-only HTTPS client.
+    pub fn client(&self) -> reqwest::Client {
+        self.client_builder().build()
+    }
+
+    /// An HTTP/2-only HTTPS client.
+    pub fn client_h2(&self) -> reqwest::Client {
+        self.client_builder().http2().build()
+    }
+
+    /// A client builder, for local addresses, cookies or the HTTP version.
+    pub fn client_builder(&self) -> ClientBuilder {
+        ClientBuilder::new(&self.cert, self.https)
+    }
+
+    /// A TLS connection to the HTTPS listener offering `alpn`.
+    pub async fn tls_connect(&self, alpn: &[&[u8]]) -> io::Result<TlsStream<TcpStream>> {
+        client::tls_connect(self.https, &self.cert, alpn).await
+    }
+
+    /// A raw HTTP/1.1 connection over TLS; fails the test if it cannot be opened in 5 s.
+    pub async fn raw(&self) -> RawConn<TlsStream<TcpStream>> {
+        self.raw_with_alpn(client::ALPN_H1).await
+    }
+
+    /// Like [`Self::raw`] with a chosen ALPN offer (empty: no ALPN extension at all).
+    pub async fn raw_with_alpn(&self, alpn: &[&[u8]]) -> RawConn<TlsStream<TcpStream>> {
+        let tls = within(
+            Duration::from_secs(5),
+            "TLS connect",
+            self.tls_connect(alpn),
+        )
+        .await
+        .expect("TLS connection to the gateway");
+        RawConn::new(tls)
+    }
+}
+
+/// A gateway running in-process. Dropping it starts shutdown and stops its task.
+pub struct TestGateway {
+    addrs: GatewayAddrs,
+    shutdown: ShutdownHandle,
+    run: Option<JoinHandle<Result<(), StartError>>>,
+    /// The config directory; deleted when the gateway is dropped.
+    prepared: PreparedConfig,
+}
+
+impl TestGateway {
+    /// Writes `config`, loads it with `Config::load`, binds and spawns `Gateway::run`.
+    pub async fn start(config: GatewayConfig) -> Self {
+        let prepared = config.prepare();
+        let loaded = Config::load(&prepared.path)
+            .unwrap_or_else(|e| panic!("config rejected: {e}\n--- config ---\n{}", prepared.text));
+        let gateway = Gateway::bind(loaded).await.unwrap_or_else(|e| {
+            panic!(
+                "Gateway::bind failed: {e}\n--- config ---\n{}",
+                prepared.text
+            )
+        });
+        let addrs = GatewayAddrs {
+            https: gateway.https_addr(),
+            admin: gateway.admin_addr(),
+            redirect: gateway.redirect_addr(),
+            cert: prepared.cert.clone(),
+        };
+        let shutdown = gateway.shutdown_handle();
+        let run = Some(tokio::spawn(gateway.run()));
+        Self {
+            addrs,
+            shutdown,
+            run,
+            prepared,
+        }
+    }
+
+    /// The gateway's shutdown handle.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Whether `run()` has returned.
+    pub fn has_stopped(&self) -> bool {
+        self.run.as_ref().is_none_or(|run| run.is_finished())
+    }
+
+    /// Waits (at most `limit`) for `run()` to return and gives its result. Does not itself
+    /// start shutdown: call `shutdown_handle().shutdown()` first.
+    pub async fn wait_stopped(&mut self, limit: Duration) -> Result<(), StartError> {
+        let run = self.run.take().expect("run() result already taken");
+        within(limit, "Gateway::run to return", run)
+            .await
+            .expect("gateway task panicked")
+    }
+
+    /// The config file text, for failure messages.
+    pub fn config_text(&self) -> &str {
+        &self.prepared.text
+    }
+}
+
+impl Deref for TestGateway {
+    type Target = GatewayAddrs;
+
+    fn deref(&self) -> &GatewayAddrs {
+        &self.addrs
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.shutdown.shutdown();
+        if let Some(run) = self.run.take() {
+            run.abort();
+        }
+    }
+}
