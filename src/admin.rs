@@ -39,7 +39,11 @@ pub struct AdminState {
 
 impl AdminState {
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, sessions: Arc<Sessions>) -> AdminState {
-        AdminState { config, metrics, sessions }
+        AdminState {
+            config,
+            metrics,
+            sessions,
+        }
     }
 }
 
@@ -80,15 +84,20 @@ async fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> 
         (_, p) if p == "/sessions" || p.starts_with("/sessions/") => {
             if !authorized(state, req.headers()) {
                 let mut r = json(StatusCode::UNAUTHORIZED, &json!({"error": "admin token required"}));
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 return r;
             }
             match sessions_api(state, peer, req).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin session API failed");
-                    let mut r = json(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": "session store unavailable"}));
-                    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                    let mut r = json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({"error": "session store unavailable"}),
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
                     r
                 }
             }
@@ -100,7 +109,10 @@ async fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut r = Response::new(body::full(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -127,7 +139,9 @@ fn metrics(state: &AdminState) -> Response<Body> {
 /// Constant-time comparison against the configured token; no token
 /// configured means the API is closed.
 fn authorized(state: &AdminState, headers: &HeaderMap) -> bool {
-    let Some(expected) = &state.config.admin.token else { return false };
+    let Some(expected) = &state.config.admin.token else {
+        return false;
+    };
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -149,43 +163,61 @@ struct MintRequest {
     groups: Option<Vec<String>>,
 }
 
-async fn sessions_api(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, crate::session::SessionError> {
+async fn sessions_api(
+    state: &AdminState,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, crate::session::SessionError> {
     let user = query_user(req.uri().query());
     let path = req.uri().path().to_string();
     let s = &state.sessions;
-    Ok(match (req.method().clone(), path.strip_prefix("/sessions").unwrap_or("")) {
-        (Method::GET, "") => {
-            let list: Vec<_> = s.list(user).await?.iter().map(describe).collect();
-            json(StatusCode::OK, &json!({"count": list.len(), "sessions": list}))
-        }
-        (Method::DELETE, "") => match user {
-            Some(u) => {
-                let n = s.revoke_user(&u).await?;
-                tracing::info!(event = "admin_revoke_user", user = %u, count = n);
-                json(StatusCode::OK, &json!({"revoked": n}))
+    Ok(
+        match (req.method().clone(), path.strip_prefix("/sessions").unwrap_or("")) {
+            (Method::GET, "") => {
+                let list: Vec<_> = s.list(user).await?.iter().map(describe).collect();
+                json(StatusCode::OK, &json!({"count": list.len(), "sessions": list}))
             }
-            None => json(StatusCode::BAD_REQUEST, &json!({"error": "DELETE /sessions needs ?user=NAME"})),
+            (Method::DELETE, "") => match user {
+                Some(u) => {
+                    let n = s.revoke_user(&u).await?;
+                    tracing::info!(event = "admin_revoke_user", user = %u, count = n);
+                    json(StatusCode::OK, &json!({"revoked": n}))
+                }
+                None => json(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": "DELETE /sessions needs ?user=NAME"}),
+                ),
+            },
+            (Method::DELETE, id) => match SessionId::parse(id.trim_start_matches('/')) {
+                Some(id) if s.revoke_id(id).await? => {
+                    tracing::info!(event = "admin_revoke", session_id = %id);
+                    json(StatusCode::OK, &json!({"revoked": 1}))
+                }
+                _ => json(StatusCode::NOT_FOUND, &json!({"error": "no such session"})),
+            },
+            (Method::POST, "") => mint(state, peer, req).await?,
+            _ => json(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method not allowed"})),
         },
-        (Method::DELETE, id) => match SessionId::parse(id.trim_start_matches('/')) {
-            Some(id) if s.revoke_id(id).await? => {
-                tracing::info!(event = "admin_revoke", session_id = %id);
-                json(StatusCode::OK, &json!({"revoked": 1}))
-            }
-            _ => json(StatusCode::NOT_FOUND, &json!({"error": "no such session"})),
-        },
-        (Method::POST, "") => mint(state, peer, req).await?,
-        _ => json(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method not allowed"})),
-    })
+    )
 }
 
-async fn mint(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, crate::session::SessionError> {
+async fn mint(
+    state: &AdminState,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, crate::session::SessionError> {
     let bytes = match Limited::new(req.into_body(), 64 * 1024).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return Ok(json(StatusCode::PAYLOAD_TOO_LARGE, &json!({"error": "body too large"}))),
     };
     let m: MintRequest = match serde_json::from_slice(&bytes) {
         Ok(m) => m,
-        Err(e) => return Ok(json(StatusCode::BAD_REQUEST, &json!({"error": format!("bad request: {e}")}))),
+        Err(e) => {
+            return Ok(json(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": format!("bad request: {e}")}),
+            ))
+        }
     };
     let mut headers = HeaderMap::new();
     for (k, v) in &m.headers {
@@ -193,13 +225,20 @@ async fn mint(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> R
             (Ok(k), Ok(v)) => {
                 headers.append(k, v);
             }
-            _ => return Ok(json(StatusCode::BAD_REQUEST, &json!({"error": format!("bad header `{k}`")}))),
+            _ => {
+                return Ok(json(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": format!("bad header `{k}`")}),
+                ))
+            }
         }
     }
     let configured = state.config.users.iter().find(|u| u.name == m.user);
     let identity = Identity {
         email: m.email.or_else(|| configured.and_then(|u| u.email.clone())),
-        groups: m.groups.unwrap_or_else(|| configured.map(|u| u.groups.clone()).unwrap_or_default()),
+        groups: m
+            .groups
+            .unwrap_or_else(|| configured.map(|u| u.groups.clone()).unwrap_or_default()),
         user: m.user,
     };
     let ip = m.client_ip.unwrap_or(peer.ip());

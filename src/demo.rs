@@ -26,7 +26,9 @@ const SHOWN: [&str; 6] = [
 /// Serves the demo app on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(async move {
             let svc = service_fn(|req| async move { Ok::<_, Infallible>(app(req).await) });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -40,10 +42,19 @@ async fn app(req: Request<Incoming>) -> Response<Body> {
     let cart = cart_of(req.headers());
     match (req.method().clone(), req.uri().path()) {
         (Method::POST, "/cart/add") => {
-            let form = Limited::new(req.into_body(), 4096).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let form = Limited::new(req.into_body(), 4096)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             let item = form_urlencoded::parse(&form)
                 .find(|(k, _)| k == "item")
-                .map(|(_, v)| v.chars().filter(|c| c.is_ascii_alphanumeric() || *c == ' ').take(40).collect::<String>())
+                .map(|(_, v)| {
+                    v.chars()
+                        .filter(|c| c.is_ascii_alphanumeric() || *c == ' ')
+                        .take(40)
+                        .collect::<String>()
+                })
                 .unwrap_or_default();
             let mut items = cart;
             if !item.trim().is_empty() {
@@ -57,7 +68,8 @@ async fn app(req: Request<Incoming>) -> Response<Body> {
         }
         (Method::POST, "/cart/clear") => {
             let mut resp = see_other("/");
-            resp.headers_mut().insert("x-session-data-set", HeaderValue::from_static(""));
+            resp.headers_mut()
+                .insert("x-session-data-set", HeaderValue::from_static(""));
             resp
         }
         (_, path) => page(path, req.headers(), &cart),
@@ -75,7 +87,8 @@ fn cart_of(headers: &HeaderMap) -> Vec<String> {
 fn see_other(to: &'static str) -> Response<Body> {
     let mut resp = Response::new(body::empty());
     *resp.status_mut() = StatusCode::SEE_OTHER;
-    resp.headers_mut().insert(header::LOCATION, HeaderValue::from_static(to));
+    resp.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static(to));
     resp
 }
 
@@ -111,6 +124,9 @@ fn page(path: &str, headers: &HeaderMap, cart: &[String]) -> Response<Body> {
         path = escape(path),
     );
     let mut resp = Response::new(body::full(html));
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     resp
 }

@@ -63,7 +63,8 @@ impl GatewayError {
         let status = self.status();
         let mut resp = plain(status, status.canonical_reason().unwrap_or("Error"));
         if matches!(self, GatewayError::StoreUnavailable(_)) {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         resp
     }
@@ -75,7 +76,10 @@ pub fn plain(status: StatusCode, reason: &str) -> Response<Body> {
     let mut resp = Response::new(body::full(text));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }

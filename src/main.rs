@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "sessiongate", version, about = "TLS-terminating reverse proxy that owns your app's sessions")]
+#[command(
+    name = "sessiongate",
+    version,
+    about = "TLS-terminating reverse proxy that owns your app's sessions"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     /// Configuration file (TOML) to run the gateway with.
@@ -94,7 +98,14 @@ fn main() -> ExitCode {
         Some(Command::HashPassword) => report(hash_password()),
         Some(Command::Demo { config }) => demo(&config),
         Some(Command::Session {
-            command: SessionCommand::Mint { admin, token_file, user, client_ip, headers },
+            command:
+                SessionCommand::Mint {
+                    admin,
+                    token_file,
+                    user,
+                    client_ip,
+                    headers,
+                },
         }) => report(runtime().and_then(|rt| rt.block_on(mint(&admin, &token_file, &user, client_ip, &headers)))),
     }
 }
@@ -152,7 +163,11 @@ fn check(path: &Path) -> ExitCode {
     println!("  admin     {}", config.admin.listen);
     for r in &config.routes {
         let host = r.host.as_deref().unwrap_or("*");
-        let groups = if r.groups.is_empty() { String::new() } else { format!(" groups={}", r.groups.join(",")) };
+        let groups = if r.groups.is_empty() {
+            String::new()
+        } else {
+            format!(" groups={}", r.groups.join(","))
+        };
         println!(
             "  route     {host}{} -> http://{} auth={:?}{groups}",
             r.path_prefix, r.upstream.authority, r.auth
@@ -224,14 +239,24 @@ async fn wait_for_signal() {
 
 fn gen_cert(out_dir: &Path, hosts: &[String]) -> anyhow::Result<()> {
     let (cert, key) = sessiongate::tls::write_self_signed(out_dir, hosts)?;
-    println!("wrote {} and {} for {}", cert.display(), key.display(), hosts.join(", "));
+    println!(
+        "wrote {} and {} for {}",
+        cert.display(),
+        key.display(),
+        hosts.join(", ")
+    );
     Ok(())
 }
 
 fn hash_password() -> anyhow::Result<()> {
     let mut input = String::new();
-    std::io::stdin().read_to_string(&mut input).context("cannot read stdin")?;
-    let password = input.strip_suffix('\n').map(|p| p.strip_suffix('\r').unwrap_or(p)).unwrap_or(&input);
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .context("cannot read stdin")?;
+    let password = input
+        .strip_suffix('\n')
+        .map(|p| p.strip_suffix('\r').unwrap_or(p))
+        .unwrap_or(&input);
     anyhow::ensure!(!password.is_empty(), "empty password on stdin");
     let phc = sessiongate::auth::hash_password(password).map_err(anyhow::Error::msg)?;
     println!("{phc}");
@@ -245,7 +270,11 @@ fn demo(path: &Path) -> ExitCode {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         let value: toml::Value = toml::from_str(&text).with_context(|| format!("{} is not TOML", path.display()))?;
         let base = path.parent().unwrap_or(Path::new(""));
-        let cert = value.get("tls").and_then(|t| t.get("cert")).and_then(|c| c.as_str()).context("tls.cert missing")?;
+        let cert = value
+            .get("tls")
+            .and_then(|t| t.get("cert"))
+            .and_then(|c| c.as_str())
+            .context("tls.cert missing")?;
         let cert_path = base.join(cert);
         if !cert_path.exists() {
             let dir = cert_path.parent().unwrap_or(Path::new("."));
@@ -260,7 +289,9 @@ fn demo(path: &Path) -> ExitCode {
             .and_then(|u| u.as_str())
             .context("the demo config needs a [[routes]] entry")?;
         let authority = upstream.trim_start_matches("http://").trim_end_matches('/');
-        authority.parse().with_context(|| format!("demo upstream `{upstream}` must be http://IP:PORT"))
+        authority
+            .parse()
+            .with_context(|| format!("demo upstream `{upstream}` must be http://IP:PORT"))
     })();
     let addr = match prepared {
         Ok(a) => a,
@@ -312,19 +343,32 @@ fn run_gateway_with(path: &Path, demo: impl FnOnce() -> Option<tokio::net::TcpLi
     run_gateway(path, listener)
 }
 
-async fn mint(admin: &str, token_file: &Path, user: &str, client_ip: Option<std::net::IpAddr>, headers: &[String]) -> anyhow::Result<()> {
+async fn mint(
+    admin: &str,
+    token_file: &Path,
+    user: &str,
+    client_ip: Option<std::net::IpAddr>,
+    headers: &[String],
+) -> anyhow::Result<()> {
     use http_body_util::BodyExt;
     let token = std::fs::read_to_string(token_file).with_context(|| format!("cannot read {}", token_file.display()))?;
     let mut header_map = serde_json::Map::new();
     for h in headers {
-        let (k, v) = h.split_once(':').with_context(|| format!("--header `{h}` is not 'Name: value'"))?;
-        header_map.insert(k.trim().to_ascii_lowercase(), serde_json::Value::String(v.trim().to_string()));
+        let (k, v) = h
+            .split_once(':')
+            .with_context(|| format!("--header `{h}` is not 'Name: value'"))?;
+        header_map.insert(
+            k.trim().to_ascii_lowercase(),
+            serde_json::Value::String(v.trim().to_string()),
+        );
     }
     let mut body = serde_json::json!({"user": user, "headers": header_map});
     if let Some(ip) = client_ip {
         body["client_ip"] = serde_json::Value::String(ip.to_string());
     }
-    let uri: http::Uri = format!("{}/sessions", admin.trim_end_matches('/')).parse().context("bad --admin URL")?;
+    let uri: http::Uri = format!("{}/sessions", admin.trim_end_matches('/'))
+        .parse()
+        .context("bad --admin URL")?;
     let req = http::Request::post(uri)
         .header(http::header::AUTHORIZATION, format!("Bearer {}", token.trim()))
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -332,10 +376,22 @@ async fn mint(admin: &str, token_file: &Path, user: &str, client_ip: Option<std:
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let resp = client.request(req).await.context("cannot reach the admin listener")?;
     let status = resp.status();
-    let bytes = resp.into_body().collect().await.context("reading the admin answer")?.to_bytes();
-    anyhow::ensure!(status == http::StatusCode::CREATED, "admin API answered {status}: {}", String::from_utf8_lossy(&bytes));
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .context("reading the admin answer")?
+        .to_bytes();
+    anyhow::ensure!(
+        status == http::StatusCode::CREATED,
+        "admin API answered {status}: {}",
+        String::from_utf8_lossy(&bytes)
+    );
     let v: serde_json::Value = serde_json::from_slice(&bytes).context("admin answer is not JSON")?;
-    let cookie = v.get("cookie").and_then(|c| c.as_str()).context("admin answer has no cookie")?;
+    let cookie = v
+        .get("cookie")
+        .and_then(|c| c.as_str())
+        .context("admin answer has no cookie")?;
     println!("{cookie}");
     Ok(())
 }

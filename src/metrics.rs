@@ -96,28 +96,68 @@ impl Metrics {
         let cache_misses = Counter::default();
         let logins = Family::<Labels, Counter>::default();
         let store_errors = Counter::default();
-        registry.register("requests", "Requests answered, by route and status class", requests.clone());
+        registry.register(
+            "requests",
+            "Requests answered, by route and status class",
+            requests.clone(),
+        );
         registry.register(
             "request_duration_seconds",
             "Time from request head to response head, by route",
             latency.clone(),
         );
-        registry.register("upstream_errors", "Failed upstream exchanges, by kind", upstream_errors.clone());
-        registry.register("open_connections", "Client connections currently open", open_connections.clone());
+        registry.register(
+            "upstream_errors",
+            "Failed upstream exchanges, by kind",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections currently open",
+            open_connections.clone(),
+        );
         registry.register("sessions_created", "Sessions issued", sessions_created.clone());
-        registry.register("sessions_rotated", "Session tokens rotated (login)", sessions_rotated.clone());
-        registry.register("sessions_revoked", "Sessions ended on purpose, by reason", sessions_revoked.clone());
-        registry.register("sessions_expired", "Sessions refused as expired, by reason", sessions_expired.clone());
-        registry.register("sessions_active", "Sessions in the session cache", sessions_active.clone());
+        registry.register(
+            "sessions_rotated",
+            "Session tokens rotated (login)",
+            sessions_rotated.clone(),
+        );
+        registry.register(
+            "sessions_revoked",
+            "Sessions ended on purpose, by reason",
+            sessions_revoked.clone(),
+        );
+        registry.register(
+            "sessions_expired",
+            "Sessions refused as expired, by reason",
+            sessions_expired.clone(),
+        );
+        registry.register(
+            "sessions_active",
+            "Sessions in the session cache",
+            sessions_active.clone(),
+        );
         registry.register(
             "binding_mismatches",
             "Requests whose session was bound to another client, by kind",
             binding_mismatches.clone(),
         );
-        registry.register("session_cache_hits", "Session lookups answered by the cache", cache_hits.clone());
-        registry.register("session_cache_misses", "Session lookups that read the store", cache_misses.clone());
+        registry.register(
+            "session_cache_hits",
+            "Session lookups answered by the cache",
+            cache_hits.clone(),
+        );
+        registry.register(
+            "session_cache_misses",
+            "Session lookups that read the store",
+            cache_misses.clone(),
+        );
         registry.register("logins", "Login attempts, by result", logins.clone());
-        registry.register("store_errors", "Session store operations that failed", store_errors.clone());
+        registry.register(
+            "store_errors",
+            "Session store operations that failed",
+            store_errors.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -149,19 +189,27 @@ impl Metrics {
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
-        self.upstream_errors.get_or_create(&vec![("kind", kind.as_str().to_string())]).inc();
+        self.upstream_errors
+            .get_or_create(&vec![("kind", kind.as_str().to_string())])
+            .inc();
     }
 
     pub fn session_revoked(&self, reason: &'static str) {
-        self.sessions_revoked.get_or_create(&vec![("reason", reason.to_string())]).inc();
+        self.sessions_revoked
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
     }
 
     pub fn session_expired(&self, reason: &'static str) {
-        self.sessions_expired.get_or_create(&vec![("reason", reason.to_string())]).inc();
+        self.sessions_expired
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
     }
 
     pub fn binding_mismatch(&self, kind: &'static str) {
-        self.binding_mismatches.get_or_create(&vec![("kind", kind.to_string())]).inc();
+        self.binding_mismatches
+            .get_or_create(&vec![("kind", kind.to_string())])
+            .inc();
     }
 
     pub fn login(&self, result: &'static str) {

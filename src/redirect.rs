@@ -59,7 +59,8 @@ fn redirect(req: &Request<Incoming>, https_port: u16) -> Response<Body> {
         }
         Err(_) => return crate::error::plain(StatusCode::BAD_REQUEST, "Bad Request"),
     }
-    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
 

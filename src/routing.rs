@@ -172,9 +172,9 @@ impl Router {
 
     /// The route for a lowercased host (no port) and a normalised path.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| {
-            r.host.as_deref().is_none_or(|h| Some(h) == host) && prefix_matches(&r.path_prefix, path)
-        })
+        self.routes
+            .iter()
+            .find(|r| r.host.as_deref().is_none_or(|h| Some(h) == host) && prefix_matches(&r.path_prefix, path))
     }
 
     pub fn routes(&self) -> &[Arc<Route>] {

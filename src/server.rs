@@ -130,7 +130,11 @@ impl Gateway {
         let conn_settings = Arc::new(ConnSettings::new(&self.config));
         let shutdown_rx = self.shutdown_tx.subscribe();
 
-        let admin_task = tokio::spawn(crate::admin::serve(self.admin, self.admin_state.clone(), shutdown_rx.clone()));
+        let admin_task = tokio::spawn(crate::admin::serve(
+            self.admin,
+            self.admin_state.clone(),
+            shutdown_rx.clone(),
+        ));
         let redirect_task = self.redirect.map(|l| {
             let port = self.config.server.public_https_port.unwrap_or(https_addr.port());
             tokio::spawn(crate::redirect::serve(l, port, shutdown_rx.clone()))

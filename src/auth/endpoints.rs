@@ -52,20 +52,30 @@ impl From<SessionError> for GatewayError {
 }
 
 /// Dispatches `/.sessiongate/*`.
-pub async fn handle(ep: EndpointRequest<'_>, path: &str, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+pub async fn handle(
+    ep: EndpointRequest<'_>,
+    path: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
     let name = &path[PREFIX.len()..];
     match (req.method(), name) {
         (&Method::GET | &Method::HEAD, "login") => login_form(&ep, &req).await,
         (&Method::POST, "login") => login_submit(&ep, req).await,
         (&Method::POST, "logout") => logout(&ep, req).await,
         (&Method::GET | &Method::HEAD, "session") => session_info(&ep, &req).await,
-        (_, "login" | "logout" | "session") => Ok(crate::error::plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")),
+        (_, "login" | "logout" | "session") => Ok(crate::error::plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method Not Allowed",
+        )),
         _ => Err(GatewayError::NoRoute),
     }
 }
 
 /// The current session, or a fresh anonymous one (with its cookie to set).
-async fn current_or_new(ep: &EndpointRequest<'_>, headers: &HeaderMap) -> Result<(Arc<Live>, Option<HeaderValue>), GatewayError> {
+async fn current_or_new(
+    ep: &EndpointRequest<'_>,
+    headers: &HeaderMap,
+) -> Result<(Arc<Live>, Option<HeaderValue>), GatewayError> {
     match ep.sessions.lookup(headers, ep.client_ip).await? {
         Lookup::Valid(live) => Ok((live, None)),
         Lookup::None { .. } => {
@@ -77,7 +87,9 @@ async fn current_or_new(ep: &EndpointRequest<'_>, headers: &HeaderMap) -> Result
 
 async fn login_form(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     let (live, cookie) = current_or_new(ep, req.headers()).await?;
-    let rd = query_param(req.uri().query(), "rd").map(|r| safe_redirect(&r)).unwrap_or_else(|| "/".into());
+    let rd = query_param(req.uri().query(), "rd")
+        .map(|r| safe_redirect(&r))
+        .unwrap_or_else(|| "/".into());
     let mut resp = html(StatusCode::OK, pages::login(&live.record.csrf, &rd, None));
     if let Some(c) = cookie {
         resp.headers_mut().append(header::SET_COOKIE, c);
@@ -98,8 +110,16 @@ async fn login_submit(ep: &EndpointRequest<'_>, req: Request<Incoming>) -> Resul
     if let Some(wait) = ep.auth.throttle.blocked(ep.client_ip, username) {
         ep.sessions.metrics().login("throttled");
         tracing::warn!(event = "login_throttled", client_ip = %ep.client_ip, user = username);
-        let mut resp = html(StatusCode::TOO_MANY_REQUESTS, pages::login(&live.record.csrf, &rd, Some("Too many failed sign-ins. Try again later.")));
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+        let mut resp = html(
+            StatusCode::TOO_MANY_REQUESTS,
+            pages::login(
+                &live.record.csrf,
+                &rd,
+                Some("Too many failed sign-ins. Try again later."),
+            ),
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
         return Ok(resp);
     }
     match ep.auth.users.authenticate(username, password).await {
@@ -110,11 +130,15 @@ async fn login_submit(ep: &EndpointRequest<'_>, req: Request<Incoming>) -> Resul
                 email: user.email.clone(),
                 groups: user.groups.clone(),
             };
-            let (token, new) = ep.sessions.rotate_login(&live, identity, ep.client_ip, &parts.headers).await?;
+            let (token, new) = ep
+                .sessions
+                .rotate_login(&live, identity, ep.client_ip, &parts.headers)
+                .await?;
             ep.sessions.metrics().login("succeeded");
             tracing::info!(event = "login", user = %user.name, session_id = %new.record.id, client_ip = %ep.client_ip);
             let mut resp = redirect(StatusCode::SEE_OTHER, &rd);
-            resp.headers_mut().append(header::SET_COOKIE, ep.sessions.set_cookie(&token));
+            resp.headers_mut()
+                .append(header::SET_COOKIE, ep.sessions.set_cookie(&token));
             Ok(resp)
         }
         Err(LoginError::Busy) => Err(GatewayError::StoreUnavailable("login capacity exhausted".into())),
@@ -122,7 +146,10 @@ async fn login_submit(ep: &EndpointRequest<'_>, req: Request<Incoming>) -> Resul
             ep.auth.throttle.failed(ep.client_ip, username);
             ep.sessions.metrics().login("failed");
             tracing::warn!(event = "login_failed", client_ip = %ep.client_ip, user = username);
-            Ok(html(StatusCode::UNAUTHORIZED, pages::login(&live.record.csrf, &rd, Some("Invalid username or password."))))
+            Ok(html(
+                StatusCode::UNAUTHORIZED,
+                pages::login(&live.record.csrf, &rd, Some("Invalid username or password.")),
+            ))
         }
     }
 }
@@ -130,7 +157,11 @@ async fn login_submit(ep: &EndpointRequest<'_>, req: Request<Incoming>) -> Resul
 async fn logout(ep: &EndpointRequest<'_>, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     let (parts, incoming) = req.into_parts();
     let same_origin = is_same_origin(&parts.headers, ep.authority.as_deref());
-    let form = if same_origin { Vec::new() } else { read_form(incoming).await? };
+    let form = if same_origin {
+        Vec::new()
+    } else {
+        read_form(incoming).await?
+    };
     let lookup = ep.sessions.lookup(&parts.headers, ep.client_ip).await?;
     let live = match lookup {
         Lookup::Valid(live) => Some(live),
@@ -162,7 +193,12 @@ impl HeaderName {
 async fn session_info(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     let live = match ep.sessions.lookup(req.headers(), ep.client_ip).await? {
         Lookup::Valid(live) => live,
-        Lookup::None { .. } => return Ok(json(StatusCode::UNAUTHORIZED, &serde_json::json!({"error": "no session"}))),
+        Lookup::None { .. } => {
+            return Ok(json(
+                StatusCode::UNAUTHORIZED,
+                &serde_json::json!({"error": "no session"}),
+            ))
+        }
     };
     let r = &live.record;
     let idle_expires = live.last_seen().saturating_add(ep.sessions.idle_ms()).min(r.expires_at);
@@ -207,7 +243,9 @@ pub fn safe_redirect(rd: &str) -> String {
         && rd.len() <= 2048
         && !rd.contains('\\')
         && !rd.chars().any(|c| c.is_control() || c.is_whitespace())
-        && rd.parse::<http::Uri>().is_ok_and(|u| u.scheme().is_none() && u.authority().is_none());
+        && rd
+            .parse::<http::Uri>()
+            .is_ok_and(|u| u.scheme().is_none() && u.authority().is_none());
     if ok {
         rd.to_string()
     } else {
@@ -220,9 +258,9 @@ fn is_same_origin(headers: &HeaderMap, authority: Option<&str>) -> bool {
     let (Some(origin), Some(authority)) = (headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()), authority) else {
         return false;
     };
-    origin
-        .strip_prefix("https://")
-        .is_some_and(|o| o.eq_ignore_ascii_case(authority) || o.eq_ignore_ascii_case(authority.strip_suffix(":443").unwrap_or(authority)))
+    origin.strip_prefix("https://").is_some_and(|o| {
+        o.eq_ignore_ascii_case(authority) || o.eq_ignore_ascii_case(authority.strip_suffix(":443").unwrap_or(authority))
+    })
 }
 
 fn constant_time_eq(a: &str, b: &str) -> bool {
@@ -236,14 +274,19 @@ fn no_store(resp: &mut Response<Body>) {
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ),
     );
 }
 
 fn html(status: StatusCode, page: String) -> Response<Body> {
     let mut resp = Response::new(body::full(page));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     no_store(&mut resp);
     resp
 }
@@ -252,13 +295,20 @@ fn html(status: StatusCode, page: String) -> Response<Body> {
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(body::full(value.to_string()));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     no_store(&mut resp);
     resp
 }
 
 fn forbidden(message: &str) -> Response<Body> {
-    html(StatusCode::FORBIDDEN, format!("<!doctype html><title>Forbidden</title><p>{}</p>\n", pages::escape(message)))
+    html(
+        StatusCode::FORBIDDEN,
+        format!(
+            "<!doctype html><title>Forbidden</title><p>{}</p>\n",
+            pages::escape(message)
+        ),
+    )
 }
 
 /// A redirect with no body and `Cache-Control: no-store`.
@@ -278,7 +328,18 @@ mod tests {
     #[test]
     fn redirects_stay_home() {
         assert_eq!(safe_redirect("/app?x=1"), "/app?x=1");
-        for bad in ["//evil.example", "/\\evil.example", "https://evil.example", "https:evil.example", "/\tx", "/x\n", "evil", "", "/a\\b", "javascript:alert(1)"] {
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "https://evil.example",
+            "https:evil.example",
+            "/\tx",
+            "/x\n",
+            "evil",
+            "",
+            "/a\\b",
+            "javascript:alert(1)",
+        ] {
             assert_eq!(safe_redirect(bad), "/", "{bad:?}");
         }
     }

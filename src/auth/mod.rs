@@ -19,7 +19,8 @@ use tokio::sync::Semaphore;
 
 /// Checks that `phc` is an argon2id PHC string (config validation).
 pub fn check_phc(phc: &str) -> Result<(), String> {
-    let parsed = PasswordHash::new(phc).map_err(|e| format!("not a PHC string ({e}); create one with `sessiongate hash-password`"))?;
+    let parsed = PasswordHash::new(phc)
+        .map_err(|e| format!("not a PHC string ({e}); create one with `sessiongate hash-password`"))?;
     if parsed.algorithm != argon2::ARGON2ID_IDENT {
         return Err(format!("algorithm `{}` is not argon2id", parsed.algorithm));
     }
@@ -75,7 +76,9 @@ impl Users {
             .map_err(|_| LoginError::Busy)?
             .map_err(|_| LoginError::Busy)?;
         let user = self.by_name.get(name).cloned();
-        let phc = user.as_ref().map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
+        let phc = user
+            .as_ref()
+            .map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
         let password = password.to_string();
         let ok = tokio::task::spawn_blocking(move || {
             let ok = verify(&phc, &password);

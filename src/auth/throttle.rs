@@ -19,8 +19,14 @@ impl Throttle {
         Throttle {
             max_failures,
             window,
-            by_ip: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(window).build(),
-            by_user: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(window).build(),
+            by_ip: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(window)
+                .build(),
+            by_user: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(window)
+                .build(),
         }
     }
 
@@ -31,7 +37,9 @@ impl Throttle {
     }
 
     pub fn failed(&self, ip: IpAddr, user: &str) {
-        self.by_ip.get_with(ip, Default::default).fetch_add(1, Ordering::Relaxed);
+        self.by_ip
+            .get_with(ip, Default::default)
+            .fetch_add(1, Ordering::Relaxed);
         self.by_user
             .get_with(user.to_string(), Default::default)
             .fetch_add(1, Ordering::Relaxed);

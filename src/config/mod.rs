@@ -345,7 +345,14 @@ impl Validator<'_> {
         let trusted_proxies = s
             .trusted_proxies
             .iter()
-            .map(|c| parse_cidr(c).ok_or_else(|| self.err("server.trusted_proxies", format!("`{c}` is not a CIDR like \"10.0.0.0/8\" or an IP address"))))
+            .map(|c| {
+                parse_cidr(c).ok_or_else(|| {
+                    self.err(
+                        "server.trusted_proxies",
+                        format!("`{c}` is not a CIDR like \"10.0.0.0/8\" or an IP address"),
+                    )
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if s.max_header_bytes < 1024 {
             return Err(self.err("server.max_header_bytes", "must be at least 1024"));
@@ -371,7 +378,8 @@ impl Validator<'_> {
             max_header_bytes: s.max_header_bytes,
             max_connections: s.max_connections,
             shutdown_grace: self.duration("server.shutdown_grace", &s.shutdown_grace)?,
-            upstream_pool_idle_timeout: self.duration("server.upstream_pool_idle_timeout", &s.upstream_pool_idle_timeout)?,
+            upstream_pool_idle_timeout: self
+                .duration("server.upstream_pool_idle_timeout", &s.upstream_pool_idle_timeout)?,
             upstream_pool_max_idle_per_host: s.upstream_pool_max_idle_per_host,
         })
     }
@@ -421,7 +429,10 @@ impl Validator<'_> {
             && r.path_prefix != "/"
             && !r.path_prefix.ends_with('/')
         {
-            return Err(self.err(&key("path_prefix"), "must be a normalised path (no `.`/`..` segments, `//`, `%` escapes or `\\`)"));
+            return Err(self.err(
+                &key("path_prefix"),
+                "must be a normalised path (no `.`/`..` segments, `//`, `%` escapes or `\\`)",
+            ));
         }
         let upstream = parse_upstream(&r.upstream)
             .map_err(|reason| self.err(&key("upstream"), format!("`{}`: {reason}", r.upstream)))?;
@@ -430,7 +441,10 @@ impl Validator<'_> {
             "optional" => AuthMode::Optional,
             "required" => AuthMode::Required,
             other => {
-                return Err(self.err(&key("auth"), format!("`{other}` is not one of \"none\", \"optional\", \"required\"")))
+                return Err(self.err(
+                    &key("auth"),
+                    format!("`{other}` is not one of \"none\", \"optional\", \"required\""),
+                ))
             }
         };
         if !r.groups.is_empty() && auth != AuthMode::Required {
@@ -438,7 +452,10 @@ impl Validator<'_> {
         }
         let host = match &r.host {
             Some(h) if h.is_empty() || h.contains(['/', ' ', ':']) => {
-                return Err(self.err(&key("host"), format!("`{h}` is not a host name (no port, scheme or path)")))
+                return Err(self.err(
+                    &key("host"),
+                    format!("`{h}` is not a host name (no port, scheme or path)"),
+                ))
             }
             Some(h) => Some(h.to_ascii_lowercase()),
             None => None,
@@ -465,8 +482,16 @@ impl Validator<'_> {
                 "must start with `__Host-` (the prefix makes browsers refuse Domain and non-Secure copies)",
             ));
         }
-        if s.cookie_name.len() <= 7 || !s.cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(self.err("session.cookie_name", "must be a cookie token of letters, digits, `-`, `_` or `.`"));
+        if s.cookie_name.len() <= 7
+            || !s
+                .cookie_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(self.err(
+                "session.cookie_name",
+                "must be a cookie token of letters, digits, `-`, `_` or `.`",
+            ));
         }
         let b = &s.binding;
         let ip = match b.ip.as_str() {
@@ -479,17 +504,26 @@ impl Validator<'_> {
                 if b.ipv6_prefix == 0 || b.ipv6_prefix > 128 {
                     return Err(self.err("session.binding.ipv6_prefix", "must be between 1 and 128"));
                 }
-                IpBinding::Subnet { v4: b.ipv4_prefix, v6: b.ipv6_prefix }
+                IpBinding::Subnet {
+                    v4: b.ipv4_prefix,
+                    v6: b.ipv6_prefix,
+                }
             }
             other => {
-                return Err(self.err("session.binding.ip", format!("`{other}` is not one of \"exact\", \"subnet\", \"off\"")))
+                return Err(self.err(
+                    "session.binding.ip",
+                    format!("`{other}` is not one of \"exact\", \"subnet\", \"off\""),
+                ))
             }
         };
         let on_mismatch = match b.on_mismatch.as_str() {
             "revoke" => OnMismatch::Revoke,
             "reject" => OnMismatch::Reject,
             other => {
-                return Err(self.err("session.binding.on_mismatch", format!("`{other}` is not \"revoke\" or \"reject\"")))
+                return Err(self.err(
+                    "session.binding.on_mismatch",
+                    format!("`{other}` is not \"revoke\" or \"reject\""),
+                ))
             }
         };
         let fingerprint_headers = b
@@ -506,14 +540,20 @@ impl Validator<'_> {
             idle_timeout,
             absolute_timeout,
             max_data_bytes: s.max_data_bytes,
-            binding: BindingConfig { ip, fingerprint_headers, on_mismatch },
+            binding: BindingConfig {
+                ip,
+                fingerprint_headers,
+                on_mismatch,
+            },
         })
     }
 
     fn store(&self, s: &raw::RawStore) -> Result<StoreConfig, ConfigError> {
         let kind = match s.kind.as_str() {
             "memory" => StoreKind::Memory,
-            "embedded" => StoreKind::Embedded { path: self.path(&s.path) },
+            "embedded" => StoreKind::Embedded {
+                path: self.path(&s.path),
+            },
             other => return Err(self.err("store.kind", format!("`{other}` is not \"embedded\" or \"memory\""))),
         };
         if s.cache_capacity == 0 {
@@ -656,7 +696,10 @@ mod tests {
 
     #[test]
     fn cidr_accepts_bare_addresses() {
-        assert_eq!(parse_cidr("10.1.2.3"), Some("10.1.2.3/32".parse().unwrap_or_else(|_| unreachable!())));
+        assert_eq!(
+            parse_cidr("10.1.2.3"),
+            Some("10.1.2.3/32".parse().unwrap_or_else(|_| unreachable!()))
+        );
         assert!(parse_cidr("10.0.0.0/33").is_none());
     }
 }

@@ -7,7 +7,6 @@
 
 use serde::Deserialize;
 
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -394,4 +393,3 @@ pub struct RawUser {
     #[serde(default)]
     pub groups: Vec<String>,
 }
-

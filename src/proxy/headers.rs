@@ -93,7 +93,10 @@ pub struct ClientAddr {
 pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> ClientAddr {
     let peer = canonical_ip(peer);
     if trusted.is_empty() || !is_trusted(peer, trusted) {
-        return ClientAddr { ip: peer, chain: vec![peer] };
+        return ClientAddr {
+            ip: peer,
+            chain: vec![peer],
+        };
     }
     let entries: Vec<&str> = headers
         .get_all(&X_FORWARDED_FOR)
@@ -166,14 +169,22 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap_or_else(|_| unreachable!()), HeaderValue::from_str(v).unwrap_or_else(|_| unreachable!()));
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap_or_else(|_| unreachable!()),
+                HeaderValue::from_str(v).unwrap_or_else(|_| unreachable!()),
+            );
         }
         h
     }
 
     #[test]
     fn connection_named_headers_go_first() {
-        let mut h = map(&[("connection", "X-Secret, keep-alive"), ("x-secret", "1"), ("keep-alive", "5"), ("x-kept", "1")]);
+        let mut h = map(&[
+            ("connection", "X-Secret, keep-alive"),
+            ("x-secret", "1"),
+            ("keep-alive", "5"),
+            ("x-kept", "1"),
+        ]);
         strip_hop_by_hop(&mut h);
         assert!(h.get("x-secret").is_none());
         assert!(h.get("keep-alive").is_none());

@@ -87,8 +87,17 @@ mod tests {
         };
         let owned = OwnedHeaders::new(&names);
         let mut h = HeaderMap::new();
-        for n in ["x-forwarded-user", "x_forwarded_user", "x.forwarded.user", "x-session_id", "x-other"] {
-            h.insert(HeaderName::from_bytes(n.as_bytes()).unwrap_or_else(|_| unreachable!()), HeaderValue::from_static("evil"));
+        for n in [
+            "x-forwarded-user",
+            "x_forwarded_user",
+            "x.forwarded.user",
+            "x-session_id",
+            "x-other",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap_or_else(|_| unreachable!()),
+                HeaderValue::from_static("evil"),
+            );
         }
         owned.strip(&mut h);
         assert_eq!(h.len(), 1);

@@ -10,15 +10,15 @@
 pub mod body;
 pub mod headers;
 pub mod identity;
-pub mod upstream;
 mod upgrade;
+pub mod upstream;
 
 use crate::auth::endpoints::{self, Auth, EndpointRequest};
 use crate::config::{AuthMode, Config};
-use crate::session::{Live, Lookup, Sessions};
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, RouteMetrics, UpstreamErrorKind};
 use crate::routing::{normalize_path, Route, Router};
+use crate::session::{Live, Lookup, Sessions};
 use body::{Body, BoxError};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
@@ -101,7 +101,8 @@ pub async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming
     if has_body && ctx.upstream_ms.is_none() && ctx.version < Version::HTTP_2 {
         // Answered locally: the body may be unread, and its bytes must never
         // be parsed as the next request on a kept-alive HTTP/1 connection.
-        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     finish(&shared, &ctx, &resp);
     resp
@@ -156,7 +157,11 @@ fn finish(shared: &Shared, ctx: &RequestCtx, resp: &Response<Body>) {
     );
 }
 
-async fn pipeline(shared: &Shared, ctx: &mut RequestCtx, mut req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+async fn pipeline(
+    shared: &Shared,
+    ctx: &mut RequestCtx,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
     // Request filter: limits and framing.
     if headers::header_bytes(req.headers()) > shared.config.server.max_header_bytes {
         return Err(GatewayError::HeadersTooLarge);
@@ -233,7 +238,11 @@ async fn pipeline(shared: &Shared, ctx: &mut RequestCtx, mut req: Request<Incomi
         identity::apply(req.headers_mut(), &shared.config.headers, live);
     }
     if req.version() != Version::HTTP_11 || !req.headers().contains_key(header::HOST) {
-        if let Some(h) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        if let Some(h) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
             req.headers_mut().insert(header::HOST, h);
         }
     }
@@ -278,9 +287,14 @@ fn unauthenticated(req: &Request<Incoming>) -> Response<Body> {
         let rd: String = form_urlencoded::byte_serialize(back.as_bytes()).collect();
         return endpoints::redirect(StatusCode::FOUND, &format!("/.sessiongate/login?rd={rd}"));
     }
-    let mut resp = endpoints::json(StatusCode::UNAUTHORIZED, &serde_json::json!({"error": "authentication required"}));
-    resp.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Cookie realm=\"sessiongate\""));
+    let mut resp = endpoints::json(
+        StatusCode::UNAUTHORIZED,
+        &serde_json::json!({"error": "authentication required"}),
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Cookie realm=\"sessiongate\""),
+    );
     resp
 }
 
@@ -362,7 +376,11 @@ fn build_upstream_request(req: Request<Incoming>, route: &Route, path: &str) -> 
 }
 
 /// Sends the request and waits for response headers within the timeout.
-async fn exchange(shared: &Shared, ctx: &mut RequestCtx, req: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
+async fn exchange(
+    shared: &Shared,
+    ctx: &mut RequestCtx,
+    req: Request<Body>,
+) -> Result<Response<Incoming>, GatewayError> {
     let started = Instant::now();
     let result = tokio::time::timeout(shared.config.server.upstream_timeout, shared.client.request(req)).await;
     ctx.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
@@ -407,10 +425,12 @@ fn response_filter(resp: Response<Incoming>) -> Response<Body> {
 
 /// The authority the client addressed, with port (for same-origin checks).
 fn request_authority(req: &Request<Incoming>) -> Option<String> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+    req.uri().authority().map(|a| a.as_str().to_string()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+    })
 }
 
 /// The host the client addressed: lowercased, without port.

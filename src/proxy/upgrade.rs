@@ -15,7 +15,9 @@ pub fn splice(on_client: OnUpgrade, mut resp: Response<Incoming>) -> Response<Bo
     let (mut parts, _) = resp.into_parts();
     let upgrade = parts.headers.get(header::UPGRADE).cloned();
     super::headers::strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     if let Some(u) = upgrade {
         parts.headers.insert(header::UPGRADE, u);
     }

@@ -90,7 +90,10 @@ mod tests {
     fn h(values: &[&str]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for v in values {
-            m.append(header::COOKIE, HeaderValue::from_str(v).unwrap_or_else(|_| unreachable!()));
+            m.append(
+                header::COOKIE,
+                HeaderValue::from_str(v).unwrap_or_else(|_| unreachable!()),
+            );
         }
         m
     }

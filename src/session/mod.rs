@@ -49,7 +49,9 @@ impl Live {
             id_header: hv(&record.id.to_string()).unwrap_or_else(|| HeaderValue::from_static("")),
             user_header: identity.and_then(|i| hv(&i.user)),
             email_header: identity.and_then(|i| i.email.as_deref()).and_then(hv),
-            groups_header: identity.filter(|i| !i.groups.is_empty()).and_then(|i| hv(&i.groups.join(","))),
+            groups_header: identity
+                .filter(|i| !i.groups.is_empty())
+                .and_then(|i| hv(&i.groups.join(","))),
             data_header: Some(record.data.as_str()).filter(|d| !d.is_empty()).and_then(hv),
             last_seen: AtomicU64::new(record.last_seen),
             persisted_seen: AtomicU64::new(record.last_seen),
@@ -139,7 +141,10 @@ impl Sessions {
         if s.persistent {
             suffix.push_str(&format!("; Max-Age={}", s.absolute_timeout.as_secs()));
         }
-        let clear = format!("{}=; Max-Age=0; Path=/; Secure; HttpOnly; SameSite={same_site}", s.cookie_name);
+        let clear = format!(
+            "{}=; Max-Age=0; Path=/; Secure; HttpOnly; SameSite={same_site}",
+            s.cookie_name
+        );
         let cache = moka::future::Cache::builder()
             .max_capacity(config.store.cache_capacity)
             .time_to_live(CACHE_TTL)
@@ -167,7 +172,11 @@ impl Sessions {
     /// and end with the manager.
     pub fn start_background(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
-        let touch_every = self.config.store.touch_interval.clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let touch_every = self
+            .config
+            .store
+            .touch_interval
+            .clamp(Duration::from_millis(50), Duration::from_secs(5));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(touch_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -335,7 +344,12 @@ impl Sessions {
         Ok(existed)
     }
 
-    fn new_record(&self, client_ip: IpAddr, headers: &HeaderMap, identity: Option<Identity>) -> Result<SessionRecord, SessionError> {
+    fn new_record(
+        &self,
+        client_ip: IpAddr,
+        headers: &HeaderMap,
+        identity: Option<Identity>,
+    ) -> Result<SessionRecord, SessionError> {
         let now = now_ms();
         Ok(SessionRecord {
             id: SessionId::generate()?,
@@ -353,7 +367,10 @@ impl Sessions {
     async fn insert(&self, record: SessionRecord) -> Result<(SessionToken, Arc<Live>), SessionError> {
         let token = SessionToken::generate()?;
         let hash = token.hash();
-        self.store.put(hash, record.clone()).await.inspect_err(|_| self.store_failed())?;
+        self.store
+            .put(hash, record.clone())
+            .await
+            .inspect_err(|_| self.store_failed())?;
         let live = Arc::new(Live::new(hash, record));
         self.cache.insert(hash, live.clone()).await;
         self.metrics.sessions_created.inc();
@@ -361,7 +378,11 @@ impl Sessions {
     }
 
     /// Issues a new anonymous session bound to this client.
-    pub async fn issue(&self, client_ip: IpAddr, headers: &HeaderMap) -> Result<(SessionToken, Arc<Live>), SessionError> {
+    pub async fn issue(
+        &self,
+        client_ip: IpAddr,
+        headers: &HeaderMap,
+    ) -> Result<(SessionToken, Arc<Live>), SessionError> {
         let record = self.new_record(client_ip, headers, None)?;
         let out = self.insert(record).await?;
         tracing::debug!(event = "session_created", session_id = %out.1.record.id);
@@ -369,7 +390,12 @@ impl Sessions {
     }
 
     /// Mints a logged-in session for automation (admin API).
-    pub async fn mint(&self, client_ip: IpAddr, headers: &HeaderMap, identity: Identity) -> Result<(SessionToken, Arc<Live>), SessionError> {
+    pub async fn mint(
+        &self,
+        client_ip: IpAddr,
+        headers: &HeaderMap,
+        identity: Identity,
+    ) -> Result<(SessionToken, Arc<Live>), SessionError> {
         let record = self.new_record(client_ip, headers, Some(identity))?;
         let out = self.insert(record).await?;
         tracing::info!(event = "session_minted", session_id = %out.1.record.id);
@@ -379,7 +405,13 @@ impl Sessions {
     /// Login: a new token for the same session (id and data kept), the
     /// identity set, the absolute lifetime restarted, a new CSRF secret.
     /// The old token is refused from the moment this returns.
-    pub async fn rotate_login(&self, old: &Live, identity: Identity, client_ip: IpAddr, headers: &HeaderMap) -> Result<(SessionToken, Arc<Live>), SessionError> {
+    pub async fn rotate_login(
+        &self,
+        old: &Live,
+        identity: Identity,
+        client_ip: IpAddr,
+        headers: &HeaderMap,
+    ) -> Result<(SessionToken, Arc<Live>), SessionError> {
         let now = now_ms();
         let mut record = old.record.clone();
         record.identity = Some(identity);
@@ -420,8 +452,13 @@ impl Sessions {
         if self.revoked.contains_key(&live.hash) {
             return Ok(());
         }
-        self.store.put(live.hash, record.clone()).await.inspect_err(|_| self.store_failed())?;
-        self.cache.insert(live.hash, Arc::new(Live::new(live.hash, record))).await;
+        self.store
+            .put(live.hash, record.clone())
+            .await
+            .inspect_err(|_| self.store_failed())?;
+        self.cache
+            .insert(live.hash, Arc::new(Live::new(live.hash, record)))
+            .await;
         Ok(())
     }
 

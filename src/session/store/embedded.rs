@@ -108,7 +108,8 @@ impl SessionStore for EmbeddedStore {
 
     fn put(&self, hash: TokenHash, record: SessionRecord) -> StoreFuture<'_, ()> {
         self.write(move |t| {
-            t.insert(hash.0.as_slice(), encode(&record)?.as_slice()).map_err(backend)?;
+            t.insert(hash.0.as_slice(), encode(&record)?.as_slice())
+                .map_err(backend)?;
             Ok(())
         })
     }
@@ -117,7 +118,8 @@ impl SessionStore for EmbeddedStore {
         // One transaction: at no point are both tokens, or neither, valid.
         self.write(move |t| {
             t.remove(old.0.as_slice()).map_err(backend)?;
-            t.insert(new.0.as_slice(), encode(&record)?.as_slice()).map_err(backend)?;
+            t.insert(new.0.as_slice(), encode(&record)?.as_slice())
+                .map_err(backend)?;
             Ok(())
         })
     }

@@ -76,7 +76,11 @@ impl SessionStore for MemoryStore {
 
     fn sweep(&self, now: u64, idle_ms: u64) -> StoreFuture<'_, Vec<TokenHash>> {
         let dead = self.write(|m| {
-            let dead: Vec<TokenHash> = m.iter().filter(|(_, r)| is_dead(r, now, idle_ms)).map(|(h, _)| *h).collect();
+            let dead: Vec<TokenHash> = m
+                .iter()
+                .filter(|(_, r)| is_dead(r, now, idle_ms))
+                .map(|(h, _)| *h)
+                .collect();
             for h in &dead {
                 m.remove(h);
             }

@@ -7,7 +7,7 @@ use std::{ffi::OsStr, path::Path};
 use sessiongate::config::Config;
 
 use crate::kit::{
-    binary::run_cli, closed_port, config::PreparedConfig, quoted, Echo, GatewayConfig, RouteSpec,
+    closed_port, config::PreparedConfig, quoted, run_cli, Echo, GatewayConfig, RouteSpec,
     TestGateway, TestUpstream,
 };
 

@@ -24,10 +24,10 @@ pub mod upstream;
 
 use std::{future::Future, time::Duration};
 
-pub use binary::{run_cli, BinaryGateway, CliOutput};
+pub use binary::{run_cli, BinaryGateway};
 pub use client::{HttpVersion, ALPN_H1, ALPN_H2, ALPN_H2_H1};
 pub use config::{quoted, GatewayConfig, RouteSpec};
-pub use gateway::{GatewayAddrs, TestGateway};
+pub use gateway::TestGateway;
 pub use raw::{RawConn, RawResponse};
 pub use upstream::{closed_port, Echo, TestUpstream, SLOW_BODY};
 

@@ -1,0 +1,29 @@
+//! Sessions end to end: the cookie, what the upstream learns about the session, login,
+//! logout, binding, expiry, malformed cookies, durability across restarts and the session
+//! admin API, each pinned against the standard site in [`support`].
+//!
+//! Modules by concern:
+//! - `cookie`: the session cookie's shape and attributes, and which routes issue one.
+//! - `identity`: the headers the upstream sees, the cookie it never sees, session data, and
+//!   what it may not set.
+//! - `login`: the form, CSRF, rotation, throttling, `rd`, required routes and groups, and
+//!   `/.sessiongate/session`.
+//! - `logout`: proof of origin, and the token staying dead.
+//! - `flow`: login → identity → logout on HTTP/1.1 and HTTP/2.
+//! - `binding`: User-Agent and IP binding, revoke versus reject.
+//! - `expiry`: idle and absolute timeouts.
+//! - `malformed`: cookies we did not issue, or more than one.
+//! - `durability`: the embedded store across SIGTERM and SIGKILL restarts of the binary.
+//! - `admin_api`: minting, listing and revoking sessions, and the session metrics.
+
+mod admin_api;
+mod binding;
+mod cookie;
+mod durability;
+mod expiry;
+mod flow;
+mod identity;
+mod login;
+mod logout;
+mod malformed;
+mod support;
