@@ -32,12 +32,24 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
+    if is_plain(raw) {
+        return Ok(raw.to_string());
+    }
     let canonical = canonical_escapes(raw)?;
     // A path whose encoded slashes would climb out once a backend decodes them
     // is refused as well as one that climbs out literally.
     let decoded_slashes = canonical.replace("%2F", "/");
     resolve_segments(&decoded_slashes)?;
     resolve_segments(&canonical)
+}
+
+/// The common case, already normal: no escapes, no backslash or NUL, no
+/// empty, `.` or `..` segments, no `;` that could hide a dot segment.
+fn is_plain(path: &str) -> bool {
+    let b = path.as_bytes();
+    !b.iter().any(|c| matches!(c, b'%' | b'\\' | 0 | b';'))
+        && !path.contains("//")
+        && !path.contains("/.")
 }
 
 /// Decodes percent-escapes of unreserved characters, upper-cases the hex of

@@ -44,10 +44,14 @@ pub fn find<'a>(headers: &'a HeaderMap, name: &str) -> Presented<'a> {
 /// Removes our cookie from the request; other cookies pass, joined into one
 /// `Cookie` header as HTTP/1.1 upstreams expect.
 pub fn strip(headers: &mut HeaderMap, name: &str) {
-    let values: Vec<HeaderValue> = match headers.get_all(header::COOKIE).iter().count() {
-        0 => return,
-        _ => headers.get_all(header::COOKIE).iter().cloned().collect(),
-    };
+    let mut all = headers.get_all(header::COOKIE).iter();
+    match (all.next(), all.next()) {
+        (None, _) => return,
+        // Fast path: one header that cannot contain our name.
+        (Some(only), None) if !contains(only.as_bytes(), name.as_bytes()) => return,
+        _ => {}
+    }
+    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
     let mut kept = String::new();
     let mut changed = values.len() > 1;
     for value in &values {
@@ -81,6 +85,10 @@ pub fn strip(headers: &mut HeaderMap, name: &str) {
             headers.insert(header::COOKIE, v);
         }
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]

@@ -72,7 +72,10 @@ impl ClientBinding {
                 return Err(Mismatch::Ip);
             }
         }
-        if self.fingerprint != fingerprint(config, headers) {
+        let digest = fingerprint_digest(config, headers);
+        let mut hex = [0u8; 64];
+        super::token::hex_into(&digest, &mut hex);
+        if self.fingerprint.as_bytes() != hex {
             return Err(Mismatch::Fingerprint);
         }
         Ok(())
@@ -95,6 +98,10 @@ pub fn ip_prefix(mode: IpBinding, ip: IpAddr) -> Option<IpNet> {
 /// SHA-256 over the configured headers' names and values, in config order.
 /// A missing header hashes differently from an empty one.
 pub fn fingerprint(config: &BindingConfig, headers: &HeaderMap) -> String {
+    super::token::hex(&fingerprint_digest(config, headers))
+}
+
+fn fingerprint_digest(config: &BindingConfig, headers: &HeaderMap) -> [u8; 32] {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for name in &config.fingerprint_headers {
         ctx.update(name.as_str().as_bytes());
@@ -104,7 +111,9 @@ pub fn fingerprint(config: &BindingConfig, headers: &HeaderMap) -> String {
         }
         ctx.update(b"\x00;");
     }
-    super::token::hex(ctx.finish().as_ref())
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 /// The server's copy of a session.

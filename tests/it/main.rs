@@ -5,3 +5,4 @@
 
 mod foundation;
 mod kit;
+mod sessions;

@@ -10,8 +10,7 @@ use crate::kit::{
 
 /// Whether `line` is the access log line of a request to a path starting with `path`.
 fn is_access_line_for(line: &Value, path: &str) -> bool {
-    log_field(line, "status").is_some()
-        && log_field_text(line, "path").is_some_and(|p| p.starts_with(path))
+    log_field(line, "status").is_some() && log_field_text(line, "path").is_some_and(|p| p.starts_with(path))
 }
 
 /// Whether a log field is a number (or a string holding one).
@@ -41,21 +40,9 @@ async fn each_request_logs_one_json_line_without_credentials() {
     let line = gw
         .wait_for_log(secs(5), |line| is_access_line_for(line, "/hello"))
         .await;
-    assert_eq!(
-        log_field_text(&line, "method").as_deref(),
-        Some("GET"),
-        "{line}"
-    );
-    assert_eq!(
-        log_field_text(&line, "status").as_deref(),
-        Some("200"),
-        "{line}"
-    );
-    assert_eq!(
-        log_field_text(&line, "route").as_deref(),
-        Some("/"),
-        "{line}"
-    );
+    assert_eq!(log_field_text(&line, "method").as_deref(), Some("GET"), "{line}");
+    assert_eq!(log_field_text(&line, "status").as_deref(), Some("200"), "{line}");
+    assert_eq!(log_field_text(&line, "route").as_deref(), Some("/"), "{line}");
     assert_eq!(
         log_field_text(&line, "client_ip").as_deref(),
         Some("127.0.0.1"),
@@ -75,8 +62,7 @@ async fn each_request_logs_one_json_line_without_credentials() {
 async fn client_ip_is_the_rightmost_untrusted_forwarded_address() {
     let upstream = TestUpstream::start().await;
     let gw = BinaryGateway::start(
-        GatewayConfig::proxy_all_to(&upstream)
-            .server("trusted_proxies", format!("[{}]", quoted("127.0.0.0/8"))),
+        GatewayConfig::proxy_all_to(&upstream).server("trusted_proxies", format!("[{}]", quoted("127.0.0.0/8"))),
     )
     .await;
 

@@ -1,8 +1,6 @@
 //! The admin listener: health check and Prometheus metrics, separate from the proxy.
 
-use crate::kit::{
-    client::plain_client, closed_port, Echo, GatewayConfig, RouteSpec, TestGateway, TestUpstream,
-};
+use crate::kit::{client::plain_client, closed_port, Echo, GatewayConfig, RouteSpec, TestGateway, TestUpstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_is_200() {
@@ -28,11 +26,7 @@ async fn admin_listener_does_not_proxy() {
         .await
         .expect("GET on the admin listener");
     assert_ne!(response.status(), 200);
-    assert_eq!(
-        upstream.request_count(),
-        0,
-        "admin listener proxied a request"
-    );
+    assert_eq!(upstream.request_count(), 0, "admin listener proxied a request");
 }
 
 /// Lines of a Prometheus text exposition that start with `metric` and contain every label.
@@ -49,10 +43,7 @@ async fn metrics_count_requests_by_route_and_status_class() {
     let gw = TestGateway::start(
         GatewayConfig::new()
             .route(RouteSpec::new("/", upstream.url()))
-            .route(RouteSpec::new(
-                "/dead/",
-                format!("http://127.0.0.1:{}", closed_port()),
-            )),
+            .route(RouteSpec::new("/dead/", format!("http://127.0.0.1:{}", closed_port()))),
     )
     .await;
     let client = gw.client();
@@ -72,22 +63,13 @@ async fn metrics_count_requests_by_route_and_status_class() {
     let text = response.text().await.expect("metrics text");
 
     for (metric, labels) in [
-        (
-            "sessiongate_requests_total",
-            &[r#"route="/""#, r#"status="2xx""#][..],
-        ),
+        ("sessiongate_requests_total", &[r#"route="/""#, r#"status="2xx""#][..]),
         (
             "sessiongate_requests_total",
             &[r#"route="/dead/""#, r#"status="5xx""#][..],
         ),
-        (
-            "sessiongate_request_duration_seconds_bucket",
-            &[r#"route="/""#][..],
-        ),
-        (
-            "sessiongate_upstream_errors_total",
-            &[r#"kind="connect""#][..],
-        ),
+        ("sessiongate_request_duration_seconds_bucket", &[r#"route="/""#][..]),
+        ("sessiongate_upstream_errors_total", &[r#"kind="connect""#][..]),
         ("sessiongate_open_connections", &[][..]),
     ] {
         assert!(

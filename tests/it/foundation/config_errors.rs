@@ -7,16 +7,12 @@ use std::{ffi::OsStr, path::Path};
 use sessiongate::config::Config;
 
 use crate::kit::{
-    closed_port, config::PreparedConfig, quoted, run_cli, Echo, GatewayConfig, RouteSpec,
-    TestGateway, TestUpstream,
+    closed_port, config::PreparedConfig, quoted, run_cli, Echo, GatewayConfig, RouteSpec, TestGateway, TestUpstream,
 };
 
 /// A config that would be valid: one route to a port nobody needs to listen on.
 fn valid_config() -> GatewayConfig {
-    GatewayConfig::new().route(RouteSpec::new(
-        "/api/",
-        format!("http://127.0.0.1:{}", closed_port()),
-    ))
+    GatewayConfig::new().route(RouteSpec::new("/api/", format!("http://127.0.0.1:{}", closed_port())))
 }
 
 /// Writes `config`, then replaces its text with `edit(text)` (for errors the builder cannot
@@ -65,17 +61,13 @@ fn toml_syntax_error_names_the_file_and_line() {
 
 #[test]
 fn unknown_key_is_named() {
-    let prepared = valid_config()
-        .server("lisen", quoted("127.0.0.1:0"))
-        .prepare();
+    let prepared = valid_config().server("lisen", quoted("127.0.0.1:0")).prepare();
     assert_rejected(&prepared, &["lisen"]);
 }
 
 #[test]
 fn wrong_type_is_named() {
-    let prepared = valid_config()
-        .server("max_connections", quoted("many"))
-        .prepare();
+    let prepared = valid_config().server("max_connections", quoted("many")).prepare();
     assert_rejected(&prepared, &["max_connections"]);
 }
 
@@ -89,9 +81,7 @@ fn bad_cidr_in_trusted_proxies_is_named() {
 
 #[test]
 fn bad_upstream_url_is_named() {
-    let prepared = valid_config()
-        .route(RouteSpec::new("/ftp/", "ftp://x"))
-        .prepare();
+    let prepared = valid_config().route(RouteSpec::new("/ftp/", "ftp://x")).prepare();
     assert_rejected(&prepared, &["upstream"]);
 }
 
@@ -99,8 +89,8 @@ fn bad_upstream_url_is_named() {
 fn missing_certificate_file_is_named_with_its_path() {
     let dir = tempfile::tempdir().expect("temp dir");
     let hosts = ["localhost".to_owned()];
-    let (_cert, key) = sessiongate::tls::write_self_signed(dir.path(), &hosts)
-        .expect("write a certificate to get a real key");
+    let (_cert, key) =
+        sessiongate::tls::write_self_signed(dir.path(), &hosts).expect("write a certificate to get a real key");
     let missing = dir.path().join("no-such-cert.pem");
     let prepared = valid_config().tls_files(&missing, &key).prepare();
     assert_rejected(&prepared, &["cert", &path_text(&missing)]);
@@ -108,9 +98,7 @@ fn missing_certificate_file_is_named_with_its_path() {
 
 #[test]
 fn bad_duration_is_named() {
-    let prepared = valid_config()
-        .server_str("upstream_timeout", "soon")
-        .prepare();
+    let prepared = valid_config().server_str("upstream_timeout", "soon").prepare();
     assert_rejected(&prepared, &["upstream_timeout"]);
 }
 
@@ -144,17 +132,10 @@ fn config_error_display_names_file_key_and_line() {
 fn check_accepts_a_good_config_and_lists_listeners_and_routes() {
     let upstream_port = closed_port();
     let prepared = GatewayConfig::new()
-        .route(RouteSpec::new(
-            "/api/",
-            format!("http://127.0.0.1:{upstream_port}"),
-        ))
+        .route(RouteSpec::new("/api/", format!("http://127.0.0.1:{upstream_port}")))
         .prepare();
 
-    let out = run_cli([
-        OsStr::new("check"),
-        OsStr::new("--config"),
-        prepared.path.as_os_str(),
-    ]);
+    let out = run_cli([OsStr::new("check"), OsStr::new("--config"), prepared.path.as_os_str()]);
     assert_eq!(
         out.code(),
         Some(0),
@@ -179,18 +160,9 @@ async fn certificate_paths_are_relative_to_the_config_file() {
     // Tests run with the crate root as working directory, where no cert.pem exists.
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(GatewayConfig::proxy_all_to(&upstream).relative_tls_paths()).await;
-    assert!(
-        gw.config_text().contains("cert = \"cert.pem\""),
-        "{}",
-        gw.config_text()
-    );
+    assert!(gw.config_text().contains("cert = \"cert.pem\""), "{}", gw.config_text());
 
-    let response = gw
-        .client()
-        .get(gw.url("/rel"))
-        .send()
-        .await
-        .expect("request");
+    let response = gw.client().get(gw.url("/rel")).send().await.expect("request");
     assert_eq!(Echo::from_response(response).await.path(), "/rel");
 }
 
@@ -206,12 +178,7 @@ async fn gen_cert_writes_a_pair_the_gateway_serves() {
         OsStr::new("--host"),
         OsStr::new("127.0.0.1"),
     ]);
-    assert_eq!(
-        out.code(),
-        Some(0),
-        "gen-cert\n--- stderr ---\n{}",
-        out.stderr
-    );
+    assert_eq!(out.code(), Some(0), "gen-cert\n--- stderr ---\n{}", out.stderr);
     let cert = out_dir.path().join("cert.pem");
     let key = out_dir.path().join("key.pem");
     assert!(
@@ -220,8 +187,7 @@ async fn gen_cert_writes_a_pair_the_gateway_serves() {
     );
 
     let upstream = TestUpstream::start().await;
-    let gw =
-        TestGateway::start(GatewayConfig::proxy_all_to(&upstream).tls_files(&cert, &key)).await;
+    let gw = TestGateway::start(GatewayConfig::proxy_all_to(&upstream).tls_files(&cert, &key)).await;
     let response = gw
         .client()
         .get(gw.url("/generated"))

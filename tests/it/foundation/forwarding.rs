@@ -7,9 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use reqwest::Method;
 
-use crate::kit::{
-    quoted, secs, within, Echo, GatewayConfig, HttpVersion, TestGateway, TestUpstream,
-};
+use crate::kit::{quoted, secs, within, Echo, GatewayConfig, HttpVersion, TestGateway, TestUpstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn method_path_query_body_and_headers_reach_the_upstream() {
@@ -35,13 +33,7 @@ async fn method_path_query_body_and_headers_reach_the_upstream() {
         assert_eq!(echo.header("x-custom"), ["one"], "{version:?}");
         assert_eq!(echo.header_joined("x-multi"), "a, b", "{version:?}");
 
-        for method in [
-            Method::GET,
-            Method::PUT,
-            Method::DELETE,
-            Method::PATCH,
-            Method::OPTIONS,
-        ] {
+        for method in [Method::GET, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS] {
             let response = client
                 .request(method.clone(), gw.url("/m"))
                 .send()
@@ -101,12 +93,7 @@ async fn hop_by_hop_response_headers_are_removed() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(GatewayConfig::proxy_all_to(&upstream)).await;
 
-    let response = gw
-        .client()
-        .get(gw.url("/resp-headers"))
-        .send()
-        .await
-        .expect("request");
+    let response = gw.client().get(gw.url("/resp-headers")).send().await.expect("request");
     assert_eq!(response.status(), 200);
     let headers = response.headers();
     for hop in ["x-hop-resp", "keep-alive", "proxy-connection"] {
@@ -191,8 +178,7 @@ async fn client_supplied_forwarding_headers_are_not_trusted_by_default() {
 async fn trusted_proxy_chain_yields_the_rightmost_untrusted_address() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(
-        GatewayConfig::proxy_all_to(&upstream)
-            .server("trusted_proxies", format!("[{}]", quoted("127.0.0.0/8"))),
+        GatewayConfig::proxy_all_to(&upstream).server("trusted_proxies", format!("[{}]", quoted("127.0.0.0/8"))),
     )
     .await;
 
@@ -203,9 +189,7 @@ async fn trusted_proxy_chain_yields_the_rightmost_untrusted_address() {
         .send()
         .await
         .expect("request");
-    let xff = Echo::from_response(response)
-        .await
-        .header_joined("x-forwarded-for");
+    let xff = Echo::from_response(response).await.header_joined("x-forwarded-for");
     assert!(
         xff.contains("198.51.100.7"),
         "X-Forwarded-For from a trusted proxy lost the client: {xff:?}"
@@ -216,8 +200,7 @@ async fn trusted_proxy_chain_yields_the_rightmost_untrusted_address() {
 async fn forwarded_for_is_trusted_only_from_configured_proxy_addresses() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(
-        GatewayConfig::proxy_all_to(&upstream)
-            .server("trusted_proxies", format!("[{}]", quoted("127.0.0.2/32"))),
+        GatewayConfig::proxy_all_to(&upstream).server("trusted_proxies", format!("[{}]", quoted("127.0.0.2/32"))),
     )
     .await;
     let proxy = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -232,9 +215,7 @@ async fn forwarded_for_is_trusted_only_from_configured_proxy_addresses() {
         .send()
         .await
         .expect("request from the trusted proxy");
-    let xff = Echo::from_response(from_proxy)
-        .await
-        .header_joined("x-forwarded-for");
+    let xff = Echo::from_response(from_proxy).await.header_joined("x-forwarded-for");
     assert!(
         xff.contains("198.51.100.7"),
         "trusted proxy's X-Forwarded-For was dropped: {xff:?}"
@@ -250,9 +231,7 @@ async fn forwarded_for_is_trusted_only_from_configured_proxy_addresses() {
         .await
         .expect("request from an untrusted peer");
     assert_eq!(
-        Echo::from_response(from_stranger)
-            .await
-            .header("x-forwarded-for"),
+        Echo::from_response(from_stranger).await.header("x-forwarded-for"),
         ["127.0.0.3"]
     );
 }

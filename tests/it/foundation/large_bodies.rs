@@ -31,9 +31,7 @@ async fn fifty_mib_stream_both_ways_in_bounded_memory() {
     let idle_kib = gw.peak_rss_kib();
 
     let chunks = (FIFTY_MIB / CHUNK as u64) as usize;
-    let body = stream::iter(
-        (0..chunks).map(|_| Ok::<_, std::io::Error>(Bytes::from_static(&UPLOAD_CHUNK))),
-    );
+    let body = stream::iter((0..chunks).map(|_| Ok::<_, std::io::Error>(Bytes::from_static(&UPLOAD_CHUNK))));
     let response = within(
         secs(60),
         "50 MiB upload",

@@ -12,16 +12,12 @@ use tokio::{
 use tokio_rustls::client::TlsStream;
 
 use crate::kit::{
-    millis, raw::get_request, secs, within, Echo, GatewayConfig, RawConn, RouteSpec, TestGateway,
-    TestUpstream, ALPN_H1,
+    millis, raw::get_request, secs, within, Echo, GatewayConfig, RawConn, RouteSpec, TestGateway, TestUpstream, ALPN_H1,
 };
 
 /// A gateway with one route, `/`, whose bodies may be at most 1024 bytes.
 async fn gateway_with_body_limit(upstream: &TestUpstream) -> TestGateway {
-    TestGateway::start(
-        GatewayConfig::new().route(RouteSpec::new("/", upstream.url()).max_body_bytes(1024)),
-    )
-    .await
+    TestGateway::start(GatewayConfig::new().route(RouteSpec::new("/", upstream.url()).max_body_bytes(1024))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,17 +97,10 @@ async fn refused_body_is_never_parsed_as_the_next_request() {
     )
     .await;
     if let Ok(next) = next {
-        assert_eq!(
-            next.echo().path(),
-            "/after",
-            "request after a 413 was desynchronised"
-        );
+        assert_eq!(next.echo().path(), "/after", "request after a 413 was desynchronised");
     }
     assert!(
-        !upstream
-            .targets()
-            .iter()
-            .any(|t| t.starts_with("/smuggled")),
+        !upstream.targets().iter().any(|t| t.starts_with("/smuggled")),
         "the refused body was parsed as a request: {:?}",
         upstream.targets()
     );
@@ -120,10 +109,7 @@ async fn refused_body_is_never_parsed_as_the_next_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_request_headers_are_431() {
     let upstream = TestUpstream::start().await;
-    let gw = TestGateway::start(
-        GatewayConfig::proxy_all_to(&upstream).server("max_header_bytes", "4096"),
-    )
-    .await;
+    let gw = TestGateway::start(GatewayConfig::proxy_all_to(&upstream).server("max_header_bytes", "4096")).await;
     let client = gw.client();
 
     let response = client
@@ -146,10 +132,7 @@ async fn oversized_request_headers_are_431() {
 
 /// A gateway cutting off header reads after 500 ms.
 async fn gateway_with_short_header_timeout(upstream: &TestUpstream) -> TestGateway {
-    TestGateway::start(
-        GatewayConfig::proxy_all_to(upstream).server_str("header_read_timeout", "500ms"),
-    )
-    .await
+    TestGateway::start(GatewayConfig::proxy_all_to(upstream).server_str("header_read_timeout", "500ms")).await
 }
 
 /// Fails the test unless what the gateway sent before closing is nothing or a 408.
@@ -170,12 +153,7 @@ async fn unfinished_request_head_is_cut_off() {
     conn.send("GET / HTTP/1.1\r\nHost: x\r\n")
         .await
         .expect("send half a request head");
-    let received = within(
-        secs(3),
-        "slowloris connection to be closed",
-        conn.read_until_closed(),
-    )
-    .await;
+    let received = within(secs(3), "slowloris connection to be closed", conn.read_until_closed()).await;
     assert_closed_or_408(&received);
     assert_eq!(upstream.request_count(), 0);
 }
@@ -205,12 +183,7 @@ async fn trickled_request_head_is_cut_off_counting_from_the_first_byte() {
         }
     });
     let mut conn: RawConn<ReadHalf<TlsStream<TcpStream>>> = RawConn::new(reader);
-    let received = within(
-        secs(3),
-        "trickling connection to be closed",
-        conn.read_until_closed(),
-    )
-    .await;
+    let received = within(secs(3), "trickling connection to be closed", conn.read_until_closed()).await;
     trickle.abort();
     assert_closed_or_408(&received);
 }
@@ -218,28 +191,19 @@ async fn trickled_request_head_is_cut_off_counting_from_the_first_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connection_is_closed_after_the_tls_handshake_timeout() {
     let upstream = TestUpstream::start().await;
-    let gw = TestGateway::start(
-        GatewayConfig::proxy_all_to(&upstream).server_str("tls_handshake_timeout", "500ms"),
-    )
-    .await;
+    let gw =
+        TestGateway::start(GatewayConfig::proxy_all_to(&upstream).server_str("tls_handshake_timeout", "500ms")).await;
 
     let tcp = TcpStream::connect(gw.https).await.expect("TCP connect");
     let mut conn = RawConn::new(tcp);
-    let received = within(
-        secs(3),
-        "silent connection to be closed",
-        conn.read_until_closed(),
-    )
-    .await;
+    let received = within(secs(3), "silent connection to be closed", conn.read_until_closed()).await;
     assert!(received.is_empty(), "server sent {} bytes", received.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_limit_wait_until_one_closes() {
     let upstream = TestUpstream::start().await;
-    let gw =
-        TestGateway::start(GatewayConfig::proxy_all_to(&upstream).server("max_connections", "2"))
-            .await;
+    let gw = TestGateway::start(GatewayConfig::proxy_all_to(&upstream).server("max_connections", "2")).await;
     let host = gw.host_header();
 
     let mut first = gw.raw().await;

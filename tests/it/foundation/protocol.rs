@@ -4,10 +4,7 @@
 use reqwest::Version;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
-use crate::kit::{
-    secs, within, Echo, GatewayConfig, RawConn, TestGateway, TestUpstream, ALPN_H1, ALPN_H2,
-    ALPN_H2_H1,
-};
+use crate::kit::{secs, within, Echo, GatewayConfig, RawConn, TestGateway, TestUpstream, ALPN_H1, ALPN_H2, ALPN_H2_H1};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_and_http2_are_served_on_the_same_port() {
@@ -96,9 +93,5 @@ async fn plaintext_http_sent_to_the_tls_port_is_closed() {
         "plaintext request was answered with success: {}",
         String::from_utf8_lossy(&received)
     );
-    assert_eq!(
-        upstream.request_count(),
-        0,
-        "plaintext request reached the upstream"
-    );
+    assert_eq!(upstream.request_count(), 0, "plaintext request reached the upstream");
 }

@@ -8,9 +8,7 @@ use crate::kit::{secs, within, GatewayConfig, RawConn, RawResponse, TestGateway,
 /// Sends `request` to the redirect listener over plain TCP and reads the answer.
 async fn ask_redirect_listener(gw: &TestGateway, request: &str) -> RawResponse {
     let addr = gw.redirect.expect("redirect listener is bound");
-    let tcp = TcpStream::connect(addr)
-        .await
-        .expect("connect to redirect listener");
+    let tcp = TcpStream::connect(addr).await.expect("connect to redirect listener");
     let mut conn = RawConn::new(tcp);
     within(secs(5), "redirect response", conn.roundtrip(request))
         .await
@@ -63,9 +61,6 @@ async fn redirect_drops_the_plain_http_port_and_never_proxies_a_post() {
         !location.contains(":8080"),
         "Location {location:?} kept the plain-HTTP port"
     );
-    assert_eq!(
-        path_after_origin(location, "example.test", gw.https.port()),
-        "/form"
-    );
+    assert_eq!(path_after_origin(location, "example.test", gw.https.port()), "/form");
     assert_eq!(upstream.request_count(), 0, "redirect listener proxied");
 }

@@ -3,9 +3,7 @@
 //!
 //! Paths go over raw TLS: reqwest would normalise them before the gateway ever saw them.
 
-use crate::kit::{
-    raw::get_request, secs, within, Echo, GatewayConfig, RouteSpec, TestGateway, TestUpstream,
-};
+use crate::kit::{raw::get_request, secs, within, Echo, GatewayConfig, RouteSpec, TestGateway, TestUpstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn longest_prefix_and_host_specific_routes_win() {
@@ -31,11 +29,7 @@ async fn longest_prefix_and_host_specific_routes_win() {
         ("example.test", "/api/x", "on-host"),
         ("example.test", "/x", "root"),
     ] {
-        let response = client
-            .get(gw.url_for_host(host, path))
-            .send()
-            .await
-            .expect("request");
+        let response = client.get(gw.url_for_host(host, path)).send().await.expect("request");
         let echo = Echo::from_response(response).await;
         assert_eq!(echo.upstream(), expected, "route for {host}{path}");
         assert_eq!(echo.path(), path, "forwarded path for {host}{path}");
@@ -54,11 +48,7 @@ async fn no_matching_route_is_404_and_reaches_no_upstream() {
     .await;
     let client = gw.client();
 
-    let response = client
-        .get(gw.url("/elsewhere"))
-        .send()
-        .await
-        .expect("request");
+    let response = client.get(gw.url("/elsewhere")).send().await.expect("request");
     assert_eq!(response.status(), 404);
     assert_eq!(api.request_count() + on_host.request_count(), 0);
 
@@ -89,20 +79,11 @@ async fn dot_segments_are_resolved_before_routing_and_forwarding() {
         ("/a/x/../b", "a", "/a/b", None),
         // Routed on the normalised path, not on the raw `/x/...` prefix.
         ("/x/../a/b", "a", "/a/b", None),
-        (
-            "/a/./b?q=1&r=%2e%2e/../x",
-            "a",
-            "/a/b",
-            Some("q=1&r=%2e%2e/../x"),
-        ),
+        ("/a/./b?q=1&r=%2e%2e/../x", "a", "/a/b", Some("q=1&r=%2e%2e/../x")),
     ] {
-        let response = within(
-            secs(5),
-            "response",
-            conn.roundtrip(get_request(target, &host)),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("GET {target}: {e}"));
+        let response = within(secs(5), "response", conn.roundtrip(get_request(target, &host)))
+            .await
+            .unwrap_or_else(|e| panic!("GET {target}: {e}"));
         let echo = response.echo();
         assert_eq!(echo.upstream(), upstream, "route for {target}");
         assert_eq!(echo.path(), path, "forwarded path for {target}");
@@ -128,13 +109,9 @@ async fn paths_that_cannot_be_normalised_safely_are_400() {
     ] {
         // A fresh connection each time: a 400 may close the connection.
         let mut conn = gw.raw().await;
-        let response = within(
-            secs(5),
-            "response",
-            conn.roundtrip(get_request(target, &host)),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("GET {target}: {e}"));
+        let response = within(secs(5), "response", conn.roundtrip(get_request(target, &host)))
+            .await
+            .unwrap_or_else(|e| panic!("GET {target}: {e}"));
         assert_eq!(response.status, 400, "GET {target}: {}", response.text());
     }
     assert_eq!(

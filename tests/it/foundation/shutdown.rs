@@ -2,9 +2,7 @@
 
 use tokio::net::TcpStream;
 
-use crate::kit::{
-    secs, within, BinaryGateway, Echo, GatewayConfig, TestGateway, TestUpstream, SLOW_BODY,
-};
+use crate::kit::{secs, within, BinaryGateway, Echo, GatewayConfig, TestGateway, TestUpstream, SLOW_BODY};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_in_flight_response_finish_and_exits_zero() {
@@ -29,11 +27,7 @@ async fn sigterm_lets_the_in_flight_response_finish_and_exits_zero() {
     assert_eq!(&body[..], SLOW_BODY);
 
     let status = gw.wait_exit(secs(10)).await;
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status after SIGTERM: {status}"
-    );
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status}");
     assert!(
         TcpStream::connect(https).await.is_err(),
         "HTTPS port still accepts connections after shutdown"

@@ -16,10 +16,8 @@ fn assert_no_upstream_details(body: &str, port: u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_upstream_is_502_without_details() {
     let port = closed_port();
-    let gw = TestGateway::start(
-        GatewayConfig::new().route(RouteSpec::new("/", format!("http://127.0.0.1:{port}"))),
-    )
-    .await;
+    let gw =
+        TestGateway::start(GatewayConfig::new().route(RouteSpec::new("/", format!("http://127.0.0.1:{port}")))).await;
 
     let response = gw.client().get(gw.url("/x")).send().await.expect("request");
     assert_eq!(response.status(), 502);
@@ -30,18 +28,10 @@ async fn unreachable_upstream_is_502_without_details() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upstream_is_504_after_upstream_timeout_without_details() {
     let upstream = TestUpstream::start().await;
-    let gw = TestGateway::start(
-        GatewayConfig::proxy_all_to(&upstream).server_str("upstream_timeout", "300ms"),
-    )
-    .await;
+    let gw = TestGateway::start(GatewayConfig::proxy_all_to(&upstream).server_str("upstream_timeout", "300ms")).await;
 
     let started = Instant::now();
-    let response = gw
-        .client()
-        .get(gw.url("/delay/2000"))
-        .send()
-        .await
-        .expect("request");
+    let response = gw.client().get(gw.url("/delay/2000")).send().await.expect("request");
     let waited = started.elapsed();
 
     assert_eq!(response.status(), 504);

@@ -79,10 +79,7 @@ impl BinaryGateway {
         let listeners = log
             .wait_until(STARTUP_LIMIT, |lines, _closed| {
                 let found = listening_addrs(lines);
-                wanted
-                    .iter()
-                    .all(|name| found.contains_key(*name))
-                    .then_some(found)
+                wanted.iter().all(|name| found.contains_key(*name)).then_some(found)
             })
             .await
             .unwrap_or_else(|| {
@@ -124,10 +121,7 @@ impl BinaryGateway {
     /// Waits (at most `limit`) for the process to exit and returns its status.
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         // stderr reaches EOF when the process exits; then `wait` returns at once.
-        let closed = self
-            .log
-            .wait_until(limit, |_lines, closed| closed.then_some(()))
-            .await;
+        let closed = self.log.wait_until(limit, |_lines, closed| closed.then_some(())).await;
         if closed.is_none() {
             panic!(
                 "the gateway process did not exit within {limit:?}\n--- stderr ---\n{}",
@@ -212,8 +206,7 @@ fn listening_addrs(lines: &[String]) -> HashMap<String, SocketAddr> {
 }
 
 fn proc_status_kib(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("read /proc/PID/status of the gateway");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status of the gateway");
     status
         .lines()
         .find_map(|line| line.strip_prefix(key))
@@ -260,11 +253,7 @@ impl LogTail {
 
     /// Re-runs `probe(lines, closed)` whenever something changes until it returns `Some`, the
     /// log closes without a match, or `limit` passes.
-    async fn wait_until<T>(
-        &self,
-        limit: Duration,
-        mut probe: impl FnMut(&[String], bool) -> Option<T>,
-    ) -> Option<T> {
+    async fn wait_until<T>(&self, limit: Duration, mut probe: impl FnMut(&[String], bool) -> Option<T>) -> Option<T> {
         let mut changes = self.version.subscribe();
         let waiting = async {
             loop {
@@ -333,19 +322,11 @@ where
         }
     }
     let status = child.0.wait().expect("reap the sessiongate command");
-    CliOutput {
-        status,
-        stdout,
-        stderr,
-    }
+    CliOutput { status, stdout, stderr }
 }
 
 /// Reads `stream` to EOF on its own thread and sends `(is_stdout, text)`.
-fn read_to_end_on_thread(
-    mut stream: impl Read + Send + 'static,
-    is_stdout: bool,
-    done: mpsc::Sender<(bool, String)>,
-) {
+fn read_to_end_on_thread(mut stream: impl Read + Send + 'static, is_stdout: bool, done: mpsc::Sender<(bool, String)>) {
     std::thread::spawn(move || {
         let mut text = Vec::new();
         let _ = stream.read_to_end(&mut text);

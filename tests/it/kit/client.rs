@@ -61,21 +61,13 @@ pub fn tls_client_config(cert_pem: &Path, alpn: &[&[u8]]) -> rustls::ClientConfi
 }
 
 /// Opens a TCP connection to `addr` and completes a TLS handshake for [`DEFAULT_HOST`].
-pub async fn tls_connect(
-    addr: SocketAddr,
-    cert_pem: &Path,
-    alpn: &[&[u8]],
-) -> io::Result<TlsStream<TcpStream>> {
+pub async fn tls_connect(addr: SocketAddr, cert_pem: &Path, alpn: &[&[u8]]) -> io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     tls_handshake(tcp, cert_pem, alpn).await
 }
 
 /// Completes a TLS handshake for [`DEFAULT_HOST`] over an already open TCP connection.
-pub async fn tls_handshake(
-    tcp: TcpStream,
-    cert_pem: &Path,
-    alpn: &[&[u8]],
-) -> io::Result<TlsStream<TcpStream>> {
+pub async fn tls_handshake(tcp: TcpStream, cert_pem: &Path, alpn: &[&[u8]]) -> io::Result<TlsStream<TcpStream>> {
     let connector = TlsConnector::from(Arc::new(tls_client_config(cert_pem, alpn)));
     let name = ServerName::try_from(DEFAULT_HOST).expect("valid server name");
     connector.connect(name, tcp).await

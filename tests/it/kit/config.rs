@@ -248,12 +248,7 @@ impl GatewayConfig {
         let text = self.render(&cert_in_file, &key_in_file);
         let path = dir.path().join(CONFIG_FILE);
         fs::write(&path, &text).expect("write gateway config");
-        PreparedConfig {
-            dir,
-            path,
-            cert,
-            text,
-        }
+        PreparedConfig { dir, path, cert, text }
     }
 }
 

@@ -72,13 +72,9 @@ impl GatewayAddrs {
 
     /// Like [`Self::raw`] with a chosen ALPN offer (empty: no ALPN extension at all).
     pub async fn raw_with_alpn(&self, alpn: &[&[u8]]) -> RawConn<TlsStream<TcpStream>> {
-        let tls = within(
-            Duration::from_secs(5),
-            "TLS connect",
-            self.tls_connect(alpn),
-        )
-        .await
-        .expect("TLS connection to the gateway");
+        let tls = within(Duration::from_secs(5), "TLS connect", self.tls_connect(alpn))
+            .await
+            .expect("TLS connection to the gateway");
         RawConn::new(tls)
     }
 }
@@ -98,12 +94,9 @@ impl TestGateway {
         let prepared = config.prepare();
         let loaded = Config::load(&prepared.path)
             .unwrap_or_else(|e| panic!("config rejected: {e}\n--- config ---\n{}", prepared.text));
-        let gateway = Gateway::bind(loaded).await.unwrap_or_else(|e| {
-            panic!(
-                "Gateway::bind failed: {e}\n--- config ---\n{}",
-                prepared.text
-            )
-        });
+        let gateway = Gateway::bind(loaded)
+            .await
+            .unwrap_or_else(|e| panic!("Gateway::bind failed: {e}\n--- config ---\n{}", prepared.text));
         let addrs = GatewayAddrs {
             https: gateway.https_addr(),
             admin: gateway.admin_addr(),

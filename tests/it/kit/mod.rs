@@ -24,12 +24,17 @@ pub mod upstream;
 
 use std::{future::Future, time::Duration};
 
-pub use binary::{run_cli, BinaryGateway};
-pub use client::{HttpVersion, ALPN_H1, ALPN_H2, ALPN_H2_H1};
-pub use config::{quoted, GatewayConfig, RouteSpec};
-pub use gateway::TestGateway;
-pub use raw::{RawConn, RawResponse};
-pub use upstream::{closed_port, Echo, TestUpstream, SLOW_BODY};
+// The names tests use most, at the kit's root. Not every test module uses every one, and an
+// unused re-export is not a mistake here.
+#[allow(unused_imports)]
+pub use self::{
+    binary::{run_cli, BinaryGateway, CliOutput},
+    client::{HttpVersion, ALPN_H1, ALPN_H2, ALPN_H2_H1},
+    config::{quoted, GatewayConfig, RouteSpec},
+    gateway::{GatewayAddrs, TestGateway},
+    raw::{RawConn, RawResponse},
+    upstream::{closed_port, Echo, TestUpstream, SLOW_BODY},
+};
 
 /// Awaits `fut`, failing the test with `what` if it takes longer than `limit`.
 ///

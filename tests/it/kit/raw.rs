@@ -82,9 +82,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
 impl<S: AsyncRead + Unpin> RawConn<S> {
     /// Wraps an open connection (TCP or TLS), or the read half of one.
     pub fn new(io: S) -> Self {
-        Self {
-            io: BufReader::new(io),
-        }
+        Self { io: BufReader::new(io) }
     }
 
     /// Reads one final response (skipping `100 Continue` and friends, but not `101`).
@@ -187,8 +185,8 @@ impl<S: AsyncRead + Unpin> RawConn<S> {
                 .await?
                 .ok_or_else(|| eof("connection closed inside a chunked body"))?;
             let size_hex = size_line.split(';').next().unwrap_or_default().trim();
-            let size = usize::from_str_radix(size_hex, 16)
-                .map_err(|_| invalid(format!("bad chunk size {size_line:?}")))?;
+            let size =
+                usize::from_str_radix(size_hex, 16).map_err(|_| invalid(format!("bad chunk size {size_line:?}")))?;
             if size == 0 {
                 // Trailer section, ended by an empty line.
                 while let Some(line) = self.read_line().await? {

@@ -74,9 +74,7 @@ impl TestUpstream {
 
     /// Starts an upstream whose echo reports `"upstream": name`, to tell several apart.
     pub async fn named(name: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the test upstream");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the test upstream");
         let addr = listener.local_addr().expect("test upstream address");
         let seen = Arc::new(Seen::default());
         let accept_loop = tokio::spawn(accept_loop(listener, Arc::from(name), seen.clone()));
@@ -122,10 +120,7 @@ impl Drop for TestUpstream {
 /// A port on 127.0.0.1 that nothing listens on (bound, read, released).
 pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a throwaway port");
-    listener
-        .local_addr()
-        .expect("throwaway port address")
-        .port()
+    listener.local_addr().expect("throwaway port address").port()
 }
 
 async fn accept_loop(listener: TcpListener, name: Arc<str>, seen: Arc<Seen>) {
@@ -146,11 +141,7 @@ async fn accept_loop(listener: TcpListener, name: Arc<str>, seen: Arc<Seen>) {
     }
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    name: Arc<str>,
-    seen: Arc<Seen>,
-) -> Result<Response<Body>, Infallible> {
+async fn handle(req: Request<Incoming>, name: Arc<str>, seen: Arc<Seen>) -> Result<Response<Body>, Infallible> {
     let target = req
         .uri()
         .path_and_query()
@@ -271,8 +262,7 @@ fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
         let Ok(upgraded) = upgrade.await else {
             return;
         };
-        let mut ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         while let Some(Ok(message)) = ws.next().await {
             if message.is_text() || message.is_binary() {
                 if ws.send(message).await.is_err() {
@@ -302,10 +292,7 @@ impl Echo {
     pub fn from_slice(body: &[u8]) -> Self {
         match serde_json::from_slice(body) {
             Ok(value) => Self(value),
-            Err(e) => panic!(
-                "not an upstream echo ({e}): {}",
-                String::from_utf8_lossy(body)
-            ),
+            Err(e) => panic!("not an upstream echo ({e}): {}", String::from_utf8_lossy(body)),
         }
     }
 
@@ -351,12 +338,7 @@ impl Echo {
     pub fn header(&self, name: &str) -> Vec<String> {
         self.0["headers"][name]
             .as_array()
-            .map(|values| {
-                values
-                    .iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
+            .map(|values| values.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
             .unwrap_or_default()
     }
 

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use reqwest::StatusCode;
 
-use super::support::{user, Browser, Site};
+use super::support::{Browser, Site};
 use crate::kit::GatewayConfig;
 
 fn browser_from(site: &Site, ip: [u8; 4]) -> Browser {

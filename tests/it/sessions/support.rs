@@ -93,7 +93,8 @@ pub fn site_config(upstream: &TestUpstream, responder: &Responder) -> GatewayCon
 /// The standard site running in-process, with its upstreams.
 pub struct Site {
     pub upstream: TestUpstream,
-    pub responder: Responder,
+    /// Serves the `/respond/` routes; held only to keep it running.
+    _responder: Responder,
     pub gw: TestGateway,
 }
 
@@ -110,7 +111,7 @@ impl Site {
         let gw = TestGateway::start(tweak(site_config(&upstream, &responder))).await;
         Self {
             upstream,
-            responder,
+            _responder: responder,
             gw,
         }
     }
@@ -312,11 +313,6 @@ impl Browser {
         let mut copy = self.clone();
         user_agent.clone_into(&mut copy.user_agent);
         copy
-    }
-
-    /// The gateway this browser talks to.
-    pub fn addrs(&self) -> &GatewayAddrs {
-        &self.addrs
     }
 
     /// `https://localhost:PORT`, what the browser sends as `Origin`.

@@ -1,0 +1,100 @@
+//! The embedded store is the store of record: logins survive a restart, whether the process
+//! stopped cleanly (SIGTERM) or was killed (SIGKILL), and so do logouts, so a copied cookie
+//! stays dead (SECURITY.md: "server-side state, durable delete").
+
+use reqwest::StatusCode;
+use tempfile::TempDir;
+
+use super::support::{site_config, user, Browser, Responder};
+use crate::kit::{quoted, secs, BinaryGateway, GatewayConfig, TestUpstream};
+
+/// The standard site on the embedded store in `state` (outside the per-start config dir, so
+/// that every start of the binary opens the same file).
+fn durable_config(upstream: &TestUpstream, responder: &Responder, state: &TempDir) -> GatewayConfig {
+    let path = state.path().join("sessions.redb");
+    let store = format!(
+        "[store]\nkind = \"embedded\"\npath = {}\n",
+        quoted(&path.display().to_string())
+    );
+    site_config(upstream, responder)
+        .store_section(Some(&store))
+        .server_str("shutdown_grace", "2s")
+}
+
+/// A browser for `gw` presenting `token`.
+fn browser(gw: &BinaryGateway, token: &str) -> Browser {
+    Browser::new(gw, gw.client()).with_token(token)
+}
+
+/// Stops the process with `signal` and waits for it to go.
+async fn stop(mut gw: BinaryGateway, signal: &str) {
+    gw.signal(signal);
+    gw.wait_exit(secs(10)).await;
+}
+
+async fn assert_alice(gw: &BinaryGateway, token: &str, when: &str) {
+    let mut browser = browser(gw, token);
+    let reply = browser.get("/app/x").await;
+    assert_eq!(reply.status, StatusCode::OK, "{when}: {}", reply.text());
+    assert_eq!(user(&reply.echo()).as_deref(), Some("alice"), "{when}");
+    assert_eq!(browser.token(), Some(token), "{when}: the cookie was replaced");
+}
+
+async fn assert_dead(gw: &BinaryGateway, token: &str, when: &str) {
+    let mut browser = browser(gw, token);
+    assert_eq!(browser.get("/app/x").await.status, StatusCode::UNAUTHORIZED, "{when}");
+    let mut browser = super::support::Browser::new(gw, gw.client()).with_token(token);
+    assert_eq!(user(&browser.get("/page").await.echo()), None, "{when}");
+    assert_ne!(browser.token(), Some(token), "{when}: the dead cookie was kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_and_logouts_survive_sigterm_and_sigkill() {
+    let upstream = TestUpstream::start().await;
+    let responder = Responder::start().await;
+    let state = tempfile::tempdir().expect("state dir");
+    let config = durable_config(&upstream, &responder, &state);
+
+    let gw = BinaryGateway::start(config.clone()).await;
+    let mut alice = Browser::new(&gw, gw.client());
+    alice.get("/page").await;
+    let anonymous = alice.expect_token();
+    alice.login("alice").await;
+    let token = alice.expect_token();
+    assert_alice(&gw, &token, "before any restart").await;
+    drop(alice);
+    stop(gw, "TERM").await;
+
+    let gw = BinaryGateway::start(config.clone()).await;
+    assert_alice(&gw, &token, "after SIGTERM and a restart").await;
+    assert_dead(&gw, &anonymous, "the pre-login token after SIGTERM").await;
+    stop(gw, "KILL").await;
+
+    let gw = BinaryGateway::start(config.clone()).await;
+    assert_alice(&gw, &token, "after SIGKILL and a restart").await;
+    let mut alice = browser(&gw, &token);
+    let reply = alice.logout().await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text());
+    assert_dead(&gw, &token, "right after logout").await;
+    stop(gw, "KILL").await;
+
+    let gw = BinaryGateway::start(config).await;
+    assert_dead(&gw, &token, "after logout, SIGKILL and a restart").await;
+    assert_dead(&gw, &anonymous, "the pre-login token at the end").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_store_forgets_sessions_on_restart() {
+    // The counterpart, so the test above cannot pass by accident (e.g. a cookie that carries
+    // its own state): with `kind = "memory"` a restart logs everyone out.
+    let upstream = TestUpstream::start().await;
+    let responder = Responder::start().await;
+    let config = site_config(&upstream, &responder).server_str("shutdown_grace", "2s");
+    let gw = BinaryGateway::start(config.clone()).await;
+    let (_, token) = super::support::Admin::new(&gw).mint_for("alice").await;
+    assert_alice(&gw, &token, "minted").await;
+    stop(gw, "TERM").await;
+
+    let gw = BinaryGateway::start(config).await;
+    assert_dead(&gw, &token, "after a restart with the memory store").await;
+}
