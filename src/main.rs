@@ -179,7 +179,7 @@ fn check(path: &Path) -> ExitCode {
 
 /// Runs the gateway until SIGTERM/SIGINT. `demo` is an extra task (the demo
 /// upstream) to run beside it.
-fn run_gateway(path: &Path, demo: Option<tokio::net::TcpListener>) -> ExitCode {
+fn run_gateway(path: &Path, demo: Option<std::net::TcpListener>) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => return config_error(&e),
@@ -203,7 +203,8 @@ fn run_gateway(path: &Path, demo: Option<tokio::net::TcpListener>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if let Some(l) = demo {
+        // The listener joins this runtime's reactor here, inside it.
+        if let Some(l) = demo.and_then(|l| tokio::net::TcpListener::from_std(l).ok()) {
             tokio::spawn(sessiongate::demo::serve(l));
         }
         let handle = gateway.shutdown_handle();
@@ -311,36 +312,7 @@ fn demo(path: &Path) -> ExitCode {
         }
     };
     eprintln!("demo upstream on http://{addr}; open https://localhost:8443/ and sign in as demo / demo");
-    let rt_listener = std::sync::Mutex::new(Some(listener));
-    run_gateway_with(path, move || {
-        rt_listener
-            .lock()
-            .ok()
-            .and_then(|mut l| l.take())
-            .and_then(|l| tokio::net::TcpListener::from_std(l).ok())
-    })
-}
-
-fn run_gateway_with(path: &Path, demo: impl FnOnce() -> Option<tokio::net::TcpListener>) -> ExitCode {
-    // The tokio listener must be created inside the runtime.
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => return config_error(&e),
-    };
-    drop(config);
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let listener = {
-        let _guard = rt.enter();
-        demo()
-    };
-    drop(rt);
-    run_gateway(path, listener)
+    run_gateway(path, Some(listener))
 }
 
 async fn mint(

@@ -47,9 +47,7 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
 /// empty, `.` or `..` segments, no `;` that could hide a dot segment.
 fn is_plain(path: &str) -> bool {
     let b = path.as_bytes();
-    !b.iter().any(|c| matches!(c, b'%' | b'\\' | 0 | b';'))
-        && !path.contains("//")
-        && !path.contains("/.")
+    !b.iter().any(|c| matches!(c, b'%' | b'\\' | 0 | b';')) && !path.contains("//") && !path.contains("/.")
 }
 
 /// Decodes percent-escapes of unreserved characters, upper-cases the hex of

@@ -35,6 +35,22 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A hash of a throwaway password with the same cost parameters as `like`,
+/// so that verifying an unknown user costs what a wrong password costs.
+fn dummy_hash_like(like: Option<&str>) -> String {
+    let params = like
+        .and_then(|phc| PasswordHash::new(phc).ok())
+        .and_then(|h| argon2::Params::try_from(&h).ok());
+    let hasher = match params {
+        Some(p) => Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, p),
+        None => Argon2::default(),
+    };
+    hasher
+        .hash_password(b"sessiongate-dummy-password")
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+}
+
 fn verify(phc: &str, password: &str) -> bool {
     match PasswordHash::new(phc) {
         Ok(h) => Argon2::default().verify_password(password.as_bytes(), &h).is_ok(),
@@ -63,7 +79,7 @@ impl Users {
     pub fn new(users: &[UserConfig], max_concurrent: usize) -> Users {
         Users {
             by_name: users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
-            dummy_hash: hash_password("sessiongate-dummy-password").unwrap_or_default(),
+            dummy_hash: dummy_hash_like(users.first().map(|u| u.password_hash.as_str())),
             permits: Arc::new(Semaphore::new(max_concurrent)),
         }
     }

@@ -444,21 +444,30 @@ impl Sessions {
         Ok(existed)
     }
 
-    /// Replaces the session's data (from the upstream's data header).
+    /// Replaces the session's data (from the upstream's data header). A
+    /// session ended meanwhile (logout, rotation) stays ended: the store
+    /// write only replaces an existing record, and a cache entry put back
+    /// after a concurrent revocation is taken out again.
     pub async fn set_data(&self, live: &Live, data: String) -> Result<(), StoreError> {
         let mut record = live.record.clone();
         record.data = data;
         record.last_seen = live.last_seen();
-        if self.revoked.contains_key(&live.hash) {
-            return Ok(());
-        }
-        self.store
-            .put(live.hash, record.clone())
+        let replaced = self
+            .store
+            .replace(live.hash, record.clone())
             .await
             .inspect_err(|_| self.store_failed())?;
+        if !replaced || self.revoked.contains_key(&live.hash) {
+            return Ok(());
+        }
         self.cache
             .insert(live.hash, Arc::new(Live::new(live.hash, record)))
             .await;
+        // `remove` marks `revoked` before it invalidates: whichever order the
+        // two ran in, the entry does not outlive the revocation.
+        if self.revoked.contains_key(&live.hash) {
+            self.cache.invalidate(&live.hash).await;
+        }
         Ok(())
     }
 

@@ -114,6 +114,17 @@ impl SessionStore for EmbeddedStore {
         })
     }
 
+    fn replace(&self, hash: TokenHash, record: SessionRecord) -> StoreFuture<'_, bool> {
+        self.write(move |t| {
+            if t.get(hash.0.as_slice()).map_err(backend)?.is_none() {
+                return Ok(false);
+            }
+            t.insert(hash.0.as_slice(), encode(&record)?.as_slice())
+                .map_err(backend)?;
+            Ok(true)
+        })
+    }
+
     fn rotate(&self, old: TokenHash, new: TokenHash, record: SessionRecord) -> StoreFuture<'_, ()> {
         // One transaction: at no point are both tokens, or neither, valid.
         self.write(move |t| {

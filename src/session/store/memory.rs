@@ -35,6 +35,17 @@ impl SessionStore for MemoryStore {
         Box::pin(async { Ok(()) })
     }
 
+    fn replace(&self, hash: TokenHash, record: SessionRecord) -> StoreFuture<'_, bool> {
+        let replaced = self.write(|m| match m.get_mut(&hash) {
+            Some(r) => {
+                *r = record;
+                true
+            }
+            None => false,
+        });
+        Box::pin(async move { Ok(replaced) })
+    }
+
     fn rotate(&self, old: TokenHash, new: TokenHash, record: SessionRecord) -> StoreFuture<'_, ()> {
         self.write(|m| {
             m.remove(&old);

@@ -32,6 +32,9 @@ pub trait SessionStore: Send + Sync + 'static {
     fn get(&self, hash: TokenHash) -> StoreFuture<'_, Option<SessionRecord>>;
     /// Creates or replaces the record under `hash`, durably.
     fn put(&self, hash: TokenHash, record: SessionRecord) -> StoreFuture<'_, ()>;
+    /// Replaces the record under `hash` only if one is still there (a
+    /// concurrent logout must not be undone). Returns whether it was.
+    fn replace(&self, hash: TokenHash, record: SessionRecord) -> StoreFuture<'_, bool>;
     /// Atomically removes `old` and stores `record` under `new`.
     fn rotate(&self, old: TokenHash, new: TokenHash, record: SessionRecord) -> StoreFuture<'_, ()>;
     /// Removes the record under `hash`, durably. Returns whether it existed.

@@ -9,6 +9,7 @@ use tokio_rustls::client::TlsStream;
 use sessiongate::{config::Config, Gateway, ShutdownHandle, StartError};
 
 use super::{
+    binary::BinaryGateway,
     client::{self, ClientBuilder, DEFAULT_HOST},
     config::{GatewayConfig, PreparedConfig},
     within, RawConn,
@@ -111,6 +112,12 @@ impl TestGateway {
             run,
             prepared,
         }
+    }
+
+    /// Runs the real `sessiongate` binary instead, for tests that need a process (signals,
+    /// exit codes, logs, memory). Same as [`BinaryGateway::start`].
+    pub async fn spawn_binary(config: GatewayConfig) -> BinaryGateway {
+        BinaryGateway::start(config).await
     }
 
     /// The gateway's shutdown handle.

@@ -5,8 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use super::support::{
-    fetch, is_session_id_shaped, is_token_shaped, session_id, user, Site, ADMIN_TOKEN, COOKIE,
-    USER_AGENT,
+    fetch, is_session_id_shaped, is_token_shaped, session_id, user, Site, ADMIN_TOKEN, COOKIE, USER_AGENT,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,7 +126,10 @@ async fn minted_sessions_work_list_without_tokens_and_can_be_revoked() {
     assert_eq!(user(&echo).as_deref(), Some("bob"));
     assert_eq!(session_id(&echo).as_deref(), Some(bob_id.as_str()));
     let metrics = admin.metrics().await;
-    assert_eq!(metrics.value("sessiongate_sessions_revoked_total", &[("reason", "admin")]), 3.0);
+    assert_eq!(
+        metrics.value("sessiongate_sessions_revoked_total", &[("reason", "admin")]),
+        3.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,7 +181,12 @@ async fn metrics_count_the_session_lifecycle() {
         "{}",
         after.0
     );
-    assert_eq!(delta("sessiongate_logins_total", &[("result", "failed")]), 1.0, "{}", after.0);
+    assert_eq!(
+        delta("sessiongate_logins_total", &[("result", "failed")]),
+        1.0,
+        "{}",
+        after.0
+    );
     assert!(delta("sessiongate_session_cache_hits_total", &[]) >= 3.0, "{}", after.0);
     assert!(!after.0.contains("__Host-"), "a cookie in the metrics");
 }

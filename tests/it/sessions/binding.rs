@@ -81,7 +81,10 @@ async fn exact_ip_binding_refuses_the_cookie_from_another_address() {
     let mut elsewhere = browser_from(&site, [127, 0, 1, 5]).with_token(&token);
     assert_eq!(elsewhere.get("/app/x").await.status, StatusCode::UNAUTHORIZED);
     let metrics = site.admin().metrics().await;
-    assert_eq!(metrics.value("sessiongate_binding_mismatches_total", &[("kind", "ip")]), 1.0);
+    assert_eq!(
+        metrics.value("sessiongate_binding_mismatches_total", &[("kind", "ip")]),
+        1.0
+    );
 
     // Revoked (the default): gone for the owner too.
     let mut again = owner.with_token(&token);
@@ -106,7 +109,10 @@ async fn subnet_binding_accepts_a_neighbour_but_not_another_network() {
     let mut far = browser_from(&site, [127, 1, 0, 1]).with_token(&token);
     assert_eq!(far.get("/app/x").await.status, StatusCode::UNAUTHORIZED);
     let metrics = site.admin().metrics().await;
-    assert_eq!(metrics.value("sessiongate_binding_mismatches_total", &[("kind", "ip")]), 1.0);
+    assert_eq!(
+        metrics.value("sessiongate_binding_mismatches_total", &[("kind", "ip")]),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 use reqwest::{Method, StatusCode};
 
 use super::support::{
-    is_session_id_shaped, is_token_shaped, session_id, user, SetCookie, Site, COOKIE, PASSWORD,
+    is_session_id_shaped, is_token_shaped, respond_path, session_id, user, SetCookie, Site, COOKIE, PASSWORD,
 };
 use crate::kit::Echo;
 
@@ -84,7 +84,12 @@ async fn auth_none_route_never_sets_a_cookie_nor_sends_a_session_id() {
     let logged_in = browser.get("/public/x").await;
     assert!(logged_in.set_cookies().is_empty(), "{:?}", logged_in.set_cookies());
     let echo = logged_in.echo();
-    for name in ["x-session-id", "x-forwarded-user", "x-forwarded-email", "x-forwarded-groups"] {
+    for name in [
+        "x-session-id",
+        "x-forwarded-user",
+        "x-forwarded-email",
+        "x-forwarded-groups",
+    ] {
         assert!(!echo.has_header(name), "{name} on an auth none route: {:?}", echo.0);
     }
     assert!(
@@ -96,10 +101,9 @@ async fn auth_none_route_never_sets_a_cookie_nor_sends_a_session_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_same_site_and_persistent_cookies_follow_the_config() {
-    let site = Site::with(|c| {
-        c.section("[session]\nsame_site = \"strict\"\npersistent = true\nabsolute_timeout = \"2h\"\n")
-    })
-    .await;
+    let site =
+        Site::with(|c| c.section("[session]\nsame_site = \"strict\"\npersistent = true\nabsolute_timeout = \"2h\"\n"))
+            .await;
     let mut browser = site.browser();
 
     let anonymous = browser.get("/page").await.session_cookie().expect("cookie");
@@ -125,7 +129,11 @@ async fn a_real_cookie_jar_follows_the_whole_flow() {
     let first = Echo::from_response(get("/page").send().await.expect("GET /page")).await;
     let id = session_id(&first).expect("session id");
     let again = Echo::from_response(get("/page").send().await.expect("GET /page")).await;
-    assert_eq!(session_id(&again), Some(id.clone()), "the jar did not send the cookie back");
+    assert_eq!(
+        session_id(&again),
+        Some(id.clone()),
+        "the jar did not send the cookie back"
+    );
 
     let form = get("/.sessiongate/login").send().await.expect("login form");
     let html = form.text().await.expect("form body");
@@ -161,4 +169,21 @@ async fn a_real_cookie_jar_follows_the_whole_flow() {
     assert_eq!(logout.status(), StatusCode::SEE_OTHER);
     let after = get("/app/home").send().await.expect("GET after logout");
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_setting_the_cookie_is_not_cacheable_whatever_the_app_says() {
+    let site = Site::start().await;
+    let mut browser = site.browser();
+    let path = respond_path(
+        "/respond/x",
+        &[
+            ("Cache-Control", "public, max-age=3600"),
+            ("Cache-Control", "immutable"),
+        ],
+    );
+    // `Browser::send` checks that the only Cache-Control is `no-store`.
+    let reply = browser.get(&path).await;
+    assert!(reply.session_cookie().is_some(), "{:?}", reply.headers);
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
 }

@@ -5,15 +5,25 @@
 use reqwest::StatusCode;
 use tempfile::TempDir;
 
-use super::support::{site_config, user, Browser, Responder};
-use crate::kit::{quoted, secs, BinaryGateway, GatewayConfig, TestUpstream};
+use super::support::{respond_path, site_config, user, Browser, Responder};
+use crate::kit::{quoted, secs, BinaryGateway, Echo, GatewayConfig, TestUpstream};
 
 /// The standard site on the embedded store in `state` (outside the per-start config dir, so
 /// that every start of the binary opens the same file).
 fn durable_config(upstream: &TestUpstream, responder: &Responder, state: &TempDir) -> GatewayConfig {
+    durable_config_with(upstream, responder, state, "")
+}
+
+/// Like [`durable_config`] with further `[store]` keys.
+fn durable_config_with(
+    upstream: &TestUpstream,
+    responder: &Responder,
+    state: &TempDir,
+    store_keys: &str,
+) -> GatewayConfig {
     let path = state.path().join("sessions.redb");
     let store = format!(
-        "[store]\nkind = \"embedded\"\npath = {}\n",
+        "[store]\nkind = \"embedded\"\npath = {}\n{store_keys}",
         quoted(&path.display().to_string())
     );
     site_config(upstream, responder)
@@ -32,18 +42,21 @@ async fn stop(mut gw: BinaryGateway, signal: &str) {
     gw.wait_exit(secs(10)).await;
 }
 
-async fn assert_alice(gw: &BinaryGateway, token: &str, when: &str) {
+/// Asserts `token` is alice's live session; returns what the upstream saw.
+async fn assert_alice(gw: &BinaryGateway, token: &str, when: &str) -> Echo {
     let mut browser = browser(gw, token);
     let reply = browser.get("/app/x").await;
     assert_eq!(reply.status, StatusCode::OK, "{when}: {}", reply.text());
-    assert_eq!(user(&reply.echo()).as_deref(), Some("alice"), "{when}");
+    let echo = reply.echo();
+    assert_eq!(user(&echo).as_deref(), Some("alice"), "{when}");
     assert_eq!(browser.token(), Some(token), "{when}: the cookie was replaced");
+    echo
 }
 
 async fn assert_dead(gw: &BinaryGateway, token: &str, when: &str) {
     let mut browser = browser(gw, token);
     assert_eq!(browser.get("/app/x").await.status, StatusCode::UNAUTHORIZED, "{when}");
-    let mut browser = super::support::Browser::new(gw, gw.client()).with_token(token);
+    let mut browser = Browser::new(gw, gw.client()).with_token(token);
     assert_eq!(user(&browser.get("/page").await.echo()), None, "{when}");
     assert_ne!(browser.token(), Some(token), "{when}: the dead cookie was kept");
 }
@@ -61,17 +74,23 @@ async fn logins_and_logouts_survive_sigterm_and_sigkill() {
     let anonymous = alice.expect_token();
     alice.login("alice").await;
     let token = alice.expect_token();
-    assert_alice(&gw, &token, "before any restart").await;
+    alice
+        .get(&respond_path("/respond/x", &[("X-Session-Data-Set", "cart=7")]))
+        .await;
+    let echo = assert_alice(&gw, &token, "before any restart").await;
+    assert_eq!(echo.header("x-session-data"), ["cart=7"]);
     drop(alice);
     stop(gw, "TERM").await;
 
     let gw = BinaryGateway::start(config.clone()).await;
-    assert_alice(&gw, &token, "after SIGTERM and a restart").await;
+    let echo = assert_alice(&gw, &token, "after SIGTERM and a restart").await;
+    assert_eq!(echo.header("x-session-data"), ["cart=7"], "session data after SIGTERM");
     assert_dead(&gw, &anonymous, "the pre-login token after SIGTERM").await;
     stop(gw, "KILL").await;
 
     let gw = BinaryGateway::start(config.clone()).await;
-    assert_alice(&gw, &token, "after SIGKILL and a restart").await;
+    let echo = assert_alice(&gw, &token, "after SIGKILL and a restart").await;
+    assert_eq!(echo.header("x-session-data"), ["cart=7"], "session data after SIGKILL");
     let mut alice = browser(&gw, &token);
     let reply = alice.logout().await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text());
@@ -97,4 +116,27 @@ async fn the_memory_store_forgets_sessions_on_restart() {
 
     let gw = BinaryGateway::start(config).await;
     assert_dead(&gw, &token, "after a restart with the memory store").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_reaches_the_store_so_an_active_session_survives_a_restart() {
+    // Idle 4 s. The session is used for longer than that, then the gateway restarts: only if
+    // the written-behind `last_seen` reached the store is the session still alive.
+    let upstream = TestUpstream::start().await;
+    let responder = Responder::start().await;
+    let state = tempfile::tempdir().expect("state dir");
+    let config = durable_config_with(&upstream, &responder, &state, "touch_interval = \"100ms\"\n")
+        .section("[session]\nidle_timeout = \"4s\"\n");
+
+    let gw = BinaryGateway::start(config.clone()).await;
+    let start = std::time::Instant::now();
+    let (_, token) = super::support::Admin::new(&gw).mint_for("alice").await;
+    while start.elapsed() < std::time::Duration::from_millis(4500) {
+        assert_alice(&gw, &token, &format!("active at {:?}", start.elapsed())).await;
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    }
+    stop(gw, "TERM").await;
+
+    let gw = BinaryGateway::start(config).await;
+    assert_alice(&gw, &token, "active past the idle timeout, then restarted").await;
 }

@@ -41,10 +41,7 @@ async fn assert_refused(browser: &Browser, token: &str, id: &str, when: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_is_refused_and_activity_keeps_it_alive() {
     let idle = Duration::from_millis(1000);
-    let site = Site::with(|c| {
-        c.section("[session]\nidle_timeout = \"1s\"\nabsolute_timeout = \"1h\"\n")
-    })
-    .await;
+    let site = Site::with(|c| c.section("[session]\nidle_timeout = \"1s\"\nabsolute_timeout = \"1h\"\n")).await;
     let (mut browser, id) = minted_alice(&site).await;
     let token = browser.expect_token();
 
@@ -59,17 +56,17 @@ async fn an_idle_session_is_refused_and_activity_keeps_it_alive() {
     tokio::time::sleep(idle + Duration::from_millis(300)).await;
     assert_refused(&browser, &token, &id, "after idling").await;
     let metrics = site.admin().metrics().await;
-    assert_eq!(metrics.value("sessiongate_sessions_expired_total", &[("reason", "idle")]), 1.0);
+    assert_eq!(
+        metrics.value("sessiongate_sessions_expired_total", &[("reason", "idle")]),
+        1.0
+    );
     let list = super::support::fetch(site.admin().authed(reqwest::Method::GET, "/sessions?user=alice")).await;
     assert_eq!(list.json()["count"], 0, "{}", list.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_active_session_ends_at_the_absolute_timeout() {
-    let site = Site::with(|c| {
-        c.section("[session]\nidle_timeout = \"800ms\"\nabsolute_timeout = \"2s\"\n")
-    })
-    .await;
+    let site = Site::with(|c| c.section("[session]\nidle_timeout = \"800ms\"\nabsolute_timeout = \"2s\"\n")).await;
     let start = Instant::now();
     let (mut browser, id) = minted_alice(&site).await;
     let token = browser.expect_token();
@@ -97,10 +94,7 @@ async fn an_active_session_ends_at_the_absolute_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_endpoint_reports_the_configured_lifetimes() {
-    let site = Site::with(|c| {
-        c.section("[session]\nidle_timeout = \"10m\"\nabsolute_timeout = \"1h\"\n")
-    })
-    .await;
+    let site = Site::with(|c| c.section("[session]\nidle_timeout = \"10m\"\nabsolute_timeout = \"1h\"\n")).await;
     let (mut browser, _) = minted_alice(&site).await;
     let json = browser.session_info().await.json();
     let parse = |key: &str| {
@@ -110,7 +104,10 @@ async fn session_endpoint_reports_the_configured_lifetimes() {
     let now = std::time::SystemTime::now();
     let idle = parse("idle_expires_at").duration_since(now).unwrap_or_default();
     let absolute = parse("expires_at").duration_since(now).unwrap_or_default();
-    assert!(idle > Duration::from_secs(9 * 60) && idle <= Duration::from_secs(10 * 60), "{json}");
+    assert!(
+        idle > Duration::from_secs(9 * 60) && idle <= Duration::from_secs(10 * 60),
+        "{json}"
+    );
     assert!(
         absolute > Duration::from_secs(59 * 60) && absolute <= Duration::from_secs(3600),
         "{json}"

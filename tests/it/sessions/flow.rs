@@ -28,7 +28,12 @@ async fn login_identity_logout(version: HttpVersion) {
     let login = browser
         .post_form(
             "/.sessiongate/login",
-            &[("username", "alice"), ("password", PASSWORD), ("csrf", &csrf), ("rd", &rd)],
+            &[
+                ("username", "alice"),
+                ("password", PASSWORD),
+                ("csrf", &csrf),
+                ("rd", &rd),
+            ],
         )
         .await;
     assert_eq!(login.version, wire);

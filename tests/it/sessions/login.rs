@@ -7,10 +7,9 @@ use std::time::{Duration, SystemTime};
 use reqwest::{Method, StatusCode};
 
 use super::support::{
-    hidden_input, query_param, respond_path, session_id, user, Browser, Site, ALICE_EMAIL,
-    PASSWORD,
+    fetch, hidden_input, query_param, respond_path, session_id, user, Browser, Site, ALICE_EMAIL, HOLD, PASSWORD,
 };
-use crate::kit::HttpVersion;
+use crate::kit::{secs, within, HttpVersion};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_form_has_a_csrf_field_and_starts_a_session() {
@@ -89,7 +88,11 @@ async fn logging_in_again_as_someone_else_rotates_again() {
     let echo = browser.get("/ops/x").await.echo();
     assert_eq!(user(&echo).as_deref(), Some("bob"));
     assert_eq!(echo.header("x-forwarded-groups"), ["dev,ops"]);
-    assert!(!echo.has_header("x-forwarded-email"), "alice's email stuck: {:?}", echo.0);
+    assert!(
+        !echo.has_header("x-forwarded-email"),
+        "alice's email stuck: {:?}",
+        echo.0
+    );
 
     let mut replay = browser.with_token(&alice_token);
     assert_eq!(replay.get("/app/x").await.status, StatusCode::UNAUTHORIZED);
@@ -130,8 +133,14 @@ async fn login_without_the_session_csrf_value_is_forbidden() {
 
     let attempts: [(&str, Vec<(&str, &str)>); 4] = [
         ("missing", vec![("username", "alice"), ("password", PASSWORD)]),
-        ("empty", vec![("username", "alice"), ("password", PASSWORD), ("csrf", "")]),
-        ("wrong", vec![("username", "alice"), ("password", PASSWORD), ("csrf", "x")]),
+        (
+            "empty",
+            vec![("username", "alice"), ("password", PASSWORD), ("csrf", "")],
+        ),
+        (
+            "wrong",
+            vec![("username", "alice"), ("password", PASSWORD), ("csrf", "x")],
+        ),
         (
             "another session's",
             vec![("username", "alice"), ("password", PASSWORD), ("csrf", &other_csrf)],
@@ -160,7 +169,7 @@ async fn login_without_the_session_csrf_value_is_forbidden() {
 }
 
 fn login_throttled(c: crate::kit::GatewayConfig) -> crate::kit::GatewayConfig {
-    c.section("[login]\nmax_failures = 3\nfailure_window = \"10m\"\n")
+    c.section("[login]\nmax_failures = 2\nfailure_window = \"10m\"\n")
 }
 
 /// A browser whose connections come from `ip` (any 127/8 address works on loopback).
@@ -174,7 +183,9 @@ fn assert_throttled(reply: &super::support::Reply, what: &str) {
     let retry = reply
         .header("retry-after")
         .unwrap_or_else(|| panic!("{what}: no Retry-After"));
-    let secs: u64 = retry.parse().unwrap_or_else(|_| panic!("{what}: Retry-After {retry:?}"));
+    let secs: u64 = retry
+        .parse()
+        .unwrap_or_else(|_| panic!("{what}: Retry-After {retry:?}"));
     assert!(secs > 0, "{what}: Retry-After {secs}");
     assert!(reply.session_cookies().is_empty(), "{what}: logged in anyway");
 }
@@ -183,12 +194,12 @@ fn assert_throttled(reply: &super::support::Reply, what: &str) {
 async fn failed_logins_are_throttled_per_username() {
     let site = Site::with(login_throttled).await;
     let mut attacker = browser_from(&site, [127, 0, 0, 1]);
-    for n in 1..=3 {
+    for n in 1..=2 {
         let reply = attacker.submit_login("alice", &format!("guess {n}"), "/").await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "failure {n}");
     }
     let reply = attacker.submit_login("alice", PASSWORD, "/").await;
-    assert_throttled(&reply, "4th attempt, right password");
+    assert_throttled(&reply, "3rd attempt, right password");
 
     // The username is blocked from any address, even with the right password.
     let mut elsewhere = browser_from(&site, [127, 0, 0, 2]);
@@ -200,14 +211,14 @@ async fn failed_logins_are_throttled_per_username() {
     let mut bob = browser_from(&site, [127, 0, 0, 3]);
     bob.login("bob").await;
     let metrics = site.admin().metrics().await;
-    assert_eq!(metrics.value("sessiongate_logins_total", &[("result", "failed")]), 3.0);
+    assert_eq!(metrics.value("sessiongate_logins_total", &[("result", "failed")]), 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_are_throttled_per_client_address() {
     let site = Site::with(login_throttled).await;
     let mut sprayer = browser_from(&site, [127, 0, 0, 4]);
-    for name in ["u1", "u2", "u3"] {
+    for name in ["u1", "u2"] {
         let reply = sprayer.submit_login(name, "pw", "/").await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{name}");
     }
@@ -225,11 +236,11 @@ async fn failed_logins_are_throttled_per_client_address() {
 const OFFSITE: &[&str] = &[
     "//evil.example",
     "/\\evil.example",
-    "\\\\evil.example",
     "https://evil.example",
+    "/\t/evil.example",
+    "\\\\evil.example",
     "https:evil.example",
     "http://evil.example/app",
-    "/\t/evil.example",
     "/\n/evil.example",
     "/\r\n/evil.example",
     "\t//evil.example",
@@ -239,6 +250,9 @@ const OFFSITE: &[&str] = &[
     "",
 ];
 
+/// How many of [`OFFSITE`] also go through a real login (each costs a password check).
+const OFFSITE_LOGINS: usize = 4;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsite_rd_ends_at_the_root() {
     let site = Site::start().await;
@@ -247,20 +261,20 @@ async fn offsite_rd_ends_at_the_root() {
     for rd in OFFSITE {
         let mut browser = site.browser();
         let (form, _) = browser.login_form(Some(rd)).await;
-        assert_eq!(hidden_input(&form.text(), "rd").as_deref(), Some("/"), "form for rd {rd:?}");
+        assert_eq!(
+            hidden_input(&form.text(), "rd").as_deref(),
+            Some("/"),
+            "form for rd {rd:?}"
+        );
     }
 
     // And a successful login never redirects there, whatever the form posted.
     let mut browser = site.browser();
-    for rd in OFFSITE {
+    for rd in &OFFSITE[..OFFSITE_LOGINS] {
         let reply = browser.submit_login("alice", PASSWORD, rd).await;
         assert_eq!(reply.status, StatusCode::SEE_OTHER, "rd {rd:?}: {}", reply.text());
         assert_eq!(reply.header("location"), Some("/"), "rd {rd:?}");
     }
-
-    // Same-origin paths are kept as they are.
-    let reply = browser.submit_login("alice", PASSWORD, "/app/a?b=c").await;
-    assert_eq!(reply.header("location"), Some("/app/a?b=c"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +297,12 @@ async fn required_route_sends_browsers_to_the_login_and_back() {
     let reply = browser
         .post_form(
             "/.sessiongate/login",
-            &[("username", "alice"), ("password", PASSWORD), ("csrf", &csrf), ("rd", target)],
+            &[
+                ("username", "alice"),
+                ("password", PASSWORD),
+                ("csrf", &csrf),
+                ("rd", target),
+            ],
         )
         .await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text());
@@ -306,7 +325,9 @@ async fn required_route_answers_other_clients_with_401_json() {
             let reply = client.send(request).await;
             assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{version:?} {accept:?}");
             assert!(
-                reply.header("content-type").is_some_and(|t| t.starts_with("application/json")),
+                reply
+                    .header("content-type")
+                    .is_some_and(|t| t.starts_with("application/json")),
                 "{version:?} {accept:?}: {:?}",
                 reply.headers
             );
@@ -331,16 +352,25 @@ async fn group_restricted_routes_need_membership() {
     for (who, browser, path) in [("alice", &mut alice, "/ops/x"), ("bob", &mut bob, "/admins/x")] {
         let reply = browser.navigate(path).await;
         assert_eq!(reply.status, StatusCode::FORBIDDEN, "{who} on {path}");
-        assert!(reply.header("location").is_none(), "{who} on {path}: sent to log in again");
+        assert!(
+            reply.header("location").is_none(),
+            "{who} on {path}: sent to log in again"
+        );
     }
-    assert_eq!(site.upstream.request_count(), before, "a forbidden request was forwarded");
+    assert_eq!(
+        site.upstream.request_count(),
+        before,
+        "a forbidden request was forwarded"
+    );
     // Anonymous on a group route: the login, not 403.
     let mut anonymous = site.browser();
     assert_eq!(anonymous.get("/admins/x").await.status, StatusCode::UNAUTHORIZED);
 }
 
 fn parse_time(value: &serde_json::Value, what: &str) -> SystemTime {
-    let text = value.as_str().unwrap_or_else(|| panic!("{what} is not a string: {value}"));
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("{what} is not a string: {value}"));
     humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("{what} {text:?}: {e}"))
 }
 
@@ -383,4 +413,43 @@ async fn session_endpoint_describes_the_session_but_never_the_token() {
     assert!(absolute > now + Duration::from_secs(11 * 3600), "{json}");
     assert!(absolute <= now + Duration::from_secs(12 * 3600 + 60), "{json}");
     assert!(!reply.text().contains(&token), "the token is in the session JSON");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_arriving_after_login_cannot_revive_the_pre_login_token() {
+    let site = Site::start().await;
+    let mut browser = site.browser();
+    let id = session_id(&browser.get("/page").await.echo()).expect("session id");
+    let anonymous = browser.expect_token();
+
+    // A request with the pre-login token is at the app while the user logs in.
+    let mut in_flight = browser.clone();
+    let path = respond_path("/respond/held", &[(HOLD, "1"), ("X-Session-Data-Set", "written late")]);
+    let pending = tokio::spawn(async move { in_flight.get(&path).await });
+    site.responder.held_request_arrived().await;
+    browser.login("alice").await;
+    site.responder.release();
+    let late = within(secs(10), "the held response", pending)
+        .await
+        .expect("held request task");
+    assert_eq!(late.status, StatusCode::OK, "{}", late.text());
+
+    let mut replay = browser.with_token(&anonymous);
+    let reply = replay.get("/page").await;
+    assert_ne!(reply.new_token(), anonymous);
+    let echo = reply.echo();
+    assert_eq!(user(&echo), None);
+    assert_ne!(session_id(&echo).as_deref(), Some(id.as_str()));
+    assert_eq!(browser.upstream_user("/app/x").await.as_deref(), Some("alice"));
+
+    // The store holds the session once, as alice's.
+    let all = fetch(site.admin().authed(Method::GET, "/sessions")).await.json();
+    let copies: Vec<_> = all["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .filter(|s| s["id"] == id.as_str())
+        .collect();
+    assert_eq!(copies.len(), 1, "{all}");
+    assert_eq!(copies[0]["user"], "alice", "{all}");
 }

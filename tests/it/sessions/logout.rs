@@ -4,7 +4,8 @@
 
 use reqwest::{Method, StatusCode};
 
-use super::support::{form_request, hidden_input, session_id, user, Browser, Site, COOKIE};
+use super::support::{fetch, form_request, hidden_input, respond_path, session_id, user, Browser, Site, COOKIE, HOLD};
+use crate::kit::{secs, within};
 
 /// Checks everything a successful logout answer carries.
 fn assert_logged_out_answer(reply: &super::support::Reply) {
@@ -12,7 +13,9 @@ fn assert_logged_out_answer(reply: &super::support::Reply) {
     assert_eq!(reply.header("location"), Some("/"));
     assert_eq!(reply.header("cache-control"), Some("no-store"));
     assert_eq!(reply.header("clear-site-data"), Some("\"cookies\""));
-    let cookie = reply.session_cookie().expect("a Set-Cookie clearing the session cookie");
+    let cookie = reply
+        .session_cookie()
+        .expect("a Set-Cookie clearing the session cookie");
     assert_eq!(cookie.name, COOKIE);
     assert!(cookie.value.is_empty(), "{}", cookie.raw);
     assert_eq!(cookie.max_age(), Some(0), "{}", cookie.raw);
@@ -60,7 +63,10 @@ async fn same_origin_logout_ends_the_session_everywhere() {
     assert_token_dead(&browser, &token, &id).await;
 
     let metrics = site.admin().metrics().await;
-    assert_eq!(metrics.value("sessiongate_sessions_revoked_total", &[("reason", "logout")]), 1.0);
+    assert_eq!(
+        metrics.value("sessiongate_sessions_revoked_total", &[("reason", "logout")]),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,17 +109,15 @@ async fn logout_without_proof_of_origin_is_refused() {
         let reply = browser.send(request).await;
         assert_eq!(reply.status, StatusCode::FORBIDDEN, "Origin {origin}");
     }
-    let bodies: [&[(&str, &str)]; 4] = [
-        &[],
-        &[("csrf", "")],
-        &[("csrf", "nope")],
-        &[("csrf", &stranger_csrf)],
-    ];
+    let bodies: [&[(&str, &str)]; 4] = [&[], &[("csrf", "")], &[("csrf", "nope")], &[("csrf", &stranger_csrf)]];
     for fields in bodies {
         let request = form_request(browser.request(Method::POST, "/.sessiongate/logout"), fields);
         let reply = browser.send(request).await;
         assert_eq!(reply.status, StatusCode::FORBIDDEN, "form {fields:?}");
-        assert!(reply.session_cookies().is_empty(), "form {fields:?}: cookie cleared anyway");
+        assert!(
+            reply.session_cookies().is_empty(),
+            "form {fields:?}: cookie cleared anyway"
+        );
     }
     // A GET cannot log out either.
     let reply = browser.get("/.sessiongate/logout").await;
@@ -124,5 +128,39 @@ async fn logout_without_proof_of_origin_is_refused() {
     let (form, _) = browser.login_form(None).await;
     assert_eq!(hidden_input(&form.text(), "csrf"), Some(csrf), "the CSRF value changed");
     let metrics = site.admin().metrics().await;
-    assert_eq!(metrics.value("sessiongate_sessions_revoked_total", &[("reason", "logout")]), 0.0);
+    assert_eq!(
+        metrics.value("sessiongate_sessions_revoked_total", &[("reason", "logout")]),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_arriving_after_logout_cannot_bring_the_session_back() {
+    let site = Site::start().await;
+    let mut alice = site.browser();
+    alice.login("alice").await;
+    let token = alice.expect_token();
+    let id = session_id(&alice.get("/app/x").await.echo()).expect("session id");
+
+    // A request of the session is at the app when the user logs out; the app's answer, which
+    // writes session data, comes back afterwards.
+    let mut in_flight = alice.clone();
+    let path = respond_path("/respond/held", &[(HOLD, "1"), ("X-Session-Data-Set", "written late")]);
+    let pending = tokio::spawn(async move { in_flight.get(&path).await });
+    site.responder.held_request_arrived().await;
+    assert_logged_out_answer(&alice.logout().await);
+    site.responder.release();
+    let late = within(secs(10), "the held response", pending)
+        .await
+        .expect("held request task");
+    assert_eq!(late.status, StatusCode::OK, "{}", late.text());
+    assert!(late.header("x-session-data-set").is_none(), "{:?}", late.headers);
+
+    assert_token_dead(&alice, &token, &id).await;
+    let all = fetch(site.admin().authed(Method::GET, "/sessions")).await.json();
+    let sessions = all["sessions"].as_array().expect("sessions");
+    assert!(
+        !sessions.iter().any(|s| s["id"] == id.as_str()),
+        "the session is back in the store: {all}"
+    );
 }

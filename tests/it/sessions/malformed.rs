@@ -29,9 +29,11 @@ fn flip_one(token: &str, at: usize) -> String {
 
 /// A request to the gateway carrying these `Cookie` header values, exactly.
 fn with_cookies(browser: &Browser, method: Method, path: &str, cookies: &[HeaderValue]) -> reqwest::RequestBuilder {
-    cookies.iter().fold(browser.request_without_cookie(method, path), |request, value| {
-        request.header("cookie", value.clone())
-    })
+    cookies
+        .iter()
+        .fold(browser.request_without_cookie(method, path), |request, value| {
+            request.header("cookie", value.clone())
+        })
 }
 
 struct Valid {
@@ -40,15 +42,8 @@ struct Valid {
 }
 
 /// Runs one malformed case on an optional and a required route.
-async fn assert_not_adopted(
-    browser: &mut Browser,
-    case: &str,
-    cookies: &[HeaderValue],
-    valid: &[&Valid],
-) {
-    let reply = browser
-        .send(with_cookies(browser, Method::GET, "/page", cookies))
-        .await;
+async fn assert_not_adopted(browser: &mut Browser, case: &str, cookies: &[HeaderValue], valid: &[&Valid]) {
+    let reply = browser.send(with_cookies(browser, Method::GET, "/page", cookies)).await;
     assert_eq!(reply.status, StatusCode::OK, "{case}: {}", reply.text());
     let fresh = reply.new_token();
     for value in cookies {
@@ -84,7 +79,10 @@ async fn malformed_or_forged_cookies_get_a_fresh_session() {
     let admin = site.admin();
     let (alice_id, alice) = admin.mint_for("alice").await;
     let (bob_id, bob) = admin.mint_for("bob").await;
-    let alice = Valid { token: alice, id: alice_id };
+    let alice = Valid {
+        token: alice,
+        id: alice_id,
+    };
     let bob = Valid { token: bob, id: bob_id };
     let t = &alice.token;
     let mut trailing_bits = t[..42].to_owned();
@@ -133,7 +131,9 @@ async fn malformed_or_forged_cookies_get_a_fresh_session() {
             ),
             (
                 "a valid value next to bytes that are not text",
-                vec![header([format!("{COOKIE}={}; x=", alice.token).as_bytes(), b"\xff\xfe"].concat())],
+                vec![header(
+                    [format!("{COOKIE}={}; x=", alice.token).as_bytes(), b"\xff\xfe"].concat(),
+                )],
             ),
         ];
         for (case, cookies) in &conflicts {
@@ -156,7 +156,7 @@ async fn a_forged_cookie_in_a_raw_request_is_not_a_server_error() {
     let site = Site::start().await;
     let mut conn = site.gw.raw().await;
     for cookie in [
-        format!("{COOKIE}"),
+        COOKIE.to_owned(),
         format!("{COOKIE}=="),
         format!("{COOKIE}=;;;{COOKIE}"),
         format!("=; {COOKIE}=\"{}\"", "A".repeat(43)),

@@ -18,7 +18,11 @@
 //! | `/respond-public/` | none | [`Responder`] |
 
 use std::{
-    collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::OnceLock, time::Duration,
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -27,11 +31,11 @@ use hyper::{body::Incoming, header, service::service_fn, Request, Response, Stat
 use hyper_util::rt::TokioIo;
 use reqwest::{header::HeaderMap, Method, Version};
 use serde_json::Value;
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
 
 use crate::kit::{
-    client::plain_client, quoted, within, Echo, GatewayAddrs, GatewayConfig, HttpVersion,
-    RouteSpec, TestGateway, TestUpstream,
+    client::plain_client, quoted, within, Echo, GatewayAddrs, GatewayConfig, HttpVersion, RouteSpec, TestGateway,
+    TestUpstream,
 };
 
 /// The gateway's cookie name (the default).
@@ -52,8 +56,7 @@ const REQUEST_LIMIT: Duration = Duration::from_secs(20);
 pub fn password_hash() -> &'static str {
     static HASH: OnceLock<String> = OnceLock::new();
     HASH.get_or_init(|| {
-        sessiongate::auth::hash_password(PASSWORD)
-            .unwrap_or_else(|e| panic!("hash_password failed: {e}"))
+        sessiongate::auth::hash_password(PASSWORD).unwrap_or_else(|e| panic!("hash_password failed: {e}"))
     })
 }
 
@@ -93,8 +96,8 @@ pub fn site_config(upstream: &TestUpstream, responder: &Responder) -> GatewayCon
 /// The standard site running in-process, with its upstreams.
 pub struct Site {
     pub upstream: TestUpstream,
-    /// Serves the `/respond/` routes; held only to keep it running.
-    _responder: Responder,
+    /// Serves the `/respond/` routes.
+    pub responder: Responder,
     pub gw: TestGateway,
 }
 
@@ -111,7 +114,7 @@ impl Site {
         let gw = TestGateway::start(tweak(site_config(&upstream, &responder))).await;
         Self {
             upstream,
-            _responder: responder,
+            responder,
             gw,
         }
     }
@@ -149,8 +152,7 @@ impl Reply {
 
     /// The body as JSON; fails the test if it is not.
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text()))
     }
 
     /// The upstream's echo; fails the test unless the status is 200.
@@ -337,8 +339,26 @@ impl Browser {
     }
 
     /// Sends `request`, reads the whole response and adopts any session cookie it sets.
+    ///
+    /// Checks two rules on every response a browser gets: no session test ever sees a server
+    /// error, and a response that sets or clears the session cookie is never cacheable.
     pub async fn send(&mut self, request: reqwest::RequestBuilder) -> Reply {
         let reply = fetch(request).await;
+        assert!(
+            !reply.status.is_server_error(),
+            "server error: {} {}",
+            reply.status,
+            reply.text()
+        );
+        if !reply.session_cookies().is_empty() {
+            let cache_control: Vec<_> = reply.headers.get_all(header::CACHE_CONTROL).iter().collect();
+            assert_eq!(
+                cache_control,
+                ["no-store"],
+                "a response setting {COOKIE} must be Cache-Control: no-store: {:?}",
+                reply.headers
+            );
+        }
         for cookie in reply.session_cookies() {
             self.token = (!cookie.is_removal()).then_some(cookie.value);
         }
@@ -453,10 +473,7 @@ pub fn encode_form(fields: &[(&str, &str)]) -> String {
 }
 
 /// Adds a form body to `request`.
-pub fn form_request(
-    request: reqwest::RequestBuilder,
-    fields: &[(&str, &str)],
-) -> reqwest::RequestBuilder {
+pub fn form_request(request: reqwest::RequestBuilder, fields: &[(&str, &str)]) -> reqwest::RequestBuilder {
     request
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(encode_form(fields))
@@ -467,7 +484,16 @@ pub fn hidden_input(html: &str, name: &str) -> Option<String> {
     let marker = format!("name=\"{name}\" value=\"");
     let start = html.find(&marker)? + marker.len();
     let end = html[start..].find('"')?;
-    Some(html[start..start + end].to_owned())
+    Some(unescape_html(&html[start..start + end]))
+}
+
+/// Undoes the gateway's HTML escaping of attribute values.
+fn unescape_html(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
 }
 
 /// The value of query parameter `key` in a `Location` like `/path?rd=...`, decoded.
@@ -480,9 +506,7 @@ pub fn query_param(location: &str, key: &str) -> Option<String> {
 
 /// Whether `s` looks like a token we issue: 43 characters of base64url.
 pub fn is_token_shaped(s: &str) -> bool {
-    s.len() == 43
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Whether `s` looks like a session id: 32 lowercase hex digits.
@@ -602,9 +626,23 @@ impl Metrics {
 
 /// A tiny upstream that echoes like `TestUpstream` and answers with response headers taken
 /// from the query string: every `name=value` pair becomes a response header (repeatable).
+///
+/// The pair [`HOLD`]`=1` is not a header: it holds that response back until the test calls
+/// [`Responder::release`], so a test can act while a request is certainly in flight.
 pub struct Responder {
     addr: SocketAddr,
+    hold: Arc<Hold>,
     accept_loop: JoinHandle<()>,
+}
+
+/// The query key that holds a response back.
+pub const HOLD: &str = "hold";
+
+/// Signals between held requests and the test.
+#[derive(Default)]
+struct Hold {
+    arrived: Notify,
+    release: Notify,
 }
 
 impl Responder {
@@ -613,24 +651,47 @@ impl Responder {
             .await
             .expect("bind the responder upstream");
         let addr = listener.local_addr().expect("responder address");
+        let hold = Arc::new(Hold::default());
+        let shared = hold.clone();
         let accept_loop = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                let hold = shared.clone();
                 tokio::spawn(async move {
+                    let service = service_fn(move |req| respond(req, hold.clone()));
                     let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service_fn(respond))
+                        .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
             }
         });
-        Self { addr, accept_loop }
+        Self {
+            addr,
+            hold,
+            accept_loop,
+        }
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Waits (at most 10 s) until a held request has reached the responder.
+    pub async fn held_request_arrived(&self) {
+        within(
+            Duration::from_secs(10),
+            "a held request to reach the app",
+            self.hold.arrived.notified(),
+        )
+        .await;
+    }
+
+    /// Lets one held response go.
+    pub fn release(&self) {
+        self.hold.release.notify_one();
     }
 }
 
@@ -645,13 +706,9 @@ pub fn respond_path(prefix: &str, headers: &[(&str, &str)]) -> String {
     format!("{prefix}?{}", encode_form(headers))
 }
 
-async fn respond(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(req: Request<Incoming>, hold: Arc<Hold>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body_len = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes().len())
-        .unwrap_or_default();
+    let body_len = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or_default();
     let mut received: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, value) in &parts.headers {
         received
@@ -669,14 +726,17 @@ async fn respond(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infall
     });
     let mut response = Response::builder().header(header::CONTENT_TYPE, "application/json");
     for (name, value) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
+        if name == HOLD {
+            hold.arrived.notify_one();
+            hold.release.notified().await;
+            continue;
+        }
         response = response.header(name.as_ref(), value.as_ref());
     }
     let response = response
         .body(Full::new(Bytes::from(report.to_string())))
         .unwrap_or_else(|e| {
-            let mut bad = Response::new(Full::new(Bytes::from(format!(
-                "responder: bad header in query: {e}"
-            ))));
+            let mut bad = Response::new(Full::new(Bytes::from(format!("responder: bad header in query: {e}"))));
             *bad.status_mut() = StatusCode::BAD_REQUEST;
             bad
         });
