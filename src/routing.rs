@@ -143,6 +143,8 @@ pub struct Route {
     pub max_body_bytes: Option<u64>,
     /// Label used in metrics and logs.
     pub label: String,
+    /// Position in the router's table (indexes per-route state elsewhere).
+    pub index: usize,
 }
 
 /// The route table, ordered for first-match lookup: host-specific routes
@@ -154,21 +156,20 @@ pub struct Router {
 
 impl Router {
     pub fn new(config: &[RouteConfig]) -> Router {
-        let mut routes: Vec<Arc<Route>> = config
+        let mut routes: Vec<Route> = config
             .iter()
-            .map(|r| {
-                Arc::new(Route {
-                    path_prefix: r.path_prefix.clone(),
-                    host: r.host.clone(),
-                    upstream: r.upstream.clone(),
-                    auth: r.auth,
-                    groups: r.groups.clone(),
-                    max_body_bytes: r.max_body_bytes,
-                    label: match &r.host {
-                        Some(h) => format!("{h}{}", r.path_prefix),
-                        None => r.path_prefix.clone(),
-                    },
-                })
+            .map(|r| Route {
+                path_prefix: r.path_prefix.clone(),
+                host: r.host.clone(),
+                upstream: r.upstream.clone(),
+                auth: r.auth,
+                groups: r.groups.clone(),
+                max_body_bytes: r.max_body_bytes,
+                label: match &r.host {
+                    Some(h) => format!("{h}{}", r.path_prefix),
+                    None => r.path_prefix.clone(),
+                },
+                index: 0,
             })
             .collect();
         routes.sort_by(|a, b| {
@@ -177,6 +178,11 @@ impl Router {
                 .cmp(&a.host.is_some())
                 .then(b.path_prefix.len().cmp(&a.path_prefix.len()))
         });
+        let routes = routes
+            .into_iter()
+            .enumerate()
+            .map(|(index, r)| Arc::new(Route { index, ..r }))
+            .collect();
         Router { routes }
     }
 

@@ -57,12 +57,8 @@ impl Shared {
         }
     }
 
-    fn route_metrics(&self, route: &Arc<Route>) -> Option<&RouteMetrics> {
-        self.router
-            .routes()
-            .iter()
-            .position(|r| Arc::ptr_eq(r, route))
-            .and_then(|i| self.route_metrics.get(i))
+    fn route_metrics(&self, route: &Route) -> Option<&RouteMetrics> {
+        self.route_metrics.get(route.index)
     }
 }
 
