@@ -110,9 +110,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// `info` for us; rustls logs client mistakes (an IP address in SNI, a
+/// failed handshake) at `warn` per connection, which is noise and a cost.
+const DEFAULT_LOG_FILTER: &str = "info,rustls=error";
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SESSIONGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -177,7 +177,6 @@ struct ConnSettings {
     keepalive_timeout: Duration,
     h1: auto::Builder<TokioExecutor>,
     h2: auto::Builder<TokioExecutor>,
-    any: auto::Builder<TokioExecutor>,
 }
 
 impl ConnSettings {
@@ -188,6 +187,9 @@ impl ConnSettings {
                 .timer(TokioTimer::new())
                 .header_read_timeout(config.server.header_read_timeout)
                 .max_buf_size(config.server.max_header_bytes.max(8192))
+                // Flatten head and body into one buffer: over TLS each
+                // vectored chunk would become its own record and write.
+                .writev(false)
                 .keep_alive(true);
             b.http2()
                 .timer(TokioTimer::new())
@@ -202,7 +204,6 @@ impl ConnSettings {
             keepalive_timeout: config.server.keepalive_timeout,
             h1: make().http1_only(),
             h2: make().http2_only(),
-            any: make(),
         }
     }
 }
@@ -283,10 +284,11 @@ impl Connection {
                 return;
             }
         };
+        // HTTP/2 only when negotiated by ALPN (RFC 9113 §3.2); a client that
+        // sends no ALPN speaks HTTP/1.x, so no protocol sniffing per connection.
         let builder = match tls.get_ref().1.alpn_protocol() {
             Some(b"h2") => &self.settings.h2,
-            Some(_) => &self.settings.h1,
-            None => &self.settings.any,
+            _ => &self.settings.h1,
         };
         // Activity is recorded per request, not per byte: a response body
         // still streaming when the watchdog fires is finished by hyper's

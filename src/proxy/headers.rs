@@ -40,29 +40,41 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 /// Removes every hop-by-hop header and every header named in `Connection`.
 /// Returns whether `Connection` carried the `upgrade` token.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    strip(headers, |_| false)
+}
+
+/// One pass over the header names: removes hop-by-hop headers, headers named
+/// in `Connection`, and every header `also` picks. Allocates only when there
+/// is something to remove, which on the common request is never.
+pub fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) -> bool {
     let mut upgrade = false;
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| {
-                let t = t.trim();
-                if t.eq_ignore_ascii_case("upgrade") {
-                    upgrade = true;
-                }
-                HeaderName::from_bytes(t.as_bytes()).ok()
-            })
-            .collect();
-        for name in named {
-            headers.remove(name);
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if HOP_BY_HOP.contains(name) || also(name) {
+            doomed.push(name.clone());
         }
     }
-    for name in &HOP_BY_HOP {
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            if token.eq_ignore_ascii_case("upgrade") {
+                upgrade = true;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                doomed.push(name);
+            }
+        }
+    }
+    for name in doomed {
         headers.remove(name);
     }
     upgrade
+}
+
+/// Whether a request header is client-typed forwarding information that is
+/// never believed from an untrusted peer (`X-Forwarded-*`, `Forwarded`, ...).
+pub fn is_client_forwarding(name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-forwarded-") || CLIENT_FORWARDING.contains(name)
 }
 
 /// Whether `ip` lies inside one of the trusted proxy networks.
@@ -128,27 +140,18 @@ fn parse_xff_entry(s: &str) -> Option<IpAddr> {
     None
 }
 
-/// Removes client-sent forwarding headers, then sets ours.
+/// Sets our forwarding headers. Client-sent ones must already be gone (see
+/// [`is_client_forwarding`], applied in the same pass as hop-by-hop removal).
 pub fn set_forwarding(headers: &mut HeaderMap, client: &ClientAddr, host: Option<&str>) {
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-forwarded-"))
-        .cloned()
-        .collect();
-    for name in names {
-        headers.remove(name);
-    }
-    for name in &CLIENT_FORWARDING {
-        headers.remove(name);
-    }
+    use std::fmt::Write;
     let mut xff = String::with_capacity(16 * client.chain.len());
     for (i, ip) in client.chain.iter().enumerate() {
         if i > 0 {
             xff.push_str(", ");
         }
-        xff.push_str(&ip.to_string());
+        let _ = write!(xff, "{ip}");
     }
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));

@@ -37,7 +37,8 @@ impl OwnedHeaders {
         }
     }
 
-    fn collides(&self, name: &HeaderName) -> bool {
+    /// Whether `name` folds to one of ours.
+    pub fn collides(&self, name: &HeaderName) -> bool {
         let b = name.as_str().as_bytes();
         self.folded
             .iter()

@@ -165,8 +165,7 @@ async fn pipeline(
     if req.version() == Version::HTTP_10 && req.headers().contains_key(header::TRANSFER_ENCODING) {
         return Err(GatewayError::BadRequest("HTTP/1.0 with Transfer-Encoding"));
     }
-    ctx.path = req.uri().path().to_string();
-    let path = normalize_path(req.uri().path())?;
+    let path = normalize_path(req.uri().path()).inspect_err(|_| ctx.path = req.uri().path().to_string())?;
     ctx.path.clone_from(&path);
     let client = headers::client_addr(ctx.peer.ip(), req.headers(), &shared.config.server.trusted_proxies);
     ctx.client_ip = client.ip;
@@ -225,10 +224,12 @@ async fn pipeline(
 
     // Upstream request filter. Hop-by-hop first, then our headers.
     let upgrade_value = req.headers().get(header::UPGRADE).cloned();
-    let wants_upgrade = headers::strip_hop_by_hop(req.headers_mut()) && req.version() == Version::HTTP_11;
+    let owned = &shared.owned_headers;
+    let wants_upgrade = headers::strip(req.headers_mut(), |n| {
+        headers::is_client_forwarding(n) || owned.collides(n)
+    }) && req.version() == Version::HTTP_11;
     let upgrade_proto = upgrade_value.filter(|_| wants_upgrade);
     headers::set_forwarding(req.headers_mut(), &client, host.as_deref());
-    shared.owned_headers.strip(req.headers_mut());
     crate::session::cookies::strip(req.headers_mut(), shared.sessions.cookie_name());
     if let Some(live) = &session {
         identity::apply(req.headers_mut(), &shared.config.headers, live);
