@@ -151,6 +151,32 @@ pub struct SessionConfig {
 pub enum StoreKind {
     Memory,
     Embedded { path: PathBuf },
+    Redis(RedisConfig),
+}
+
+/// A Redis deployment holding the sessions of several gateway instances.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// One URL (single node) or the seed nodes of a cluster.
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    /// From `password_file`; overrides a password in the URL.
+    pub password: Option<String>,
+    pub key_prefix: String,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // URLs may carry credentials: show hosts only.
+        let hosts: Vec<&str> = self.urls.iter().map(|u| u.rsplit('@').next().unwrap_or(u)).collect();
+        f.debug_struct("RedisConfig")
+            .field("hosts", &hosts)
+            .field("cluster", &self.cluster)
+            .field("key_prefix", &self.key_prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -554,7 +580,13 @@ impl Validator<'_> {
             "embedded" => StoreKind::Embedded {
                 path: self.path(&s.path),
             },
-            other => return Err(self.err("store.kind", format!("`{other}` is not \"embedded\" or \"memory\""))),
+            "redis" => StoreKind::Redis(self.redis(s)?),
+            other => {
+                return Err(self.err(
+                    "store.kind",
+                    format!("`{other}` is not \"embedded\", \"memory\" or \"redis\""),
+                ))
+            }
         };
         if s.cache_capacity == 0 {
             return Err(self.err("store.cache_capacity", "must be at least 1"));
@@ -564,6 +596,46 @@ impl Validator<'_> {
             touch_interval: self.duration("store.touch_interval", &s.touch_interval)?,
             cache_capacity: s.cache_capacity,
             sweep_interval: self.duration("store.sweep_interval", &s.sweep_interval)?,
+        })
+    }
+
+    fn redis(&self, s: &raw::RawStore) -> Result<RedisConfig, ConfigError> {
+        let (key, urls) = match (&s.url, s.nodes.is_empty()) {
+            (Some(_), false) => return Err(self.err("store.nodes", "set either `url` or `nodes`, not both")),
+            (Some(u), true) => ("store.url", vec![u.clone()]),
+            (None, false) => ("store.nodes", s.nodes.clone()),
+            (None, true) => {
+                return Err(self.err("store.url", "kind = \"redis\" needs `url` (or `nodes` for a cluster)"))
+            }
+        };
+        for u in &urls {
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                let shown = u.rsplit('@').next().unwrap_or(u);
+                return Err(self.err(key, format!("`{shown}` must start with redis:// or rediss://")));
+            }
+        }
+        let password = match &s.password_file {
+            Some(f) => {
+                let p = self.path(f);
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| self.err("store.password_file", format!("cannot read {}: {e}", p.display())))?;
+                Some(text.trim().to_string())
+            }
+            None => None,
+        };
+        if s.key_prefix.is_empty() || s.key_prefix.contains(['{', '}']) {
+            return Err(self.err(
+                "store.key_prefix",
+                "must be non-empty and contain no `{` or `}` (hash tags are ours)",
+            ));
+        }
+        Ok(RedisConfig {
+            cluster: s.cluster || !s.nodes.is_empty(),
+            urls,
+            password,
+            key_prefix: s.key_prefix.clone(),
+            connect_timeout: self.duration("store.connect_timeout", &s.connect_timeout)?,
+            response_timeout: self.duration("store.response_timeout", &s.response_timeout)?,
         })
     }
 

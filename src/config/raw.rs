@@ -273,6 +273,18 @@ pub struct RawStore {
     pub cache_capacity: u64,
     #[serde(default = "d_sweep_interval")]
     pub sweep_interval: String,
+    pub url: Option<String>,
+    pub password_file: Option<String>,
+    #[serde(default = "d_key_prefix")]
+    pub key_prefix: String,
+    #[serde(default)]
+    pub cluster: bool,
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    #[serde(default = "d_redis_connect_timeout")]
+    pub connect_timeout: String,
+    #[serde(default = "d_redis_response_timeout")]
+    pub response_timeout: String,
 }
 
 impl Default for RawStore {
@@ -283,6 +295,13 @@ impl Default for RawStore {
             touch_interval: d_touch_interval(),
             cache_capacity: d_cache_capacity(),
             sweep_interval: d_sweep_interval(),
+            url: None,
+            password_file: None,
+            key_prefix: d_key_prefix(),
+            cluster: false,
+            nodes: Vec::new(),
+            connect_timeout: d_redis_connect_timeout(),
+            response_timeout: d_redis_response_timeout(),
         }
     }
 }
@@ -301,6 +320,15 @@ fn d_cache_capacity() -> u64 {
 }
 fn d_sweep_interval() -> String {
     "5m".into()
+}
+fn d_key_prefix() -> String {
+    "sessiongate:".into()
+}
+fn d_redis_connect_timeout() -> String {
+    "2s".into()
+}
+fn d_redis_response_timeout() -> String {
+    "1s".into()
 }
 
 #[derive(Debug, Deserialize)]

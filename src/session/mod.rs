@@ -104,6 +104,11 @@ pub struct Sessions {
     revoked: moka::sync::Cache<TokenHash, ()>,
     /// Write-behind `last_seen` updates, coalesced per session.
     pending_touches: Mutex<HashMap<TokenHash, u64>>,
+    /// False while a shared store's invalidation feed is down: then every
+    /// lookup reads through to the store, so a session revoked elsewhere is
+    /// never served from a stale cache.
+    cache_trusted: Arc<std::sync::atomic::AtomicBool>,
+    events: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<store::CacheEvent>>>,
     idle_ms: u64,
     absolute_ms: u64,
     touch_ms: u64,
@@ -120,6 +125,7 @@ impl Sessions {
     pub async fn open(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Sessions, StoreError> {
         let store: Arc<dyn SessionStore> = match &config.store.kind {
             StoreKind::Memory => Arc::new(store::memory::MemoryStore::default()),
+            StoreKind::Redis(redis) => Arc::new(store::redis::RedisStore::open(redis).await?),
             StoreKind::Embedded { path } => {
                 let path = path.clone();
                 let s = tokio::task::spawn_blocking(move || store::embedded::EmbeddedStore::open(&path))
@@ -150,7 +156,11 @@ impl Sessions {
             .time_to_live(CACHE_TTL)
             .time_to_idle(s.idle_timeout.min(CACHE_TTL))
             .build();
+        let events = store.events();
         Sessions {
+            // A shared store starts untrusted until its feed is confirmed.
+            cache_trusted: Arc::new(std::sync::atomic::AtomicBool::new(events.is_none())),
+            events: Mutex::new(events),
             store,
             cache,
             revoked: moka::sync::Cache::builder()
@@ -171,6 +181,16 @@ impl Sessions {
     /// Starts the write-behind and sweeper tasks. They hold a weak reference
     /// and end with the manager.
     pub fn start_background(self: &Arc<Self>) {
+        let events = self.events.lock().ok().and_then(|mut e| e.take());
+        if let Some(mut events) = events {
+            let weak = Arc::downgrade(self);
+            tokio::spawn(async move {
+                while let Some(ev) = events.recv().await {
+                    let Some(s) = weak.upgrade() else { return };
+                    s.apply(ev).await;
+                }
+            });
+        }
         let weak = Arc::downgrade(self);
         let touch_every = self
             .config
@@ -228,6 +248,24 @@ impl Sessions {
         if let Err(e) = self.store.touch(batch).await {
             self.metrics.store_errors.inc();
             tracing::warn!(error = %e, "write-behind of last_seen failed");
+        }
+    }
+
+    async fn apply(&self, event: store::CacheEvent) {
+        match event {
+            store::CacheEvent::Invalidate(hash) => self.cache.invalidate(&hash).await,
+            store::CacheEvent::Gone(hash) => {
+                // Also stops a store read that raced the delete from putting
+                // the session back into the cache.
+                self.revoked.insert(hash, ());
+                self.cache.invalidate(&hash).await;
+            }
+            store::CacheEvent::Lost => self.cache_trusted.store(false, Ordering::SeqCst),
+            store::CacheEvent::Restored => {
+                // Whatever was cached may have missed invalidations.
+                self.cache.invalidate_all();
+                self.cache_trusted.store(true, Ordering::SeqCst);
+            }
         }
     }
 
@@ -293,6 +331,11 @@ impl Sessions {
 
     /// Cache first; one store read for concurrent misses of one key.
     async fn get(&self, hash: TokenHash) -> Result<Option<Arc<Live>>, StoreError> {
+        if !self.cache_trusted.load(Ordering::SeqCst) {
+            self.metrics.cache_misses.inc();
+            let rec = self.store.get(hash).await.inspect_err(|_| self.store_failed())?;
+            return Ok(rec.map(|r| Arc::new(Live::new(hash, r))));
+        }
         if let Some(live) = self.cache.get(&hash).await {
             self.metrics.cache_hits.inc();
             return Ok(Some(live));
@@ -420,7 +463,11 @@ impl Sessions {
         record.last_seen = now;
         record.expires_at = now.saturating_add(self.absolute_ms);
         record.csrf = token::random_string::<24>()?;
-        let token = SessionToken::generate()?;
+        let token = if self.store.rotation_keeps_tag() {
+            SessionToken::generate_with_tag(old.hash.0[0])?
+        } else {
+            SessionToken::generate()?
+        };
         let hash = token.hash();
         self.revoked.insert(old.hash, ());
         self.store
@@ -531,7 +578,7 @@ impl Sessions {
 
     /// Whether the store answers (readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.store.get(TokenHash([0; 32])).await.map(|_| ())
+        self.store.ping().await
     }
 
     /// Entries currently cached (the active-sessions gauge).

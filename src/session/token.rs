@@ -42,6 +42,20 @@ impl SessionToken {
         Ok(SessionToken(random_bytes()?))
     }
 
+    /// A token whose hash starts with `tag`: rotation on a Redis cluster keeps
+    /// old and new keys in one hash slot. The token is still uniformly
+    /// random among those with that first hash byte (248 bits of entropy);
+    /// it takes 256 tries on average.
+    pub fn generate_with_tag(tag: u8) -> Result<SessionToken, RandomError> {
+        for _ in 0..100_000 {
+            let t = SessionToken::generate()?;
+            if t.hash().0[0] == tag {
+                return Ok(t);
+            }
+        }
+        Err(RandomError("no token with the required hash tag was found".into()))
+    }
+
     /// Parses a cookie value. Anything but 43 characters of canonical
     /// base64url (no padding, no trailing bits) is refused.
     pub fn parse(value: &str) -> Option<SessionToken> {

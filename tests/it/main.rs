@@ -5,4 +5,5 @@
 
 mod foundation;
 mod kit;
+mod redis;
 mod sessions;

@@ -8,6 +8,7 @@
 
 pub mod embedded;
 pub mod memory;
+pub mod redis;
 
 use super::record::SessionRecord;
 use super::token::{SessionId, TokenHash};
@@ -23,6 +24,19 @@ pub enum StoreError {
     Corrupt(String),
     #[error("blocking task failed: {0}")]
     Join(String),
+}
+
+/// Cache coherence news from a store shared with other instances.
+#[derive(Debug)]
+pub enum CacheEvent {
+    /// Another instance changed this session (its data).
+    Invalidate(TokenHash),
+    /// Another instance deleted this token (logout, revocation, rotation).
+    Gone(TokenHash),
+    /// The news feed broke: the cache may miss invalidations until `Restored`.
+    Lost,
+    /// The feed is back; anything cached before may be stale.
+    Restored,
 }
 
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -47,6 +61,21 @@ pub trait SessionStore: Send + Sync + 'static {
     fn find_id(&self, id: SessionId) -> StoreFuture<'_, Option<(TokenHash, SessionRecord)>>;
     /// Deletes records whose absolute or idle life ended before `now`.
     fn sweep(&self, now: u64, idle_ms: u64) -> StoreFuture<'_, Vec<TokenHash>>;
+    /// Invalidation news from other instances; `None` for a store only this
+    /// process writes. Taken once.
+    fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<CacheEvent>> {
+        None
+    }
+    /// Whether the store answers (readiness).
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        let probe = self.get(TokenHash([0; 32]));
+        Box::pin(async move { probe.await.map(|_| ()) })
+    }
+    /// Whether a rotated token's hash must share its first byte with the old
+    /// one (so both keys live in one Redis cluster slot).
+    fn rotation_keeps_tag(&self) -> bool {
+        false
+    }
 }
 
 /// Whether a stored record is past its idle or absolute limit.

@@ -1,0 +1,34 @@
+//! The Redis shared session store: several gateway instances serve the same sessions, an
+//! ending (logout, rotation, revocation) on one is refused by the others within
+//! [`support::PROPAGATION`], a lost invalidation feed or a lost Redis fails closed, and the
+//! store holds token hashes, never tokens.
+//!
+//! Every test starts its own `redis-server` (or cluster) on free ports, see [`server`]. Without
+//! Redis installed the tests print "skipping: redis-server not installed" and pass, unless
+//! `SESSIONGATE_REQUIRE_REDIS=1` (CI) makes that a failure.
+//!
+//! Modules by concern:
+//! - `sharing`: a session made on one instance is valid on another; the key layout; no raw
+//!   token in the store; no start without Redis.
+//! - `invalidation`: logout, login rotation and admin revocation reach the other instance.
+//! - `pubsub`: with the invalidation feed cut, an instance reads through instead of trusting
+//!   its cache, and recovers.
+//! - `outage`: Redis killed and restarted under traffic: 503 with `Retry-After`, readiness,
+//!   sessions intact afterwards.
+//! - `cluster`: the same across a three-node Redis Cluster.
+//! - `write_behind`: `last_seen` is written behind, not on every request.
+
+mod cluster;
+mod invalidation;
+mod outage;
+mod pubsub;
+mod server;
+mod sharing;
+mod support;
+mod write_behind;
+
+// The session tests' standard site, `Browser` and admin helpers. `sessions::support` is
+// private to its module, so the same file is compiled here too (and stays one source).
+#[allow(dead_code)]
+#[path = "../sessions/support.rs"]
+mod site;
