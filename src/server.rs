@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -175,35 +176,33 @@ fn local(l: &TcpListener) -> SocketAddr {
 struct ConnSettings {
     handshake_timeout: Duration,
     keepalive_timeout: Duration,
-    h1: auto::Builder<TokioExecutor>,
+    /// hyper's own HTTP/1 server: no protocol detection, no IO rewind layer.
+    h1: hyper::server::conn::http1::Builder,
     h2: auto::Builder<TokioExecutor>,
 }
 
 impl ConnSettings {
     fn new(config: &Config) -> ConnSettings {
-        let make = || {
-            let mut b = auto::Builder::new(TokioExecutor::new());
-            b.http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(config.server.header_read_timeout)
-                .max_buf_size(config.server.max_header_bytes.max(8192))
-                // Flatten head and body into one buffer: over TLS each
-                // vectored chunk would become its own record and write.
-                .writev(false)
-                .keep_alive(true);
-            b.http2()
-                .timer(TokioTimer::new())
-                .max_header_list_size(u32::try_from(config.server.max_header_bytes).unwrap_or(u32::MAX))
-                .max_concurrent_streams(256)
-                .keep_alive_interval(Some(config.server.keepalive_timeout / 2))
-                .keep_alive_timeout(Duration::from_secs(20));
-            b
-        };
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(config.server.header_read_timeout)
+            .max_buf_size(config.server.max_header_bytes.max(8192))
+            // Flatten head and body into one buffer: over TLS each vectored
+            // chunk would become its own record and write.
+            .writev(false)
+            .keep_alive(true);
+        let mut h2 = auto::Builder::new(TokioExecutor::new()).http2_only();
+        h2.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(config.server.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(config.server.keepalive_timeout / 2))
+            .keep_alive_timeout(Duration::from_secs(20));
         ConnSettings {
             handshake_timeout: config.server.tls_handshake_timeout,
             keepalive_timeout: config.server.keepalive_timeout,
-            h1: make().http1_only(),
-            h2: make().http2_only(),
+            h1,
+            h2,
         }
     }
 }
@@ -286,10 +285,7 @@ impl Connection {
         };
         // HTTP/2 only when negotiated by ALPN (RFC 9113 §3.2); a client that
         // sends no ALPN speaks HTTP/1.x, so no protocol sniffing per connection.
-        let builder = match tls.get_ref().1.alpn_protocol() {
-            Some(b"h2") => &self.settings.h2,
-            _ => &self.settings.h1,
-        };
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         // Activity is recorded per request, not per byte: a response body
         // still streaming when the watchdog fires is finished by hyper's
         // graceful shutdown, never cut.
@@ -309,28 +305,50 @@ impl Connection {
                 Ok::<hyper::Response<Body>, Infallible>(resp)
             }
         });
-        let conn = builder.serve_connection_with_upgrades(io, service);
-        tokio::pin!(conn);
         let idle = self.settings.keepalive_timeout;
-        let mut closing = false;
-        loop {
-            let deadline = activity.last() + idle;
-            tokio::select! {
-                res = conn.as_mut() => {
-                    if let Err(e) = res {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                    return;
-                }
-                _ = crate::server::stopped(&mut self.shutdown), if !closing => {
+        let result = if h2 {
+            let conn = self.settings.h2.serve_connection_with_upgrades(io, service);
+            tokio::pin!(conn);
+            drive(conn, |c| c.graceful_shutdown(), &activity, idle, &mut self.shutdown).await
+        } else {
+            let conn = self.settings.h1.serve_connection(io, service).with_upgrades();
+            tokio::pin!(conn);
+            drive(conn, |c| c.graceful_shutdown(), &activity, idle, &mut self.shutdown)
+                .await
+                .map_err(Into::into)
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Runs a connection to its end; starts its graceful shutdown when the
+/// gateway shuts down or when it has been idle for `idle` with no request
+/// in flight.
+async fn drive<C, E>(
+    mut conn: Pin<&mut C>,
+    graceful: impl Fn(Pin<&mut C>),
+    activity: &Activity,
+    idle: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), E>
+where
+    C: std::future::Future<Output = Result<(), E>>,
+{
+    let mut closing = false;
+    loop {
+        let deadline = activity.last() + idle;
+        tokio::select! {
+            res = conn.as_mut() => return res,
+            _ = stopped(shutdown), if !closing => {
+                closing = true;
+                graceful(conn.as_mut());
+            }
+            _ = tokio::time::sleep_until(deadline.into()), if !closing => {
+                if activity.requests.load(Ordering::Relaxed) == 0 && activity.last() + idle <= Instant::now() {
                     closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                _ = tokio::time::sleep_until(deadline.into()), if !closing => {
-                    if activity.requests.load(Ordering::Relaxed) == 0 && activity.last() + idle <= Instant::now() {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
+                    graceful(conn.as_mut());
                 }
             }
         }

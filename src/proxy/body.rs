@@ -1,16 +1,68 @@
-//! The body type every response of the gateway carries: a boxed stream, so
-//! upstream bodies are passed through without buffering.
+//! The body type every response (and upstream request) of the gateway
+//! carries. Bodies streamed from the other side pass through unboxed (the
+//! common case: no allocation, no dynamic dispatch per request); the
+//! gateway's own small bodies and size-limited request bodies are boxed.
 
 use bytes::Bytes;
+use http_body::{Frame, SizeHint};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A streamed body from hyper, or anything else, boxed.
+pub enum Body {
+    Stream(Incoming),
+    Boxed(BoxBody<Bytes, BoxError>),
+}
+
+impl Body {
+    pub fn boxed<B>(body: B) -> Body
+    where
+        B: http_body::Body<Data = Bytes, Error = BoxError> + Send + Sync + 'static,
+    {
+        Body::Boxed(BoxBody::new(body))
+    }
+}
+
+impl From<Incoming> for Body {
+    fn from(b: Incoming) -> Body {
+        Body::Stream(b)
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Stream(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            Body::Boxed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Stream(b) => b.is_end_stream(),
+            Body::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Stream(b) => b.size_hint(),
+            Body::Boxed(b) => b.size_hint(),
+        }
+    }
+}
 
 pub fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into()).map_err(|never| match never {}).boxed()
+    Body::boxed(Full::new(data.into()).map_err(|never| match never {}))
 }
 
 pub fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed()
+    Body::boxed(Empty::new().map_err(|never| match never {}))
 }

@@ -19,9 +19,9 @@ use crate::error::GatewayError;
 use crate::metrics::{Metrics, RouteMetrics, UpstreamErrorKind};
 use crate::routing::{normalize_path, Route, Router};
 use crate::session::{Live, Lookup, Sessions};
-use body::{Body, BoxError};
+use body::Body;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::Limited;
 use hyper::body::Incoming;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -364,10 +364,8 @@ fn build_upstream_request(req: Request<Incoming>, route: &Route, path: &str) -> 
         .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?;
     parts.version = Version::HTTP_11;
     let body: Body = match route.max_body_bytes {
-        Some(limit) => Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))
-            .map_err(BoxError::from)
-            .boxed(),
-        None => incoming.map_err(BoxError::from).boxed(),
+        Some(limit) => Body::boxed(Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))),
+        None => Body::Stream(incoming),
     };
     Ok(Request::from_parts(parts, body))
 }
@@ -417,7 +415,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 fn response_filter(resp: Response<Incoming>) -> Response<Body> {
     let (mut parts, incoming) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, incoming.map_err(BoxError::from).boxed())
+    Response::from_parts(parts, Body::Stream(incoming))
 }
 
 /// The authority the client addressed, with port (for same-origin checks).

@@ -14,7 +14,6 @@ pub fn client(server: &ServerConfig) -> UpstreamClient {
     connector.set_nodelay(true);
     connector.enforce_http(true);
     Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(server.upstream_pool_idle_timeout)
         .pool_max_idle_per_host(server.upstream_pool_max_idle_per_host)
