@@ -6,4 +6,4 @@
 mod foundation;
 mod kit;
 mod redis;
-mod sessions;
+pub(crate) mod sessions;

@@ -27,9 +27,5 @@ mod sharing;
 mod support;
 mod write_behind;
 
-// The session tests' standard site, `Browser` and admin helpers. `sessions::support` is
-// private to its module, so the same file is compiled here a second time: deliberately, to
-// keep one source rather than a drifting copy of several hundred lines.
-#[allow(dead_code, clippy::duplicate_mod)]
-#[path = "../sessions/support.rs"]
-mod site;
+// The session tests' standard site, `Browser` and admin helpers, shared rather than copied.
+use crate::sessions::support as site;

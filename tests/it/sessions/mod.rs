@@ -26,4 +26,4 @@ mod identity;
 mod login;
 mod logout;
 mod malformed;
-mod support;
+pub(crate) mod support;
