@@ -15,11 +15,14 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PEERS=${PEERS:-$ROOT/../shared/bench/peers.sh}
 [[ -x $PEERS ]] || { echo "peer benchmark not found at $PEERS (set PEERS=...)" >&2; exit 1; }
 export SG_BENCH_DIR=${SG_BENCH_DIR:-$(mktemp -d /tmp/sg-bench.XXXXXX)}
-export SG_BIN=$ROOT/target/release/sessiongate
+# The dist profile (fat LTO, one codegen unit) is what we ship and what the
+# floor proxy is built with; SG_PROFILE=release measures a quicker build.
+SG_PROFILE=${SG_PROFILE:-dist}
+export SG_BIN=$ROOT/target/$SG_PROFILE/sessiongate
 export SG_BENCH_ADMIN=${SG_BENCH_ADMIN:-127.0.0.1:18990}
 UA=${BENCH_UA:-peers-bench/1}
 
-(cd "$ROOT" && cargo build --release --quiet)
+(cd "$ROOT" && cargo build --profile "$SG_PROFILE" --quiet)
 head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$SG_BENCH_DIR/admin-token"
 
 # Pre-mint: run the gateway once on the same store, mint through the admin
