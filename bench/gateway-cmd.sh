@@ -2,7 +2,8 @@
 # Started by ../shared/bench/peers.sh as GATEWAY_CMD: writes a sessiongate
 # config from the harness's environment and execs the gateway in the
 # foreground. SG_BENCH_DIR holds the session store (with the pre-minted
-# session) and the admin token; SG_BENCH_AUTH picks the route's auth mode.
+# session) and the admin token; SG_BENCH_AUTH picks the route's auth mode;
+# SG_BENCH_REDIS=redis://... selects the Redis store instead of the embedded one.
 set -euo pipefail
 : "${GATEWAY_LISTEN:?} ${GATEWAY_UPSTREAM:?} ${GATEWAY_TLS_CERT:?} ${GATEWAY_TLS_KEY:?} ${SG_BENCH_DIR:?}"
 cfg=${BENCH_TMP:-$SG_BENCH_DIR}/sessiongate-bench.toml
@@ -16,9 +17,11 @@ key = "$GATEWAY_TLS_KEY"
 [admin]
 listen = "${SG_BENCH_ADMIN:-127.0.0.1:18990}"
 token_file = "$SG_BENCH_DIR/admin-token"
-[store]
-kind = "embedded"
-path = "$SG_BENCH_DIR/sessions.redb"
+$(if [[ -n ${SG_BENCH_REDIS:-} ]]; then
+  printf '[store]\nkind = "redis"\nurl = "%s"\n' "$SG_BENCH_REDIS"
+else
+  printf '[store]\nkind = "embedded"\npath = "%s"\n' "$SG_BENCH_DIR/sessions.redb"
+fi)
 [[routes]]
 path_prefix = "/"
 upstream = "$GATEWAY_UPSTREAM"
