@@ -41,7 +41,7 @@ pub struct Live {
 }
 
 impl Live {
-    fn new(hash: TokenHash, record: SessionRecord) -> Live {
+    pub fn new(hash: TokenHash, record: SessionRecord) -> Live {
         let hv = |s: &str| HeaderValue::from_str(s).ok();
         let identity = record.identity.as_ref();
         Live {
