@@ -3,8 +3,10 @@
 //! Every inbound header whose name, folded (lowercase, `_` and `.` → `-`),
 //! equals one of the names the gateway owns is deleted unconditionally, on
 //! every route, whether or not the session has a value for it: upstream
-//! frameworks often fold `X_Forwarded_User` into `X-Forwarded-User`. Then,
-//! for a session, our values are set.
+//! frameworks often fold `X_Forwarded_User` into `X-Forwarded-User`. The
+//! deletion runs inside the pipeline's single header pass
+//! (`headers::strip` with [`OwnedHeaders::collides`]); then, for a session,
+//! our values are set.
 
 use crate::config::HeaderNames;
 use crate::session::Live;
@@ -43,14 +45,6 @@ impl OwnedHeaders {
         self.folded
             .iter()
             .any(|f| f.len() == b.len() && f.iter().zip(b).all(|(x, y)| *x == fold(*y)))
-    }
-
-    /// Deletes every colliding header.
-    pub fn strip(&self, headers: &mut HeaderMap) {
-        let doomed: Vec<HeaderName> = headers.keys().filter(|k| self.collides(k)).cloned().collect();
-        for name in doomed {
-            headers.remove(name);
-        }
     }
 }
 
@@ -100,7 +94,7 @@ mod tests {
                 HeaderValue::from_static("evil"),
             );
         }
-        owned.strip(&mut h);
+        crate::proxy::headers::strip(&mut h, |n| owned.collides(n));
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-other"));
     }
