@@ -451,10 +451,7 @@ impl Validator<'_> {
         if !r.path_prefix.starts_with('/') {
             return Err(self.err(&key("path_prefix"), "must start with `/`"));
         }
-        if crate::routing::normalize_path(&r.path_prefix).as_deref() != Ok(r.path_prefix.as_str())
-            && r.path_prefix != "/"
-            && !r.path_prefix.ends_with('/')
-        {
+        if crate::routing::normalize_path(&r.path_prefix).as_deref() != Ok(r.path_prefix.as_str()) {
             return Err(self.err(
                 &key("path_prefix"),
                 "must be a normalised path (no `.`/`..` segments, `//`, `%` escapes or `\\`)",
@@ -764,6 +761,27 @@ mod tests {
         assert!(parse_upstream("ftp://x").is_err());
         assert!(parse_upstream("http://x/path").is_err());
         assert!(parse_upstream("http://u:p@x").is_err());
+    }
+
+    #[test]
+    fn route_prefixes_must_be_normalised() {
+        let dir = std::env::temp_dir();
+        let (cert, key) = crate::tls::write_self_signed(&dir.join("sg-config-unit"), &["localhost".into()])
+            .unwrap_or_else(|e| panic!("certificate: {e}"));
+        let cfg = |prefix: &str| {
+            let text = format!(
+                "[tls]\ncert = {cert:?}\nkey = {key:?}\n[store]\nkind = \"memory\"\n\
+                 [[routes]]\npath_prefix = \"{prefix}\"\nupstream = \"http://127.0.0.1:9\"\n"
+            );
+            Config::parse(&text, &dir.join("c.toml"))
+        };
+        for ok in ["/", "/api", "/api/"] {
+            assert!(cfg(ok).is_ok(), "{ok}");
+        }
+        for bad in ["/a/../", "/a//b/", "/a/./", "/%61/"] {
+            let err = cfg(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("routes[0].path_prefix"), "{bad}: {err}");
+        }
     }
 
     #[test]

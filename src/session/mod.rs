@@ -521,18 +521,16 @@ impl Sessions {
     /// All sessions, or one user's (admin API).
     pub async fn list(&self, user: Option<String>) -> Result<Vec<SessionRecord>, StoreError> {
         let now = now_ms();
-        let mut out: Vec<SessionRecord> = self
-            .store
-            .list(user)
-            .await?
-            .into_iter()
-            .filter_map(|(h, mut r)| {
-                if let Some(live) = self.cache.get(&h).now_or_never_sync() {
-                    r.last_seen = r.last_seen.max(live.last_seen());
-                }
-                (r.expiry(now, r.last_seen, self.idle_ms).is_none()).then_some(r)
-            })
-            .collect();
+        let mut out = Vec::new();
+        for (h, mut r) in self.store.list(user).await? {
+            // The cache holds a fresher last_seen than the write-behind store.
+            if let Some(live) = self.cache.get(&h).await {
+                r.last_seen = r.last_seen.max(live.last_seen());
+            }
+            if r.expiry(now, r.last_seen, self.idle_ms).is_none() {
+                out.push(r);
+            }
+        }
         out.sort_by_key(|r| std::cmp::Reverse(r.created_at));
         Ok(out)
     }
@@ -589,17 +587,4 @@ impl Sessions {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// moka's future cache `get` is async; for the admin listing a cheap
-/// synchronous peek is enough.
-trait NowOrNever<T> {
-    fn now_or_never_sync(self) -> Option<T>;
-}
-
-impl<F: std::future::Future<Output = Option<T>>, T> NowOrNever<T> for F {
-    fn now_or_never_sync(self) -> Option<T> {
-        use futures_util::FutureExt;
-        self.now_or_never().flatten()
-    }
 }
