@@ -7,6 +7,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
+use smallvec::SmallVec;
 use std::net::IpAddr;
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1,
@@ -48,20 +49,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
 /// is something to remove, which on the common request is never.
 pub fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) -> bool {
     let mut upgrade = false;
-    let mut doomed: Vec<HeaderName> = Vec::new();
+    let mut connection = false;
+    let mut doomed: SmallVec<[HeaderName; 4]> = SmallVec::new();
     for name in headers.keys() {
+        connection |= name == header::CONNECTION;
         if HOP_BY_HOP.contains(name) || also(name) {
             doomed.push(name.clone());
         }
     }
-    for value in headers.get_all(header::CONNECTION) {
-        let Ok(value) = value.to_str() else { continue };
-        for token in value.split(',').map(str::trim) {
-            if token.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                doomed.push(name);
+    if connection {
+        for value in headers.get_all(header::CONNECTION) {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',').map(str::trim) {
+                upgrade |= token.eq_ignore_ascii_case("upgrade");
+                // `close`, `keep-alive`, `upgrade`...: nothing more to find.
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case("close")
+                    || HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h.as_str()))
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    doomed.push(name);
+                }
             }
         }
     }
@@ -91,12 +101,51 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The client's address and the `X-Forwarded-For` chain to pass on.
-#[derive(Debug)]
+/// The client's address and the `X-Forwarded-For` value to pass on.
+#[derive(Debug, Clone)]
 pub struct ClientAddr {
+    /// The address every client rule (binding, throttling, logs) uses.
     pub ip: IpAddr,
-    /// Hops from the client (first) to the socket peer (last), all believed.
-    pub chain: Vec<IpAddr>,
+    /// `X-Forwarded-For` towards the upstream: the trusted chain, ending
+    /// with the socket peer.
+    pub xff: HeaderValue,
+}
+
+impl ClientAddr {
+    /// A client that is the socket peer itself.
+    pub fn direct(peer: IpAddr) -> ClientAddr {
+        let peer = canonical_ip(peer);
+        ClientAddr {
+            ip: peer,
+            xff: xff_value(&[peer]),
+        }
+    }
+}
+
+/// The client as seen from one connection: for a peer outside
+/// `trusted_proxies` it never changes, so it is worked out once per
+/// connection instead of once per request (formatting an address is a
+/// measurable part of a proxied request).
+#[derive(Debug)]
+pub struct PeerInfo {
+    pub addr: std::net::SocketAddr,
+    direct: Option<ClientAddr>,
+}
+
+impl PeerInfo {
+    pub fn new(addr: std::net::SocketAddr, trusted: &[IpNet]) -> PeerInfo {
+        let ip = canonical_ip(addr.ip());
+        let direct = (!is_trusted(ip, trusted)).then(|| ClientAddr::direct(ip));
+        PeerInfo { addr, direct }
+    }
+
+    /// The client of one request on this connection.
+    pub fn client(&self, headers: &HeaderMap, trusted: &[IpNet]) -> ClientAddr {
+        match &self.direct {
+            Some(c) => c.clone(),
+            None => client_addr(self.addr.ip(), headers, trusted),
+        }
+    }
 }
 
 /// The client IP (SECURITY.md rule 6): the socket peer, unless the peer is a
@@ -105,10 +154,7 @@ pub struct ClientAddr {
 pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> ClientAddr {
     let peer = canonical_ip(peer);
     if trusted.is_empty() || !is_trusted(peer, trusted) {
-        return ClientAddr {
-            ip: peer,
-            chain: vec![peer],
-        };
+        return ClientAddr::direct(peer);
     }
     let entries: Vec<&str> = headers
         .get_all(&X_FORWARDED_FOR)
@@ -126,7 +172,23 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Clie
         }
     }
     chain.reverse();
-    ClientAddr { ip: chain[0], chain }
+    ClientAddr {
+        ip: chain[0],
+        xff: xff_value(&chain),
+    }
+}
+
+/// `a, b, c`: addresses only, so the value is always a valid header value.
+fn xff_value(chain: &[IpAddr]) -> HeaderValue {
+    use std::fmt::Write;
+    let mut xff = String::with_capacity(16 * chain.len());
+    for (i, ip) in chain.iter().enumerate() {
+        if i > 0 {
+            xff.push_str(", ");
+        }
+        let _ = write!(xff, "{ip}");
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// `1.2.3.4`, `1.2.3.4:567`, `2001:db8::1` or `[2001:db8::1]:567`.
@@ -142,20 +204,10 @@ fn parse_xff_entry(s: &str) -> Option<IpAddr> {
 
 /// Sets our forwarding headers. Client-sent ones must already be gone (see
 /// [`is_client_forwarding`], applied in the same pass as hop-by-hop removal).
-pub fn set_forwarding(headers: &mut HeaderMap, client: &ClientAddr, host: Option<&str>) {
-    use std::fmt::Write;
-    let mut xff = String::with_capacity(16 * client.chain.len());
-    for (i, ip) in client.chain.iter().enumerate() {
-        if i > 0 {
-            xff.push_str(", ");
-        }
-        let _ = write!(xff, "{ip}");
-    }
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+pub fn set_forwarding(headers: &mut HeaderMap, client: &ClientAddr, host: Option<HeaderValue>) {
+    headers.insert(X_FORWARDED_FOR.clone(), client.xff.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
-    if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+    if let Some(h) = host {
         headers.insert(X_FORWARDED_HOST.clone(), h);
     }
 }
@@ -201,7 +253,9 @@ mod tests {
         let peer: IpAddr = "10.0.0.1".parse().unwrap_or_else(|_| unreachable!());
         let c = client_addr(peer, &h, &[]);
         assert_eq!(c.ip, peer);
-        assert_eq!(c.chain, vec![peer]);
+        assert_eq!(c.xff, "10.0.0.1");
+        let info = PeerInfo::new(std::net::SocketAddr::new(peer, 1), &[]);
+        assert_eq!(info.client(&h, &[]).xff, "10.0.0.1");
     }
 
     #[test]
@@ -210,6 +264,8 @@ mod tests {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap_or_else(|_| unreachable!())];
         let c = client_addr("10.0.0.1".parse().unwrap_or_else(|_| unreachable!()), &h, &trusted);
         assert_eq!(c.ip.to_string(), "198.51.100.7");
-        assert_eq!(c.chain.len(), 3);
+        assert_eq!(c.xff, "198.51.100.7, 10.0.0.9, 10.0.0.1");
+        let info = PeerInfo::new("10.0.0.1:9".parse().unwrap_or_else(|_| unreachable!()), &trusted);
+        assert_eq!(info.client(&h, &trusted).ip.to_string(), "198.51.100.7");
     }
 }

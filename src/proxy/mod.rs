@@ -23,6 +23,7 @@ use body::Body;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Limited;
 use hyper::body::Incoming;
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -77,11 +78,11 @@ pub struct RequestCtx {
 }
 
 /// Entry point from the server: never fails, always logs.
-pub async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(shared: Arc<Shared>, peer: Arc<headers::PeerInfo>, req: Request<Incoming>) -> Response<Body> {
     let mut ctx = RequestCtx {
         start: Instant::now(),
-        peer,
-        client_ip: peer.ip(),
+        peer: peer.addr,
+        client_ip: peer.addr.ip(),
         method: req.method().clone(),
         path: String::new(),
         route: None,
@@ -90,7 +91,7 @@ pub async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming
         version: req.version(),
     };
     let has_body = request_has_body(&req);
-    let mut resp = match pipeline(&shared, &mut ctx, req).await {
+    let mut resp = match pipeline(&shared, &peer, &mut ctx, req).await {
         Ok(resp) => resp,
         Err(err) => error_response(&shared, &ctx, err),
     };
@@ -155,6 +156,7 @@ fn finish(shared: &Shared, ctx: &RequestCtx, resp: &Response<Body>) {
 
 async fn pipeline(
     shared: &Shared,
+    peer: &headers::PeerInfo,
     ctx: &mut RequestCtx,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
@@ -167,7 +169,7 @@ async fn pipeline(
     }
     let path = normalize_path(req.uri().path()).inspect_err(|_| ctx.path = req.uri().path().to_string())?;
     ctx.path.clone_from(&path);
-    let client = headers::client_addr(ctx.peer.ip(), req.headers(), &shared.config.server.trusted_proxies);
+    let client = peer.client(req.headers(), &shared.config.server.trusted_proxies);
     ctx.client_ip = client.ip;
     let host = request_host(&req);
 
@@ -187,6 +189,7 @@ async fn pipeline(
         .cloned()
         .ok_or(GatewayError::NoRoute)?;
     ctx.route = Some(route.clone());
+    let forwarded_host = host.and_then(|h| HeaderValue::from_str(&h).ok());
 
     if let Some(limit) = route.max_body_bytes {
         let declared = req
@@ -229,7 +232,7 @@ async fn pipeline(
         headers::is_client_forwarding(n) || owned.collides(n)
     }) && req.version() == Version::HTTP_11;
     let upgrade_proto = upgrade_value.filter(|_| wants_upgrade);
-    headers::set_forwarding(req.headers_mut(), &client, host.as_deref());
+    headers::set_forwarding(req.headers_mut(), &client, forwarded_host);
     crate::session::cookies::strip(req.headers_mut(), shared.sessions.cookie_name());
     if let Some(live) = &session {
         identity::apply(req.headers_mut(), &shared.config.headers, live);
@@ -429,7 +432,7 @@ fn request_authority(req: &Request<Incoming>) -> Option<String> {
 }
 
 /// The host the client addressed: lowercased, without port.
-fn request_host(req: &Request<Incoming>) -> Option<String> {
+fn request_host(req: &Request<Incoming>) -> Option<Cow<'_, str>> {
     let raw = req
         .uri()
         .authority()
@@ -439,5 +442,10 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
         Some(v6) => v6.split(']').next().unwrap_or(v6),
         None => raw.rsplit_once(':').map_or(raw, |(h, _)| h),
     };
-    Some(host.to_ascii_lowercase())
+    // Hosts almost always arrive lowercase: borrow them then.
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }

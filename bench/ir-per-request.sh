@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by valgrind's callgrind: a figure
+# that does not move with the shared machine's noise (wall-clock benchmarks on
+# this 2-core kind drift ±10 % between runs), so that a hot-path change can be
+# judged on its own before the peer benchmark confirms it.
+#
+# It starts the bench upstream (nginx, fixed ~100-byte body), then, for each
+# target, the proxy under callgrind; warms up, zeroes the counters, runs wrk
+# keep-alive load for DURATION seconds, dumps the counters and divides the
+# instructions by the requests wrk completed.
+#
+#   bench/ir-per-request.sh                     # sessiongate (verified session) and the floor proxy
+#   TARGETS=sessiongate bench/ir-per-request.sh
+#
+# Knobs: TARGETS="sessiongate floor" DURATION=10 CONNS=8 SG_BIN (default
+# target/release/sessiongate, built if missing) FLOOR_BIN SG_AUTH=required|optional|none
+# OUT=dir (callgrind files, kept for callgrind_annotate).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGETS=${TARGETS:-"sessiongate floor"}
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-8}
+SG_BIN=${SG_BIN:-$ROOT/target/release/sessiongate}
+FLOOR_BIN=${FLOOR_BIN:-/tmp/sessiongate-bench/floor-target/release/floor-proxy}
+SG_AUTH=${SG_AUTH:-required}
+OUT=${OUT:-$(mktemp -d /tmp/sg-ir.XXXXXX)}
+UA=ir-bench/1
+UP_PORT=${UP_PORT:-18180}
+PX_PORT=${PX_PORT:-18545}
+ADMIN=127.0.0.1:18590
+BODY='{"ok":true,"from":"bench-upstream","pad":"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRST"}'
+for tool in valgrind callgrind_control wrk nginx curl; do
+  command -v $tool >/dev/null || { echo "missing $tool (apt-get install valgrind wrk nginx-light curl)" >&2; exit 1; }
+done
+[[ -x $SG_BIN ]] || (cd "$ROOT" && cargo build --release --quiet)
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+user_line=""; [[ $(id -u) == 0 ]] && user_line="user root;"
+cat >"$OUT/upstream.conf" <<NGINX
+$user_line
+worker_processes 1; daemon off; master_process off; pid $OUT/up.pid; error_log $OUT/up.err warn;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 100000000;
+  client_body_temp_path $OUT/cb; proxy_temp_path $OUT/px; fastcgi_temp_path $OUT/fc; uwsgi_temp_path $OUT/uw; scgi_temp_path $OUT/sc;
+  server { listen 127.0.0.1:$UP_PORT; location / { default_type text/plain; return 200 '$BODY'; } } }
+NGINX
+nginx -c "$OUT/upstream.conf" -e "$OUT/up.err" & pids+=($!)
+
+"$SG_BIN" gen-cert --out-dir "$OUT" --host 127.0.0.1 >/dev/null
+head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$OUT/admin-token"
+cat >"$OUT/sg.toml" <<TOML
+[server]
+listen = "127.0.0.1:$PX_PORT"
+access_log = false
+[tls]
+cert = "$OUT/cert.pem"
+key = "$OUT/key.pem"
+[admin]
+listen = "$ADMIN"
+token_file = "$OUT/admin-token"
+[store]
+kind = "memory"
+[[routes]]
+path_prefix = "/"
+upstream = "http://127.0.0.1:$UP_PORT"
+auth = "$SG_AUTH"
+TOML
+
+wait_up() { for _ in $(seq 600); do curl -fsk -o /dev/null -A "$UA" ${2:+-H "Cookie: $2"} "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+
+measure() { # name pid cookie
+  local name=$1 pid=$2 cookie=$3 url="https://127.0.0.1:$PX_PORT/"
+  wait_up "$url" "$cookie"
+  local hdr=(-H "User-Agent: $UA"); [[ -n $cookie ]] && hdr+=(-H "Cookie: $cookie")
+  wrk -t1 -c"$CONNS" -d2 "${hdr[@]}" "$url" >/dev/null
+  # Two runs with the same connection count, short and long: their
+  # difference cancels the per-connection cost (handshakes, setup), leaving
+  # the instructions of the extra requests only.
+  local run reqs=() irs=()
+  for run in short long; do
+    callgrind_control -d "before-$run" "$pid" >/dev/null 2>&1
+    local d=$DURATION; [[ $run == long ]] && d=$((DURATION * 2))
+    reqs+=("$(wrk -t1 -c"$CONNS" -d"$d" "${hdr[@]}" "$url" | awk '/requests in/ {print $1}')")
+    callgrind_control -d "$name-$run" "$pid" >/dev/null 2>&1
+    sleep 1
+    irs+=("$(awk '/^summary:|^totals:/ {print $2; exit}' "$(ls -t "$OUT"/callgrind.out.* | head -1)")")
+  done
+  local file; file=$(ls -t "$OUT"/callgrind.out.* | head -1)
+  printf '%-12s requests %7d / %7d  Ir/request %8d  (%s)\n' "$name" "${reqs[0]}" "${reqs[1]}" \
+    $(((irs[1] - irs[0]) / (reqs[1] - reqs[0]))) "$file"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+for t in $TARGETS; do
+  case $t in
+    sessiongate)
+      TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.%p" \
+        "$SG_BIN" --config "$OUT/sg.toml" 2>"$OUT/sg.log" & pid=$!; pids+=($pid)
+      cookie=""
+      if [[ $SG_AUTH != none ]]; then
+        for _ in $(seq 600); do curl -fsS -o /dev/null "http://$ADMIN/healthz" 2>/dev/null && break; sleep 0.1; done
+        cookie=$("$SG_BIN" session mint --admin "http://$ADMIN" --token-file "$OUT/admin-token" \
+          --user bench --client-ip 127.0.0.1 --header "User-Agent: $UA")
+      fi
+      measure sessiongate "$pid" "$cookie" ;;
+    floor)
+      [[ -x $FLOOR_BIN ]] || { echo "floor proxy not built: run ../shared/bench/setup.sh" >&2; continue; }
+      TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.%p" \
+        "$FLOOR_BIN" "127.0.0.1:$PX_PORT" "127.0.0.1:$UP_PORT" "$OUT/cert.pem" "$OUT/key.pem" 2>"$OUT/floor.log" &
+      pid=$!; pids+=($pid)
+      measure floor "$pid" "" ;;
+    *) echo "unknown target $t" >&2 ;;
+  esac
+done
+echo "callgrind files in $OUT (callgrind_annotate FILE | head -60)"
