@@ -25,9 +25,9 @@ FLOOR_BIN=${FLOOR_BIN:-/tmp/sessiongate-bench/floor-target/release/floor-proxy}
 SG_AUTH=${SG_AUTH:-required}
 OUT=${OUT:-$(mktemp -d /tmp/sg-ir.XXXXXX)}
 UA=ir-bench/1
-UP_PORT=${UP_PORT:-18180}
-PX_PORT=${PX_PORT:-18545}
-ADMIN=127.0.0.1:18590
+UP_PORT=${UP_PORT:-18280}
+PX_PORT=${PX_PORT:-18645}
+ADMIN=127.0.0.1:18690
 BODY='{"ok":true,"from":"bench-upstream","pad":"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRST"}'
 for tool in valgrind callgrind_control wrk nginx curl; do
   command -v $tool >/dev/null || { echo "missing $tool (apt-get install valgrind wrk nginx-light curl)" >&2; exit 1; }

@@ -20,8 +20,9 @@ use super::support::{
 };
 use crate::kit::secs;
 
-/// Short Redis timeouts, so that an outage is noticed quickly.
-const TIMEOUTS: &str = "connect_timeout = \"300ms\"\nresponse_timeout = \"300ms\"\n";
+/// Short Redis timeouts, so that an outage is noticed quickly; long enough that a loaded
+/// machine does not mistake a slow answer for an outage (300 ms flaked at load 8).
+const TIMEOUTS: &str = "connect_timeout = \"1s\"\nresponse_timeout = \"1s\"\n";
 
 /// One request of the background traffic.
 #[derive(Debug)]
