@@ -5,9 +5,10 @@
 //! - `GET /readyz` → 200 when the session store answers, else 503.
 //! - `GET /metrics` → Prometheus/OpenMetrics text.
 //! - `GET /sessions?user=NAME`, `DELETE /sessions/{id}`, `DELETE /sessions?user=NAME`,
-//!   `POST /sessions` (mint) → JSON; 401 without the configured token (and
-//!   always 401 when no token is configured). Tokens never appear in answers
-//!   except the freshly minted cookie.
+//!   `POST /sessions` (mint one, or `"count": N` of them) → JSON; 401
+//!   without the configured token (and always 401 when no token is
+//!   configured). Tokens never appear in answers except the freshly minted
+//!   cookies.
 
 use crate::auth::endpoints::{json, rfc3339};
 use crate::config::Config;
@@ -161,7 +162,14 @@ struct MintRequest {
     headers: BTreeMap<String, String>,
     email: Option<String>,
     groups: Option<Vec<String>>,
+    /// Batch mint: this many sessions, all with this identity and binding.
+    /// Absent means the single-session answer `{"id","cookie"}`.
+    count: Option<u64>,
 }
+
+/// The largest batch one `POST /sessions` mints: one store commit holds
+/// them all, and the answer (about 100 bytes per session) stays near 10 MB.
+pub const MAX_MINT_BATCH: u64 = 100_000;
 
 async fn sessions_api(
     state: &AdminState,
@@ -242,11 +250,28 @@ async fn mint(
         user: m.user,
     };
     let ip = m.client_ip.unwrap_or(peer.ip());
-    let (token, live) = state.sessions.mint(ip, &headers, identity).await?;
-    Ok(json(
-        StatusCode::CREATED,
-        &json!({"id": live.record.id.to_string(), "cookie": state.sessions.cookie_pair(&token)}),
-    ))
+    let Some(count) = m.count else {
+        let (token, live) = state.sessions.mint(ip, &headers, identity).await?;
+        return Ok(json(
+            StatusCode::CREATED,
+            &json!({"id": live.record.id.to_string(), "cookie": state.sessions.cookie_pair(&token)}),
+        ));
+    };
+    let count = match usize::try_from(count) {
+        Ok(n) if (1..=MAX_MINT_BATCH).contains(&count) => n,
+        _ => {
+            return Ok(json(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": format!("count must be between 1 and {MAX_MINT_BATCH}")}),
+            ))
+        }
+    };
+    let minted = state.sessions.mint_many(ip, &headers, identity, count).await?;
+    let sessions: Vec<_> = minted
+        .iter()
+        .map(|(token, id)| json!({"id": id.to_string(), "cookie": state.sessions.cookie_pair(token)}))
+        .collect();
+    Ok(json(StatusCode::CREATED, &json!({"sessions": sessions})))
 }
 
 fn query_user(query: Option<&str>) -> Option<String> {

@@ -33,12 +33,17 @@ fn hash_of(key: &[u8]) -> Option<TokenHash> {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database file and its table.
-    pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
+    /// Opens (or creates) the database file and its table, with a page
+    /// cache of at most `page_cache_bytes` (redb's default, 1 GiB, would be
+    /// filled and kept by a large table).
+    pub fn open(path: &Path, page_cache_bytes: usize) -> Result<EmbeddedStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(backend)?;
         }
-        let db = Database::create(path).map_err(backend)?;
+        let db = redb::Builder::new()
+            .set_cache_size(page_cache_bytes)
+            .create(path)
+            .map_err(backend)?;
         let tx = db.begin_write().map_err(backend)?;
         tx.open_table(SESSIONS).map_err(backend)?;
         tx.commit().map_err(backend)?;
@@ -110,6 +115,17 @@ impl SessionStore for EmbeddedStore {
         self.write(move |t| {
             t.insert(hash.0.as_slice(), encode(&record)?.as_slice())
                 .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn put_many(&self, batch: Vec<(TokenHash, SessionRecord)>) -> StoreFuture<'_, ()> {
+        // One transaction, one fsync, however many records.
+        self.write(move |t| {
+            for (hash, record) in &batch {
+                t.insert(hash.0.as_slice(), encode(record)?.as_slice())
+                    .map_err(backend)?;
+            }
             Ok(())
         })
     }
