@@ -200,14 +200,16 @@ impl SessionStore for EmbeddedStore {
     }
 
     fn touch(&self, batch: Vec<(TokenHash, u64)>) -> StoreFuture<'_, ()> {
+        // One insert per touch, into the small table only: no read of the
+        // record's leaf to check it still exists. A touch for a session
+        // deleted meanwhile leaves an entry no read ever sees (reads start
+        // from the record, a new record clears it) until the sweeper drops it.
         self.write(move |t| {
             for (h, seen) in batch {
                 let key = h.0.as_slice();
-                if t.sessions.get(key).map_err(backend)?.is_none() {
-                    continue;
-                }
-                if seen > seen_of(&t.seen, key)?.unwrap_or(0) {
-                    t.seen.insert(key, seen).map_err(backend)?;
+                let previous = t.seen.insert(key, seen).map_err(backend)?.map(|v| v.value());
+                if let Some(later) = previous.filter(|&p| p > seen) {
+                    t.seen.insert(key, later).map_err(backend)?;
                 }
             }
             Ok(())
@@ -241,6 +243,17 @@ impl SessionStore for EmbeddedStore {
             for h in &dead {
                 t.remove(h)?;
             }
+            // Touches that arrived after their session was deleted.
+            let mut orphans = Vec::new();
+            for item in t.seen.iter().map_err(backend)? {
+                let (k, _) = item.map_err(backend)?;
+                if t.sessions.get(k.value()).map_err(backend)?.is_none() {
+                    orphans.push(k.value().to_vec());
+                }
+            }
+            for k in &orphans {
+                t.seen.remove(k.as_slice()).map_err(backend)?;
+            }
             Ok(dead)
         })
     }
@@ -250,6 +263,7 @@ impl SessionStore for EmbeddedStore {
 mod tests {
     use super::*;
     use crate::session::record::{ClientBinding, Fingerprint};
+    use redb::ReadableTableMetadata;
 
     fn record(last_seen: u64) -> SessionRecord {
         SessionRecord {
@@ -272,6 +286,13 @@ mod tests {
         EmbeddedStore::open(&dir.path().join("s.redb"), 1 << 20).unwrap_or_else(|e| panic!("open: {e}"))
     }
 
+    /// Rows in the `last_seen` table.
+    fn seen_rows(store: &EmbeddedStore) -> u64 {
+        let tx = store.db.begin_read().unwrap_or_else(|e| panic!("{e}"));
+        let table = tx.open_table(LAST_SEEN).unwrap_or_else(|e| panic!("{e}"));
+        table.len().unwrap_or_else(|e| panic!("{e}"))
+    }
+
     async fn seen(store: &EmbeddedStore, h: TokenHash) -> Option<u64> {
         store.get(h).await.ok().flatten().map(|r| r.last_seen)
     }
@@ -291,6 +312,11 @@ mod tests {
         assert_eq!(seen(&store, a).await, Some(5_000));
         assert_eq!(seen(&store, b).await, Some(1_000));
         assert_eq!(seen(&store, gone).await, None);
+        assert_eq!(
+            seen_rows(&store),
+            2,
+            "the touch of a missing session is kept until a sweep"
+        );
         let listed = store.list(None).await.unwrap_or_else(|e| panic!("{e}"));
         let listed_a = listed.iter().find(|(h, _)| *h == a).map(|(_, r)| r.last_seen);
         assert_eq!(listed_a, Some(5_000));
@@ -299,6 +325,7 @@ mod tests {
         // b (seen at 1_000) is dead and a (touched at 5_000) is not.
         let dead = store.sweep(5_500, 1_000).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(dead, vec![b]);
+        assert_eq!(seen_rows(&store), 1, "the sweep dropped the orphaned touch");
         assert_eq!(seen(&store, a).await, Some(5_000));
 
         // A record put again under the same key does not inherit the old touch, and a

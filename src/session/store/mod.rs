@@ -66,7 +66,9 @@ pub trait SessionStore: Send + Sync + 'static {
     fn rotate(&self, old: TokenHash, new: TokenHash, record: SessionRecord) -> StoreFuture<'_, ()>;
     /// Removes the record under `hash`, durably. Returns whether it existed.
     fn delete(&self, hash: TokenHash) -> StoreFuture<'_, bool>;
-    /// Write-behind `last_seen` updates; records that no longer exist are skipped.
+    /// Write-behind `last_seen` updates. A touch for a record that no longer
+    /// exists must never bring it back or reach a later record under the
+    /// same key (the embedded store keeps it aside until its next sweep).
     fn touch(&self, batch: Vec<(TokenHash, u64)>) -> StoreFuture<'_, ()>;
     /// Every session, or those of one user.
     fn list(&self, user: Option<String>) -> StoreFuture<'_, Vec<(TokenHash, SessionRecord)>>;
