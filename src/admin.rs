@@ -5,9 +5,10 @@
 //! - `GET /readyz` → 200 when the session store answers, else 503.
 //! - `GET /metrics` → Prometheus/OpenMetrics text.
 //! - `GET /sessions?user=NAME`, `DELETE /sessions/{id}`, `DELETE /sessions?user=NAME`,
-//!   `POST /sessions` (mint) → JSON; 401 without the configured token (and
-//!   always 401 when no token is configured). Tokens never appear in answers
-//!   except the freshly minted cookie.
+//!   `POST /sessions` (mint one, or `"count": N` of them) → JSON; 401
+//!   without the configured token (and always 401 when no token is
+//!   configured). Tokens never appear in answers except the freshly minted
+//!   cookies.
 
 use crate::auth::endpoints::{json, rfc3339};
 use crate::config::Config;
@@ -21,7 +22,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -161,7 +162,14 @@ struct MintRequest {
     headers: BTreeMap<String, String>,
     email: Option<String>,
     groups: Option<Vec<String>>,
+    /// Batch mint: this many sessions, all with this identity and binding.
+    /// Absent means the single-session answer `{"id","cookie"}`.
+    count: Option<u64>,
 }
+
+/// The largest batch one `POST /sessions` mints: one store commit holds
+/// them all, and the answer (about 100 bytes per session) stays near 10 MB.
+pub const MAX_MINT_BATCH: u64 = 100_000;
 
 async fn sessions_api(
     state: &AdminState,
@@ -242,11 +250,62 @@ async fn mint(
         user: m.user,
     };
     let ip = m.client_ip.unwrap_or(peer.ip());
-    let (token, live) = state.sessions.mint(ip, &headers, identity).await?;
-    Ok(json(
-        StatusCode::CREATED,
-        &json!({"id": live.record.id.to_string(), "cookie": state.sessions.cookie_pair(&token)}),
-    ))
+    let Some(count) = m.count else {
+        let (token, live) = state.sessions.mint(ip, &headers, identity).await?;
+        return Ok(json(
+            StatusCode::CREATED,
+            &json!({"id": live.record.id.to_string(), "cookie": state.sessions.cookie_pair(&token)}),
+        ));
+    };
+    let count = match usize::try_from(count) {
+        Ok(n) if (1..=MAX_MINT_BATCH).contains(&count) => n,
+        _ => {
+            return Ok(json(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": format!("count must be between 1 and {MAX_MINT_BATCH}")}),
+            ))
+        }
+    };
+    let minted = state.sessions.mint_many(ip, &headers, identity, count).await?;
+    let batch = MintedBatch {
+        sessions: minted
+            .iter()
+            .map(|(token, id)| Minted {
+                id: id.to_string(),
+                cookie: state.sessions.cookie_pair(token),
+            })
+            .collect(),
+    };
+    Ok(json_serialized(StatusCode::CREATED, &batch))
+}
+
+/// The answer to a batch mint. Typed rather than a `serde_json::Value`
+/// tree: for 100,000 sessions the tree alone would be tens of megabytes.
+#[derive(Serialize)]
+struct MintedBatch {
+    sessions: Vec<Minted>,
+}
+
+#[derive(Serialize)]
+struct Minted {
+    id: String,
+    cookie: String,
+}
+
+/// Like [`json`], for a value serialised straight to bytes.
+fn json_serialized(status: StatusCode, value: &impl Serialize) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => {
+            // `json` sets the headers every JSON answer carries.
+            let mut r = json(status, &serde_json::Value::Null);
+            *r.body_mut() = body::full(bytes);
+            r
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialise an admin answer");
+            json(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": "internal error"}))
+        }
+    }
 }
 
 fn query_user(query: Option<&str>) -> Option<String> {

@@ -34,6 +34,10 @@ pub enum ConfigError {
     },
 }
 
+/// The smallest `store.page_cache_bytes` accepted: below that redb would
+/// re-read the B-tree's branch pages from disk on every miss.
+pub const MIN_PAGE_CACHE_BYTES: usize = 1024 * 1024;
+
 /// Who may reach a route without a session, and what happens when they do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
@@ -150,7 +154,13 @@ pub struct SessionConfig {
 #[derive(Debug, Clone)]
 pub enum StoreKind {
     Memory,
-    Embedded { path: PathBuf },
+    Embedded {
+        path: PathBuf,
+        /// redb's page cache ceiling. redb's own default is 1 GiB, which a
+        /// large session table fills and keeps: more than the sessions'
+        /// moka cache itself at a million sessions.
+        page_cache_bytes: usize,
+    },
     Redis(RedisConfig),
 }
 
@@ -576,6 +586,7 @@ impl Validator<'_> {
             "memory" => StoreKind::Memory,
             "embedded" => StoreKind::Embedded {
                 path: self.path(&s.path),
+                page_cache_bytes: self.page_cache(s.page_cache_bytes)?,
             },
             "redis" => StoreKind::Redis(self.redis(s)?),
             other => {
@@ -594,6 +605,16 @@ impl Validator<'_> {
             cache_capacity: s.cache_capacity,
             sweep_interval: self.duration("store.sweep_interval", &s.sweep_interval)?,
         })
+    }
+
+    fn page_cache(&self, bytes: u64) -> Result<usize, ConfigError> {
+        match usize::try_from(bytes) {
+            Ok(b) if b >= MIN_PAGE_CACHE_BYTES => Ok(b),
+            _ => Err(self.err(
+                "store.page_cache_bytes",
+                format!("must be at least {MIN_PAGE_CACHE_BYTES} (1 MiB) and fit in memory"),
+            )),
+        }
     }
 
     fn redis(&self, s: &raw::RawStore) -> Result<RedisConfig, ConfigError> {
@@ -782,6 +803,31 @@ mod tests {
             let err = cfg(bad).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains("routes[0].path_prefix"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn page_cache_bytes_has_a_default_and_a_floor() {
+        let dir = std::env::temp_dir();
+        let (cert, key) = crate::tls::write_self_signed(&dir.join("sg-config-unit-pc"), &["localhost".into()])
+            .unwrap_or_else(|e| panic!("certificate: {e}"));
+        let cfg = |extra: &str| {
+            let text = format!(
+                "[tls]\ncert = {cert:?}\nkey = {key:?}\n[store]\nkind = \"embedded\"\n{extra}\
+                 [[routes]]\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\n"
+            );
+            Config::parse(&text, &dir.join("c.toml"))
+        };
+        let page_cache = |extra: &str| match cfg(extra).map(|c| c.store.kind) {
+            Ok(StoreKind::Embedded { page_cache_bytes, .. }) => Some(page_cache_bytes),
+            _ => None,
+        };
+        assert_eq!(page_cache(""), Some(32 * 1024 * 1024));
+        assert_eq!(page_cache("page_cache_bytes = 1048576\n"), Some(1024 * 1024));
+        let err = cfg("page_cache_bytes = 1048575\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("store.page_cache_bytes"), "{err}");
     }
 
     #[test]

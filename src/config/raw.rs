@@ -273,6 +273,8 @@ pub struct RawStore {
     pub cache_capacity: u64,
     #[serde(default = "d_sweep_interval")]
     pub sweep_interval: String,
+    #[serde(default = "d_page_cache_bytes")]
+    pub page_cache_bytes: u64,
     pub url: Option<String>,
     pub password_file: Option<String>,
     #[serde(default = "d_key_prefix")]
@@ -295,6 +297,7 @@ impl Default for RawStore {
             touch_interval: d_touch_interval(),
             cache_capacity: d_cache_capacity(),
             sweep_interval: d_sweep_interval(),
+            page_cache_bytes: d_page_cache_bytes(),
             url: None,
             password_file: None,
             key_prefix: d_key_prefix(),
@@ -320,6 +323,12 @@ fn d_cache_capacity() -> u64 {
 }
 fn d_sweep_interval() -> String {
     "5m".into()
+}
+/// The embedded store's page cache. Lookups hit the sessions' own cache
+/// first, so redb's cache only serves misses, writes and the sweeper: it
+/// needs the B-tree's branch pages, not the whole table.
+fn d_page_cache_bytes() -> u64 {
+    32 * 1024 * 1024
 }
 fn d_key_prefix() -> String {
     "sessiongate:".into()

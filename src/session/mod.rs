@@ -126,9 +126,10 @@ impl Sessions {
         let store: Arc<dyn SessionStore> = match &config.store.kind {
             StoreKind::Memory => Arc::new(store::memory::MemoryStore::default()),
             StoreKind::Redis(redis) => Arc::new(store::redis::RedisStore::open(redis).await?),
-            StoreKind::Embedded { path } => {
+            StoreKind::Embedded { path, page_cache_bytes } => {
                 let path = path.clone();
-                let s = tokio::task::spawn_blocking(move || store::embedded::EmbeddedStore::open(&path))
+                let cache = *page_cache_bytes;
+                let s = tokio::task::spawn_blocking(move || store::embedded::EmbeddedStore::open(&path, cache))
                     .await
                     .map_err(|e| StoreError::Join(e.to_string()))??;
                 Arc::new(s)
@@ -393,11 +394,16 @@ impl Sessions {
         headers: &HeaderMap,
         identity: Option<Identity>,
     ) -> Result<SessionRecord, SessionError> {
+        let binding = ClientBinding::new(&self.config.session.binding, client_ip, headers);
+        self.record_with(binding, identity)
+    }
+
+    fn record_with(&self, binding: ClientBinding, identity: Option<Identity>) -> Result<SessionRecord, SessionError> {
         let now = now_ms();
         Ok(SessionRecord {
             id: SessionId::generate()?,
             identity,
-            binding: ClientBinding::new(&self.config.session.binding, client_ip, headers),
+            binding,
             created_at: now,
             authenticated_at: now,
             last_seen: now,
@@ -442,6 +448,45 @@ impl Sessions {
         let record = self.new_record(client_ip, headers, Some(identity))?;
         let out = self.insert(record).await?;
         tracing::info!(event = "session_minted", session_id = %out.1.record.id);
+        Ok(out)
+    }
+
+    /// Mints `count` logged-in sessions sharing one identity and binding
+    /// (admin batch mint, for load tests with many distinct sessions). The
+    /// store writes them in one batch (one commit on the embedded store);
+    /// only then are they cached and their tokens returned.
+    pub async fn mint_many(
+        &self,
+        client_ip: IpAddr,
+        headers: &HeaderMap,
+        identity: Identity,
+        count: usize,
+    ) -> Result<Vec<(SessionToken, SessionId)>, SessionError> {
+        let binding = ClientBinding::new(&self.config.session.binding, client_ip, headers);
+        let mut tokens = Vec::with_capacity(count);
+        let mut batch = Vec::with_capacity(count);
+        for _ in 0..count {
+            let token = SessionToken::generate()?;
+            let record = self.record_with(binding.clone(), Some(identity.clone()))?;
+            batch.push((token.hash(), record));
+            tokens.push(token);
+        }
+        // Built before the write so that the batch moves into the store
+        // rather than being copied whole.
+        let lives: Vec<Arc<Live>> = batch
+            .iter()
+            .map(|(hash, record)| Arc::new(Live::new(*hash, record.clone())))
+            .collect();
+        self.store.put_many(batch).await.inspect_err(|_| self.store_failed())?;
+        let mut out = Vec::with_capacity(count);
+        for (token, live) in tokens.into_iter().zip(lives) {
+            out.push((token, live.record.id));
+            self.cache.insert(live.hash, live).await;
+        }
+        self.metrics
+            .sessions_created
+            .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
+        tracing::info!(event = "sessions_minted", count, user = %identity.user);
         Ok(out)
     }
 

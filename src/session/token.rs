@@ -151,13 +151,24 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Lowercase hex of `bytes` into `out` (which must be twice as long), without
-/// allocating: used on the per-request binding check.
-pub fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = DIGITS[usize::from(b >> 4)];
-        out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+/// The `N` bytes spelled by exactly `2 * N` hex digits (either case).
+pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    fn digit(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
     }
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (o, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        *o = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
 }
 
 /// A random URL-safe string (for CSRF tokens): `N` bytes, base64url.
@@ -183,6 +194,15 @@ mod tests {
         last.pop();
         last.push('/');
         assert!(SessionToken::parse(&last).is_none());
+    }
+
+    #[test]
+    fn unhex_is_strict() {
+        assert_eq!(unhex::<2>("0aFf"), Some([0x0a, 0xff]));
+        assert_eq!(unhex::<2>(&hex(&[1, 254])), Some([1, 254]));
+        for bad in ["0a", "0aff00", "+aff", "0agf", "0a f"] {
+            assert_eq!(unhex::<2>(bad), None, "{bad}");
+        }
     }
 
     #[test]

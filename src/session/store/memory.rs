@@ -35,6 +35,11 @@ impl SessionStore for MemoryStore {
         Box::pin(async { Ok(()) })
     }
 
+    fn put_many(&self, batch: Vec<(TokenHash, SessionRecord)>) -> StoreFuture<'_, ()> {
+        self.write(|m| m.extend(batch));
+        Box::pin(async { Ok(()) })
+    }
+
     fn replace(&self, hash: TokenHash, record: SessionRecord) -> StoreFuture<'_, bool> {
         let replaced = self.write(|m| match m.get_mut(&hash) {
             Some(r) => {

@@ -46,6 +46,19 @@ pub trait SessionStore: Send + Sync + 'static {
     fn get(&self, hash: TokenHash) -> StoreFuture<'_, Option<SessionRecord>>;
     /// Creates or replaces the record under `hash`, durably.
     fn put(&self, hash: TokenHash, record: SessionRecord) -> StoreFuture<'_, ()>;
+    /// Creates many records at once (batch minting), durably. The default
+    /// writes them one by one; a backend that pays per commit (redb's fsync,
+    /// Redis round trips) overrides it so that a batch costs one commit.
+    /// Not atomic: on an error some records may have been written, and the
+    /// caller hands out none of their tokens.
+    fn put_many(&self, batch: Vec<(TokenHash, SessionRecord)>) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            for (hash, record) in batch {
+                self.put(hash, record).await?;
+            }
+            Ok(())
+        })
+    }
     /// Replaces the record under `hash` only if one is still there (a
     /// concurrent logout must not be undone). Returns whether it was.
     fn replace(&self, hash: TokenHash, record: SessionRecord) -> StoreFuture<'_, bool>;
@@ -53,7 +66,9 @@ pub trait SessionStore: Send + Sync + 'static {
     fn rotate(&self, old: TokenHash, new: TokenHash, record: SessionRecord) -> StoreFuture<'_, ()>;
     /// Removes the record under `hash`, durably. Returns whether it existed.
     fn delete(&self, hash: TokenHash) -> StoreFuture<'_, bool>;
-    /// Write-behind `last_seen` updates; records that no longer exist are skipped.
+    /// Write-behind `last_seen` updates. A touch for a record that no longer
+    /// exists must never bring it back or reach a later record under the
+    /// same key (the embedded store keeps it aside until its next sweep).
     fn touch(&self, batch: Vec<(TokenHash, u64)>) -> StoreFuture<'_, ()>;
     /// Every session, or those of one user.
     fn list(&self, user: Option<String>) -> StoreFuture<'_, Vec<(TokenHash, SessionRecord)>>;

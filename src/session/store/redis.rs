@@ -90,6 +90,11 @@ fn connection_info(url: &str, password: Option<&str>) -> Result<redis::Connectio
     })
 }
 
+/// Commands per pipeline (or members per SADD) when writing a batch's
+/// indexes: large enough to amortise round trips, small enough to keep each
+/// request and reply a few hundred KiB.
+const INDEX_PIPELINE: usize = 5_000;
+
 const REPLACE: &str =
     "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'r', ARGV[1]) return 1 end return 0";
 const TOUCH: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then \
@@ -232,6 +237,68 @@ impl RedisStore {
                 .query_async::<i64>(&mut c)
                 .await
                 .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// Batch write: the session hashes grouped by hash tag, each group one
+    /// MULTI/EXEC (one slot, so it also works on a cluster), then the
+    /// indexes. A batch shares one identity, so the user index is one SADD.
+    async fn put_many_inner(&self, batch: Vec<(TokenHash, SessionRecord)>) -> Result<(), StoreError> {
+        let mut by_tag: Vec<Vec<&(TokenHash, SessionRecord)>> = vec![Vec::new(); 256];
+        for item in &batch {
+            by_tag[usize::from(item.0 .0[0])].push(item);
+        }
+        let mut c = self.conn.clone();
+        for group in by_tag.iter().filter(|g| !g.is_empty()) {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for (hash, record) in group {
+                self.write_into(&mut pipe, hash, record)?;
+            }
+            pipe.query_async::<()>(&mut c).await.map_err(backend)?;
+        }
+        self.index_many(&batch).await
+    }
+
+    /// The id keys of a batch, pipelined on a single node; on a cluster each
+    /// id key lives on its own slot and a pipeline may not cross slots, so
+    /// they go one by one there.
+    async fn index_many(&self, batch: &[(TokenHash, SessionRecord)]) -> Result<(), StoreError> {
+        let chunk = match self.conn {
+            Conn::Single(_) => INDEX_PIPELINE,
+            Conn::Cluster(_) => 1,
+        };
+        let now = crate::session::record::now_ms();
+        let mut c = self.conn.clone();
+        for part in batch.chunks(chunk) {
+            let mut pipe = redis::pipe();
+            for (hash, record) in part {
+                let ttl_ms = record.expires_at.saturating_sub(now).max(1);
+                pipe.cmd("SET")
+                    .arg(self.id_key(&record.id))
+                    .arg(hex(&hash.0))
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut c).await.map_err(backend)?;
+        }
+        let mut users: std::collections::BTreeMap<&str, Vec<String>> = std::collections::BTreeMap::new();
+        for (hash, record) in batch {
+            if let Some(identity) = &record.identity {
+                users.entry(identity.user.as_str()).or_default().push(hex(&hash.0));
+            }
+        }
+        for (user, hashes) in users {
+            for part in hashes.chunks(INDEX_PIPELINE) {
+                redis::cmd("SADD")
+                    .arg(self.user_key(user))
+                    .arg(part)
+                    .query_async::<i64>(&mut c)
+                    .await
+                    .map_err(backend)?;
+            }
         }
         Ok(())
     }
@@ -404,6 +471,10 @@ impl SessionStore for RedisStore {
             pipe.query_async::<()>(&mut c).await.map_err(backend)?;
             self.index(&hash, &record, None).await
         })
+    }
+
+    fn put_many(&self, batch: Vec<(TokenHash, SessionRecord)>) -> StoreFuture<'_, ()> {
+        Box::pin(self.put_many_inner(batch))
     }
 
     fn replace(&self, hash: TokenHash, record: SessionRecord) -> StoreFuture<'_, bool> {

@@ -16,8 +16,10 @@
 //! - `outage`: Redis killed and restarted under traffic: 503 with `Retry-After`, readiness,
 //!   sessions intact afterwards.
 //! - `cluster`: the same across a three-node Redis Cluster.
+//! - `batch`: a batch mint (`"count": N`) reaches the store whole, on a node and a cluster.
 //! - `write_behind`: `last_seen` is written behind, not on every request.
 
+mod batch;
 mod cluster;
 mod invalidation;
 mod outage;

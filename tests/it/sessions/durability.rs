@@ -140,3 +140,23 @@ async fn activity_reaches_the_store_so_an_active_session_survives_a_restart() {
     let gw = BinaryGateway::start(config).await;
     assert_alice(&gw, &token, "active past the idle timeout, then restarted").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_minted_sessions_survives_sigkill() {
+    // The batch is written in one store transaction; the answer comes after its commit, so a
+    // kill right after it loses none of the sessions.
+    let upstream = TestUpstream::start().await;
+    let responder = Responder::start().await;
+    let state = tempfile::tempdir().expect("state dir");
+    let config = durable_config(&upstream, &responder, &state);
+
+    let gw = BinaryGateway::start(config.clone()).await;
+    let minted = super::support::Admin::new(&gw).mint_batch("alice", 50).await;
+    stop(gw, "KILL").await;
+
+    let gw = BinaryGateway::start(config).await;
+    for (i, (id, token)) in minted.iter().enumerate() {
+        let echo = assert_alice(&gw, token, &format!("batch session {i} after SIGKILL")).await;
+        assert_eq!(super::support::session_id(&echo).as_deref(), Some(id.as_str()));
+    }
+}

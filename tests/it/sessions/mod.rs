@@ -15,8 +15,10 @@
 //! - `malformed`: cookies we did not issue, or more than one.
 //! - `durability`: the embedded store across SIGTERM and SIGKILL restarts of the binary.
 //! - `admin_api`: minting, listing and revoking sessions, and the session metrics.
+//! - `batch_mint`: minting many sessions in one admin request (`"count": N`).
 
 mod admin_api;
+mod batch_mint;
 mod binding;
 mod cookie;
 mod durability;

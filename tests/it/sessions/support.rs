@@ -583,6 +583,36 @@ impl Admin {
         (id, token)
     }
 
+    /// `POST /sessions` with `"count": count` for `user`, bound like [`Admin::mint_for`]; fails
+    /// the test unless 201 with exactly `count` sessions. Returns `(id, token)` pairs.
+    pub async fn mint_batch(&self, user: &str, count: u64) -> Vec<(String, String)> {
+        let body = serde_json::json!({
+            "user": user,
+            "client_ip": "127.0.0.1",
+            "headers": {"user-agent": USER_AGENT},
+            "count": count,
+        });
+        let reply = fetch(self.authed(Method::POST, "/sessions").json(&body)).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "batch mint: {}", reply.text());
+        let json = reply.json();
+        let sessions = json["sessions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no sessions: {json}"));
+        assert_eq!(sessions.len() as u64, count, "{json}");
+        sessions
+            .iter()
+            .map(|s| {
+                let id = s["id"].as_str().unwrap_or_else(|| panic!("id in {s}")).to_owned();
+                let cookie = s["cookie"].as_str().unwrap_or_else(|| panic!("cookie in {s}"));
+                let token = cookie
+                    .strip_prefix(&format!("{COOKIE}="))
+                    .unwrap_or_else(|| panic!("minted cookie is not {COOKIE}=...: {cookie}"))
+                    .to_owned();
+                (id, token)
+            })
+            .collect()
+    }
+
     /// `GET /metrics` as text.
     pub async fn metrics(&self) -> Metrics {
         let reply = fetch(self.client.get(self.addrs.admin_url("/metrics"))).await;

@@ -1,0 +1,54 @@
+//! Batch minting on the shared store: every session of a `"count": N` mint is written to
+//! Redis (hash-tag groups, one MULTI/EXEC each) with its indexes, so another instance serves
+//! all of them, on a single node and across a cluster's slots.
+
+use super::support::{
+    channel, cluster_store, redis_missing, single_store, Pair, RedisCluster, RedisServer, PREFIX, SUBSCRIBE_LIMIT,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_minted_on_one_instance_is_served_by_the_other_with_its_indexes() {
+    if redis_missing() {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let Pair { a, b } = Pair::start(&single_store(&redis, "")).await;
+    redis.wait_subscribers(&channel(), 2, SUBSCRIBE_LIMIT).await;
+
+    let minted = a.admin().mint_batch("bob", 40).await;
+    for (i, (_, token)) in minted.iter().enumerate() {
+        b.assert_serves(token, "bob", &format!("batch session {i} on B")).await;
+    }
+    // The indexes: bob's set holds all forty, and every id key names its session.
+    let members = redis.cli(&["SCARD", &format!("{PREFIX}user:bob")]).await;
+    assert_eq!(members.trim(), "40", "bob's index");
+    for (id, _) in &minted {
+        let hash = redis.cli(&["GET", &format!("{PREFIX}id:{id}")]).await;
+        assert_eq!(hash.trim().len(), 64, "id key of {id}: {hash:?}");
+    }
+    let keys = redis.keys().await;
+    let sessions = keys.iter().filter(|k| k.starts_with(&format!("{PREFIX}s:"))).count();
+    assert_eq!(sessions, 40, "{keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_spans_the_slots_of_a_cluster() {
+    if redis_missing() {
+        return;
+    }
+    let cluster = RedisCluster::start().await;
+    let Pair { a, b } = Pair::start(&cluster_store(&cluster, "")).await;
+    cluster.wait_subscribers(&channel(), 2, SUBSCRIBE_LIMIT).await;
+
+    let minted = a.admin().mint_batch("bob", 30).await;
+    for (i, (_, token)) in minted.iter().enumerate() {
+        b.assert_serves(token, "bob", &format!("batch session {i} on B")).await;
+    }
+    let mut nodes_with_sessions = 0;
+    for node in cluster.nodes() {
+        if node.keys().await.iter().any(|k| k.starts_with(&format!("{PREFIX}s:"))) {
+            nodes_with_sessions += 1;
+        }
+    }
+    assert!(nodes_with_sessions > 1, "the batch landed on one node only");
+}
