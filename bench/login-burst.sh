@@ -176,8 +176,10 @@ phase() {                 # phase ROUND quiet|storm -> a row in $RES
     --insecure -H "Cookie: $COOKIE" -H "User-Agent: $UA" "$URL" >"$out" 2>"$TMP/oha-$r-$mode.err" ||
     { echo "FAILED: oha:" >&2; cat "$TMP/oha-$r-$mode.err" >&2; exit 1; }
   if [[ -n $spid ]]; then
-    wait "$spid" || { echo "FAILED: the login storm had failures:" >&2; cat "$TMP/storm-$r.out" >&2; exit 1; }
-    sline=$(grep '^STORM' "$TMP/storm-$r.out")
+    # Logins that fail (503 once a login waited 5 s for a hashing slot) are
+    # reported in the table, not fatal: they mean the CPU cannot hash that fast.
+    wait "$spid" || echo "warning: not every login succeeded: $(cat "$TMP/storm-$r.out")" >&2
+    sline=$(grep '^STORM' "$TMP/storm-$r.out" || echo -)
   fi
   python3 - "$out" "$r" "$mode" "$sline" >>"$RES" <<'PY'
 import json, sys
@@ -202,7 +204,8 @@ done
 awk -F'\t' -v rounds="$ROUNDS" '
   function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
                                   return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
-  { RPS[$1, $2] = $3; P50[$1, $2] = $4; P99[$1, $2] = $5; P999[$1, $2] = $6; N[$1, $2] = $7; SOK[$1] = ($2 == "storm") ? $9 : SOK[$1] }
+  { RPS[$1, $2] = $3; P50[$1, $2] = $4; P99[$1, $2] = $5; P999[$1, $2] = $6; N[$1, $2] = $7
+    if ($2 == "storm") SOK[$1] = $9 "/" ($9 + $10) }
   END {
     printf "\n%-5s %9s %10s %10s %10s %10s %9s %9s %9s\n", "round", "req/s", "p50_quiet", "p50_storm", "p99_quiet", "p99_storm", "p99_x", "p50_x", "logins"
     for (r = 1; r <= rounds; r++) {
@@ -210,7 +213,7 @@ awk -F'\t' -v rounds="$ROUNDS" '
       printf "%-5d %9.0f %10.3f %10.3f %10.3f %10.3f %9.3f %9.3f %9s\n", r, RPS[r, "quiet"], P50[r, "quiet"], P50[r, "storm"],
              P99[r, "quiet"], P99[r, "storm"], x[r], y[r], SOK[r] }
     mx = med(x, rounds); my = med(y, rounds)
-    printf "\n(latencies in ms; logins = successful logins (303) in the storm phase)\n"
+    printf "\n(latencies in ms; logins = successful (303) / started logins in the storm phase)\n"
     printf "p99 storm ÷ quiet, median over %d rounds: %.3f [%.3f-%.3f]   (target ≤ 1.20: %s)\n", rounds, mx, x[1], x[rounds], (mx <= 1.2) ? "met" : "NOT met"
     printf "p50 storm ÷ quiet, median: %.3f [%.3f-%.3f]\n", my, y[1], y[rounds]
   }' "$RES"

@@ -2,7 +2,7 @@
 //! failed-login throttling, and the gateway's own endpoints under
 //! `/.sessiongate/`.
 //!
-//! Password hashing is argon2id, run on dedicated low-priority threads
+//! Password hashing is argon2id, run on dedicated `SCHED_IDLE` threads
 //! ([`hasher`]) behind a small semaphore, so that a login storm cannot starve
 //! proxied requests of CPU. An unknown user is verified against a dummy hash,
 //! so it costs the same time and gets the same answer as a wrong password.
@@ -75,7 +75,7 @@ pub struct Users {
     dummy_hash: String,
     /// At most `max_concurrent` verifications at once, the rest wait (briefly).
     permits: Arc<Semaphore>,
-    /// `max_concurrent` low-priority threads that run the hashes.
+    /// `max_concurrent` `SCHED_IDLE` threads that run the hashes.
     hasher: hasher::Hasher,
 }
 
