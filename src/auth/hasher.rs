@@ -4,12 +4,13 @@
 //! tokio's blocking pool a burst of logins competes on equal terms with the
 //! runtime's worker threads for the CPU, so every proxied request waits behind
 //! hashes: with one worker on one core, 20 logins/s raised the p99 of other
-//! users' requests about 18-fold (`bench/login-burst.sh`, docs/benchmarks.md).
+//! users' requests 13- to 34-fold (`bench/login-burst.sh`, docs/benchmarks.md).
 //! Here hashing runs on threads of its own that put themselves in
 //! `SCHED_IDLE` when they start: the kernel runs them only on CPU time that
 //! normal threads leave over, and a waking worker preempts a hash at once
 //! (with nice 19 instead, the worker still waited out the hash's time slice:
-//! p99 was about 2.7 times higher during the storm). Logins, not proxied
+//! p99 was 2-5 times higher during the storm, against 1.1-1.8 with
+//! `SCHED_IDLE`). Logins, not proxied
 //! requests, absorb the wait; they still complete, since an otherwise idle
 //! CPU runs them at full speed.
 //!
