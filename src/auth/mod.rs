@@ -2,12 +2,13 @@
 //! failed-login throttling, and the gateway's own endpoints under
 //! `/.sessiongate/`.
 //!
-//! Password hashing is argon2id, run on the blocking pool behind a small
-//! semaphore so that a login storm cannot starve proxied requests of CPU. An
-//! unknown user is verified against a dummy hash, so it costs the same time
-//! and gets the same answer as a wrong password.
+//! Password hashing is argon2id, run on dedicated `SCHED_IDLE` threads
+//! ([`hasher`]) behind a small semaphore, so that a login storm cannot starve
+//! proxied requests of CPU. An unknown user is verified against a dummy hash,
+//! so it costs the same time and gets the same answer as a wrong password.
 
 pub mod endpoints;
+pub mod hasher;
 pub mod pages;
 pub mod throttle;
 
@@ -72,7 +73,10 @@ pub struct Users {
     by_name: HashMap<String, UserConfig>,
     /// Verified when the user is unknown, to equalise timing.
     dummy_hash: String,
+    /// At most `max_concurrent` verifications at once, the rest wait (briefly).
     permits: Arc<Semaphore>,
+    /// `max_concurrent` `SCHED_IDLE` threads that run the hashes.
+    hasher: hasher::Hasher,
 }
 
 impl Users {
@@ -81,11 +85,12 @@ impl Users {
             by_name: users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
             dummy_hash: dummy_hash_like(users.first().map(|u| u.password_hash.as_str())),
             permits: Arc::new(Semaphore::new(max_concurrent)),
+            hasher: hasher::Hasher::new(max_concurrent),
         }
     }
 
-    /// Verifies a password on the blocking pool; waits for a hashing slot at
-    /// most a few seconds.
+    /// Verifies a password on the hashing threads; waits for a hashing slot
+    /// at most a few seconds.
     pub async fn authenticate(&self, name: &str, password: &str) -> Result<UserConfig, LoginError> {
         let permit = tokio::time::timeout(std::time::Duration::from_secs(5), self.permits.clone().acquire_owned())
             .await
@@ -95,14 +100,7 @@ impl Users {
         let phc = user
             .as_ref()
             .map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
-        let password = password.to_string();
-        let ok = tokio::task::spawn_blocking(move || {
-            let ok = verify(&phc, &password);
-            drop(permit);
-            ok
-        })
-        .await
-        .unwrap_or(false);
+        let ok = self.hasher.verify(phc, password.to_string(), Some(permit)).await;
         match (ok, user) {
             (true, Some(u)) => Ok(u),
             _ => Err(LoginError::Invalid),

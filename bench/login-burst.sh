@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# Login burst: does a storm of (deliberately slow, argon2id) logins raise the
+# latency of other users' proxied requests?
+#
+# sessiongate (one tokio worker) and an nginx upstream (a fixed 100-byte
+# body) share CPU 0; the load tools share CPU 1. "Other users" send
+# logged-in requests (a minted session, auth = "required" route) at a FIXED
+# rate with oha, well below saturation, so p99 measures latency, not
+# queueing. Each round runs two phases of the same length, alternating their
+# order between rounds:
+#   quiet   only the fixed-rate traffic
+#   storm   the same traffic plus LOGIN_RATE successful form logins per second
+#           (bench/login-storm.py: GET the form for the cookie and csrf
+#           field, POST username/password/csrf, expect 303)
+# and reports p99 (and p50) of the proxied requests in each phase, the ratio
+# storm ÷ quiet per round, and the median ratio with min-max. Target (issue
+# 5, target 6): a 20 logins/s burst raises p99 by at most 20 % (ratio ≤ 1.2).
+#
+#   bench/login-burst.sh                            # build (dist profile), 3 rounds
+#   SG_BIN=/path/to/sessiongate bench/login-burst.sh   # this binary, no build
+#
+# Knobs (environment):
+#   ROUNDS=3 DURATION=10    rounds; seconds per phase (oha -z)
+#   RATE=2000 CONNS=16      other users' fixed request rate (oha -q) and connections (oha -c)
+#   LOGIN_RATE=20           logins started per second during the storm phase
+#   MAX_CONCURRENT          [login] max_concurrent (unset: the config default)
+#   LATENCY_CORRECTION=0    1 = oha --latency-correction (count time behind schedule)
+#   OHA=oha                 oha binary (cargo install oha --locked)
+#   BENCH_UA=oha-bench/1    User-Agent of the fixed-rate traffic (the session is bound to it)
+#   SG_BIN                  sessiongate binary; unset = cargo build --profile $SG_PROFILE
+#   SG_PROFILE=dist
+#   SUT_CPUS=0 LG_CPUS=1    taskset CPU lists: gateway + upstream, load tools
+#   UP_PORT=18280 SG_PORT=18645 SG_ADMIN=127.0.0.1:18992   ports
+#   QUIET_PCT=15 QUIET_MAX=30   wait (at most QUIET_MAX s) before each phase until the
+#                           machine's busy CPU over 1 s is below QUIET_PCT % of one CPU
+#   KEEP_TMP=1              keep the scratch dir (config, logs, oha outputs)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+
+ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-10} RATE=${RATE:-2000} CONNS=${CONNS:-16}
+LOGIN_RATE=${LOGIN_RATE:-20} OHA=${OHA:-oha} UA=${BENCH_UA:-oha-bench/1}
+SUT_CPUS=${SUT_CPUS:-0} LG_CPUS=${LG_CPUS:-1}
+UP_PORT=${UP_PORT:-18280} SG_PORT=${SG_PORT:-18645} SG_ADMIN=${SG_ADMIN:-127.0.0.1:18992}
+QUIET_PCT=${QUIET_PCT:-15} QUIET_MAX=${QUIET_MAX:-30}
+CLK_TCK=$(getconf CLK_TCK)
+UP_BODY='{"ok":true,"from":"bench-upstream","pad":"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRST"}'
+LOGIN_USER=storm LOGIN_PASSWORD=storm-password-$RANDOM
+
+for tool in nginx "$OHA" python3 curl openssl taskset setsid awk; do
+  command -v "$tool" >/dev/null || { echo "missing tool: $tool (oha: cargo install oha --locked)" >&2; exit 1; }
+done
+for p in "$UP_PORT" "$SG_PORT" "${SG_ADMIN##*:}"; do
+  [[ -z $(ss -Hltn "sport = :$p" 2>/dev/null) ]] || { echo "port $p is in use; set the *_PORT knobs" >&2; exit 1; }
+done
+if [[ -z ${SG_BIN:-} ]]; then
+  SG_PROFILE=${SG_PROFILE:-dist}
+  (cd "$ROOT" && cargo build --profile "$SG_PROFILE" --quiet)
+  SG_BIN=$ROOT/target/$SG_PROFILE/sessiongate
+fi
+
+TMP=$(mktemp -d /tmp/sg-login-burst.XXXXXX)
+chmod 755 "$TMP"
+declare -a STARTED=()
+cleanup() {
+  local rc=$? pid
+  trap - EXIT INT TERM
+  for pid in "${STARTED[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  for pid in "${STARTED[@]}"; do
+    for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ ${KEEP_TMP:-0} == 1 ]]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+start() {                 # start CPUS LOG CMD... : own session (pid == sid), pinned; sets LAST
+  local cpus=$1 log=$2; shift 2
+  setsid taskset -c "$cpus" "$@" >"$log" 2>&1 </dev/null &
+  LAST=$!
+  STARTED+=("$LAST")
+}
+busy_ticks() { local c u n sy id io irq sirq st rest; read -r c u n sy id io irq sirq st rest </proc/stat; echo $((u + n + sy + irq + sirq + st)); }
+wait_quiet() {
+  local deadline=$((SECONDS + QUIET_MAX)) b0 b1 pct
+  while :; do
+    b0=$(busy_ticks); sleep 1; b1=$(busy_ticks); pct=$(((b1 - b0) * 100 / CLK_TCK))
+    ((pct < QUIET_PCT)) && return 0
+    ((SECONDS >= deadline)) && { echo "warning: machine still busy (${pct}% of a CPU); measuring anyway" >&2; return 0; }
+  done
+}
+
+# --- certificate, upstream, gateway ----------------------------------------
+"$SG_BIN" gen-cert --out-dir "$TMP" --host localhost --host 127.0.0.1 >/dev/null
+USER_LINE=""; [[ $(id -u) == 0 ]] && USER_LINE="user root;"
+cat >"$TMP/upstream.conf" <<EOF
+$USER_LINE
+worker_processes 1; daemon off; master_process on; pid $TMP/upstream.pid;
+error_log $TMP/upstream.error.log warn; worker_rlimit_nofile 65536;
+events { worker_connections 16384; }
+http {
+    access_log off; server_tokens off; keepalive_timeout 75s; keepalive_requests 100000000;
+    client_body_temp_path $TMP/cb; proxy_temp_path $TMP/px; fastcgi_temp_path $TMP/fc;
+    uwsgi_temp_path $TMP/uw; scgi_temp_path $TMP/sc;
+    default_type text/plain;
+    server { listen 127.0.0.1:$UP_PORT backlog=4096; location / { return 200 '$UP_BODY'; } }
+}
+EOF
+start "$SUT_CPUS" "$TMP/upstream.out" nginx -c "$TMP/upstream.conf" -e "$TMP/upstream.error.log"
+
+head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$TMP/admin-token"
+HASH=$(printf '%s' "$LOGIN_PASSWORD" | "$SG_BIN" hash-password)
+cat >"$TMP/sessiongate.toml" <<TOML
+[server]
+listen = "127.0.0.1:$SG_PORT"
+access_log = false
+[tls]
+cert = "$TMP/cert.pem"
+key = "$TMP/key.pem"
+[admin]
+listen = "$SG_ADMIN"
+token_file = "$TMP/admin-token"
+[store]
+kind = "embedded"
+path = "$TMP/sessions.redb"
+$( [[ -n ${MAX_CONCURRENT:-} ]] && printf '[login]\nmax_concurrent = %s\n' "$MAX_CONCURRENT" )
+[[users]]
+name = "$LOGIN_USER"
+password_hash = "$HASH"
+[[users]]
+name = "bench"
+password_hash = "$HASH"
+[[routes]]
+path_prefix = "/"
+upstream = "http://127.0.0.1:$UP_PORT"
+auth = "required"
+TOML
+start "$SUT_CPUS" "$TMP/sessiongate.out" env TOKIO_WORKER_THREADS=1 "$SG_BIN" --config "$TMP/sessiongate.toml"
+SG_SID=$LAST
+for _ in $(seq 100); do curl -fsS "http://$SG_ADMIN/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+COOKIE=$("$SG_BIN" session mint --admin "http://$SG_ADMIN" --token-file "$TMP/admin-token" \
+  --user bench --client-ip 127.0.0.1 --header "User-Agent: $UA")
+URL=https://127.0.0.1:$SG_PORT/
+
+# --- checks before measuring -------------------------------------------------
+out=$(curl -sk --max-time 3 -o "$TMP/probe.body" -w '%{http_code}' -H "Cookie: $COOKIE" -A "$UA" "$URL" || true)
+[[ $out == 200 && $(cat "$TMP/probe.body") == "$UP_BODY" ]] ||
+  { echo "FAILED: logged-in request answered $out, not 200 with the upstream body" >&2; tail "$TMP/sessiongate.out" >&2; exit 1; }
+storm() {                 # storm RATE DURATION -> STORM line on stdout
+  taskset -c "$LG_CPUS" python3 "$ROOT/bench/login-storm.py" --url "https://127.0.0.1:$SG_PORT" \
+    --user "$LOGIN_USER" --password "$LOGIN_PASSWORD" --rate "$1" --duration "$2"
+}
+storm 2 1 >"$TMP/storm-check.out" 2>&1 ||
+  { echo "FAILED: test logins did not answer 303:" >&2; cat "$TMP/storm-check.out" >&2; tail "$TMP/sessiongate.out" >&2; exit 1; }
+
+echo "# $(date -u +%FT%TZ)  $($OHA --version 2>/dev/null | head -1)  sessiongate: $SG_BIN"
+echo "# layout: sessiongate (TOKIO_WORKER_THREADS=1) + nginx upstream on CPU $SUT_CPUS; oha and the login storm on CPU $LG_CPUS"
+echo "# load:   oha -q $RATE -c $CONNS -z ${DURATION}s, logged-in session on an auth = required route, user-agent $UA"
+echo "# storm:  $LOGIN_RATE logins/s (GET form + POST, 303), argon2id $(echo "$HASH" | cut -d'$' -f4), [login] max_concurrent = ${MAX_CONCURRENT:-default}"
+
+RES=$TMP/results.tsv
+: >"$RES"
+phase() {                 # phase ROUND quiet|storm -> a row in $RES
+  local r=$1 mode=$2 out=$TMP/oha-$1-$2.json spid="" sline="-"
+  local -a lc=(); [[ ${LATENCY_CORRECTION:-0} == 1 ]] && lc=(--latency-correction)
+  wait_quiet
+  if [[ $mode == storm ]]; then
+    storm "$LOGIN_RATE" $((DURATION + 2)) >"$TMP/storm-$r.out" 2>&1 &
+    spid=$!
+    sleep 1
+  fi
+  taskset -c "$LG_CPUS" "$OHA" --no-tui --output-format json -z "${DURATION}s" -q "$RATE" -c "$CONNS" "${lc[@]}" \
+    --insecure -H "Cookie: $COOKIE" -H "User-Agent: $UA" "$URL" >"$out" 2>"$TMP/oha-$r-$mode.err" ||
+    { echo "FAILED: oha:" >&2; cat "$TMP/oha-$r-$mode.err" >&2; exit 1; }
+  if [[ -n $spid ]]; then
+    # Logins that fail (503 once a login waited 5 s for a hashing slot) are
+    # reported in the table, not fatal: they mean the CPU cannot hash that fast.
+    wait "$spid" || echo "warning: not every login succeeded: $(cat "$TMP/storm-$r.out")" >&2
+    sline=$(grep '^STORM' "$TMP/storm-$r.out" || echo -)
+  fi
+  python3 - "$out" "$r" "$mode" "$sline" >>"$RES" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+s = j["summary"]; p = j["latencyPercentiles"]; codes = j.get("statusCodeDistribution", {})
+ok = codes.get("200", 0); total = sum(codes.values()); # oha -z cuts the requests in flight at the deadline: not an error of the gateway
+errs = sum(v for k, v in j.get("errorDistribution", {}).items() if "deadline" not in k)
+storm = dict(kv.split("=", 1) for kv in sys.argv[4].split()[1:4]) if sys.argv[4] != "-" else {}
+print("\t".join(map(str, [sys.argv[2], sys.argv[3], round(s["requestsPerSec"], 1), round(p["p50"] * 1000, 3),
+      round(p["p99"] * 1000, 3), round(p["p99.9"] * 1000, 3), ok, total - ok + errs,
+      storm.get("ok", "-"), storm.get("failed", "-")])))
+PY
+  local bad; bad=$(awk -F'\t' -v r="$r" -v m="$mode" '$1 == r && $2 == m { print $8 }' "$RES")
+  ((bad == 0)) || { echo "FAILED: $bad non-200 or failed requests in round $r ($mode)" >&2; cat "$out" >&2; exit 1; }
+}
+
+for ((r = 1; r <= ROUNDS; r++)); do
+  if ((r % 2)); then order="quiet storm"; else order="storm quiet"; fi
+  for m in $order; do echo "round $r/$ROUNDS: $m" >&2; phase "$r" "$m"; done
+done
+
+awk -F'\t' -v rounds="$ROUNDS" '
+  function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+                                  return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+  { RPS[$1, $2] = $3; P50[$1, $2] = $4; P99[$1, $2] = $5; P999[$1, $2] = $6; N[$1, $2] = $7
+    if ($2 == "storm") SOK[$1] = $9 "/" ($9 + $10) }
+  END {
+    printf "\n%-5s %9s %10s %10s %10s %10s %9s %9s %9s\n", "round", "req/s", "p50_quiet", "p50_storm", "p99_quiet", "p99_storm", "p99_x", "p50_x", "logins"
+    for (r = 1; r <= rounds; r++) {
+      x[r] = P99[r, "storm"] / P99[r, "quiet"]; y[r] = P50[r, "storm"] / P50[r, "quiet"]
+      printf "%-5d %9.0f %10.3f %10.3f %10.3f %10.3f %9.3f %9.3f %9s\n", r, RPS[r, "quiet"], P50[r, "quiet"], P50[r, "storm"],
+             P99[r, "quiet"], P99[r, "storm"], x[r], y[r], SOK[r] }
+    mx = med(x, rounds); my = med(y, rounds)
+    printf "\n(latencies in ms; logins = successful (303) / started logins in the storm phase)\n"
+    printf "p99 storm ÷ quiet, median over %d rounds: %.3f [%.3f-%.3f]   (target ≤ 1.20: %s)\n", rounds, mx, x[1], x[rounds], (mx <= 1.2) ? "met" : "NOT met"
+    printf "p50 storm ÷ quiet, median: %.3f [%.3f-%.3f]\n", my, y[1], y[rounds]
+  }' "$RES"
