@@ -8,13 +8,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// mimalloc instead of glibc malloc: every proxied request makes a few dozen
-/// short-lived allocations (header maps, buffers, futures) across hyper,
-/// rustls and our pipeline; measured with `bench/ir-per-request.sh`, glibc's
-/// malloc/free paths were ~9 % of the instructions a verified request costs.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "sessiongate",
