@@ -232,8 +232,6 @@ async fn pipeline(
         headers::is_client_forwarding(n) || owned.collides(n)
     }) && req.version() == Version::HTTP_11;
     let upgrade_proto = upgrade_value.filter(|_| wants_upgrade);
-    // Room for the forwarding and identity headers: one growth, not several.
-    req.headers_mut().reserve(8);
     headers::set_forwarding(req.headers_mut(), &client, forwarded_host);
     crate::session::cookies::strip(req.headers_mut(), shared.sessions.cookie_name());
     if let Some(live) = &session {
