@@ -14,7 +14,8 @@
 #
 # Knobs: TARGETS="sessiongate floor" DURATION=10 CONNS=8 SG_BIN (default
 # target/release/sessiongate, built if missing) FLOOR_BIN SG_AUTH=required|optional|none
-# OUT=dir (callgrind files, kept for callgrind_annotate).
+# UP_PORT PX_PORT ADMIN_PORT, OUT=dir (callgrind files, kept for callgrind_annotate; names are not
+# compressed, so each dump part annotates on its own).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGETS=${TARGETS:-"sessiongate floor"}
@@ -24,10 +25,11 @@ SG_BIN=${SG_BIN:-$ROOT/target/release/sessiongate}
 FLOOR_BIN=${FLOOR_BIN:-/tmp/sessiongate-bench/floor-target/release/floor-proxy}
 SG_AUTH=${SG_AUTH:-required}
 OUT=${OUT:-$(mktemp -d /tmp/sg-ir.XXXXXX)}
+mkdir -p "$OUT"
 UA=ir-bench/1
 UP_PORT=${UP_PORT:-18280}
 PX_PORT=${PX_PORT:-18645}
-ADMIN=127.0.0.1:18690
+ADMIN=127.0.0.1:${ADMIN_PORT:-18690}
 BODY='{"ok":true,"from":"bench-upstream","pad":"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRST"}'
 for tool in valgrind callgrind_control wrk nginx curl; do
   command -v $tool >/dev/null || { echo "missing $tool (apt-get install valgrind wrk nginx-light curl)" >&2; exit 1; }
@@ -97,7 +99,7 @@ measure() { # name pid cookie
 for t in $TARGETS; do
   case $t in
     sessiongate)
-      TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.%p" \
+      TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$OUT/callgrind.out.%p" \
         "$SG_BIN" --config "$OUT/sg.toml" 2>"$OUT/sg.log" & pid=$!; pids+=($pid)
       cookie=""
       if [[ $SG_AUTH != none ]]; then
@@ -108,7 +110,7 @@ for t in $TARGETS; do
       measure sessiongate "$pid" "$cookie" ;;
     floor)
       [[ -x $FLOOR_BIN ]] || { echo "floor proxy not built: run ../shared/bench/setup.sh" >&2; continue; }
-      TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.%p" \
+      TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$OUT/callgrind.out.%p" \
         "$FLOOR_BIN" "127.0.0.1:$PX_PORT" "127.0.0.1:$UP_PORT" "$OUT/cert.pem" "$OUT/key.pem" 2>"$OUT/floor.log" &
       pid=$!; pids+=($pid)
       measure floor "$pid" "" ;;

@@ -8,6 +8,7 @@
 //! query string.
 
 use crate::config::{AuthMode, RouteConfig, Upstream};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Why a request path was refused.
@@ -27,20 +28,28 @@ pub enum PathError {
     DotParams,
 }
 
-/// Normalises an origin-form request path (without query).
-pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+/// Normalises an origin-form request path (without query). Borrowed when
+/// the path is already normal, as nearly every path is: the pipeline then
+/// forwards the request target it received without rebuilding it.
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
     if is_plain(raw) {
-        return Ok(raw.to_string());
+        return Ok(Cow::Borrowed(raw));
     }
     let canonical = canonical_escapes(raw)?;
     // A path whose encoded slashes would climb out once a backend decodes them
     // is refused as well as one that climbs out literally.
     let decoded_slashes = canonical.replace("%2F", "/");
     resolve_segments(&decoded_slashes)?;
-    resolve_segments(&canonical)
+    let normal = resolve_segments(&canonical)?;
+    // Only unreserved escapes were decoded, so equal text is the same path.
+    Ok(if normal == raw {
+        Cow::Borrowed(raw)
+    } else {
+        Cow::Owned(normal)
+    })
 }
 
 /// The common case, already normal: no escapes, no backslash or NUL, no

@@ -11,15 +11,18 @@
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::{self, body::Body, Shared};
+use futures_util::task::AtomicWaker;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -331,6 +334,11 @@ impl Connection {
 /// Runs a connection to its end; starts its graceful shutdown when the
 /// gateway shuts down or when it has been idle for `idle` with no request
 /// in flight.
+///
+/// The connection is polled on every wake-up of the task; the watchdog
+/// (shutdown signal, idle timer) only when its own waker fired. A `select!`
+/// would poll all three on every wake-up, several times per request, for
+/// events that happen once per connection at most.
 async fn drive<C, E>(
     mut conn: Pin<&mut C>,
     graceful: impl Fn(Pin<&mut C>),
@@ -339,27 +347,79 @@ async fn drive<C, E>(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), E>
 where
-    C: std::future::Future<Output = Result<(), E>>,
+    C: Future<Output = Result<(), E>>,
 {
-    let mut closing = false;
+    let mut watchdog = Some(std::pin::pin!(watchdog(activity, idle, shutdown)));
+    let signal = Arc::new(WatchdogSignal::default());
+    let watchdog_waker = Waker::from(signal.clone());
+    std::future::poll_fn(|cx| {
+        loop {
+            if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+                return Poll::Ready(res);
+            }
+            let Some(dog) = watchdog.as_mut() else {
+                return Poll::Pending;
+            };
+            signal.task.register(cx.waker());
+            if !signal.fired.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
+            }
+            if dog
+                .as_mut()
+                .poll(&mut Context::from_waker(&watchdog_waker))
+                .is_pending()
+            {
+                return Poll::Pending;
+            }
+            // Closing: the connection is polled again so that it acts on it.
+            watchdog = None;
+            graceful(conn.as_mut());
+        }
+    })
+    .await
+}
+
+/// Resolves when a connection should close: at shutdown, or once it has
+/// been idle for `idle` with no request in flight.
+async fn watchdog(activity: &Activity, idle: Duration, shutdown: &mut watch::Receiver<bool>) {
     loop {
         let deadline = activity.last() + idle;
         tokio::select! {
-            // The connection first: it is what wakes this task almost every
-            // time, and a biased select needs no random draw per poll.
             biased;
-            res = conn.as_mut() => return res,
-            _ = stopped(shutdown), if !closing => {
-                closing = true;
-                graceful(conn.as_mut());
-            }
-            _ = tokio::time::sleep_until(deadline.into()), if !closing => {
+            _ = stopped(shutdown) => return,
+            _ = tokio::time::sleep_until(deadline.into()) => {
                 if activity.requests.load(Ordering::Relaxed) == 0 && activity.last() + idle <= Instant::now() {
-                    closing = true;
-                    graceful(conn.as_mut());
+                    return;
                 }
             }
         }
+    }
+}
+
+/// Wakes the connection task and marks the watchdog as due for a poll.
+struct WatchdogSignal {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Default for WatchdogSignal {
+    fn default() -> WatchdogSignal {
+        // Fired at first, so the watchdog is polled once and arms itself.
+        WatchdogSignal {
+            fired: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }
+    }
+}
+
+impl Wake for WatchdogSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 

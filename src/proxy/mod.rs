@@ -20,6 +20,7 @@ use crate::metrics::{Metrics, RouteMetrics, UpstreamErrorKind};
 use crate::routing::{normalize_path, Route, Router};
 use crate::session::{Live, Lookup, Sessions};
 use body::Body;
+use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Limited;
 use hyper::body::Incoming;
@@ -69,12 +70,25 @@ pub struct RequestCtx {
     pub peer: SocketAddr,
     pub client_ip: IpAddr,
     pub method: Method,
-    /// Normalised path when it could be normalised, else the raw one.
-    pub path: String,
+    /// The request target as received: a shared handle, not a copy.
+    pub target: Option<PathAndQuery>,
+    /// The normalised path, only when it differs from the target's path.
+    pub normalized: Option<String>,
     pub route: Option<Arc<Route>>,
     pub upstream_ms: Option<f64>,
     pub session_id: Option<crate::session::token::SessionId>,
     pub version: Version,
+}
+
+impl RequestCtx {
+    /// The path to log: normalised when it could be normalised, else the raw one.
+    pub fn path(&self) -> &str {
+        match (&self.normalized, &self.target) {
+            (Some(p), _) => p,
+            (None, Some(t)) => t.path(),
+            (None, None) => "",
+        }
+    }
 }
 
 /// Entry point from the server: never fails, always logs.
@@ -84,7 +98,8 @@ pub async fn handle(shared: Arc<Shared>, peer: Arc<headers::PeerInfo>, req: Requ
         peer: peer.addr,
         client_ip: peer.addr.ip(),
         method: req.method().clone(),
-        path: String::new(),
+        target: req.uri().path_and_query().cloned(),
+        normalized: None,
         route: None,
         upstream_ms: None,
         session_id: None,
@@ -112,9 +127,9 @@ fn request_has_body(req: &Request<Incoming>) -> bool {
 
 fn error_response(shared: &Shared, ctx: &RequestCtx, err: GatewayError) -> Response<Body> {
     if err.is_server_side() {
-        tracing::warn!(peer = %ctx.peer, path = %ctx.path, error = %err, "request failed");
+        tracing::warn!(peer = %ctx.peer, path = ctx.path(), error = %err, "request failed");
     } else {
-        tracing::debug!(peer = %ctx.peer, path = %ctx.path, error = %err, "request refused");
+        tracing::debug!(peer = %ctx.peer, path = ctx.path(), error = %err, "request refused");
     }
     match &err {
         GatewayError::UpstreamConnect(_) | GatewayError::UpstreamOther(_) => {
@@ -144,7 +159,7 @@ fn finish(shared: &Shared, ctx: &RequestCtx, resp: &Response<Body>) {
     tracing::info!(
         target: "sessiongate::access",
         method = %ctx.method,
-        path = %ctx.path,
+        path = ctx.path(),
         status = status.as_u16(),
         route = ctx.route.as_ref().map(|r| r.label.as_str()).unwrap_or("-"),
         client_ip = %ctx.client_ip,
@@ -167,8 +182,13 @@ async fn pipeline(
     if req.version() == Version::HTTP_10 && req.headers().contains_key(header::TRANSFER_ENCODING) {
         return Err(GatewayError::BadRequest("HTTP/1.0 with Transfer-Encoding"));
     }
-    let path = normalize_path(req.uri().path()).inspect_err(|_| ctx.path = req.uri().path().to_string())?;
-    ctx.path.clone_from(&path);
+    // `None`: the path is already normal and the target is forwarded as received.
+    let rewritten = match normalize_path(req.uri().path())? {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(p) => Some(p),
+    };
+    ctx.normalized.clone_from(&rewritten);
+    let path = rewritten.as_deref().unwrap_or(req.uri().path());
     let client = peer.client(req.headers(), &shared.config.server.trusted_proxies);
     ctx.client_ip = client.ip;
     let host = request_host(&req);
@@ -180,16 +200,19 @@ async fn pipeline(
             client_ip: client.ip,
             authority: request_authority(&req),
         };
-        return endpoints::handle(ep, &path, req).await;
+        let path = path.to_owned();
+        // Boxed: the endpoints' state is large and rare; inline it would be
+        // copied with every proxied request's future.
+        return Box::pin(endpoints::handle(ep, &path, req)).await;
     }
 
     let route = shared
         .router
-        .find(host.as_deref(), &path)
+        .find(host.as_deref(), path)
         .cloned()
         .ok_or(GatewayError::NoRoute)?;
     ctx.route = Some(route.clone());
-    let forwarded_host = host.and_then(|h| HeaderValue::from_str(&h).ok());
+    let forwarded_host = host.and_then(|h| forwarded_host(&req, &h));
 
     if let Some(limit) = route.max_body_bytes {
         let declared = req
@@ -210,7 +233,7 @@ async fn pipeline(
             let live = match shared.sessions.lookup(req.headers(), client.ip).await? {
                 Lookup::Valid(live) => live,
                 Lookup::None { .. } => {
-                    let (token, live) = shared.sessions.issue(client.ip, req.headers()).await?;
+                    let (token, live) = Box::pin(shared.sessions.issue(client.ip, req.headers())).await?;
                     set_cookie = Some(shared.sessions.set_cookie(&token));
                     live
                 }
@@ -253,13 +276,17 @@ async fn pipeline(
     }
 
     let client_on_upgrade = upgrade_proto.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let upstream_req = build_upstream_request(req, &route, &path)?;
+    let upstream_req = build_upstream_request(req, &route, rewritten)?;
     let resp = exchange(shared, ctx, upstream_req).await?;
     let mut resp = match (client_on_upgrade, resp.status()) {
         (Some(on_client), StatusCode::SWITCHING_PROTOCOLS) => upgrade::splice(on_client, resp),
         (_, _) => response_filter(resp),
     };
-    session_response_filter(shared, session.as_deref(), resp.headers_mut()).await;
+    if let Some(data) = session_response_filter(shared, resp.headers_mut()) {
+        if let Some(live) = &session {
+            Box::pin(save_data(shared, live, data)).await;
+        }
+    }
     Ok(with_cookie(resp, set_cookie))
 }
 
@@ -309,8 +336,9 @@ fn with_cookie(mut resp: Response<Body>, cookie: Option<HeaderValue>) -> Respons
 }
 
 /// Towards the client: the upstream can never set our cookie, and its
-/// session-data header is consumed here, never passed on.
-async fn session_response_filter(shared: &Shared, session: Option<&Live>, headers: &mut http::HeaderMap) {
+/// session-data header is consumed here, never passed on; it is returned
+/// for [`save_data`].
+fn session_response_filter(shared: &Shared, headers: &mut http::HeaderMap) -> Option<HeaderValue> {
     let name = shared.sessions.cookie_name();
     if headers.contains_key(header::SET_COOKIE) {
         let kept: Vec<HeaderValue> = headers
@@ -324,9 +352,11 @@ async fn session_response_filter(shared: &Shared, session: Option<&Live>, header
             headers.append(header::SET_COOKIE, v);
         }
     }
-    let data_name = &shared.config.headers.session_data_set;
-    let Some(data) = headers.remove(data_name) else { return };
-    let Some(live) = session else { return };
+    headers.remove(&shared.config.headers.session_data_set)
+}
+
+/// Stores the session data an upstream sent, when it is text and small enough.
+async fn save_data(shared: &Shared, live: &Live, data: HeaderValue) {
     let max = shared.config.session.max_data_bytes;
     match data.to_str() {
         Ok(d) if d.len() <= max => {
@@ -350,21 +380,32 @@ fn sets_cookie(value: &[u8], name: &[u8]) -> bool {
     v.len() > name.len() && v.starts_with(name) && v[name.len()..].trim_ascii_start().first() == Some(&b'=')
 }
 
-/// Rewrites the request for the upstream: origin URI, HTTP/1.1, limited body.
-fn build_upstream_request(req: Request<Incoming>, route: &Route, path: &str) -> Result<Request<Body>, GatewayError> {
+/// Rewrites the request for the upstream: absolute URI for the pooled
+/// client, HTTP/1.1, limited body. The received target is reused unless
+/// normalisation `rewritten` the path.
+fn build_upstream_request(
+    req: Request<Incoming>,
+    route: &Route,
+    rewritten: Option<String>,
+) -> Result<Request<Body>, GatewayError> {
+    let unforwardable = || GatewayError::BadRequest("request target cannot be forwarded");
     let (mut parts, incoming) = req.into_parts();
-    let mut pq = String::with_capacity(path.len() + parts.uri.query().map_or(0, |q| q.len() + 1));
-    pq.push_str(path);
-    if let Some(q) = parts.uri.query() {
-        pq.push('?');
-        pq.push_str(q);
-    }
-    parts.uri = Uri::builder()
-        .scheme(route.upstream.scheme.clone())
-        .authority(route.upstream.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?;
+    let target = match rewritten {
+        None => parts.uri.path_and_query().cloned().ok_or_else(unforwardable)?,
+        Some(path) => {
+            let mut pq = path;
+            if let Some(q) = parts.uri.query() {
+                pq.push('?');
+                pq.push_str(q);
+            }
+            PathAndQuery::try_from(pq).map_err(|_| unforwardable())?
+        }
+    };
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(route.upstream.scheme.clone());
+    uri.authority = Some(route.upstream.authority.clone());
+    uri.path_and_query = Some(target);
+    parts.uri = Uri::from_parts(uri).map_err(|_| unforwardable())?;
     parts.version = Version::HTTP_11;
     let body: Body = match route.max_body_bytes {
         Some(limit) => Body::boxed(Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))),
@@ -429,6 +470,15 @@ fn request_authority(req: &Request<Incoming>) -> Option<String> {
             .and_then(|h| h.to_str().ok())
             .map(str::to_string)
     })
+}
+
+/// `X-Forwarded-Host`: the client's `Host` header itself (shared, not copied)
+/// when it already is the bare lowercase host, as it nearly always is.
+fn forwarded_host(req: &Request<Incoming>, host: &str) -> Option<HeaderValue> {
+    match req.headers().get(header::HOST) {
+        Some(v) if v.as_bytes() == host.as_bytes() => Some(v.clone()),
+        _ => HeaderValue::from_str(host).ok(),
+    }
 }
 
 /// The host the client addressed: lowercased, without port.

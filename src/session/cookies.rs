@@ -42,53 +42,73 @@ pub fn find<'a>(headers: &'a HeaderMap, name: &str) -> Presented<'a> {
 }
 
 /// Removes our cookie from the request; other cookies pass, joined into one
-/// `Cookie` header as HTTP/1.1 upstreams expect.
+/// `Cookie` header as HTTP/1.1 upstreams expect. Runs on every forwarded
+/// request, so the common cases allocate nothing: a single header without our
+/// cookie stays as it is, and one holding only ours is removed.
 pub fn strip(headers: &mut HeaderMap, name: &str) {
     let mut all = headers.get_all(header::COOKIE).iter();
     match (all.next(), all.next()) {
         (None, _) => return,
-        // Fast path: one header that cannot contain our name.
-        (Some(only), None) if !contains(only.as_bytes(), name.as_bytes()) => return,
+        // One header holding only ours (the common case behind a gateway
+        // that owns the session): drop it whole.
+        (Some(only), None) if is_single_pair(only.as_bytes(), name.as_bytes()) => {
+            headers.remove(header::COOKIE);
+            return;
+        }
+        // One header without our cookie: forwarded as it is.
+        (Some(only), None) if !names(only.as_bytes(), name.as_bytes()) => return,
+        // One header with ours, or several, which are joined in any case.
         _ => {}
     }
-    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
-    let mut kept = String::new();
-    let mut changed = values.len() > 1;
-    for value in &values {
-        let Ok(s) = value.to_str() else {
-            // Not text: drop it entirely rather than forward our token inside it.
-            changed = true;
+    // `kept` allocates only once another cookie is copied into it.
+    let mut kept: Vec<u8> = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        // Not text: dropped entirely rather than forward our token inside it.
+        if value.to_str().is_err() {
             continue;
-        };
-        for pair in s.split(';') {
-            let trimmed = pair.trim();
-            if trimmed.is_empty() {
-                continue;
-            }
-            let n = trimmed.split_once('=').map_or(trimmed, |(n, _)| n.trim());
-            if n == name {
-                changed = true;
-                continue;
-            }
+        }
+        for pair in pairs(value.as_bytes()).filter(|p| pair_name(p) != name.as_bytes()) {
             if !kept.is_empty() {
-                kept.push_str("; ");
+                kept.extend_from_slice(b"; ");
             }
-            kept.push_str(trimmed);
+            kept.extend_from_slice(pair);
         }
     }
-    if !changed {
-        return;
-    }
     headers.remove(header::COOKIE);
-    if let Ok(v) = HeaderValue::from_str(&kept) {
-        if !kept.is_empty() {
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)) {
             headers.insert(header::COOKIE, v);
         }
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// The non-empty, trimmed `name=value` pairs of one `Cookie` header.
+fn pairs(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b';')
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty())
+}
+
+fn pair_name(pair: &[u8]) -> &[u8] {
+    match pair.iter().position(|&b| b == b'=') {
+        Some(i) => pair[..i].trim_ascii(),
+        None => pair,
+    }
+}
+
+/// Whether one `Cookie` header is exactly one pair, named `name`.
+fn is_single_pair(value: &[u8], name: &[u8]) -> bool {
+    let v = value.trim_ascii();
+    v.len() > name.len()
+        && v.starts_with(name)
+        && v[name.len()..].trim_ascii_start().first() == Some(&b'=')
+        && !v.contains(&b';')
+}
+
+/// Whether one `Cookie` header has a pair named `name`.
+fn names(value: &[u8], name: &[u8]) -> bool {
+    pairs(value).any(|p| pair_name(p) == name)
 }
 
 #[cfg(test)]
@@ -125,5 +145,21 @@ mod tests {
         let mut only = h(&["sg=x"]);
         strip(&mut only, "sg");
         assert!(only.get(header::COOKIE).is_none());
+        let mut spaced = h(&[" sg = x ;"]);
+        strip(&mut spaced, "sg");
+        assert!(spaced.get(header::COOKIE).is_none());
+        let mut first = h(&["sg=x;a=1"]);
+        strip(&mut first, "sg");
+        assert_eq!(first.get(header::COOKIE).map(|v| v.as_bytes()), Some(&b"a=1"[..]));
+        // Names that merely contain ours are not ours; untouched when alone.
+        let mut lookalike = h(&["xsg=1;  sgx=2"]);
+        strip(&mut lookalike, "sg");
+        assert_eq!(
+            lookalike.get(header::COOKIE).map(|v| v.as_bytes()),
+            Some(&b"xsg=1;  sgx=2"[..])
+        );
+        let mut joined = h(&["a=1", "b=2"]);
+        strip(&mut joined, "sg");
+        assert_eq!(joined.get(header::COOKIE).map(|v| v.as_bytes()), Some(&b"a=1; b=2"[..]));
     }
 }

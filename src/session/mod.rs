@@ -305,7 +305,7 @@ impl Sessions {
         if let Some(why) = live.record.expiry(now, live.last_seen(), self.idle_ms) {
             self.metrics.session_expired(why.as_str());
             tracing::info!(event = "session_expired", session_id = %live.record.id, reason = why.as_str());
-            self.remove(hash).await?;
+            Box::pin(self.remove(hash)).await?;
             return Ok(Lookup::None { presented: true });
         }
         let binding = &self.config.session.binding;
@@ -322,7 +322,7 @@ impl Sessions {
             );
             if binding.on_mismatch == OnMismatch::Revoke {
                 self.metrics.session_revoked("binding_mismatch");
-                self.remove(hash).await?;
+                Box::pin(self.remove(hash)).await?;
             }
             return Ok(Lookup::None { presented: true });
         }
@@ -341,6 +341,13 @@ impl Sessions {
             self.metrics.cache_hits.inc();
             return Ok(Some(live));
         }
+        // Boxed: the miss path's state (moka's loader, the store read) is
+        // large, and inline it would be copied with every request's future.
+        Box::pin(self.load(hash)).await
+    }
+
+    /// A cache miss: one store read for concurrent misses of one key.
+    async fn load(&self, hash: TokenHash) -> Result<Option<Arc<Live>>, StoreError> {
         self.metrics.cache_misses.inc();
         let store = self.store.clone();
         let revoked = self.revoked.clone();
