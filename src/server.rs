@@ -305,8 +305,9 @@ impl Connection {
             let in_flight = in_flight.clone();
             let peer_info = peer_info.clone();
             async move {
+                // No touch here: the watchdog never closes a connection with
+                // a request in flight, and the end of this one touches.
                 in_flight.requests.fetch_add(1, Ordering::Relaxed);
-                in_flight.touch();
                 let resp = proxy::handle(shared, peer_info, req).await;
                 in_flight.requests.fetch_sub(1, Ordering::Relaxed);
                 in_flight.touch();
@@ -383,7 +384,13 @@ where
 /// been idle for `idle` with no request in flight.
 async fn watchdog(activity: &Activity, idle: Duration, shutdown: &mut watch::Receiver<bool>) {
     loop {
-        let deadline = activity.last() + idle;
+        // With a request in flight the connection is not idle: look again
+        // a full period later (from `last` it would be due at once, a spin).
+        let deadline = if activity.requests.load(Ordering::Relaxed) > 0 {
+            Instant::now() + idle
+        } else {
+            activity.last() + idle
+        };
         tokio::select! {
             biased;
             _ = stopped(shutdown) => return,

@@ -248,3 +248,42 @@ async fn connections_over_the_limit_wait_until_one_closes() {
         .expect("request after the limit was released");
     assert_eq!(Echo::from_response(response).await.path(), "/afterwards");
 }
+
+async fn gateway_with_short_keepalive(upstream: &TestUpstream) -> TestGateway {
+    TestGateway::start(GatewayConfig::proxy_all_to(upstream).server_str("keepalive_timeout", "300ms")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_kept_alive_connection_is_closed_after_the_keepalive_timeout() {
+    let upstream = TestUpstream::start().await;
+    let gw = gateway_with_short_keepalive(&upstream).await;
+    let mut conn = gw.raw().await;
+
+    let first = conn
+        .roundtrip(get_request("/", &gw.host_header()))
+        .await
+        .expect("first request on the connection");
+    assert_eq!(first.status, 200);
+    // Idle from here on: the gateway must close the connection itself.
+    let received = within(secs(3), "idle connection to be closed", conn.read_until_closed()).await;
+    assert!(received.is_empty(), "server sent {} bytes", received.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_slower_than_the_keepalive_timeout_is_answered_then_the_connection_closes() {
+    let upstream = TestUpstream::start().await;
+    let gw = gateway_with_short_keepalive(&upstream).await;
+    let mut conn = gw.raw().await;
+
+    // In flight for three keep-alive periods: not idle, so never cut.
+    let slow = within(
+        secs(5),
+        "slow response",
+        conn.roundtrip(get_request("/delay/900", &gw.host_header())),
+    )
+    .await
+    .expect("response to a request slower than the keep-alive timeout");
+    assert_eq!(slow.status, 200);
+    let received = within(secs(3), "idle connection to be closed", conn.read_until_closed()).await;
+    assert!(received.is_empty(), "server sent {} bytes", received.len());
+}
