@@ -294,32 +294,27 @@ impl Connection {
         // graceful shutdown, never cut.
         let activity = Arc::new(Activity::new());
         let io = TokioIo::new(tls);
-        let shared = self.shared.clone();
         let peer_info = Arc::new(proxy::headers::PeerInfo::new(
             peer,
             &self.shared.config.server.trusted_proxies,
         ));
-        let in_flight = activity.clone();
-        let service = service_fn(move |req: hyper::Request<Incoming>| {
-            let shared = shared.clone();
-            let in_flight = in_flight.clone();
-            let peer_info = peer_info.clone();
-            async move {
-                // No touch here: the watchdog never closes a connection with
-                // a request in flight, and the end of this one touches.
-                in_flight.requests.fetch_add(1, Ordering::Relaxed);
-                let resp = proxy::handle(shared, peer_info, req).await;
-                in_flight.requests.fetch_sub(1, Ordering::Relaxed);
-                in_flight.touch();
-                Ok::<hyper::Response<Body>, Infallible>(resp)
-            }
-        });
+        let handler = Handler {
+            shared: self.shared.clone(),
+            peer: peer_info,
+            activity: activity.clone(),
+        };
         let idle = self.settings.keepalive_timeout;
         let result = if h2 {
+            // Each stream becomes a task of its own, and its future is moved
+            // into it: boxed, that is a pointer rather than kilobytes.
+            let service = service_fn(move |req| Box::pin(handler.clone().call(req)));
             let conn = self.settings.h2.serve_connection_with_upgrades(io, service);
             tokio::pin!(conn);
             drive(conn, |c| c.graceful_shutdown(), &activity, idle, &mut self.shutdown).await
         } else {
+            // One request at a time, its future moved once into hyper's own
+            // slot: a box per request would cost more than it saves.
+            let service = service_fn(move |req| handler.clone().call(req));
             let conn = self.settings.h1.serve_connection(io, service).with_upgrades();
             tokio::pin!(conn);
             drive(conn, |c| c.graceful_shutdown(), &activity, idle, &mut self.shutdown)
@@ -329,6 +324,26 @@ impl Connection {
         if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
+    }
+}
+
+/// Serves the requests of one connection.
+#[derive(Clone)]
+struct Handler {
+    shared: Arc<Shared>,
+    peer: Arc<proxy::headers::PeerInfo>,
+    activity: Arc<Activity>,
+}
+
+impl Handler {
+    async fn call(self, req: hyper::Request<Incoming>) -> Result<hyper::Response<Body>, Infallible> {
+        // No touch here: the watchdog never closes a connection with a
+        // request in flight, and the end of this one touches.
+        self.activity.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = proxy::handle(self.shared, self.peer, req).await;
+        self.activity.requests.fetch_sub(1, Ordering::Relaxed);
+        self.activity.touch();
+        Ok(resp)
     }
 }
 
