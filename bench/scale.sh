@@ -22,6 +22,7 @@
 #   3. A table, the per-round ratio LARGE ÷ SMALL, median [min-max].
 # Every session is bound to what wrk sends: 127.0.0.1 and User-Agent $UA.
 #
+# ROUNDS=0 measures memory only (steps 1 and 3, no load runs).
 # Knobs: ROUNDS=3 DURATION=8 WARMUP=2 CONNS=64 SMALL=1000 LARGE=1000000
 #        CACHE_CAPACITY=1100000 SG_PROFILE=dist KEEP_TMP=1 (keep the work dir)
 #        SG_CPUS=0 LG_CPUS=1  UP_PORT=18180 GW_PORT=18545 ADMIN_PORT=18991
@@ -196,6 +197,7 @@ awk -v small="$SMALL" -v large="$LARGE" -v r0="$RSS0" -v r1="$RSS1" -v r2="$RSS2
     printf "| after start | %s |\n| %d sessions | %s |\n| %d sessions | %s |\n| after the load runs | %s |\n", mib(r0), small, mib(r1), large, mib(r2), mib(r3)
     printf "\nbytes per session (ΔRSS %d → %d sessions): **%.0f**\n", small, large, per
     printf "total RSS with %d sessions: **%s** (target ≤ 512 MiB: %s)\n", large, mib(r2), (r2 <= 512 * 1024) ? "met" : "NOT met"
+    if (rounds == 0) exit
     printf "\n## verified keep-alive throughput, a different cookie per request\n\n"
     printf "| round | req/s over %d | req/s over %d | ratio | gateway CPU µs/req (small/large) | CPU ratio | p99 µs (small/large) | non-2xx | cache misses (large) |\n|---|---|---|---|---|---|---|---|---|\n", small, large
     for (r = 1; r <= rounds; r++) {

@@ -90,7 +90,9 @@ async fn login_form(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Result
     let rd = query_param(req.uri().query(), "rd")
         .map(|r| safe_redirect(&r))
         .unwrap_or_else(|| "/".into());
-    let mut resp = html(StatusCode::OK, pages::login(&live.record.csrf, &rd, None));
+    // The CSRF secret is kept in the store, not in the session cache.
+    let csrf = ep.sessions.stored(&live).await?.map(|r| r.csrf).unwrap_or_default();
+    let mut resp = html(StatusCode::OK, pages::login(&csrf, &rd, None));
     if let Some(c) = cookie {
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
@@ -103,20 +105,20 @@ async fn login_submit(ep: &EndpointRequest<'_>, req: Request<Incoming>) -> Resul
     let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or("");
     let (username, password, csrf) = (field("username"), field("password"), field("csrf"));
     let rd = safe_redirect(field("rd"));
-    let live = match ep.sessions.lookup(&parts.headers, ep.client_ip).await? {
-        Lookup::Valid(live) if constant_time_eq(csrf, &live.record.csrf) => live,
-        _ => return Ok(forbidden("Your sign-in form expired. Reload the page and try again.")),
+    let expired = || forbidden("Your sign-in form expired. Reload the page and try again.");
+    let Lookup::Valid(live) = ep.sessions.lookup(&parts.headers, ep.client_ip).await? else {
+        return Ok(expired());
+    };
+    let record = match ep.sessions.stored(&live).await? {
+        Some(record) if constant_time_eq(csrf, &record.csrf) => record,
+        _ => return Ok(expired()),
     };
     if let Some(wait) = ep.auth.throttle.blocked(ep.client_ip, username) {
         ep.sessions.metrics().login("throttled");
         tracing::warn!(event = "login_throttled", client_ip = %ep.client_ip, user = username);
         let mut resp = html(
             StatusCode::TOO_MANY_REQUESTS,
-            pages::login(
-                &live.record.csrf,
-                &rd,
-                Some("Too many failed sign-ins. Try again later."),
-            ),
+            pages::login(&record.csrf, &rd, Some("Too many failed sign-ins. Try again later.")),
         );
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
@@ -132,7 +134,7 @@ async fn login_submit(ep: &EndpointRequest<'_>, req: Request<Incoming>) -> Resul
             };
             let (token, new) = ep
                 .sessions
-                .rotate_login(&live, identity, ep.client_ip, &parts.headers)
+                .rotate_login(&live, record, identity, ep.client_ip, &parts.headers)
                 .await?;
             ep.sessions.metrics().login("succeeded");
             tracing::info!(event = "login", user = %user.name, session_id = %new.record.id, client_ip = %ep.client_ip);
@@ -148,7 +150,7 @@ async fn login_submit(ep: &EndpointRequest<'_>, req: Request<Incoming>) -> Resul
             tracing::warn!(event = "login_failed", client_ip = %ep.client_ip, user = username);
             Ok(html(
                 StatusCode::UNAUTHORIZED,
-                pages::login(&live.record.csrf, &rd, Some("Invalid username or password.")),
+                pages::login(&record.csrf, &rd, Some("Invalid username or password.")),
             ))
         }
     }
@@ -167,10 +169,15 @@ async fn logout(ep: &EndpointRequest<'_>, req: Request<Incoming>) -> Result<Resp
         Lookup::Valid(live) => Some(live),
         Lookup::None { .. } => None,
     };
-    let csrf_ok = live.as_ref().is_some_and(|l| {
-        form.iter()
-            .any(|(k, v)| k == "csrf" && constant_time_eq(v, &l.record.csrf))
-    });
+    // Only a cross-origin sign-out needs the CSRF secret (kept in the store).
+    let csrf_ok = match &live {
+        Some(l) if !same_origin => ep
+            .sessions
+            .stored(l)
+            .await?
+            .is_some_and(|r| form.iter().any(|(k, v)| k == "csrf" && constant_time_eq(v, &r.csrf))),
+        _ => false,
+    };
     if !same_origin && !csrf_ok {
         return Ok(forbidden("Sign-out must come from this site."));
     }

@@ -48,20 +48,24 @@ impl OwnedHeaders {
     }
 }
 
-/// Sets the session's identity, id and data headers.
+/// Sets the session's identity, id and data headers. The identity values
+/// are shared by the identity's sessions; the id and data values are made
+/// here (see `session::live`).
 pub fn apply(headers: &mut HeaderMap, names: &HeaderNames, live: &Live) {
-    headers.insert(names.session_id.clone(), live.id_header.clone());
-    if let Some(v) = &live.user_header {
-        headers.insert(names.user.clone(), v.clone());
+    headers.insert(names.session_id.clone(), live.id_header());
+    if let Some(identity) = &live.record.identity {
+        if let Some(v) = &identity.user_header {
+            headers.insert(names.user.clone(), v.clone());
+        }
+        if let Some(v) = &identity.email_header {
+            headers.insert(names.email.clone(), v.clone());
+        }
+        if let Some(v) = &identity.groups_header {
+            headers.insert(names.groups.clone(), v.clone());
+        }
     }
-    if let Some(v) = &live.email_header {
-        headers.insert(names.email.clone(), v.clone());
-    }
-    if let Some(v) = &live.groups_header {
-        headers.insert(names.groups.clone(), v.clone());
-    }
-    if let Some(v) = &live.data_header {
-        headers.insert(names.session_data.clone(), v.clone());
+    if let Some(v) = live.data_header() {
+        headers.insert(names.session_data.clone(), v);
     }
 }
 

@@ -1,15 +1,17 @@
 //! Sessions: issue, verify, bind, rotate, expire and end them.
 //!
-//! [`Sessions`] owns a moka cache of live sessions in front of the store of
-//! record. A verified request on a cache hit does no I/O: it checks the
-//! record's own timestamps, the binding, and bumps an atomic `last_seen`;
-//! every `touch_interval` at most one write-behind touch per session is
-//! queued. Concurrent misses for one token make one store read. Rotation and
-//! deletion go to the store first (durably), then invalidate the cache.
+//! [`Sessions`] owns a moka cache of live sessions ([`Live`], compact: see
+//! `live.rs`) in front of the store of record. A verified request on a cache
+//! hit does no I/O: it checks the record's own timestamps, the binding, and
+//! bumps an atomic `last_seen`; every `touch_interval` at most one
+//! write-behind touch per session is queued. Concurrent misses for one token
+//! make one store read. Rotation and deletion go to the store first
+//! (durably), then invalidate the cache.
 //!
 //! Lifecycle: created → verified → touched → rotated → revoked | expired.
 
 pub mod cookies;
+pub mod live;
 pub mod record;
 pub mod store;
 pub mod token;
@@ -17,56 +19,16 @@ pub mod token;
 use crate::config::{Config, OnMismatch, SameSite, StoreKind};
 use crate::metrics::Metrics;
 use http::{HeaderMap, HeaderValue};
+pub use live::Live;
+use live::{Identities, CACHE_TTL};
 use record::{now_ms, ClientBinding, Identity, SessionRecord};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use store::{SessionStore, StoreError};
-use token::{SessionId, SessionToken, TokenHash};
-
-/// A session as the request path sees it: the record plus the header values
-/// forwarded upstream, computed once per cache entry rather than per request.
-pub struct Live {
-    pub hash: TokenHash,
-    pub record: SessionRecord,
-    last_seen: AtomicU64,
-    persisted_seen: AtomicU64,
-    pub id_header: HeaderValue,
-    pub user_header: Option<HeaderValue>,
-    pub email_header: Option<HeaderValue>,
-    pub groups_header: Option<HeaderValue>,
-    pub data_header: Option<HeaderValue>,
-}
-
-impl Live {
-    pub fn new(hash: TokenHash, record: SessionRecord) -> Live {
-        let hv = |s: &str| HeaderValue::from_str(s).ok();
-        let identity = record.identity.as_ref();
-        Live {
-            hash,
-            id_header: hv(&record.id.to_string()).unwrap_or_else(|| HeaderValue::from_static("")),
-            user_header: identity.and_then(|i| hv(&i.user)),
-            email_header: identity.and_then(|i| i.email.as_deref()).and_then(hv),
-            groups_header: identity
-                .filter(|i| !i.groups.is_empty())
-                .and_then(|i| hv(&i.groups.join(","))),
-            data_header: Some(record.data.as_str()).filter(|d| !d.is_empty()).and_then(hv),
-            last_seen: AtomicU64::new(record.last_seen),
-            persisted_seen: AtomicU64::new(record.last_seen),
-            record,
-        }
-    }
-
-    pub fn last_seen(&self) -> u64 {
-        self.last_seen.load(Ordering::Relaxed)
-    }
-
-    pub fn is_authenticated(&self) -> bool {
-        self.record.identity.is_some()
-    }
-}
+use token::{BuildTokenHasher, SessionId, SessionToken, TokenHash};
 
 /// The result of looking at a request's cookie.
 pub enum Lookup {
@@ -98,12 +60,18 @@ pub struct Sessions {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     store: Arc<dyn SessionStore>,
-    cache: moka::future::Cache<TokenHash, Arc<Live>>,
+    /// Keyed by the token hash's first 8 bytes ([`TokenHash::prefix`]; in
+    /// moka an `Arc<u64>` key takes a 32-byte chunk, an `Arc<TokenHash>` 64),
+    /// which also serve as the key's hash. An entry answers only a lookup
+    /// whose full 32-byte hash equals the one it holds ([`Sessions::get`]).
+    cache: moka::future::Cache<u64, Arc<Live>, BuildTokenHasher>,
+    /// One shared copy of each identity among the cached sessions.
+    identities: Arc<Identities>,
     /// Hashes deleted recently: a store read that raced the delete must not
     /// put the session back into the cache.
-    revoked: moka::sync::Cache<TokenHash, ()>,
+    revoked: moka::sync::Cache<TokenHash, (), BuildTokenHasher>,
     /// Write-behind `last_seen` updates, coalesced per session.
-    pending_touches: Mutex<HashMap<TokenHash, u64>>,
+    pending_touches: Mutex<HashMap<TokenHash, u64, BuildTokenHasher>>,
     /// False while a shared store's invalidation feed is down: then every
     /// lookup reads through to the store, so a session revoked elsewhere is
     /// never served from a stale cache.
@@ -115,10 +83,6 @@ pub struct Sessions {
     set_cookie_suffix: String,
     clear_cookie: HeaderValue,
 }
-
-/// How long a cache entry may be served before it is re-read from the store,
-/// whatever else happens: a bound on staleness from any cause.
-const CACHE_TTL: Duration = Duration::from_secs(600);
 
 impl Sessions {
     /// Opens the configured store and starts the background tasks.
@@ -152,11 +116,13 @@ impl Sessions {
             "{}=; Max-Age=0; Path=/; Secure; HttpOnly; SameSite={same_site}",
             s.cookie_name
         );
+        // No `time_to_live`: it costs a write-order queue node per entry (32
+        // bytes with glibc); `Live::is_stale` bounds an entry's age instead.
+        // `time_to_idle` reuses the access-order queue the size bound needs.
         let cache = moka::future::Cache::builder()
             .max_capacity(config.store.cache_capacity)
-            .time_to_live(CACHE_TTL)
             .time_to_idle(s.idle_timeout.min(CACHE_TTL))
-            .build();
+            .build_with_hasher(BuildTokenHasher::default());
         let events = store.events();
         Sessions {
             // A shared store starts untrusted until its feed is confirmed.
@@ -164,11 +130,12 @@ impl Sessions {
             events: Mutex::new(events),
             store,
             cache,
+            identities: Arc::default(),
             revoked: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(CACHE_TTL * 2)
-                .build(),
-            pending_touches: Mutex::new(HashMap::new()),
+                .build_with_hasher(BuildTokenHasher::default()),
+            pending_touches: Mutex::new(HashMap::default()),
             idle_ms: millis(s.idle_timeout),
             absolute_ms: millis(s.absolute_timeout),
             touch_ms: millis(config.store.touch_interval),
@@ -254,12 +221,12 @@ impl Sessions {
 
     async fn apply(&self, event: store::CacheEvent) {
         match event {
-            store::CacheEvent::Invalidate(hash) => self.cache.invalidate(&hash).await,
+            store::CacheEvent::Invalidate(hash) => self.cache.invalidate(&hash.prefix()).await,
             store::CacheEvent::Gone(hash) => {
                 // Also stops a store read that raced the delete from putting
                 // the session back into the cache.
                 self.revoked.insert(hash, ());
-                self.cache.invalidate(&hash).await;
+                self.cache.invalidate(&hash.prefix()).await;
             }
             store::CacheEvent::Lost => self.cache_trusted.store(false, Ordering::SeqCst),
             store::CacheEvent::Restored => {
@@ -274,7 +241,7 @@ impl Sessions {
         match self.store.sweep(now_ms(), self.idle_ms).await {
             Ok(dead) => {
                 for h in &dead {
-                    self.cache.invalidate(h).await;
+                    self.cache.invalidate(&h.prefix()).await;
                 }
                 if !dead.is_empty() {
                     tracing::info!(count = dead.len(), "swept expired sessions");
@@ -298,10 +265,10 @@ impl Sessions {
             },
         };
         let hash = token.hash();
-        let Some(live) = self.get(hash).await? else {
+        let now = now_ms();
+        let Some(live) = self.get(hash, now).await? else {
             return Ok(Lookup::None { presented: true });
         };
-        let now = now_ms();
         if let Some(why) = live.record.expiry(now, live.last_seen(), self.idle_ms) {
             self.metrics.session_expired(why.as_str());
             tracing::info!(event = "session_expired", session_id = %live.record.id, reason = why.as_str());
@@ -326,20 +293,34 @@ impl Sessions {
             }
             return Ok(Lookup::None { presented: true });
         }
-        self.touch(&live, now);
+        self.touch(hash, &live, now);
         Ok(Lookup::Valid(live))
     }
 
-    /// Cache first; one store read for concurrent misses of one key.
-    async fn get(&self, hash: TokenHash) -> Result<Option<Arc<Live>>, StoreError> {
+    /// The cache's form of a record (identity interned).
+    fn live(&self, hash: TokenHash, record: &SessionRecord) -> Arc<Live> {
+        Arc::new(Live::new(hash, record, &self.identities, now_ms()))
+    }
+
+    /// Cache first; one store read for concurrent misses of one key. An
+    /// entry older than [`CACHE_TTL`] is read again. The cache is keyed by 8
+    /// bytes of the hash: an entry whose full hash differs (another session
+    /// sharing those 64 bits, about one chance in 2^64 / sessions) is never
+    /// used for this one, which is then read from the store uncached.
+    async fn get(&self, hash: TokenHash, now: u64) -> Result<Option<Arc<Live>>, StoreError> {
         if !self.cache_trusted.load(Ordering::SeqCst) {
-            self.metrics.cache_misses.inc();
-            let rec = self.store.get(hash).await.inspect_err(|_| self.store_failed())?;
-            return Ok(rec.map(|r| Arc::new(Live::new(hash, r))));
+            return self.read_through(hash).await;
         }
-        if let Some(live) = self.cache.get(&hash).await {
-            self.metrics.cache_hits.inc();
-            return Ok(Some(live));
+        let key = hash.prefix();
+        if let Some(live) = self.cache.get(&key).await {
+            if live.hash != hash {
+                return self.read_through(hash).await;
+            }
+            if !live.is_stale(now) {
+                self.metrics.cache_hits.inc();
+                return Ok(Some(live));
+            }
+            self.cache.invalidate(&key).await;
         }
         // Boxed: the miss path's state (moka's loader, the store read) is
         // large, and inline it would be copied with every request's future.
@@ -351,18 +332,22 @@ impl Sessions {
         self.metrics.cache_misses.inc();
         let store = self.store.clone();
         let revoked = self.revoked.clone();
+        let identities = self.identities.clone();
         let res = self
             .cache
-            .try_get_with(hash, async move {
+            .try_get_with(key, async move {
                 match store.get(hash).await {
-                    Ok(Some(rec)) if !revoked.contains_key(&hash) => Ok(Arc::new(Live::new(hash, rec))),
+                    Ok(Some(rec)) if !revoked.contains_key(&hash) => {
+                        Ok(Arc::new(Live::new(hash, &rec, &identities, now_ms())))
+                    }
                     Ok(_) => Err(MissError::NotFound),
                     Err(e) => Err(MissError::Store(e)),
                 }
             })
             .await;
         match res {
-            Ok(live) => Ok(Some(live)),
+            Ok(live) if live.hash == hash => Ok(Some(live)),
+            Ok(_) => self.read_through(hash).await,
             Err(e) => match &*e {
                 MissError::NotFound => Ok(None),
                 MissError::Store(se) => {
@@ -373,17 +358,33 @@ impl Sessions {
         }
     }
 
-    fn touch(&self, live: &Live, now: u64) {
-        live.last_seen.fetch_max(now, Ordering::Relaxed);
-        let persisted = live.persisted_seen.load(Ordering::Relaxed);
-        if now.saturating_sub(persisted) >= self.touch_ms
-            && live
-                .persisted_seen
-                .compare_exchange(persisted, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+    /// A store read that bypasses the cache.
+    async fn read_through(&self, hash: TokenHash) -> Result<Option<Arc<Live>>, StoreError> {
+        self.metrics.cache_misses.inc();
+        let rec = self.store.get(hash).await.inspect_err(|_| self.store_failed())?;
+        Ok(rec.map(|r| self.live(hash, &r)))
+    }
+
+    /// The session's full record from the store (the cache holds only what
+    /// requests read: the CSRF secret and the other timestamps stay there),
+    /// with the cache's fresher `last_seen`. `None` once it has ended.
+    pub async fn stored(&self, live: &Live) -> Result<Option<SessionRecord>, SessionError> {
+        let rec = self.store.get(live.hash).await.inspect_err(|_| self.store_failed())?;
+        Ok(rec.map(|mut r| {
+            r.last_seen = r.last_seen.max(live.last_seen());
+            r
+        }))
+    }
+
+    /// Bumps `last_seen`; the first request of each `touch_interval` window
+    /// (of wall-clock time) queues a write-behind, so the store lags by less
+    /// than one interval and sees at most one touch per session per window.
+    fn touch(&self, hash: TokenHash, live: &Live, now: u64) {
+        let before = live.last_seen.fetch_max(now, Ordering::Relaxed);
+        let window = self.touch_ms.max(1);
+        if now / window > before / window {
             let mut pending = self.pending_touches.lock().unwrap_or_else(|p| p.into_inner());
-            pending.insert(live.hash, now);
+            pending.insert(hash, now);
         }
     }
 
@@ -391,7 +392,7 @@ impl Sessions {
     async fn remove(&self, hash: TokenHash) -> Result<bool, StoreError> {
         self.revoked.insert(hash, ());
         let existed = self.store.delete(hash).await.inspect_err(|_| self.store_failed())?;
-        self.cache.invalidate(&hash).await;
+        self.cache.invalidate(&hash.prefix()).await;
         Ok(existed)
     }
 
@@ -423,12 +424,12 @@ impl Sessions {
     async fn insert(&self, record: SessionRecord) -> Result<(SessionToken, Arc<Live>), SessionError> {
         let token = SessionToken::generate()?;
         let hash = token.hash();
+        let live = self.live(hash, &record);
         self.store
-            .put(hash, record.clone())
+            .put(hash, record)
             .await
             .inspect_err(|_| self.store_failed())?;
-        let live = Arc::new(Live::new(hash, record));
-        self.cache.insert(hash, live.clone()).await;
+        self.cache.insert(hash.prefix(), live.clone()).await;
         self.metrics.sessions_created.inc();
         Ok((token, live))
     }
@@ -480,15 +481,12 @@ impl Sessions {
         }
         // Built before the write so that the batch moves into the store
         // rather than being copied whole.
-        let lives: Vec<Arc<Live>> = batch
-            .iter()
-            .map(|(hash, record)| Arc::new(Live::new(*hash, record.clone())))
-            .collect();
+        let lives: Vec<Arc<Live>> = batch.iter().map(|(hash, record)| self.live(*hash, record)).collect();
         self.store.put_many(batch).await.inspect_err(|_| self.store_failed())?;
         let mut out = Vec::with_capacity(count);
         for (token, live) in tokens.into_iter().zip(lives) {
             out.push((token, live.record.id));
-            self.cache.insert(live.hash, live).await;
+            self.cache.insert(live.hash.prefix(), live).await;
         }
         self.metrics
             .sessions_created
@@ -499,16 +497,17 @@ impl Sessions {
 
     /// Login: a new token for the same session (id and data kept), the
     /// identity set, the absolute lifetime restarted, a new CSRF secret.
-    /// The old token is refused from the moment this returns.
+    /// `record` is `old`'s, as [`Sessions::stored`] read it. The old token
+    /// is refused from the moment this returns.
     pub async fn rotate_login(
         &self,
         old: &Live,
+        mut record: SessionRecord,
         identity: Identity,
         client_ip: IpAddr,
         headers: &HeaderMap,
     ) -> Result<(SessionToken, Arc<Live>), SessionError> {
         let now = now_ms();
-        let mut record = old.record.clone();
         record.identity = Some(identity);
         record.binding = ClientBinding::new(&self.config.session.binding, client_ip, headers);
         record.authenticated_at = now;
@@ -521,14 +520,14 @@ impl Sessions {
             SessionToken::generate()?
         };
         let hash = token.hash();
+        let live = self.live(hash, &record);
         self.revoked.insert(old.hash, ());
         self.store
-            .rotate(old.hash, hash, record.clone())
+            .rotate(old.hash, hash, record)
             .await
             .inspect_err(|_| self.store_failed())?;
-        self.cache.invalidate(&old.hash).await;
-        let live = Arc::new(Live::new(hash, record));
-        self.cache.insert(hash, live.clone()).await;
+        self.cache.invalidate(&old.hash.prefix()).await;
+        self.cache.insert(hash.prefix(), live.clone()).await;
         self.metrics.sessions_rotated.inc();
         tracing::info!(event = "session_rotated", session_id = %live.record.id, user = live.record.identity.as_ref().map(|i| i.user.as_str()).unwrap_or(""));
         Ok((token, live))
@@ -548,24 +547,26 @@ impl Sessions {
     /// write only replaces an existing record, and a cache entry put back
     /// after a concurrent revocation is taken out again.
     pub async fn set_data(&self, live: &Live, data: String) -> Result<(), StoreError> {
-        let mut record = live.record.clone();
+        // The full record is in the store only (see `live.rs`).
+        let Some(mut record) = self.store.get(live.hash).await.inspect_err(|_| self.store_failed())? else {
+            return Ok(());
+        };
+        record.last_seen = record.last_seen.max(live.last_seen());
         record.data = data;
-        record.last_seen = live.last_seen();
+        let fresh = self.live(live.hash, &record);
         let replaced = self
             .store
-            .replace(live.hash, record.clone())
+            .replace(live.hash, record)
             .await
             .inspect_err(|_| self.store_failed())?;
         if !replaced || self.revoked.contains_key(&live.hash) {
             return Ok(());
         }
-        self.cache
-            .insert(live.hash, Arc::new(Live::new(live.hash, record)))
-            .await;
+        self.cache.insert(live.hash.prefix(), fresh).await;
         // `remove` marks `revoked` before it invalidates: whichever order the
         // two ran in, the entry does not outlive the revocation.
         if self.revoked.contains_key(&live.hash) {
-            self.cache.invalidate(&live.hash).await;
+            self.cache.invalidate(&live.hash.prefix()).await;
         }
         Ok(())
     }
@@ -576,7 +577,7 @@ impl Sessions {
         let mut out = Vec::new();
         for (h, mut r) in self.store.list(user).await? {
             // The cache holds a fresher last_seen than the write-behind store.
-            if let Some(live) = self.cache.get(&h).await {
+            if let Some(live) = self.cache.get(&h.prefix()).await.filter(|l| l.hash == h) {
                 r.last_seen = r.last_seen.max(live.last_seen());
             }
             if r.expiry(now, r.last_seen, self.idle_ms).is_none() {
@@ -639,4 +640,51 @@ impl Sessions {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::COOKIE;
+
+    fn sessions(dir: &std::path::Path) -> Sessions {
+        let (cert, key) = crate::tls::write_self_signed(dir, &["localhost".into()]).unwrap_or_else(|e| panic!("{e}"));
+        let text = format!(
+            "[tls]\ncert = {cert:?}\nkey = {key:?}\n[store]\nkind = \"memory\"\n\
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\n"
+        );
+        let config = Config::parse(&text, &dir.join("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+        Sessions::with_store(
+            Arc::new(config),
+            Arc::new(Metrics::new()),
+            Arc::new(store::memory::MemoryStore::default()),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_cache_entry_answers_only_its_own_full_hash() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = sessions(dir.path());
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let (token, live) = s.issue(ip, &HeaderMap::new()).await.unwrap_or_else(|e| panic!("{e}"));
+        // Another session whose hash shares the first 8 bytes (the cache key)
+        // takes the cache slot.
+        let mut other = live.hash;
+        other.0[31] ^= 1;
+        let mut impostor = s.stored(&live).await.ok().flatten().unwrap_or_else(|| unreachable!());
+        impostor.id = SessionId([9; 16]);
+        s.cache.insert(other.prefix(), s.live(other, &impostor)).await;
+        let mut headers = HeaderMap::new();
+        let cookie = HeaderValue::from_str(&s.cookie_pair(&token)).unwrap_or_else(|e| panic!("{e}"));
+        headers.insert(COOKIE, cookie);
+        for _ in 0..2 {
+            match s.lookup(&headers, ip).await {
+                Ok(Lookup::Valid(found)) => assert_eq!(found.record.id, live.record.id),
+                _ => panic!("the session must still verify, from the store"),
+            }
+        }
+        // The impostor keeps its slot: the lookups read through.
+        let cached = s.cache.get(&other.prefix()).await.map(|l| l.record.id);
+        assert_eq!(cached, Some(SessionId([9; 16])));
+    }
 }

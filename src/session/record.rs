@@ -24,8 +24,9 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Who a logged-in session belongs to.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// Who a logged-in session belongs to. The cache shares one copy per
+/// distinct identity (`session::live::Identities`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct Identity {
     pub user: String,
     pub email: Option<String>,
@@ -89,16 +90,29 @@ impl ClientBinding {
 
     /// Checks a request against the binding; IP first.
     pub fn check(&self, config: &BindingConfig, ip: IpAddr, headers: &HeaderMap) -> Result<(), Mismatch> {
-        if let Some(net) = &self.ip {
-            if !net.contains(&crate::proxy::headers::canonical_ip(ip)) {
-                return Err(Mismatch::Ip);
-            }
-        }
-        if self.fingerprint != fingerprint(config, headers) {
-            return Err(Mismatch::Fingerprint);
-        }
-        Ok(())
+        check_binding(self.ip.as_ref(), &self.fingerprint.0, config, ip, headers)
     }
+}
+
+/// Checks a request against a bound network and the leading bytes of a
+/// fingerprint (all 32, or the 16 the session cache keeps: matching 128 bits
+/// of SHA-256 is as infeasible to forge as matching 256); IP first.
+pub fn check_binding(
+    net: Option<&IpNet>,
+    expected: &[u8],
+    config: &BindingConfig,
+    ip: IpAddr,
+    headers: &HeaderMap,
+) -> Result<(), Mismatch> {
+    if let Some(net) = net {
+        if !net.contains(&crate::proxy::headers::canonical_ip(ip)) {
+            return Err(Mismatch::Ip);
+        }
+    }
+    if fingerprint(config, headers).0.get(..expected.len()) != Some(expected) {
+        return Err(Mismatch::Fingerprint);
+    }
+    Ok(())
 }
 
 /// The network a client address is bound to under `mode`.
@@ -168,13 +182,18 @@ impl SessionRecord {
     /// Checks the record's own timestamps; `last_seen` may be fresher than
     /// the record's field (kept in the cache entry).
     pub fn expiry(&self, now: u64, last_seen: u64, idle_ms: u64) -> Option<Expiry> {
-        if now >= self.expires_at {
-            Some(Expiry::Absolute)
-        } else if now.saturating_sub(last_seen) >= idle_ms {
-            Some(Expiry::Idle)
-        } else {
-            None
-        }
+        expiry(self.expires_at, now, last_seen, idle_ms)
+    }
+}
+
+/// The absolute limit first, then the idle one.
+pub fn expiry(expires_at: u64, now: u64, last_seen: u64, idle_ms: u64) -> Option<Expiry> {
+    if now >= expires_at {
+        Some(Expiry::Absolute)
+    } else if now.saturating_sub(last_seen) >= idle_ms {
+        Some(Expiry::Idle)
+    } else {
+        None
     }
 }
 

@@ -85,6 +85,56 @@ impl SessionToken {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TokenHash(pub [u8; 32]);
 
+impl TokenHash {
+    /// The first 8 bytes: the session cache's key. Uniform (SHA-256 of a
+    /// random token), so it also serves as the key's hash; the cache entry
+    /// keeps the full hash, and only a lookup with all 32 bytes equal uses it.
+    pub fn prefix(&self) -> u64 {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        u64::from_le_bytes(first)
+    }
+}
+
+/// Hashes a [`TokenHash`] (or its [`TokenHash::prefix`]) for a hash table
+/// by taking 8 of its bytes: it is already a uniform SHA-256 output of a
+/// server-chosen token, so hashing it again (SipHash over 40 bytes) only
+/// costs time. Equality still compares the keys. For other inputs it folds
+/// the bytes in, which is only sound for uniform input: use it for token
+/// hashes alone.
+#[derive(Default, Clone, Copy)]
+pub struct TokenHasher(u64);
+
+impl std::hash::Hasher for TokenHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        if let (32.., Some(first)) = (bytes.len(), bytes.first_chunk::<8>()) {
+            // A token hash: its first 8 bytes are as uniform as any hash.
+            self.0 ^= u64::from_le_bytes(*first);
+            return;
+        }
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(word);
+        }
+    }
+
+    fn write_u64(&mut self, prefix: u64) {
+        self.0 ^= prefix;
+    }
+
+    fn write_usize(&mut self, _len: usize) {
+        // The length prefix `Hash` writes for an array: always 32 here.
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The `BuildHasher` of the session cache (see [`TokenHasher`]).
+pub type BuildTokenHasher = std::hash::BuildHasherDefault<TokenHasher>;
+
 impl std::fmt::Debug for TokenHash {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Only a prefix: enough to correlate, useless to an attacker anyway.
@@ -140,6 +190,15 @@ impl<'de> Deserialize<'de> for SessionId {
 }
 
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes the lowercase hex of `bytes` into `out` (twice as long; extra
+/// input or output is ignored).
+pub fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
+    }
+}
 
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
@@ -203,6 +262,32 @@ mod tests {
         for bad in ["0a", "0aff00", "+aff", "0agf", "0a f"] {
             assert_eq!(unhex::<2>(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn token_hashes_hash_to_their_first_bytes() {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = [0u8; 32];
+        h[..8].copy_from_slice(&0x0123_4567_89ab_cdef_u64.to_le_bytes());
+        h[8] = 0xff;
+        assert_eq!(
+            BuildTokenHasher::default().hash_one(TokenHash(h)),
+            0x0123_4567_89ab_cdef
+        );
+        assert_eq!(TokenHash(h).prefix(), 0x0123_4567_89ab_cdef);
+        assert_eq!(
+            BuildTokenHasher::default().hash_one(TokenHash(h).prefix()),
+            0x0123_4567_89ab_cdef
+        );
+        // Other input still depends on every byte.
+        let mut a = TokenHasher::default();
+        b"abc".hash(&mut a);
+        let mut b = TokenHasher::default();
+        b"abd".hash(&mut b);
+        assert_ne!(a.finish(), b.finish());
+        let mut out = [0u8; 4];
+        hex_into(&[0xab, 0x01], &mut out);
+        assert_eq!(&out, b"ab01");
     }
 
     #[test]
