@@ -320,7 +320,7 @@ impl Sessions {
                 self.metrics.cache_hits.inc();
                 return Ok(Some(live));
             }
-            self.cache.invalidate(&key).await;
+            Box::pin(self.cache.invalidate(&key)).await;
         }
         // Boxed: the miss path's state (moka's loader, the store read) is
         // large, and inline it would be copied with every request's future.
@@ -329,6 +329,7 @@ impl Sessions {
 
     /// A cache miss: one store read for concurrent misses of one key.
     async fn load(&self, hash: TokenHash) -> Result<Option<Arc<Live>>, StoreError> {
+        let key = hash.prefix();
         self.metrics.cache_misses.inc();
         let store = self.store.clone();
         let revoked = self.revoked.clone();
