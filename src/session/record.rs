@@ -129,19 +129,21 @@ pub fn ip_prefix(mode: IpBinding, ip: IpAddr) -> Option<IpNet> {
 }
 
 /// SHA-256 over the configured headers' names and values, in config order.
-/// A missing header hashes differently from an empty one.
+/// A missing header hashes differently from an empty one. The input is
+/// gathered on the stack and hashed in one call: an incremental digest
+/// context allocates, and this runs on every verified request.
 pub fn fingerprint(config: &BindingConfig, headers: &HeaderMap) -> Fingerprint {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut input: smallvec::SmallVec<[u8; 256]> = smallvec::SmallVec::new();
     for name in &config.fingerprint_headers {
-        ctx.update(name.as_str().as_bytes());
+        input.extend_from_slice(name.as_str().as_bytes());
         for v in headers.get_all(name) {
-            ctx.update(b"\x00=");
-            ctx.update(v.as_bytes());
+            input.extend_from_slice(b"\x00=");
+            input.extend_from_slice(v.as_bytes());
         }
-        ctx.update(b"\x00;");
+        input.extend_from_slice(b"\x00;");
     }
     let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
+    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input).as_ref());
     Fingerprint(out)
 }
 
@@ -211,5 +213,23 @@ mod tests {
         for bad in ["\"ab\"", "\"zz\"", "1"] {
             assert!(serde_json::from_str::<Fingerprint>(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Records store fingerprints, so the bytes hashed must never change:
+    /// pinned against SHA-256 of the literal input it has always hashed.
+    #[test]
+    fn fingerprint_input_is_stable() {
+        let config = BindingConfig {
+            ip: crate::config::IpBinding::Off,
+            fingerprint_headers: vec![http::header::USER_AGENT, http::header::ACCEPT_LANGUAGE],
+            on_mismatch: crate::config::OnMismatch::Revoke,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::USER_AGENT, http::HeaderValue::from_static("ua/1"));
+        let expected = aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            b"user-agent\x00=ua/1\x00;accept-language\x00;",
+        );
+        assert_eq!(&fingerprint(&config, &headers).0[..], expected.as_ref());
     }
 }
