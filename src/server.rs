@@ -11,7 +11,6 @@
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::{self, body::Body, Shared};
-use futures_util::task::AtomicWaker;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -21,7 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
@@ -368,6 +367,10 @@ where
     let mut watchdog = Some(std::pin::pin!(watchdog(activity, idle, shutdown)));
     let signal = Arc::new(WatchdogSignal::default());
     let watchdog_waker = Waker::from(signal.clone());
+    // The task's waker as last handed to the signal: handed again only when
+    // it changes, which for a tokio task is never (no lock or atomic swap
+    // per poll).
+    let mut registered: Option<Waker> = None;
     std::future::poll_fn(|cx| {
         loop {
             if let Poll::Ready(res) = conn.as_mut().poll(cx) {
@@ -376,7 +379,10 @@ where
             let Some(dog) = watchdog.as_mut() else {
                 return Poll::Pending;
             };
-            signal.task.register(cx.waker());
+            if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                signal.set_task(cx.waker());
+                registered = Some(cx.waker().clone());
+            }
             if !signal.fired.swap(false, Ordering::AcqRel) {
                 return Poll::Pending;
             }
@@ -419,9 +425,12 @@ async fn watchdog(activity: &Activity, idle: Duration, shutdown: &mut watch::Rec
 }
 
 /// Wakes the connection task and marks the watchdog as due for a poll.
+/// The task's waker is kept, not taken, by a wake: the watchdog fires
+/// again and again over a connection's life, and it must always reach the
+/// task.
 struct WatchdogSignal {
     fired: AtomicBool,
-    task: AtomicWaker,
+    task: Mutex<Option<Waker>>,
 }
 
 impl Default for WatchdogSignal {
@@ -429,8 +438,14 @@ impl Default for WatchdogSignal {
         // Fired at first, so the watchdog is polled once and arms itself.
         WatchdogSignal {
             fired: AtomicBool::new(true),
-            task: AtomicWaker::new(),
+            task: Mutex::new(None),
         }
+    }
+}
+
+impl WatchdogSignal {
+    fn set_task(&self, waker: &Waker) {
+        *self.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(waker.clone());
     }
 }
 
@@ -441,7 +456,9 @@ impl Wake for WatchdogSignal {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.fired.store(true, Ordering::Release);
-        self.task.wake();
+        if let Some(task) = self.task.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            task.wake_by_ref();
+        }
     }
 }
 
