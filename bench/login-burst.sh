@@ -15,6 +15,13 @@
 # and reports p99 (and p50) of the proxied requests in each phase, the ratio
 # storm ÷ quiet per round, and the median ratio with min-max. Target (issue
 # 5, target 6): a 20 logins/s burst raises p99 by at most 20 % (ratio ≤ 1.2).
+# To tell why p99 moves, it also reads the kernel's per-thread scheduler
+# counters (/proc/PID/task/TID/schedstat) of the gateway's threads other than
+# the sg-argon2-* hashing threads, over each oha run, per proxied request:
+#   cpu_us   CPU time they ran (the proxy's own work, plus the login
+#            requests' TLS and form handling in the storm; slower when the
+#            hashes evict its caches)
+#   wait_us  time they were runnable but waiting for the CPU (run-queue delay)
 #
 #   bench/login-burst.sh                            # build (dist profile), 3 rounds
 #   SG_BIN=/path/to/sessiongate bench/login-burst.sh   # this binary, no build
@@ -34,6 +41,10 @@
 #   QUIET_PCT=15 QUIET_MAX=30   wait (at most QUIET_MAX s) before each phase until the
 #                           machine's busy CPU over 1 s is below QUIET_PCT % of one CPU
 #   KEEP_TMP=1              keep the scratch dir (config, logs, oha outputs)
+#   STORM_HASH, LOGIN_PASSWORD   the storm user's PHC string and its password (set
+#                           both; default: a fresh default-cost hash of a random password).
+#                           A control: the same successful logins with a near-free hash
+#                           (m=8,t=1 takes microseconds) shows what everything but the hash costs
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -44,7 +55,7 @@ UP_PORT=${UP_PORT:-18280} SG_PORT=${SG_PORT:-18645} SG_ADMIN=${SG_ADMIN:-127.0.0
 QUIET_PCT=${QUIET_PCT:-15} QUIET_MAX=${QUIET_MAX:-30}
 CLK_TCK=$(getconf CLK_TCK)
 UP_BODY='{"ok":true,"from":"bench-upstream","pad":"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRST"}'
-LOGIN_USER=storm LOGIN_PASSWORD=storm-password-$RANDOM
+LOGIN_USER=storm LOGIN_PASSWORD=${LOGIN_PASSWORD:-storm-password-$RANDOM}
 
 for tool in nginx "$OHA" python3 curl openssl taskset setsid awk; do
   command -v "$tool" >/dev/null || { echo "missing tool: $tool (oha: cargo install oha --locked)" >&2; exit 1; }
@@ -83,6 +94,21 @@ start() {                 # start CPUS LOG CMD... : own session (pid == sid), pi
   LAST=$!
   STARTED+=("$LAST")
 }
+# sched_snap PID FILE: "tid run_ns wait_ns" of each thread that is not a hashing thread
+sched_snap() {
+  local t a b rest
+  for t in /proc/"$1"/task/*; do
+    [[ $(cat "$t/comm" 2>/dev/null) == sg-argon2-* ]] && continue
+    read -r a b rest <"$t/schedstat" 2>/dev/null || continue
+    echo "${t##*/} $a $b"
+  done >"$2"
+}
+# sched_delta BEFORE AFTER -> "run_ns wait_ns" summed over threads in both snapshots
+# (blocking-pool threads come and go; one that exits would make a sum go backwards)
+sched_delta() {
+  awk 'NR == FNR { r[$1] = $2; w[$1] = $3; next } ($1 in r) { dr += $2 - r[$1]; dw += $3 - w[$1] }
+       END { printf "%.0f %.0f\n", dr, dw }' "$1" "$2"
+}
 busy_ticks() { local c u n sy id io irq sirq st rest; read -r c u n sy id io irq sirq st rest </proc/stat; echo $((u + n + sy + irq + sirq + st)); }
 wait_quiet() {
   local deadline=$((SECONDS + QUIET_MAX)) b0 b1 pct
@@ -112,7 +138,7 @@ EOF
 start "$SUT_CPUS" "$TMP/upstream.out" nginx -c "$TMP/upstream.conf" -e "$TMP/upstream.error.log"
 
 head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$TMP/admin-token"
-HASH=$(printf '%s' "$LOGIN_PASSWORD" | "$SG_BIN" hash-password)
+HASH=${STORM_HASH:-$(printf '%s' "$LOGIN_PASSWORD" | "$SG_BIN" hash-password)}
 cat >"$TMP/sessiongate.toml" <<TOML
 [server]
 listen = "127.0.0.1:$SG_PORT"
@@ -139,7 +165,7 @@ upstream = "http://127.0.0.1:$UP_PORT"
 auth = "required"
 TOML
 start "$SUT_CPUS" "$TMP/sessiongate.out" env TOKIO_WORKER_THREADS=1 "$SG_BIN" --config "$TMP/sessiongate.toml"
-SG_SID=$LAST
+SG_SID=$LAST   # setsid, taskset and env exec: this is the gateway's pid
 for _ in $(seq 100); do curl -fsS "http://$SG_ADMIN/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 COOKIE=$("$SG_BIN" session mint --admin "http://$SG_ADMIN" --token-file "$TMP/admin-token" \
   --user bench --client-ip 127.0.0.1 --header "User-Agent: $UA")
@@ -172,16 +198,20 @@ phase() {                 # phase ROUND quiet|storm -> a row in $RES
     spid=$!
     sleep 1
   fi
+  local run wait
+  sched_snap "$SG_SID" "$TMP/sched0"
   taskset -c "$LG_CPUS" "$OHA" --no-tui --output-format json -z "${DURATION}s" -q "$RATE" -c "$CONNS" "${lc[@]}" \
     --insecure -H "Cookie: $COOKIE" -H "User-Agent: $UA" "$URL" >"$out" 2>"$TMP/oha-$r-$mode.err" ||
     { echo "FAILED: oha:" >&2; cat "$TMP/oha-$r-$mode.err" >&2; exit 1; }
+  sched_snap "$SG_SID" "$TMP/sched1"
+  read -r run wait <<<"$(sched_delta "$TMP/sched0" "$TMP/sched1")"
   if [[ -n $spid ]]; then
     # Logins that fail (503 once a login waited 5 s for a hashing slot) are
     # reported in the table, not fatal: they mean the CPU cannot hash that fast.
     wait "$spid" || echo "warning: not every login succeeded: $(cat "$TMP/storm-$r.out")" >&2
     sline=$(grep '^STORM' "$TMP/storm-$r.out" || echo -)
   fi
-  python3 - "$out" "$r" "$mode" "$sline" >>"$RES" <<'PY'
+  python3 - "$out" "$r" "$mode" "$sline" "$run" "$wait" >>"$RES" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))
 s = j["summary"]; p = j["latencyPercentiles"]; codes = j.get("statusCodeDistribution", {})
@@ -190,7 +220,8 @@ errs = sum(v for k, v in j.get("errorDistribution", {}).items() if "deadline" no
 storm = dict(kv.split("=", 1) for kv in sys.argv[4].split()[1:4]) if sys.argv[4] != "-" else {}
 print("\t".join(map(str, [sys.argv[2], sys.argv[3], round(s["requestsPerSec"], 1), round(p["p50"] * 1000, 3),
       round(p["p99"] * 1000, 3), round(p["p99.9"] * 1000, 3), ok, total - ok + errs,
-      storm.get("ok", "-"), storm.get("failed", "-")])))
+      storm.get("ok", "-"), storm.get("failed", "-"),
+      round(int(sys.argv[5]) / 1000 / max(total, 1), 2), round(int(sys.argv[6]) / 1000 / max(total, 1), 2)])))
 PY
   local bad; bad=$(awk -F'\t' -v r="$r" -v m="$mode" '$1 == r && $2 == m { print $8 }' "$RES")
   ((bad == 0)) || { echo "FAILED: $bad non-200 or failed requests in round $r ($mode)" >&2; cat "$out" >&2; exit 1; }
@@ -205,6 +236,7 @@ awk -F'\t' -v rounds="$ROUNDS" '
   function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
                                   return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
   { RPS[$1, $2] = $3; P50[$1, $2] = $4; P99[$1, $2] = $5; P999[$1, $2] = $6; N[$1, $2] = $7
+    CPU[$1, $2] = $11; WAIT[$1, $2] = $12
     if ($2 == "storm") SOK[$1] = $9 "/" ($9 + $10) }
   END {
     printf "\n%-5s %9s %10s %10s %10s %10s %9s %9s %9s\n", "round", "req/s", "p50_quiet", "p50_storm", "p99_quiet", "p99_storm", "p99_x", "p50_x", "logins"
@@ -213,7 +245,13 @@ awk -F'\t' -v rounds="$ROUNDS" '
       printf "%-5d %9.0f %10.3f %10.3f %10.3f %10.3f %9.3f %9.3f %9s\n", r, RPS[r, "quiet"], P50[r, "quiet"], P50[r, "storm"],
              P99[r, "quiet"], P99[r, "storm"], x[r], y[r], SOK[r] }
     mx = med(x, rounds); my = med(y, rounds)
-    printf "\n(latencies in ms; logins = successful (303) / started logins in the storm phase)\n"
+    printf "\n%-5s %12s %12s %9s %13s %13s\n", "round", "cpu_us_quiet", "cpu_us_storm", "cpu_x", "wait_us_quiet", "wait_us_storm"
+    for (r = 1; r <= rounds; r++) { c[r] = CPU[r, "storm"] / CPU[r, "quiet"]
+      printf "%-5d %12.2f %12.2f %9.3f %13.2f %13.2f\n", r, CPU[r, "quiet"], CPU[r, "storm"], c[r], WAIT[r, "quiet"], WAIT[r, "storm"] }
+    mc = med(c, rounds)
+    printf "\n(latencies in ms; logins = successful (303) / started logins in the storm phase;\n"
+    printf " cpu_us / wait_us: per proxied request, the gateway threads other than sg-argon2-*: CPU, run-queue wait)\n"
     printf "p99 storm ÷ quiet, median over %d rounds: %.3f [%.3f-%.3f]   (target ≤ 1.20: %s)\n", rounds, mx, x[1], x[rounds], (mx <= 1.2) ? "met" : "NOT met"
     printf "p50 storm ÷ quiet, median: %.3f [%.3f-%.3f]\n", my, y[1], y[rounds]
+    printf "gateway CPU per request (non-hashing threads) storm ÷ quiet, median: %.3f [%.3f-%.3f]\n", mc, c[1], c[rounds]
   }' "$RES"

@@ -59,6 +59,12 @@ fn verify(phc: &str, password: &str) -> bool {
     }
 }
 
+/// How many CPUs this process may run on (its affinity mask and cgroup
+/// quota, as the standard library counts them); 1 if unknown.
+fn usable_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 /// Why a login did not produce an identity.
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
@@ -75,7 +81,12 @@ pub struct Users {
     dummy_hash: String,
     /// At most `max_concurrent` verifications at once, the rest wait (briefly).
     permits: Arc<Semaphore>,
-    /// `max_concurrent` `SCHED_IDLE` threads that run the hashes.
+    /// `SCHED_IDLE` threads that run the hashes: `max_concurrent`, but no
+    /// more than the CPUs this process may use. A hash is single-threaded,
+    /// so further threads add no throughput; each would only hold another
+    /// argon2 memory block (19 MiB by default) for good and interleave one
+    /// more working set in the caches of the cores the proxy runs on. Jobs
+    /// beyond the threads queue, still holding their permit.
     hasher: hasher::Hasher,
 }
 
@@ -85,7 +96,7 @@ impl Users {
             by_name: users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
             dummy_hash: dummy_hash_like(users.first().map(|u| u.password_hash.as_str())),
             permits: Arc::new(Semaphore::new(max_concurrent)),
-            hasher: hasher::Hasher::new(max_concurrent),
+            hasher: hasher::Hasher::new(max_concurrent.min(usable_cpus())),
         }
     }
 
