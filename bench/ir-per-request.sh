@@ -12,10 +12,15 @@
 #   bench/ir-per-request.sh                     # sessiongate (verified session) and the floor proxy
 #   TARGETS=sessiongate bench/ir-per-request.sh
 #
+#   PROTO=h2 TARGETS=sessiongate bench/ir-per-request.sh   # HTTP/2: h2load, H2_CONNS x H2_STREAMS
+#
 # Knobs: TARGETS="sessiongate floor" DURATION=10 CONNS=8 SG_BIN (default
 # target/release/sessiongate, built if missing) FLOOR_BIN SG_AUTH=required|optional|none
 # UP_PORT PX_PORT ADMIN_PORT, OUT=dir (callgrind files, kept for callgrind_annotate; names are not
-# compressed, so each dump part annotates on its own).
+# compressed, so each dump part annotates on its own). PROTO=h1|h2; for h2
+# the short and long runs are H2_SHORT=4000 and H2_LONG=12000 requests over
+# H2_CONNS=16 connections with H2_STREAMS=10 streams each (the floor proxy
+# speaks HTTP/1.1 only and is skipped).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGETS=${TARGETS:-"sessiongate floor"}
@@ -27,6 +32,8 @@ SG_AUTH=${SG_AUTH:-required}
 OUT=${OUT:-$(mktemp -d /tmp/sg-ir.XXXXXX)}
 mkdir -p "$OUT"
 UA=ir-bench/1
+PROTO=${PROTO:-h1}
+H2_SHORT=${H2_SHORT:-4000} H2_LONG=${H2_LONG:-12000} H2_CONNS=${H2_CONNS:-16} H2_STREAMS=${H2_STREAMS:-10}
 UP_PORT=${UP_PORT:-18280}
 PX_PORT=${PX_PORT:-18645}
 ADMIN=127.0.0.1:${ADMIN_PORT:-18690}
@@ -34,6 +41,9 @@ BODY='{"ok":true,"from":"bench-upstream","pad":"abcdefghijklmnopqrstuvwxyz012345
 for tool in valgrind callgrind_control wrk nginx curl; do
   command -v $tool >/dev/null || { echo "missing $tool (apt-get install valgrind wrk nginx-light curl)" >&2; exit 1; }
 done
+if [[ $PROTO == h2 ]] && ! command -v h2load >/dev/null; then
+  echo "missing h2load (apt-get install nghttp2-client)" >&2; exit 1
+fi
 [[ -x $SG_BIN ]] || (cd "$ROOT" && cargo build --release --quiet)
 
 pids=()
@@ -77,15 +87,25 @@ measure() { # name pid cookie
   local name=$1 pid=$2 cookie=$3 url="https://127.0.0.1:$PX_PORT/"
   wait_up "$url" "$cookie"
   local hdr=(-H "User-Agent: $UA"); [[ -n $cookie ]] && hdr+=(-H "Cookie: $cookie")
-  wrk -t1 -c"$CONNS" -d2 "${hdr[@]}" "$url" >/dev/null
+  if [[ $PROTO == h2 ]]; then
+    hdr=(-H "user-agent: $UA"); [[ -n $cookie ]] && hdr+=(-H "cookie: $cookie")
+    h2load -n 2000 -c "$H2_CONNS" -m "$H2_STREAMS" "${hdr[@]}" "$url" >/dev/null
+  else
+    wrk -t1 -c"$CONNS" -d2 "${hdr[@]}" "$url" >/dev/null
+  fi
   # Two runs with the same connection count, short and long: their
   # difference cancels the per-connection cost (handshakes, setup), leaving
   # the instructions of the extra requests only.
   local run reqs=() irs=()
   for run in short long; do
     callgrind_control -d "before-$run" "$pid" >/dev/null 2>&1
-    local d=$DURATION; [[ $run == long ]] && d=$((DURATION * 2))
-    reqs+=("$(wrk -t1 -c"$CONNS" -d"$d" "${hdr[@]}" "$url" | awk '/requests in/ {print $1}')")
+    if [[ $PROTO == h2 ]]; then
+      local n=$H2_SHORT; [[ $run == long ]] && n=$H2_LONG
+      reqs+=("$(h2load -n "$n" -c "$H2_CONNS" -m "$H2_STREAMS" "${hdr[@]}" "$url" | awk '/^requests:/ {print $8}')")
+    else
+      local d=$DURATION; [[ $run == long ]] && d=$((DURATION * 2))
+      reqs+=("$(wrk -t1 -c"$CONNS" -d"$d" "${hdr[@]}" "$url" | awk '/requests in/ {print $1}')")
+    fi
     callgrind_control -d "$name-$run" "$pid" >/dev/null 2>&1
     sleep 1
     irs+=("$(awk '/^summary:|^totals:/ {print $2; exit}' "$(ls -t "$OUT"/callgrind.out.* | head -1)")")
@@ -109,6 +129,7 @@ for t in $TARGETS; do
       fi
       measure sessiongate "$pid" "$cookie" ;;
     floor)
+      [[ $PROTO == h2 ]] && { echo "floor proxy: HTTP/1.1 only, skipped for PROTO=h2" >&2; continue; }
       [[ -x $FLOOR_BIN ]] || { echo "floor proxy not built: run ../shared/bench/setup.sh" >&2; continue; }
       TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$OUT/callgrind.out.%p" \
         "$FLOOR_BIN" "127.0.0.1:$PX_PORT" "127.0.0.1:$UP_PORT" "$OUT/cert.pem" "$OUT/key.pem" 2>"$OUT/floor.log" &
