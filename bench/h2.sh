@@ -69,29 +69,8 @@ export SG_BIN
 # ---------------------------------------------------------------------------
 TMP=$(mktemp -d /tmp/sg-h2.XXXXXX)
 chmod 755 "$TMP"
-declare -a STARTED=()
-cleanup() {
-  local rc=$? pid
-  trap - EXIT INT TERM
-  for pid in "${STARTED[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-  for pid in "${STARTED[@]}"; do
-    for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ ${KEEP_TMP:-0} == 1 ]]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-start() {                 # start LOG CMD... -> pid (session leader), pinned to SUT_CPUS
-  local log=$1; shift
-  setsid taskset -c "$SUT_CPUS" "$@" >"$log" 2>&1 </dev/null &
-  STARTED+=("$!")
-  LAST=$!
-}
+source "$ROOT/bench/lib.sh"
+bench_work "$TMP"
 
 cpu_ticks() {             # utime+stime summed over the live processes of session $1
   local sid=$1 total=0 f s rest
@@ -160,11 +139,11 @@ http {
     }
 }
 EOF
-start "$TMP/upstream.out" nginx -c "$TMP/upstream.conf" -e "$TMP/upstream.error.log"; UP_SID=$LAST
-start "$TMP/nginx.out" nginx -c "$TMP/proxy.conf" -e "$TMP/proxy.error.log"; NGX_SID=$LAST
+start "$SUT_CPUS" "$TMP/upstream.out" nginx -c "$TMP/upstream.conf" -e "$TMP/upstream.error.log"; UP_SID=$LAST
+start "$SUT_CPUS" "$TMP/nginx.out" nginx -c "$TMP/proxy.conf" -e "$TMP/proxy.error.log"; NGX_SID=$LAST
 
 head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$TMP/admin-token"
-start "$TMP/sessiongate.out" env TOKIO_WORKER_THREADS=1 GATEWAY_LISTEN="127.0.0.1:$SG_PORT" \
+start "$SUT_CPUS" "$TMP/sessiongate.out" env TOKIO_WORKER_THREADS=1 GATEWAY_LISTEN="127.0.0.1:$SG_PORT" \
   GATEWAY_UPSTREAM="http://127.0.0.1:$UP_PORT" GATEWAY_TLS_CERT="$TMP/cert.pem" GATEWAY_TLS_KEY="$TMP/key.pem" \
   SG_BENCH_DIR="$TMP" SG_BENCH_ADMIN="$SG_ADMIN" "$ROOT/bench/gateway-cmd.sh"; SG_SID=$LAST
 for _ in $(seq 100); do curl -fsS "http://$SG_ADMIN/healthz" >/dev/null 2>&1 && break; sleep 0.1; done

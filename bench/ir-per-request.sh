@@ -63,16 +63,9 @@ nginx -c "$OUT/upstream.conf" -e "$OUT/up.err" & pids+=($!)
 
 "$SG_BIN" gen-cert --out-dir "$OUT" --host 127.0.0.1 >/dev/null
 head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$OUT/admin-token"
-cat >"$OUT/sg.toml" <<TOML
-[server]
-listen = "127.0.0.1:$PX_PORT"
-access_log = false
-[tls]
-cert = "$OUT/cert.pem"
-key = "$OUT/key.pem"
-[admin]
-listen = "$ADMIN"
-token_file = "$OUT/admin-token"
+source "$ROOT/bench/lib.sh"
+gateway_head "$PX_PORT" "$ADMIN" "$OUT" >"$OUT/sg.toml"
+cat >>"$OUT/sg.toml" <<TOML
 [store]
 kind = "memory"
 [[routes]]

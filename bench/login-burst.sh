@@ -71,29 +71,9 @@ fi
 
 TMP=$(mktemp -d /tmp/sg-login-burst.XXXXXX)
 chmod 755 "$TMP"
-declare -a STARTED=()
-cleanup() {
-  local rc=$? pid
-  trap - EXIT INT TERM
-  for pid in "${STARTED[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-  for pid in "${STARTED[@]}"; do
-    for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ ${KEEP_TMP:-0} == 1 ]]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+source "$ROOT/bench/lib.sh"
+bench_work "$TMP"
 
-start() {                 # start CPUS LOG CMD... : own session (pid == sid), pinned; sets LAST
-  local cpus=$1 log=$2; shift 2
-  setsid taskset -c "$cpus" "$@" >"$log" 2>&1 </dev/null &
-  LAST=$!
-  STARTED+=("$LAST")
-}
 # sched_snap PID FILE: "tid run_ns wait_ns" of each thread that is not a hashing thread
 sched_snap() {
   local t a b rest
@@ -139,16 +119,8 @@ start "$SUT_CPUS" "$TMP/upstream.out" nginx -c "$TMP/upstream.conf" -e "$TMP/ups
 
 head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$TMP/admin-token"
 HASH=${STORM_HASH:-$(printf '%s' "$LOGIN_PASSWORD" | "$SG_BIN" hash-password)}
-cat >"$TMP/sessiongate.toml" <<TOML
-[server]
-listen = "127.0.0.1:$SG_PORT"
-access_log = false
-[tls]
-cert = "$TMP/cert.pem"
-key = "$TMP/key.pem"
-[admin]
-listen = "$SG_ADMIN"
-token_file = "$TMP/admin-token"
+gateway_head "$SG_PORT" "$SG_ADMIN" "$TMP" >"$TMP/sessiongate.toml"
+cat >>"$TMP/sessiongate.toml" <<TOML
 [store]
 kind = "embedded"
 path = "$TMP/sessions.redb"

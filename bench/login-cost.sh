@@ -31,37 +31,21 @@ PASSWORD=cost-password-$RANDOM
 read -r -a BINS <<<"$SG_BINS"
 
 TMP=$(mktemp -d /tmp/sg-login-cost.XXXXXX)
+source "$ROOT/bench/lib.sh"
+bench_work "$TMP"
 SG_PID=""
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  stop_gateway
-  if [[ ${KEEP_TMP:-0} == 1 ]]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-  exit "$rc"
-}
 stop_gateway() {
   [[ -n $SG_PID ]] || return 0
   kill -TERM "$SG_PID" 2>/dev/null || true
   wait "$SG_PID" 2>/dev/null || true
   SG_PID=""
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 "${BINS[0]}" gen-cert --out-dir "$TMP" --host localhost --host 127.0.0.1 >/dev/null
 head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$TMP/admin-token"
 HASH=$(printf '%s' "$PASSWORD" | "${BINS[0]}" hash-password)
-cat >"$TMP/sessiongate.toml" <<TOML
-[server]
-listen = "127.0.0.1:$SG_PORT"
-access_log = false
-[tls]
-cert = "$TMP/cert.pem"
-key = "$TMP/key.pem"
-[admin]
-listen = "$SG_ADMIN"
-token_file = "$TMP/admin-token"
+gateway_head "$SG_PORT" "$SG_ADMIN" "$TMP" >"$TMP/sessiongate.toml"
+cat >>"$TMP/sessiongate.toml" <<TOML
 [store]
 kind = "memory"
 [[users]]

@@ -52,25 +52,8 @@ fi
 [[ -x $SG_BIN ]] || { echo "no gateway binary at $SG_BIN" >&2; exit 1; }
 
 DIR=$(mktemp -d /tmp/sg-scale.XXXXXX)
-STARTED=()
-cleanup() {
-  local rc=$? pid
-  trap - EXIT INT TERM
-  for pid in "${STARTED[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-  for pid in "${STARTED[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [[ ${KEEP_TMP:-0} == 1 ]]; then echo "kept $DIR" >&2; else rm -rf "$DIR"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-start() {                 # start CPUS LOG CMD...: own session, pinned; sets $LAST
-  local cpus=$1 log=$2; shift 2
-  setsid taskset -c "$cpus" "$@" >"$log" 2>&1 </dev/null &
-  LAST=$!
-  STARTED+=("$LAST")
-}
+source "$ROOT/bench/lib.sh"
+bench_work "$DIR"
 
 wait_http() {             # wait_http URL [CURL_ARGS...]: up to 20 s for a 200
   local url=$1; shift
@@ -104,16 +87,8 @@ wait_http "http://127.0.0.1:$UP_PORT/"
 # --- gateway -------------------------------------------------------------------
 "$SG_BIN" gen-cert --out-dir "$DIR" --host 127.0.0.1 >/dev/null
 head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$DIR/admin-token"
-cat >"$DIR/gateway.toml" <<TOML
-[server]
-listen = "127.0.0.1:$GW_PORT"
-access_log = false
-[tls]
-cert = "$DIR/cert.pem"
-key = "$DIR/key.pem"
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-token_file = "$DIR/admin-token"
+gateway_head "$GW_PORT" "127.0.0.1:$ADMIN_PORT" "$DIR" >"$DIR/gateway.toml"
+cat >>"$DIR/gateway.toml" <<TOML
 [store]
 kind = "embedded"
 path = "$DIR/sessions.redb"

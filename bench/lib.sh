@@ -1,0 +1,54 @@
+# Shared by the bench scripts (source it; it defines functions only).
+#
+#   bench_work DIR      use DIR as the work directory and install the exit
+#                       traps: every process started with `start` is stopped
+#                       by its process group (never by name), then DIR is
+#                       removed (KEEP_TMP=1 keeps it)
+#   start CPUS LOG CMD...   CMD in a session of its own (pid == sid), pinned
+#                       to CPUS, output to LOG; its pid in $LAST
+#   gateway_head PORT ADMIN DIR
+#                       the [server], [tls] and [admin] tables of a bench
+#                       gateway (access log off, DIR/cert.pem, DIR/key.pem,
+#                       DIR/admin-token); the caller adds store, users, routes
+
+bench_work() {
+  BENCH_WORK=$1
+  STARTED=()
+  trap bench_cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+bench_cleanup() {
+  local rc=$? pid
+  trap - EXIT INT TERM
+  for pid in "${STARTED[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  for pid in "${STARTED[@]}"; do
+    for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ ${KEEP_TMP:-0} == 1 ]]; then echo "kept $BENCH_WORK" >&2; else rm -rf "$BENCH_WORK"; fi
+  exit "$rc"
+}
+
+start() {
+  local cpus=$1 log=$2; shift 2
+  setsid taskset -c "$cpus" "$@" >"$log" 2>&1 </dev/null &
+  LAST=$!
+  STARTED+=("$LAST")
+}
+
+gateway_head() {
+  cat <<TOML
+[server]
+listen = "127.0.0.1:$1"
+access_log = false
+[tls]
+cert = "$3/cert.pem"
+key = "$3/key.pem"
+[admin]
+listen = "$2"
+token_file = "$3/admin-token"
+TOML
+}
