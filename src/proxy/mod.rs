@@ -183,12 +183,11 @@ async fn pipeline(
         return Err(GatewayError::BadRequest("HTTP/1.0 with Transfer-Encoding"));
     }
     // `None`: the path is already normal and the target is forwarded as received.
-    let rewritten = match normalize_path(req.uri().path())? {
+    ctx.normalized = match normalize_path(req.uri().path())? {
         Cow::Borrowed(_) => None,
         Cow::Owned(p) => Some(p),
     };
-    ctx.normalized.clone_from(&rewritten);
-    let path = rewritten.as_deref().unwrap_or(req.uri().path());
+    let path = ctx.normalized.as_deref().unwrap_or(req.uri().path());
     let client = peer.client(req.headers(), &shared.config.server.trusted_proxies);
     ctx.client_ip = client.ip;
     let host = request_host(&req);
@@ -276,7 +275,7 @@ async fn pipeline(
     }
 
     let client_on_upgrade = upgrade_proto.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let upstream_req = build_upstream_request(req, &route, rewritten)?;
+    let upstream_req = build_upstream_request(req, &route, ctx.normalized.as_deref())?;
     let resp = exchange(shared, ctx, upstream_req).await?;
     let mut resp = match (client_on_upgrade, resp.status()) {
         (Some(on_client), StatusCode::SWITCHING_PROTOCOLS) => upgrade::splice(on_client, resp),
@@ -382,18 +381,18 @@ fn sets_cookie(value: &[u8], name: &[u8]) -> bool {
 
 /// Rewrites the request for the upstream: absolute URI for the pooled
 /// client, HTTP/1.1, limited body. The received target is reused unless
-/// normalisation `rewritten` the path.
+/// normalisation changed the path (`normalized`).
 fn build_upstream_request(
     req: Request<Incoming>,
     route: &Route,
-    rewritten: Option<String>,
+    normalized: Option<&str>,
 ) -> Result<Request<Body>, GatewayError> {
     let unforwardable = || GatewayError::BadRequest("request target cannot be forwarded");
     let (mut parts, incoming) = req.into_parts();
-    let target = match rewritten {
+    let target = match normalized {
         None => parts.uri.path_and_query().cloned().ok_or_else(unforwardable)?,
         Some(path) => {
-            let mut pq = path;
+            let mut pq = path.to_owned();
             if let Some(q) = parts.uri.query() {
                 pq.push('?');
                 pq.push_str(q);
