@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Started by ../shared/bench/peers.sh as GATEWAY_CMD: writes a sessiongate
 # config from the harness's environment and execs the gateway in the
-# foreground. SG_BENCH_DIR holds the session store (with the pre-minted
+# foreground, with as many workers as the harness gives every peer
+# (TOKIO_WORKER_THREADS, its WORKERS knob). SG_BENCH_DIR holds the session store (with the pre-minted
 # session) and the admin token; SG_BENCH_AUTH picks the route's auth mode;
 # SG_BENCH_REDIS=redis://... selects the Redis store instead of the embedded one.
 set -euo pipefail
@@ -11,6 +12,7 @@ cat >"$cfg" <<TOML
 [server]
 listen = "$GATEWAY_LISTEN"
 access_log = ${SG_BENCH_ACCESS_LOG:-false}
+workers = ${TOKIO_WORKER_THREADS:-1}
 [tls]
 cert = "$GATEWAY_TLS_CERT"
 key = "$GATEWAY_TLS_KEY"

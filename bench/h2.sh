@@ -168,7 +168,7 @@ for t in nginx sessiongate; do
 done
 
 echo "# $(date -u +%FT%TZ)  $(nginx -v 2>&1 | sed 's/.*: //')  $(h2load --version | head -1)  sessiongate: $SG_BIN"
-echo "# layout: sessiongate (TOKIO_WORKER_THREADS=1) or nginx (1 worker) + nginx upstream on CPU $SUT_CPUS; h2load on CPU $LG_CPUS"
+echo "# layout: sessiongate (workers = 1) or nginx (1 worker) + nginx upstream on CPU $SUT_CPUS; h2load on CPU $LG_CPUS"
 echo "# load:   h2load -t$H2_THREADS -c$CONNS -m$STREAMS -D $DURATION --warm-up-time=$WARMUP, user-agent: $UA; sessiongate requests carry the session cookie (auth = ${SG_BENCH_AUTH:-required})"
 
 RES=$TMP/results.tsv

@@ -112,7 +112,7 @@ measure() { # name pid cookie
 for t in $TARGETS; do
   case $t in
     sessiongate)
-      TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$OUT/callgrind.out.%p" \
+      valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$OUT/callgrind.out.%p" \
         "$SG_BIN" --config "$OUT/sg.toml" 2>"$OUT/sg.log" & pid=$!; pids+=($pid)
       cookie=""
       if [[ $SG_AUTH != none ]]; then

@@ -6,7 +6,7 @@
 #                       removed (KEEP_TMP=1 keeps it)
 #   start CPUS LOG CMD...   CMD in a session of its own (pid == sid), pinned
 #                       to CPUS, output to LOG; its pid in $LAST
-#   gateway_head PORT ADMIN DIR
+#   gateway_head PORT ADMIN DIR   (one worker unless SG_WORKERS=N, as every peer has one)
 #                       the [server], [tls] and [admin] tables of a bench
 #                       gateway (access log off, DIR/cert.pem, DIR/key.pem,
 #                       DIR/admin-token); the caller adds store, users, routes
@@ -44,6 +44,7 @@ gateway_head() {
 [server]
 listen = "127.0.0.1:$1"
 access_log = false
+workers = ${SG_WORKERS:-1}
 [tls]
 cert = "$3/cert.pem"
 key = "$3/key.pem"

@@ -136,7 +136,7 @@ path_prefix = "/"
 upstream = "http://127.0.0.1:$UP_PORT"
 auth = "required"
 TOML
-start "$SUT_CPUS" "$TMP/sessiongate.out" env TOKIO_WORKER_THREADS=1 "$SG_BIN" --config "$TMP/sessiongate.toml"
+start "$SUT_CPUS" "$TMP/sessiongate.out" "$SG_BIN" --config "$TMP/sessiongate.toml"
 SG_SID=$LAST   # setsid, taskset and env exec: this is the gateway's pid
 for _ in $(seq 100); do curl -fsS "http://$SG_ADMIN/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 COOKIE=$("$SG_BIN" session mint --admin "http://$SG_ADMIN" --token-file "$TMP/admin-token" \
@@ -155,7 +155,7 @@ storm 2 1 >"$TMP/storm-check.out" 2>&1 ||
   { echo "FAILED: test logins did not answer 303:" >&2; cat "$TMP/storm-check.out" >&2; tail "$TMP/sessiongate.out" >&2; exit 1; }
 
 echo "# $(date -u +%FT%TZ)  $($OHA --version 2>/dev/null | head -1)  sessiongate: $SG_BIN"
-echo "# layout: sessiongate (TOKIO_WORKER_THREADS=1) + nginx upstream on CPU $SUT_CPUS; oha and the login storm on CPU $LG_CPUS"
+echo "# layout: sessiongate (workers = 1) + nginx upstream on CPU $SUT_CPUS; oha and the login storm on CPU $LG_CPUS"
 echo "# load:   oha -q $RATE -c $CONNS -z ${DURATION}s, logged-in session on an auth = required route, user-agent $UA"
 echo "# storm:  $LOGIN_RATE logins/s (GET form + POST, 303), argon2id $(echo "$HASH" | cut -d'$' -f4), [login] max_concurrent = ${MAX_CONCURRENT:-default}"
 

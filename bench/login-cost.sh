@@ -84,7 +84,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   # Alternate the order of the binaries between rounds.
   if ((r % 2)); then order=("${BINS[@]}"); else order=(); for ((i = ${#BINS[@]} - 1; i >= 0; i--)); do order+=("${BINS[i]}"); done; fi
   for bin in "${order[@]}"; do
-    TOKIO_WORKER_THREADS=1 taskset -c "$SUT_CPUS" "$bin" --config "$TMP/sessiongate.toml" >"$TMP/gateway.out" 2>&1 &
+    taskset -c "$SUT_CPUS" "$bin" --config "$TMP/sessiongate.toml" >"$TMP/gateway.out" 2>&1 &
     SG_PID=$!
     for _ in $(seq 100); do curl -fsS "http://$SG_ADMIN/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
     logins "$WARMUP"

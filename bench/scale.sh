@@ -99,7 +99,7 @@ path_prefix = "/"
 upstream = "http://127.0.0.1:$UP_PORT"
 auth = "required"
 TOML
-TOKIO_WORKER_THREADS=1 start "$SG_CPUS" "$DIR/gateway.log" "$SG_BIN" --config "$DIR/gateway.toml"
+start "$SG_CPUS" "$DIR/gateway.log" "$SG_BIN" --config "$DIR/gateway.toml"
 GW_PID=$LAST
 wait_http "http://127.0.0.1:$ADMIN_PORT/healthz"
 URL="https://127.0.0.1:$GW_PORT/"

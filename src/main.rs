@@ -160,7 +160,9 @@ fn config_error(e: &ConfigError) -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    // The first HTTPS worker and the admin listener run here; the gateway
+    // starts the other workers (`[server] workers`) on threads of their own.
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")

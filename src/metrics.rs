@@ -25,6 +25,7 @@ pub struct Metrics {
     latency: Family<Labels, Histogram, fn() -> Histogram>,
     upstream_errors: Family<Labels, Counter>,
     pub open_connections: Gauge,
+    connections_accepted: Family<Labels, Counter>,
     pub sessions_created: Counter,
     pub sessions_rotated: Counter,
     sessions_revoked: Family<Labels, Counter>,
@@ -86,6 +87,7 @@ impl Metrics {
         let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let upstream_errors = Family::<Labels, Counter>::default();
         let open_connections = Gauge::default();
+        let connections_accepted = Family::<Labels, Counter>::default();
         let sessions_created = Counter::default();
         let sessions_rotated = Counter::default();
         let sessions_revoked = Family::<Labels, Counter>::default();
@@ -115,6 +117,11 @@ impl Metrics {
             "open_connections",
             "Client connections currently open",
             open_connections.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "Client connections accepted, by worker (how evenly the workers share them)",
+            connections_accepted.clone(),
         );
         registry.register("sessions_created", "Sessions issued", sessions_created.clone());
         registry.register(
@@ -164,6 +171,7 @@ impl Metrics {
             latency,
             upstream_errors,
             open_connections,
+            connections_accepted,
             sessions_created,
             sessions_rotated,
             sessions_revoked,
@@ -186,6 +194,13 @@ impl Metrics {
         });
         let latency = self.latency.get_or_create(&vec![("route", label.to_string())]).clone();
         RouteMetrics { by_class, latency }
+    }
+
+    /// The accepted-connections counter of one worker, resolved once.
+    pub fn worker_accepts(&self, worker: usize) -> Counter {
+        self.connections_accepted
+            .get_or_create(&vec![("worker", worker.to_string())])
+            .clone()
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {

@@ -1,4 +1,13 @@
-//! Listeners, connection limits, TLS handshakes and graceful shutdown.
+//! Listeners, workers, connection limits, TLS handshakes and graceful shutdown.
+//!
+//! The HTTPS listener is served by `[server] workers` workers, each a
+//! single-threaded tokio runtime on a thread of its own (the first one is
+//! the caller's), like nginx's worker processes: a connection lives on the
+//! worker that accepted it, together with the upstream connections its
+//! requests use, so the hot path has no cross-thread wake-ups, work-stealing
+//! queues or shared pool locks. Each worker accepts from its own descriptor
+//! of the one listening socket; the kernel hands each connection to one.
+//! Sessions, login throttling and metrics are shared by all workers.
 //!
 //! The accept loop takes a permit from a semaphore *before* accepting, so
 //! excess connections wait in the kernel backlog instead of exhausting the
@@ -10,7 +19,7 @@
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::proxy::{self, body::Body, Shared};
+use crate::proxy::{self, body::Body, upstream::UpstreamClient, ConnInfo, Shared};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -41,6 +50,12 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("session store: {0}")]
     Store(#[from] crate::session::store::StoreError),
+    #[error("cannot start worker {index}: {source}")]
+    Worker {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Starts a graceful shutdown of a running [`Gateway`]. Cheap to clone.
@@ -129,6 +144,24 @@ impl Gateway {
         let permits = Arc::new(Semaphore::new(limit));
         let conn_settings = Arc::new(ConnSettings::new(&self.config));
         let shutdown_rx = self.shutdown_tx.subscribe();
+        let worker = |index| Worker {
+            index,
+            tls: self.tls.clone(),
+            shared: self.shared.clone(),
+            settings: conn_settings.clone(),
+            permits: permits.clone(),
+            upstream: proxy::upstream::client(&self.config.server),
+            accepted: self.shared.metrics.worker_accepts(index),
+            shutdown: shutdown_rx.clone(),
+        };
+        // Set once the gateway has drained: until then the other workers
+        // keep driving the connections they own.
+        let (drained_tx, drained_rx) = watch::channel(false);
+        let mut threads = Vec::new();
+        for index in 1..self.config.server.workers.get() {
+            let spawned = dup_listener(&self.https).and_then(|l| worker(index).spawn(l, drained_rx.clone()));
+            threads.push(spawned.map_err(|source| StartError::Worker { index, source })?);
+        }
 
         let admin_task = tokio::spawn(crate::admin::serve(
             self.admin,
@@ -139,15 +172,7 @@ impl Gateway {
             let port = self.config.server.public_https_port.unwrap_or(https_addr.port());
             tokio::spawn(crate::redirect::serve(l, port, shutdown_rx.clone()))
         });
-        accept_loop(
-            self.https,
-            self.tls,
-            self.shared.clone(),
-            conn_settings,
-            permits.clone(),
-            shutdown_rx,
-        )
-        .await;
+        worker(0).accept_loop(self.https).await;
 
         tracing::info!(grace = ?self.config.server.shutdown_grace, "shutting down: draining connections");
         let limit_u32 = u32::try_from(limit).unwrap_or(u32::MAX);
@@ -155,6 +180,13 @@ impl Gateway {
         if drained.is_err() {
             tracing::warn!("shutdown grace elapsed with connections still open");
         }
+        drained_tx.send_replace(true);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
         admin_task.abort();
         if let Some(t) = redirect_task {
             t.abort();
@@ -209,48 +241,90 @@ impl ConnSettings {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// A descriptor of its own for the listening socket, for another worker's
+/// reactor (one socket, so no `SO_REUSEPORT` and no second bind).
+fn dup_listener(l: &TcpListener) -> std::io::Result<std::net::TcpListener> {
+    use std::os::fd::AsFd;
+    let listener = std::net::TcpListener::from(l.as_fd().try_clone_to_owned()?);
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// One single-threaded event loop serving the HTTPS listener.
+struct Worker {
+    index: usize,
     tls: TlsAcceptor,
     shared: Arc<Shared>,
     settings: Arc<ConnSettings>,
+    /// `max_connections`, counted across all workers.
     permits: Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = crate::server::stopped(&mut shutdown) => return,
-        };
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = crate::server::stopped(&mut shutdown) => return,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(pair) => {
-                backoff = Duration::from_millis(5);
-                pair
-            }
-            Err(e) => {
-                // Out of descriptors or a reset during accept: back off, go on.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let conn = Connection {
-            tls: tls.clone(),
-            shared: shared.clone(),
-            settings: settings.clone(),
-            shutdown: shutdown.clone(),
-        };
-        tokio::spawn(async move {
-            conn.serve(tcp, peer).await;
-            drop(permit);
-        });
+    /// This worker's own pool: its connections never cross threads.
+    upstream: UpstreamClient,
+    accepted: prometheus_client::metrics::counter::Counter,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Worker {
+    /// Starts this worker on a thread of its own; it returns once the
+    /// gateway has drained (or given up waiting).
+    fn spawn(
+        self,
+        listener: std::net::TcpListener,
+        mut drained: watch::Receiver<bool>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new()
+            .name(format!("sessiongate-worker-{}", self.index))
+            .spawn(move || {
+                rt.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => self.accept_loop(l).await,
+                        Err(e) => tracing::error!(worker = self.index, error = %e, "worker cannot use the listener"),
+                    }
+                    let _ = drained.wait_for(|d| *d).await;
+                });
+            })
+    }
+
+    /// Accepts and spawns connections until shutdown.
+    async fn accept_loop(mut self, listener: TcpListener) {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let permit = tokio::select! {
+                p = self.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                _ = crate::server::stopped(&mut self.shutdown) => return,
+            };
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = crate::server::stopped(&mut self.shutdown) => return,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(pair) => {
+                    backoff = Duration::from_millis(5);
+                    pair
+                }
+                Err(e) => {
+                    // Out of descriptors or a reset during accept: back off, go on.
+                    tracing::warn!(worker = self.index, error = %e, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            self.accepted.inc();
+            let _ = tcp.set_nodelay(true);
+            let conn = Connection {
+                tls: self.tls.clone(),
+                shared: self.shared.clone(),
+                settings: self.settings.clone(),
+                upstream: self.upstream.clone(),
+                shutdown: self.shutdown.clone(),
+            };
+            tokio::spawn(async move {
+                conn.serve(tcp, peer).await;
+                drop(permit);
+            });
+        }
     }
 }
 
@@ -258,6 +332,7 @@ struct Connection {
     tls: TlsAcceptor,
     shared: Arc<Shared>,
     settings: Arc<ConnSettings>,
+    upstream: UpstreamClient,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -291,17 +366,17 @@ impl Connection {
         // Activity is recorded per request, not per byte: a response body
         // still streaming when the watchdog fires is finished by hyper's
         // graceful shutdown, never cut.
-        let activity = Arc::new(Activity::new());
         let io = TokioIo::new(tls);
-        let peer_info = Arc::new(proxy::headers::PeerInfo::new(
-            peer,
-            &self.shared.config.server.trusted_proxies,
-        ));
-        let handler = Handler {
-            shared: self.shared.clone(),
-            peer: peer_info,
-            activity: activity.clone(),
-        };
+        let handler = Handler(Arc::new(HandlerState {
+            conn: ConnInfo {
+                peer: proxy::headers::PeerInfo::new(peer, &self.shared.config.server.trusted_proxies),
+                upstream: self.upstream,
+            },
+            shared: self.shared,
+            activity: Activity::new(),
+        }));
+        let state = handler.0.clone();
+        let activity = &state.activity;
         let idle = self.settings.keepalive_timeout;
         let result = if h2 {
             // Each stream becomes a task of its own, and its future is moved
@@ -309,14 +384,14 @@ impl Connection {
             let service = service_fn(move |req| Box::pin(handler.clone().call(req)));
             let conn = self.settings.h2.serve_connection_with_upgrades(io, service);
             tokio::pin!(conn);
-            drive(conn, |c| c.graceful_shutdown(), &activity, idle, &mut self.shutdown).await
+            drive(conn, |c| c.graceful_shutdown(), activity, idle, &mut self.shutdown).await
         } else {
             // One request at a time, its future moved once into hyper's own
             // slot: a box per request would cost more than it saves.
             let service = service_fn(move |req| handler.clone().call(req));
             let conn = self.settings.h1.serve_connection(io, service).with_upgrades();
             tokio::pin!(conn);
-            drive(conn, |c| c.graceful_shutdown(), &activity, idle, &mut self.shutdown)
+            drive(conn, |c| c.graceful_shutdown(), activity, idle, &mut self.shutdown)
                 .await
                 .map_err(Into::into)
         };
@@ -326,22 +401,25 @@ impl Connection {
     }
 }
 
-/// Serves the requests of one connection.
+/// Serves the requests of one connection: one reference count per request.
 #[derive(Clone)]
-struct Handler {
+struct Handler(Arc<HandlerState>);
+
+struct HandlerState {
     shared: Arc<Shared>,
-    peer: Arc<proxy::headers::PeerInfo>,
-    activity: Arc<Activity>,
+    conn: ConnInfo,
+    activity: Activity,
 }
 
 impl Handler {
     async fn call(self, req: hyper::Request<Incoming>) -> Result<hyper::Response<Body>, Infallible> {
+        let state = &*self.0;
         // No touch here: the watchdog never closes a connection with a
         // request in flight, and the end of this one touches.
-        self.activity.requests.fetch_add(1, Ordering::Relaxed);
-        let resp = proxy::handle(self.shared, self.peer, req).await;
-        self.activity.requests.fetch_sub(1, Ordering::Relaxed);
-        self.activity.touch();
+        state.activity.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = proxy::handle(&state.shared, &state.conn, req).await;
+        state.activity.requests.fetch_sub(1, Ordering::Relaxed);
+        state.activity.touch();
         Ok(resp)
     }
 }

@@ -37,6 +37,8 @@ pub enum ConfigError {
 /// The smallest `store.page_cache_bytes` accepted: below that redb would
 /// re-read the B-tree's branch pages from disk on every miss.
 pub const MIN_PAGE_CACHE_BYTES: usize = 1024 * 1024;
+/// More worker threads than this is a typo, not a machine.
+pub const MAX_WORKERS: usize = 1024;
 
 /// Who may reach a route without a session, and what happens when they do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +85,9 @@ pub struct ServerConfig {
     pub keepalive_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// Single-threaded event loops serving the HTTPS listener, each with its
+    /// own upstream pool (see `server`).
+    pub workers: std::num::NonZeroUsize,
     pub shutdown_grace: Duration,
     pub upstream_pool_idle_timeout: Duration,
     pub upstream_pool_max_idle_per_host: usize,
@@ -396,6 +401,15 @@ impl Validator<'_> {
         if s.max_connections == 0 {
             return Err(self.err("server.max_connections", "must be at least 1"));
         }
+        let workers = match s.workers {
+            None => std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN),
+            Some(n) if n > MAX_WORKERS => {
+                return Err(self.err("server.workers", format!("must be at most {MAX_WORKERS}")))
+            }
+            Some(n) => {
+                std::num::NonZeroUsize::new(n).ok_or_else(|| self.err("server.workers", "must be at least 1"))?
+            }
+        };
         Ok(ServerConfig {
             listen: self.addr("server.listen", &s.listen)?,
             http_redirect_listen: s
@@ -413,6 +427,7 @@ impl Validator<'_> {
             keepalive_timeout: self.duration("server.keepalive_timeout", &s.keepalive_timeout)?,
             max_header_bytes: s.max_header_bytes,
             max_connections: s.max_connections,
+            workers,
             shutdown_grace: self.duration("server.shutdown_grace", &s.shutdown_grace)?,
             upstream_pool_idle_timeout: self
                 .duration("server.upstream_pool_idle_timeout", &s.upstream_pool_idle_timeout)?,

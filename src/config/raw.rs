@@ -54,6 +54,8 @@ pub struct RawServer {
     pub max_header_bytes: usize,
     #[serde(default = "d_max_connections")]
     pub max_connections: usize,
+    /// `None`: one per CPU.
+    pub workers: Option<usize>,
     #[serde(default = "d_shutdown_grace")]
     pub shutdown_grace: String,
     #[serde(default = "d_upstream_pool_idle")]
@@ -77,6 +79,7 @@ impl Default for RawServer {
             keepalive_timeout: d_keepalive_timeout(),
             max_header_bytes: d_max_header_bytes(),
             max_connections: d_max_connections(),
+            workers: None,
             shutdown_grace: d_shutdown_grace(),
             upstream_pool_idle_timeout: d_upstream_pool_idle(),
             upstream_pool_max_idle_per_host: d_upstream_pool_max_idle(),

@@ -35,7 +35,6 @@ pub struct Shared {
     pub router: Router,
     /// Metric handles, parallel to `router.routes()`.
     route_metrics: Vec<RouteMetrics>,
-    pub client: upstream::UpstreamClient,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<Sessions>,
     pub auth: Auth,
@@ -46,14 +45,12 @@ impl Shared {
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, sessions: Arc<Sessions>) -> Shared {
         let router = Router::new(&config.routes);
         let route_metrics = router.routes().iter().map(|r| metrics.route(&r.label)).collect();
-        let client = upstream::client(&config.server);
         Shared {
             auth: Auth::new(&config),
             owned_headers: identity::OwnedHeaders::new(&config.headers),
             config,
             router,
             route_metrics,
-            client,
             metrics,
             sessions,
         }
@@ -62,6 +59,14 @@ impl Shared {
     fn route_metrics(&self, route: &Route) -> Option<&RouteMetrics> {
         self.route_metrics.get(route.index)
     }
+}
+
+/// What a request needs from the connection it arrived on.
+pub struct ConnInfo {
+    pub peer: headers::PeerInfo,
+    /// The upstream pool of the worker serving the connection: each worker
+    /// is one thread, so its pooled connections never cross threads.
+    pub upstream: upstream::UpstreamClient,
 }
 
 /// What one request accumulates while it passes the phases; read by logging.
@@ -92,11 +97,11 @@ impl RequestCtx {
 }
 
 /// Entry point from the server: never fails, always logs.
-pub async fn handle(shared: Arc<Shared>, peer: Arc<headers::PeerInfo>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
     let mut ctx = RequestCtx {
         start: Instant::now(),
-        peer: peer.addr,
-        client_ip: peer.addr.ip(),
+        peer: conn.peer.addr,
+        client_ip: conn.peer.addr.ip(),
         method: req.method().clone(),
         target: req.uri().path_and_query().cloned(),
         normalized: None,
@@ -106,9 +111,9 @@ pub async fn handle(shared: Arc<Shared>, peer: Arc<headers::PeerInfo>, req: Requ
         version: req.version(),
     };
     let has_body = request_has_body(&req);
-    let mut resp = match pipeline(&shared, &peer, &mut ctx, req).await {
+    let mut resp = match pipeline(shared, conn, &mut ctx, req).await {
         Ok(resp) => resp,
-        Err(err) => error_response(&shared, &ctx, err),
+        Err(err) => error_response(shared, &ctx, err),
     };
     if has_body && ctx.upstream_ms.is_none() && ctx.version < Version::HTTP_2 {
         // Answered locally: the body may be unread, and its bytes must never
@@ -116,7 +121,7 @@ pub async fn handle(shared: Arc<Shared>, peer: Arc<headers::PeerInfo>, req: Requ
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    finish(&shared, &ctx, &resp);
+    finish(shared, &ctx, &resp);
     resp
 }
 
@@ -171,7 +176,7 @@ fn finish(shared: &Shared, ctx: &RequestCtx, resp: &Response<Body>) {
 
 async fn pipeline(
     shared: &Shared,
-    peer: &headers::PeerInfo,
+    conn: &ConnInfo,
     ctx: &mut RequestCtx,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
@@ -188,7 +193,7 @@ async fn pipeline(
         Cow::Owned(p) => Some(p),
     };
     let path = ctx.normalized.as_deref().unwrap_or(req.uri().path());
-    let client = peer.client(req.headers(), &shared.config.server.trusted_proxies);
+    let client = conn.peer.client(req.headers(), &shared.config.server.trusted_proxies);
     ctx.client_ip = client.ip;
     let host = request_host(&req);
 
@@ -276,7 +281,7 @@ async fn pipeline(
 
     let client_on_upgrade = upgrade_proto.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let upstream_req = build_upstream_request(req, &route, ctx.normalized.as_deref())?;
-    let resp = exchange(shared, ctx, upstream_req).await?;
+    let resp = exchange(shared, &conn.upstream, ctx, upstream_req).await?;
     let mut resp = match (client_on_upgrade, resp.status()) {
         (Some(on_client), StatusCode::SWITCHING_PROTOCOLS) => upgrade::splice(on_client, resp),
         (_, _) => response_filter(resp),
@@ -416,12 +421,13 @@ fn build_upstream_request(
 /// Sends the request and waits for response headers within the timeout.
 async fn exchange(
     shared: &Shared,
+    upstream: &upstream::UpstreamClient,
     ctx: &mut RequestCtx,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, GatewayError> {
     // Timed only for the access log: two clock reads per request otherwise.
     let started = shared.config.server.access_log.then(Instant::now);
-    let result = tokio::time::timeout(shared.config.server.upstream_timeout, shared.client.request(req)).await;
+    let result = tokio::time::timeout(shared.config.server.upstream_timeout, upstream.request(req)).await;
     ctx.upstream_ms = Some(started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0));
     match result {
         Err(_) => Err(GatewayError::UpstreamTimeout),

@@ -97,6 +97,14 @@ fn missing_certificate_file_is_named_with_its_path() {
 }
 
 #[test]
+fn zero_or_absurd_worker_counts_are_named() {
+    for workers in ["0", "100000"] {
+        let prepared = valid_config().server("workers", workers).prepare();
+        assert_rejected(&prepared, &["server.workers"]);
+    }
+}
+
+#[test]
 fn bad_duration_is_named() {
     let prepared = valid_config().server_str("upstream_timeout", "soon").prepare();
     assert_rejected(&prepared, &["upstream_timeout"]);

@@ -27,3 +27,4 @@ mod routing;
 mod shutdown;
 mod upstream_errors;
 mod websocket;
+mod workers;

@@ -118,10 +118,14 @@ impl Default for GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// Listeners on `127.0.0.1:0`, memory store, no routes.
+    /// Listeners on `127.0.0.1:0`, two workers (so every test crosses
+    /// them, whatever the machine's CPU count), memory store, no routes.
     pub fn new() -> Self {
         Self {
-            server: vec![("listen".to_owned(), quoted("127.0.0.1:0"))],
+            server: vec![
+                ("listen".to_owned(), quoted("127.0.0.1:0")),
+                ("workers".to_owned(), "2".to_owned()),
+            ],
             admin: vec![("listen".to_owned(), quoted("127.0.0.1:0"))],
             store: Some(MEMORY_STORE.to_owned()),
             sections: Vec::new(),

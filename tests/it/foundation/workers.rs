@@ -1,0 +1,69 @@
+//! `[server] workers`: several single-threaded event loops share the HTTPS listener. Every
+//! worker must accept and serve connections, not only the first one.
+
+use futures_util::future::join_all;
+
+use crate::kit::{client::plain_client, secs, within, Echo, GatewayConfig, TestGateway, TestUpstream};
+
+/// `sessiongate_connections_accepted_total` per worker label, from the admin listener.
+async fn accepted_by_worker(gw: &TestGateway, workers: usize) -> Vec<u64> {
+    let text = plain_client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    (0..workers)
+        .map(|w| {
+            let label = format!("sessiongate_connections_accepted_total{{worker=\"{w}\"}} ");
+            text.lines()
+                .find_map(|line| line.strip_prefix(&label))
+                .map_or(0, |v| v.trim().parse().expect("counter value"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_accepts_and_serves_connections() {
+    const WORKERS: usize = 3;
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(GatewayConfig::proxy_all_to(&upstream).server("workers", WORKERS.to_string())).await;
+
+    // Batches of concurrent new connections (a fresh client each), until the
+    // kernel has handed some to every worker. Which worker wins a connection
+    // is a race, so the bound is generous; a worker that never accepts fails.
+    let mut sent = 0;
+    let mut accepted = vec![0; WORKERS];
+    for batch in 0..100 {
+        let requests = (0..8).map(|i| {
+            let client = gw.client();
+            let url = gw.url(&format!("/batch/{batch}/{i}"));
+            async move {
+                let response = client.get(url).send().await.expect("request through a worker");
+                assert_eq!(response.status(), 200);
+                Echo::from_response(response).await
+            }
+        });
+        let echoes = within(secs(10), "a batch of new connections", join_all(requests)).await;
+        for (i, echo) in echoes.iter().enumerate() {
+            assert_eq!(echo.path(), format!("/batch/{batch}/{i}"));
+        }
+        sent += echoes.len();
+        accepted = accepted_by_worker(&gw, WORKERS).await;
+        if accepted.iter().all(|&n| n > 0) {
+            break;
+        }
+    }
+    assert!(
+        accepted.iter().all(|&n| n > 0),
+        "a worker never accepted a connection: {accepted:?}"
+    );
+    assert_eq!(accepted.iter().sum::<u64>(), sent as u64, "one connection per client");
+    assert_eq!(
+        upstream.request_count(),
+        sent,
+        "every request reached the upstream once"
+    );
+}
