@@ -18,11 +18,15 @@ export SG_BENCH_DIR=${SG_BENCH_DIR:-$(mktemp -d /tmp/sg-bench.XXXXXX)}
 # The dist profile (fat LTO, one codegen unit) is what we ship and what the
 # floor proxy is built with; SG_PROFILE=release measures a quicker build.
 SG_PROFILE=${SG_PROFILE:-dist}
-export SG_BIN=$ROOT/target/$SG_PROFILE/sessiongate
+# SG_BIN=path measures that binary as it is (no build): for A/B runs.
+if [[ -z ${SG_BIN:-} ]]; then
+  export SG_BIN=$ROOT/target/$SG_PROFILE/sessiongate
+  (cd "$ROOT" && cargo build --profile "$SG_PROFILE" --quiet)
+fi
+export SG_BIN
 export SG_BENCH_ADMIN=${SG_BENCH_ADMIN:-127.0.0.1:18990}
 UA=${BENCH_UA:-peers-bench/1}
 
-(cd "$ROOT" && cargo build --profile "$SG_PROFILE" --quiet)
 head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$SG_BENCH_DIR/admin-token"
 
 # Pre-mint: run the gateway once on the same store, mint through the admin

@@ -157,11 +157,7 @@ impl Gateway {
         // Set once the gateway has drained: until then the other workers
         // keep driving the connections they own.
         let (drained_tx, drained_rx) = watch::channel(false);
-        let mut threads = Vec::new();
-        for index in 1..self.config.server.workers.get() {
-            let spawned = dup_listener(&self.https).and_then(|l| worker(index).spawn(l, drained_rx.clone()));
-            threads.push(spawned.map_err(|source| StartError::Worker { index, source })?);
-        }
+        let threads = self.start_workers(worker, &drained_rx)?;
 
         let admin_task = tokio::spawn(crate::admin::serve(
             self.admin,
@@ -194,6 +190,28 @@ impl Gateway {
         self.shared.sessions.flush().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+impl Gateway {
+    /// Starts workers 1.. on threads of their own (worker 0 is the caller).
+    fn start_workers(
+        &self,
+        worker: impl Fn(usize) -> Worker,
+        drained: &watch::Receiver<bool>,
+    ) -> Result<Vec<std::thread::JoinHandle<()>>, StartError> {
+        let mut threads = Vec::new();
+        for index in 1..self.config.server.workers.get() {
+            match dup_listener(&self.https).and_then(|l| worker(index).spawn(l, drained.clone())) {
+                Ok(thread) => threads.push(thread),
+                Err(source) => {
+                    // The workers already running stop with the gateway.
+                    self.shutdown_tx.send_replace(true);
+                    return Err(StartError::Worker { index, source });
+                }
+            }
+        }
+        Ok(threads)
     }
 }
 
