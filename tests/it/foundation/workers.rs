@@ -3,10 +3,13 @@
 
 use futures_util::future::join_all;
 
-use crate::kit::{client::plain_client, secs, within, Echo, GatewayConfig, TestGateway, TestUpstream};
+use crate::kit::{
+    client::plain_client, gateway::GatewayAddrs, secs, within, BinaryGateway, Echo, GatewayConfig, TestGateway,
+    TestUpstream, SLOW_BODY,
+};
 
 /// `sessiongate_connections_accepted_total` per worker label, from the admin listener.
-async fn accepted_by_worker(gw: &TestGateway, workers: usize) -> Vec<u64> {
+async fn accepted_by_worker(gw: &GatewayAddrs, workers: usize) -> Vec<u64> {
     let text = plain_client()
         .get(gw.admin_url("/metrics"))
         .send()
@@ -66,4 +69,45 @@ async fn every_worker_accepts_and_serves_connections() {
         sent,
         "every request reached the upstream once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_on_every_worker_finish() {
+    const WORKERS: usize = 2;
+    let upstream = TestUpstream::start().await;
+    let mut gw =
+        BinaryGateway::start(GatewayConfig::proxy_all_to(&upstream).server("workers", WORKERS.to_string())).await;
+
+    // Slow responses in flight (headers now, body after 1.5 s), each on a
+    // connection of its own, until every worker holds at least one.
+    let mut in_flight = Vec::new();
+    for _ in 0..20 {
+        let batch = (0..4).map(|_| gw.client().get(gw.url("/slow-body/1500")).send());
+        for response in within(secs(5), "slow response headers", join_all(batch)).await {
+            let response = response.expect("slow request");
+            assert_eq!(response.status(), 200);
+            in_flight.push(response);
+        }
+        if accepted_by_worker(&gw, WORKERS).await.iter().all(|&n| n > 0) {
+            break;
+        }
+    }
+    let accepted = accepted_by_worker(&gw, WORKERS).await;
+    assert!(
+        accepted.iter().all(|&n| n > 0),
+        "not every worker holds a request: {accepted:?}"
+    );
+    gw.signal("TERM");
+
+    let bodies = within(
+        secs(10),
+        "the in-flight bodies",
+        join_all(in_flight.into_iter().map(|r| r.bytes())),
+    )
+    .await;
+    for body in bodies {
+        assert_eq!(&body.expect("in-flight body completes after SIGTERM")[..], SLOW_BODY);
+    }
+    let status = gw.wait_exit(secs(10)).await;
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status}");
 }
