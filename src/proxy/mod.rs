@@ -70,7 +70,7 @@ pub struct ConnInfo {
 }
 
 /// What one request accumulates while it passes the phases; read by logging.
-pub struct RequestCtx {
+pub struct RequestCtx<'s> {
     pub start: Instant,
     pub peer: SocketAddr,
     pub client_ip: IpAddr,
@@ -79,13 +79,14 @@ pub struct RequestCtx {
     pub target: Option<PathAndQuery>,
     /// The normalised path, only when it differs from the target's path.
     pub normalized: Option<String>,
-    pub route: Option<Arc<Route>>,
+    /// Borrowed from the router: no reference counting per request.
+    pub route: Option<&'s Route>,
     pub upstream_ms: Option<f64>,
     pub session_id: Option<crate::session::token::SessionId>,
     pub version: Version,
 }
 
-impl RequestCtx {
+impl RequestCtx<'_> {
     /// The path to log: normalised when it could be normalised, else the raw one.
     pub fn path(&self) -> &str {
         match (&self.normalized, &self.target) {
@@ -130,7 +131,7 @@ fn request_has_body(req: &Request<Incoming>) -> bool {
     !req.body().is_end_stream()
 }
 
-fn error_response(shared: &Shared, ctx: &RequestCtx, err: GatewayError) -> Response<Body> {
+fn error_response(shared: &Shared, ctx: &RequestCtx<'_>, err: GatewayError) -> Response<Body> {
     if err.is_server_side() {
         tracing::warn!(peer = %ctx.peer, path = ctx.path(), error = %err, "request failed");
     } else {
@@ -152,7 +153,7 @@ fn error_response(shared: &Shared, ctx: &RequestCtx, err: GatewayError) -> Respo
 }
 
 /// Logging and metrics: runs for every request, whatever happened.
-fn finish(shared: &Shared, ctx: &RequestCtx, resp: &Response<Body>) {
+fn finish(shared: &Shared, ctx: &RequestCtx<'_>, resp: &Response<Body>) {
     let total = ctx.start.elapsed();
     let status = resp.status();
     if let Some(m) = ctx.route.as_ref().and_then(|r| shared.route_metrics(r)) {
@@ -174,10 +175,10 @@ fn finish(shared: &Shared, ctx: &RequestCtx, resp: &Response<Body>) {
     );
 }
 
-async fn pipeline(
-    shared: &Shared,
+async fn pipeline<'s>(
+    shared: &'s Shared,
     conn: &ConnInfo,
-    ctx: &mut RequestCtx,
+    ctx: &mut RequestCtx<'s>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
     // Request filter: limits and framing.
@@ -210,12 +211,8 @@ async fn pipeline(
         return Box::pin(endpoints::handle(ep, &path, req)).await;
     }
 
-    let route = shared
-        .router
-        .find(host.as_deref(), path)
-        .cloned()
-        .ok_or(GatewayError::NoRoute)?;
-    ctx.route = Some(route.clone());
+    let route: &'s Route = shared.router.find(host.as_deref(), path).ok_or(GatewayError::NoRoute)?;
+    ctx.route = Some(route);
     let forwarded_host = host.and_then(|h| forwarded_host(&req, &h));
 
     if let Some(limit) = route.max_body_bytes {
@@ -244,7 +241,7 @@ async fn pipeline(
             };
             ctx.session_id = Some(live.record.id);
             if route.auth == AuthMode::Required {
-                if let Some(resp) = authorize(&route, &live, &req) {
+                if let Some(resp) = authorize(route, &live, &req) {
                     return Ok(with_cookie(resp, set_cookie));
                 }
             }
@@ -280,7 +277,7 @@ async fn pipeline(
     }
 
     let client_on_upgrade = upgrade_proto.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let upstream_req = build_upstream_request(req, &route, ctx.normalized.as_deref())?;
+    let upstream_req = build_upstream_request(req, route, ctx.normalized.as_deref())?;
     let resp = exchange(shared, &conn.upstream, ctx, upstream_req).await?;
     let mut resp = match (client_on_upgrade, resp.status()) {
         (Some(on_client), StatusCode::SWITCHING_PROTOCOLS) => upgrade::splice(on_client, resp),
@@ -422,7 +419,7 @@ fn build_upstream_request(
 async fn exchange(
     shared: &Shared,
     upstream: &upstream::UpstreamClient,
-    ctx: &mut RequestCtx,
+    ctx: &mut RequestCtx<'_>,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, GatewayError> {
     // Timed only for the access log: two clock reads per request otherwise.
