@@ -131,6 +131,26 @@ impl Gateway {
         ShutdownHandle(self.shutdown_tx.clone())
     }
 
+    /// Starts workers 1.. on threads of their own (worker 0 is the caller).
+    fn start_workers(
+        &self,
+        worker: impl Fn(usize) -> Worker,
+        drained: &watch::Receiver<bool>,
+    ) -> Result<Vec<std::thread::JoinHandle<()>>, StartError> {
+        let mut threads = Vec::new();
+        for index in 1..self.config.server.workers.get() {
+            match dup_listener(&self.https).and_then(|l| worker(index).spawn(l, drained.clone())) {
+                Ok(thread) => threads.push(thread),
+                Err(source) => {
+                    // The workers already running stop with the gateway.
+                    self.shutdown_tx.send_replace(true);
+                    return Err(StartError::Worker { index, source });
+                }
+            }
+        }
+        Ok(threads)
+    }
+
     /// Serves until shutdown is requested, then stops accepting and waits up
     /// to `shutdown_grace` for open connections to finish their requests.
     pub async fn run(self) -> Result<(), StartError> {
@@ -190,28 +210,6 @@ impl Gateway {
         self.shared.sessions.flush().await;
         tracing::info!("stopped");
         Ok(())
-    }
-}
-
-impl Gateway {
-    /// Starts workers 1.. on threads of their own (worker 0 is the caller).
-    fn start_workers(
-        &self,
-        worker: impl Fn(usize) -> Worker,
-        drained: &watch::Receiver<bool>,
-    ) -> Result<Vec<std::thread::JoinHandle<()>>, StartError> {
-        let mut threads = Vec::new();
-        for index in 1..self.config.server.workers.get() {
-            match dup_listener(&self.https).and_then(|l| worker(index).spawn(l, drained.clone())) {
-                Ok(thread) => threads.push(thread),
-                Err(source) => {
-                    // The workers already running stop with the gateway.
-                    self.shutdown_tx.send_replace(true);
-                    return Err(StartError::Worker { index, source });
-                }
-            }
-        }
-        Ok(threads)
     }
 }
 
