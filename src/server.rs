@@ -12,9 +12,9 @@
 //! The accept loop takes a permit from a semaphore *before* accepting, so
 //! excess connections wait in the kernel backlog instead of exhausting the
 //! process. Each connection runs in its own task: TLS handshake under
-//! `tls_handshake_timeout`, then hyper (HTTP/1.1 or HTTP/2 by ALPN) with a
-//! timer installed so `header_read_timeout` really fires (hyper silently
-//! ignores it without one), and an idle watchdog for `keepalive_timeout`.
+//! `tls_handshake_timeout`, then hyper (HTTP/1.1 or HTTP/2 by ALPN), watched
+//! by one watchdog per connection that enforces `keepalive_timeout` (idle,
+//! nothing in flight) and, for HTTP/1, `header_read_timeout` (slowloris).
 //! Accept errors (EMFILE and friends) are retried with backoff, never fatal.
 
 use crate::config::Config;
@@ -225,7 +225,7 @@ fn local(l: &TcpListener) -> SocketAddr {
 /// Per-connection protocol settings, built once.
 struct ConnSettings {
     handshake_timeout: Duration,
-    keepalive_timeout: Duration,
+    limits: WatchLimits,
     /// hyper's own HTTP/1 server: no protocol detection, no IO rewind layer.
     h1: hyper::server::conn::http1::Builder,
     h2: auto::Builder<TokioExecutor>,
@@ -234,8 +234,10 @@ struct ConnSettings {
 impl ConnSettings {
     fn new(config: &Config) -> ConnSettings {
         let mut h1 = hyper::server::conn::http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(config.server.header_read_timeout)
+        // No hyper timer: hyper's header timeout arms a wheel timer for every
+        // request and counts idle keep-alive time as header time. The
+        // connection's watchdog enforces `header_read_timeout` instead.
+        h1.header_read_timeout(None)
             .max_buf_size(config.server.max_header_bytes.max(8192))
             // Flatten head and body into one buffer: over TLS each vectored
             // chunk would become its own record and write.
@@ -250,7 +252,10 @@ impl ConnSettings {
             .keep_alive_timeout(Duration::from_secs(20));
         ConnSettings {
             handshake_timeout: config.server.tls_handshake_timeout,
-            keepalive_timeout: config.server.keepalive_timeout,
+            limits: WatchLimits {
+                idle: config.server.keepalive_timeout,
+                head: config.server.header_read_timeout,
+            },
             h1,
             h2,
         }
@@ -379,10 +384,9 @@ impl Connection {
         // HTTP/2 only when negotiated by ALPN (RFC 9113 §3.2); a client that
         // sends no ALPN speaks HTTP/1.x, so no protocol sniffing per connection.
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        // Activity is recorded per request, not per byte: a response body
-        // still streaming when the watchdog fires is finished by hyper's
-        // graceful shutdown, never cut.
-        let io = TokioIo::new(tls);
+        // Activity is recorded per request, not per byte: a request counts
+        // as in flight until its response body is done, so the watchdog
+        // never closes a connection under a streaming response.
         let handler = Handler(Arc::new(HandlerState {
             conn: ConnInfo {
                 peer: proxy::headers::PeerInfo::new(peer, &self.shared.config.server.trusted_proxies),
@@ -393,21 +397,26 @@ impl Connection {
         }));
         let state = handler.0.clone();
         let activity = &state.activity;
-        let idle = self.settings.keepalive_timeout;
+        let limits = self.settings.limits;
         let result = if h2 {
             // Each stream becomes a task of its own, and its future is moved
             // into it: boxed, that is a pointer rather than kilobytes.
             let service = service_fn(move |req| Box::pin(handler.clone().call(req)));
+            let io = TokioIo::new(tls);
             let conn = self.settings.h2.serve_connection_with_upgrades(io, service);
             tokio::pin!(conn);
-            drive(conn, |c| c.graceful_shutdown(), activity, idle, &mut self.shutdown).await
+            drive(conn, |c| c.graceful_shutdown(), activity, limits, &mut self.shutdown).await
         } else {
             // One request at a time, its future moved once into hyper's own
             // slot: a box per request would cost more than it saves.
+            let io = TokioIo::new(HeadClock {
+                inner: tls,
+                state: state.clone(),
+            });
             let service = service_fn(move |req| handler.clone().call(req));
             let conn = self.settings.h1.serve_connection(io, service).with_upgrades();
             tokio::pin!(conn);
-            drive(conn, |c| c.graceful_shutdown(), activity, idle, &mut self.shutdown)
+            drive(conn, |c| c.graceful_shutdown(), activity, limits, &mut self.shutdown)
                 .await
                 .map_err(Into::into)
         };
@@ -428,36 +437,154 @@ struct HandlerState {
 }
 
 impl Handler {
-    async fn call(self, req: hyper::Request<Incoming>) -> Result<hyper::Response<Body>, Infallible> {
-        let state = &*self.0;
-        // No touch here: the watchdog never closes a connection with a
-        // request in flight, and the end of this one touches.
-        state.activity.begin();
+    async fn call(self, req: hyper::Request<Incoming>) -> Result<hyper::Response<Tracked>, Infallible> {
+        // In flight until the response body is done, or until this future is
+        // dropped (a reset stream, a closed connection): the watchdog never
+        // closes a connection under a request, and the end of one touches.
+        let in_flight = InFlight::begin(self);
+        let state = &*in_flight.0 .0;
         let resp = proxy::handle(&state.shared, &state.conn, req).await;
-        state.activity.end();
-        Ok(resp)
+        Ok(resp.map(|body| Tracked { body, in_flight }))
     }
 }
 
-/// Runs a connection to its end; starts its graceful shutdown when the
-/// gateway shuts down or when it has been idle for `idle` with no request
-/// in flight.
+/// A request in flight on its connection; its end when dropped.
+struct InFlight(Handler);
+
+impl InFlight {
+    fn begin(handler: Handler) -> InFlight {
+        handler.0.activity.begin();
+        InFlight(handler)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0 .0.activity.end();
+    }
+}
+
+/// A response body that keeps its request in flight until hyper drops it,
+/// which it does once the body is written (or the connection is gone).
+struct Tracked {
+    body: Body,
+    #[allow(dead_code, reason = "held for its Drop")]
+    in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = proxy::body::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The connection's IO for HTTP/1, noting when the first byte of a request
+/// head arrives: `header_read_timeout` counts from there, as nginx's
+/// `client_header_timeout` does, and the watchdog enforces it. Bytes read
+/// while a request is in flight are its body, not a head.
+struct HeadClock<S> {
+    inner: S,
+    state: Arc<HandlerState>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HeadClock<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.state.activity.head_bytes();
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HeadClock<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// What the watchdog enforces on one connection.
+#[derive(Clone, Copy, Debug)]
+struct WatchLimits {
+    /// `keepalive_timeout`: idle with nothing in flight.
+    idle: Duration,
+    /// `header_read_timeout`: an HTTP/1 request head must be complete this
+    /// long after its first byte (the first head: after the handshake).
+    head: Duration,
+}
+
+/// How the watchdog ends a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Idle, or the gateway is stopping: hyper finishes what is in flight,
+    /// then closes.
+    Graceful,
+    /// A request head did not arrive in time. Nobody awaits a response, and
+    /// hyper's graceful shutdown would wait for the head: the connection is
+    /// dropped.
+    Cut,
+}
+
+/// Runs a connection to its end, under its watchdog: a graceful shutdown
+/// when the gateway shuts down or the connection has been idle for
+/// `limits.idle`; cut when an HTTP/1 request head is slower than
+/// `limits.head`.
 ///
 /// The connection is polled on every wake-up of the task; the watchdog
-/// (shutdown signal, idle timer) only when its own waker fired. A `select!`
+/// (shutdown signal, its timer) only when its own waker fired. A `select!`
 /// would poll all three on every wake-up, several times per request, for
 /// events that happen once per connection at most.
 async fn drive<C, E>(
     mut conn: Pin<&mut C>,
     graceful: impl Fn(Pin<&mut C>),
     activity: &Activity,
-    idle: Duration,
+    limits: WatchLimits,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
 {
-    let mut watchdog = Some(std::pin::pin!(watchdog(activity, idle, shutdown)));
+    let mut watchdog = Some(std::pin::pin!(watchdog(activity, limits, shutdown)));
     let signal = Arc::new(WatchdogSignal::default());
     let watchdog_waker = Waker::from(signal.clone());
     // The task's waker as last handed to the signal: handed again only when
@@ -479,40 +606,40 @@ where
             if !signal.fired.swap(false, Ordering::AcqRel) {
                 return Poll::Pending;
             }
-            if dog
-                .as_mut()
-                .poll(&mut Context::from_waker(&watchdog_waker))
-                .is_pending()
-            {
-                return Poll::Pending;
+            match dog.as_mut().poll(&mut Context::from_waker(&watchdog_waker)) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Verdict::Cut) => {
+                    tracing::debug!("request head not complete within header_read_timeout: connection cut");
+                    return Poll::Ready(Ok(()));
+                }
+                // Closing: the connection is polled again so that it acts on it.
+                Poll::Ready(Verdict::Graceful) => {
+                    watchdog = None;
+                    graceful(conn.as_mut());
+                }
             }
-            // Closing: the connection is polled again so that it acts on it.
-            watchdog = None;
-            graceful(conn.as_mut());
         }
     })
     .await
 }
 
-/// Resolves when a connection should close: at shutdown, or once it has
-/// been idle for `idle` with no request in flight.
-async fn watchdog(activity: &Activity, idle: Duration, shutdown: &mut watch::Receiver<bool>) {
+/// Resolves when a connection should close, and how.
+///
+/// It sleeps until the next moment a limit could be reached and looks
+/// again (see [`Activity::next_check`]); nothing on the request path arms
+/// or resets a timer.
+async fn watchdog(activity: &Activity, limits: WatchLimits, shutdown: &mut watch::Receiver<bool>) -> Verdict {
     loop {
-        // With a request in flight the connection is not idle: look again
-        // a full period later (from `last` it would be due at once, a spin).
-        let deadline = if activity.busy() {
-            Instant::now() + idle
-        } else {
-            activity.last() + idle
+        let deadline = match activity.next_check(Instant::now(), limits) {
+            Ok(deadline) => deadline,
+            Err(verdict) => return verdict,
         };
         tokio::select! {
             biased;
-            _ = stopped(shutdown) => return,
-            _ = tokio::time::sleep_until(deadline.into()) => {
-                if !activity.busy() && activity.last() + idle <= Instant::now() {
-                    return;
-                }
+            _ = stopped(shutdown) => {
+                return if activity.head_started().is_some() { Verdict::Cut } else { Verdict::Graceful };
             }
+            _ = tokio::time::sleep_until(deadline.into()) => {}
         }
     }
 }
@@ -555,10 +682,17 @@ impl Wake for WatchdogSignal {
     }
 }
 
-/// When the connection last moved a byte, and how many requests it has open.
+/// When the connection was last active, how many requests it has in
+/// flight, and when the HTTP/1 request head it is waiting for began.
+///
+/// Times are milliseconds since `base`: plain atomics, written on the
+/// request path with no timer to arm.
 struct Activity {
     base: Instant,
     last_ms: AtomicU64,
+    /// 1 + the millisecond the pending head's first byte arrived; 0 when
+    /// no head is pending (always, for HTTP/2).
+    head_ms: AtomicU64,
     requests: AtomicUsize,
     /// HTTP/2: streams overlap, so the count needs atomic increments.
     /// HTTP/1 serves one request at a time, so a plain store is exact and
@@ -567,20 +701,25 @@ struct Activity {
 }
 
 impl Activity {
+    /// For HTTP/1 the first head is pending from the start: a client that
+    /// completes the handshake and sends nothing is cut like a slow one.
     fn new(multiplexed: bool) -> Activity {
         Activity {
             base: Instant::now(),
             last_ms: AtomicU64::new(0),
+            head_ms: AtomicU64::new(u64::from(!multiplexed)),
             requests: AtomicUsize::new(0),
             multiplexed,
         }
     }
 
+    /// A request head is complete and its request now in flight.
     fn begin(&self) {
         if self.multiplexed {
             self.requests.fetch_add(1, Ordering::Relaxed);
         } else {
             self.requests.store(1, Ordering::Relaxed);
+            self.head_ms.store(0, Ordering::Relaxed);
         }
     }
 
@@ -591,19 +730,119 @@ impl Activity {
         } else {
             self.requests.store(0, Ordering::Relaxed);
         }
-        self.touch();
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Bytes arrived on an HTTP/1 connection: with no request in flight
+    /// they are the start of the next head (if it has not started yet).
+    fn head_bytes(&self) {
+        if self.head_ms.load(Ordering::Relaxed) == 0 && !self.busy() {
+            self.head_ms.store(self.now_ms() + 1, Ordering::Relaxed);
+        }
     }
 
     fn busy(&self) -> bool {
         self.requests.load(Ordering::Relaxed) > 0
     }
 
-    fn touch(&self) {
-        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
     }
 
     fn last(&self) -> Instant {
         self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    fn head_started(&self) -> Option<Instant> {
+        match self.head_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.base + Duration::from_millis(ms - 1)),
+        }
+    }
+
+    /// When the watchdog should look again, or how the connection ends now.
+    ///
+    /// Heads start and requests end without telling the watchdog, so it
+    /// looks at least once per the shorter limit: a head is then cut on
+    /// time, and an idle connection closed within two idle periods.
+    fn next_check(&self, now: Instant, limits: WatchLimits) -> Result<Instant, Verdict> {
+        let period = now + limits.head.min(limits.idle);
+        if let Some(started) = self.head_started() {
+            let due = started + limits.head;
+            return if due <= now {
+                Err(Verdict::Cut)
+            } else {
+                Ok(due.min(period))
+            };
+        }
+        if self.busy() {
+            return Ok(period);
+        }
+        let idle_due = self.last() + limits.idle;
+        if idle_due <= now {
+            return Err(Verdict::Graceful);
+        }
+        Ok(idle_due.min(period))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: WatchLimits = WatchLimits {
+        idle: Duration::from_secs(60),
+        head: Duration::from_secs(10),
+    };
+
+    fn at(activity: &Activity, ms: u64) -> Instant {
+        activity.base + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn first_http1_head_is_due_one_header_timeout_after_the_handshake() {
+        let a = Activity::new(false);
+        assert_eq!(a.next_check(at(&a, 0), LIMITS), Ok(at(&a, 10_000)));
+        assert_eq!(a.next_check(at(&a, 10_000), LIMITS), Err(Verdict::Cut));
+    }
+
+    #[test]
+    fn http2_has_no_head_clock_and_closes_gracefully_when_idle() {
+        let a = Activity::new(true);
+        assert_eq!(a.head_started(), None);
+        assert_eq!(a.next_check(at(&a, 0), LIMITS), Ok(at(&a, 10_000)));
+        assert_eq!(a.next_check(at(&a, 60_000), LIMITS), Err(Verdict::Graceful));
+    }
+
+    #[test]
+    fn a_request_in_flight_is_never_closed_and_is_looked_at_every_header_period() {
+        let a = Activity::new(false);
+        a.begin();
+        assert_eq!(a.head_started(), None);
+        // Bytes read while a request is in flight are its body, not a head.
+        a.head_bytes();
+        assert_eq!(a.head_started(), None);
+        assert_eq!(a.next_check(at(&a, 500_000), LIMITS), Ok(at(&a, 510_000)));
+    }
+
+    #[test]
+    fn after_a_request_idle_time_is_keepalive_time_until_a_head_starts() {
+        let a = Activity::new(false);
+        a.begin();
+        a.end();
+        let ended = a.last();
+        // Idle: looked at every header period, closed at the keep-alive timeout.
+        assert_eq!(a.next_check(ended, LIMITS), Ok(ended + LIMITS.head));
+        assert_eq!(a.next_check(ended + LIMITS.idle, LIMITS), Err(Verdict::Graceful));
+        // The first byte of the next head starts its clock; later bytes do not move it.
+        a.head_bytes();
+        let started = a.head_started().expect("head started");
+        a.head_bytes();
+        assert_eq!(a.head_started(), Some(started));
+        assert_eq!(a.next_check(started, LIMITS), Ok(started + LIMITS.head));
+        assert_eq!(a.next_check(started + LIMITS.head, LIMITS), Err(Verdict::Cut));
+        // A complete head stops it.
+        a.begin();
+        assert_eq!(a.head_started(), None);
     }
 }

@@ -12,7 +12,8 @@ use tokio::{
 use tokio_rustls::client::TlsStream;
 
 use crate::kit::{
-    millis, raw::get_request, secs, within, Echo, GatewayConfig, RawConn, RouteSpec, TestGateway, TestUpstream, ALPN_H1,
+    millis, raw::get_request, secs, within, Echo, GatewayConfig, RawConn, RouteSpec, TestGateway, TestUpstream,
+    ALPN_H1, SLOW_BODY,
 };
 
 /// A gateway with one route, `/`, whose bodies may be at most 1024 bytes.
@@ -186,6 +187,86 @@ async fn trickled_request_head_is_cut_off_counting_from_the_first_byte() {
     let received = within(secs(3), "trickling connection to be closed", conn.read_until_closed()).await;
     trickle.abort();
     assert_closed_or_408(&received);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connection_after_the_handshake_is_cut_by_the_header_timeout() {
+    let upstream = TestUpstream::start().await;
+    // The keep-alive timeout stays at its default (60 s): only the header timeout can act.
+    let gw = gateway_with_short_header_timeout(&upstream).await;
+    let mut conn = gw.raw().await;
+
+    let received = within(secs(3), "silent connection to be closed", conn.read_until_closed()).await;
+    assert_closed_or_408(&received);
+}
+
+/// Header timeout 300 ms, keep-alive timeout 5 s.
+async fn gateway_with_short_header_and_long_keepalive(upstream: &TestUpstream) -> TestGateway {
+    TestGateway::start(
+        GatewayConfig::proxy_all_to(upstream)
+            .server_str("header_read_timeout", "300ms")
+            .server_str("keepalive_timeout", "5s"),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_time_between_requests_is_keepalive_time_not_header_time() {
+    let upstream = TestUpstream::start().await;
+    let gw = gateway_with_short_header_and_long_keepalive(&upstream).await;
+    let mut conn = gw.raw().await;
+
+    let first = conn
+        .roundtrip(get_request("/first", &gw.host_header()))
+        .await
+        .expect("first request");
+    assert_eq!(first.status, 200);
+    // Idle for three header timeouts, well inside the keep-alive timeout: the idle
+    // time itself is what is under test, so it cannot be awaited as an event.
+    tokio::time::sleep(millis(900)).await;
+    let second = within(
+        secs(3),
+        "second request",
+        conn.roundtrip(get_request("/second", &gw.host_header())),
+    )
+    .await
+    .expect("second request on the same kept-alive connection");
+    assert_eq!(second.status, 200);
+    assert_eq!(second.echo().path(), "/second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_response_keeps_its_connection_alive_past_both_timeouts() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(
+        GatewayConfig::proxy_all_to(&upstream)
+            .server_str("header_read_timeout", "300ms")
+            .server_str("keepalive_timeout", "300ms"),
+    )
+    .await;
+    let mut conn = gw.raw().await;
+
+    // The body arrives 900 ms after the headers: three periods of each timeout.
+    let slow = within(
+        secs(5),
+        "slow body",
+        conn.roundtrip(get_request("/slow-body/900", &gw.host_header())),
+    )
+    .await
+    .expect("response whose body outlasts both timeouts");
+    assert_eq!(slow.status, 200);
+    assert_eq!(slow.body, SLOW_BODY);
+    // The request was in flight until its body ended, so the connection was never
+    // idle and is still kept alive for the next request.
+    let next = within(
+        secs(3),
+        "next request",
+        conn.roundtrip(get_request("/next", &gw.host_header())),
+    )
+    .await
+    .expect("next request on the same connection");
+    assert_eq!(next.status, 200);
+    assert_eq!(next.echo().path(), "/next");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
