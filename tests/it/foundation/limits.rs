@@ -13,7 +13,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::kit::{
     millis, raw::get_request, secs, within, Echo, GatewayConfig, RawConn, RouteSpec, TestGateway, TestUpstream,
-    ALPN_H1, SLOW_BODY,
+    ALPN_H1, ALPN_H2, SLOW_BODY,
 };
 
 /// A gateway with one route, `/`, whose bodies may be at most 1024 bytes.
@@ -367,4 +367,35 @@ async fn request_slower_than_the_keepalive_timeout_is_answered_then_the_connecti
     assert_eq!(slow.status, 200);
     let received = within(secs(3), "idle connection to be closed", conn.read_until_closed()).await;
     assert!(received.is_empty(), "server sent {} bytes", received.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_http2_stream_leaves_its_connection_idle() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let upstream = TestUpstream::start().await;
+    let gw = gateway_with_short_keepalive(&upstream).await;
+    let tls = within(secs(5), "TLS connect", gw.tls_connect(ALPN_H2))
+        .await
+        .expect("TLS connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .expect("HTTP/2 handshake");
+    let conn = tokio::spawn(conn);
+    let request = hyper::Request::get(gw.url("/delay/10000"))
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let response = tokio::spawn(sender.send_request(request));
+    within(secs(3), "request to reach the upstream", async {
+        while upstream.request_count() == 0 {
+            tokio::time::sleep(millis(10)).await;
+        }
+    })
+    .await;
+
+    // Dropping the response resets the stream: nothing is in flight any more, so
+    // the connection is idle and the gateway closes it after the keep-alive timeout.
+    response.abort();
+    let _ = within(secs(3), "idle HTTP/2 connection to be closed", conn).await;
 }
