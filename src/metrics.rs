@@ -36,6 +36,7 @@ pub struct Metrics {
     pub cache_misses: Counter,
     logins: Family<Labels, Counter>,
     pub store_errors: Counter,
+    pub header_timeouts: Counter,
 }
 
 /// Status classes in the order of `StatusCode::as_u16() / 100 - 1`.
@@ -98,6 +99,7 @@ impl Metrics {
         let cache_misses = Counter::default();
         let logins = Family::<Labels, Counter>::default();
         let store_errors = Counter::default();
+        let header_timeouts = Counter::default();
         registry.register(
             "requests",
             "Requests answered, by route and status class",
@@ -165,6 +167,11 @@ impl Metrics {
             "Session store operations that failed",
             store_errors.clone(),
         );
+        registry.register(
+            "header_timeouts",
+            "HTTP/1 connections cut because a request head was not complete within header_read_timeout",
+            header_timeouts.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -182,6 +189,7 @@ impl Metrics {
             cache_misses,
             logins,
             store_errors,
+            header_timeouts,
         }
     }
 

@@ -420,8 +420,13 @@ impl Connection {
                 .await
                 .map_err(Into::into)
         };
-        if let Err(e) = result {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        match result {
+            Ok(Ended::Served) => {}
+            Ok(Ended::Cut) => {
+                state.shared.metrics.header_timeouts.inc();
+                tracing::debug!(%peer, "request head not complete within header_read_timeout: connection cut");
+            }
+            Err(e) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
         }
     }
 }
@@ -565,6 +570,15 @@ enum Verdict {
     Cut,
 }
 
+/// How a connection driven by [`drive`] ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// hyper finished it: the client closed, or a graceful shutdown completed.
+    Served,
+    /// The watchdog cut it (a request head too slow).
+    Cut,
+}
+
 /// Runs a connection to its end, under its watchdog: a graceful shutdown
 /// when the gateway shuts down or the connection has been idle for
 /// `limits.idle`; cut when an HTTP/1 request head is slower than
@@ -580,7 +594,7 @@ async fn drive<C, E>(
     activity: &Activity,
     limits: WatchLimits,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), E>
+) -> Result<Ended, E>
 where
     C: Future<Output = Result<(), E>>,
 {
@@ -594,7 +608,7 @@ where
     std::future::poll_fn(|cx| {
         loop {
             if let Poll::Ready(res) = conn.as_mut().poll(cx) {
-                return Poll::Ready(res);
+                return Poll::Ready(res.map(|()| Ended::Served));
             }
             let Some(dog) = watchdog.as_mut() else {
                 return Poll::Pending;
@@ -608,10 +622,7 @@ where
             }
             match dog.as_mut().poll(&mut Context::from_waker(&watchdog_waker)) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Verdict::Cut) => {
-                    tracing::debug!("request head not complete within header_read_timeout: connection cut");
-                    return Poll::Ready(Ok(()));
-                }
+                Poll::Ready(Verdict::Cut) => return Poll::Ready(Ok(Ended::Cut)),
                 // Closing: the connection is polled again so that it acts on it.
                 Poll::Ready(Verdict::Graceful) => {
                     watchdog = None;
