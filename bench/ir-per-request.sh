@@ -14,6 +14,9 @@
 #
 #   PROTO=h2 TARGETS=sessiongate bench/ir-per-request.sh   # HTTP/2: h2load, H2_CONNS x H2_STREAMS
 #
+#   COUNT=syscalls bench/ir-per-request.sh      # system calls per request instead: the proxy
+#                                               # runs natively, perf stat counts raw_syscalls:sys_enter
+#
 # Knobs: TARGETS="sessiongate floor" DURATION=10 CONNS=8 SG_BIN (default
 # target/release/sessiongate, built if missing) FLOOR_BIN SG_AUTH=required|optional|none
 # UP_PORT PX_PORT ADMIN_PORT, OUT=dir (callgrind files, kept for callgrind_annotate; names are not
@@ -33,12 +36,14 @@ OUT=${OUT:-$(mktemp -d /tmp/sg-ir.XXXXXX)}
 mkdir -p "$OUT"
 UA=ir-bench/1
 PROTO=${PROTO:-h1}
+COUNT=${COUNT:-instructions}
 H2_SHORT=${H2_SHORT:-4000} H2_LONG=${H2_LONG:-12000} H2_CONNS=${H2_CONNS:-16} H2_STREAMS=${H2_STREAMS:-10}
 UP_PORT=${UP_PORT:-18280}
 PX_PORT=${PX_PORT:-18645}
 ADMIN=127.0.0.1:${ADMIN_PORT:-18690}
 BODY='{"ok":true,"from":"bench-upstream","pad":"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRST"}'
-for tool in valgrind callgrind_control wrk nginx curl; do
+tools="valgrind callgrind_control"; [[ $COUNT == syscalls ]] && tools=perf
+for tool in $tools wrk nginx curl; do
   command -v $tool >/dev/null || { echo "missing $tool (apt-get install valgrind wrk nginx-light curl)" >&2; exit 1; }
 done
 if [[ $PROTO == h2 ]] && ! command -v h2load >/dev/null; then
@@ -91,7 +96,13 @@ measure() { # name pid cookie
   # the instructions of the extra requests only.
   local run reqs=() irs=()
   for run in short long; do
-    callgrind_control -d "before-$run" "$pid" >/dev/null 2>&1
+    local perf_pid=""
+    if [[ $COUNT == syscalls ]]; then
+      perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$OUT/perf-$name-$run.csv" & perf_pid=$!
+      sleep 0.5 # attached before the load starts; the idle proxy makes next to no calls
+    else
+      callgrind_control -d "before-$run" "$pid" >/dev/null 2>&1
+    fi
     if [[ $PROTO == h2 ]]; then
       local n=$H2_SHORT; [[ $run == long ]] && n=$H2_LONG
       reqs+=("$(h2load -n "$n" -c "$H2_CONNS" -m "$H2_STREAMS" "${hdr[@]}" "$url" | awk '/^requests:/ {print $8}')")
@@ -99,21 +110,37 @@ measure() { # name pid cookie
       local d=$DURATION; [[ $run == long ]] && d=$((DURATION * 2))
       reqs+=("$(wrk -t1 -c"$CONNS" -d"$d" "${hdr[@]}" "$url" | awk '/requests in/ {print $1}')")
     fi
+    if [[ $COUNT == syscalls ]]; then
+      kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+      irs+=("$(awk -F, '/raw_syscalls:sys_enter/ {print $1; exit}' "$OUT/perf-$name-$run.csv")")
+      continue
+    fi
     callgrind_control -d "$name-$run" "$pid" >/dev/null 2>&1
     sleep 1
     irs+=("$(awk '/^summary:|^totals:/ {print $2; exit}' "$(ls -t "$OUT"/callgrind.out.* | head -1)")")
   done
+  if [[ $COUNT == syscalls ]]; then
+    printf '%-12s requests %7d / %7d  syscalls/request %s\n' "$name" "${reqs[0]}" "${reqs[1]}" \
+      "$(awk -v a="${irs[0]}" -v b="${irs[1]}" -v r="${reqs[0]}" -v q="${reqs[1]}" 'BEGIN { printf "%.3f", (b - a) / (q - r) }')"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    return
+  fi
   local file; file=$(ls -t "$OUT"/callgrind.out.* | head -1)
   printf '%-12s requests %7d / %7d  Ir/request %8d  (%s)\n' "$name" "${reqs[0]}" "${reqs[1]}" \
     $(((irs[1] - irs[0]) / (reqs[1] - reqs[0]))) "$file"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
+# The command line prefix a proxy runs under: callgrind, or nothing when counting syscalls.
+under() {
+  [[ $COUNT == syscalls ]] && return
+  echo valgrind --tool=callgrind --compress-strings=no --compress-pos=no "--callgrind-out-file=$OUT/callgrind.out.%p"
+}
+
 for t in $TARGETS; do
   case $t in
     sessiongate)
-      valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$OUT/callgrind.out.%p" \
-        "$SG_BIN" --config "$OUT/sg.toml" 2>"$OUT/sg.log" & pid=$!; pids+=($pid)
+      $(under) "$SG_BIN" --config "$OUT/sg.toml" 2>"$OUT/sg.log" & pid=$!; pids+=($pid)
       cookie=""
       if [[ $SG_AUTH != none ]]; then
         for _ in $(seq 600); do curl -fsS -o /dev/null "http://$ADMIN/healthz" 2>/dev/null && break; sleep 0.1; done
@@ -124,11 +151,10 @@ for t in $TARGETS; do
     floor)
       [[ $PROTO == h2 ]] && { echo "floor proxy: HTTP/1.1 only, skipped for PROTO=h2" >&2; continue; }
       [[ -x $FLOOR_BIN ]] || { echo "floor proxy not built: run ../shared/bench/setup.sh" >&2; continue; }
-      TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$OUT/callgrind.out.%p" \
-        "$FLOOR_BIN" "127.0.0.1:$PX_PORT" "127.0.0.1:$UP_PORT" "$OUT/cert.pem" "$OUT/key.pem" 2>"$OUT/floor.log" &
+      TOKIO_WORKER_THREADS=1 $(under) "$FLOOR_BIN" "127.0.0.1:$PX_PORT" "127.0.0.1:$UP_PORT" "$OUT/cert.pem" "$OUT/key.pem" 2>"$OUT/floor.log" &
       pid=$!; pids+=($pid)
       measure floor "$pid" "" ;;
     *) echo "unknown target $t" >&2 ;;
   esac
 done
-echo "callgrind files in $OUT (callgrind_annotate FILE | head -60)"
+[[ $COUNT == syscalls ]] || echo "callgrind files in $OUT (callgrind_annotate FILE | head -60)"

@@ -41,6 +41,9 @@
 #   QUIET_PCT=15 QUIET_MAX=30   wait (at most QUIET_MAX s) before each phase until the
 #                           machine's busy CPU over 1 s is below QUIET_PCT % of one CPU
 #   KEEP_TMP=1              keep the scratch dir (config, logs, oha outputs)
+#   STORM_NICE=0            nice value of the login-storm client, which shares CPU $LG_CPUS with oha
+#   STORE=embedded          session store: embedded (redb, durable: an fsync per session write)
+#                           or memory (a control: what the storm costs without durable writes)
 #   STORM_HASH, LOGIN_PASSWORD   the storm user's PHC string and its password (set
 #                           both; default: a fresh default-cost hash of a random password).
 #                           A control: the same successful logins with a near-free hash
@@ -122,8 +125,7 @@ HASH=${STORM_HASH:-$(printf '%s' "$LOGIN_PASSWORD" | "$SG_BIN" hash-password)}
 gateway_head "$SG_PORT" "$SG_ADMIN" "$TMP" >"$TMP/sessiongate.toml"
 cat >>"$TMP/sessiongate.toml" <<TOML
 [store]
-kind = "embedded"
-path = "$TMP/sessions.redb"
+$( if [[ ${STORE:-embedded} == memory ]]; then echo 'kind = "memory"'; else printf 'kind = "embedded"\npath = "%s"\n' "$TMP/sessions.redb"; fi )
 $( [[ -n ${MAX_CONCURRENT:-} ]] && printf '[login]\nmax_concurrent = %s\n' "$MAX_CONCURRENT" )
 [[users]]
 name = "$LOGIN_USER"
@@ -148,7 +150,7 @@ out=$(curl -sk --max-time 3 -o "$TMP/probe.body" -w '%{http_code}' -H "Cookie: $
 [[ $out == 200 && $(cat "$TMP/probe.body") == "$UP_BODY" ]] ||
   { echo "FAILED: logged-in request answered $out, not 200 with the upstream body" >&2; tail "$TMP/sessiongate.out" >&2; exit 1; }
 storm() {                 # storm RATE DURATION -> STORM line on stdout
-  taskset -c "$LG_CPUS" python3 "$ROOT/bench/login-storm.py" --url "https://127.0.0.1:$SG_PORT" \
+  nice -n "${STORM_NICE:-0}" taskset -c "$LG_CPUS" python3 "$ROOT/bench/login-storm.py" --url "https://127.0.0.1:$SG_PORT" \
     --user "$LOGIN_USER" --password "$LOGIN_PASSWORD" --rate "$1" --duration "$2"
 }
 storm 2 1 >"$TMP/storm-check.out" 2>&1 ||
