@@ -42,6 +42,8 @@
 #                           machine's busy CPU over 1 s is below QUIET_PCT % of one CPU
 #   KEEP_TMP=1              keep the scratch dir (config, logs, oha outputs)
 #   STORM_NICE=0            nice value of the login-storm client, which shares CPU $LG_CPUS with oha
+#   STORM_RESUME=           1 = each login connection resumes an earlier TLS session (an
+#                           abbreviated handshake, as a returning browser's) instead of a full one
 #   STORE=embedded          session store: embedded (redb, durable: an fsync per session write)
 #                           or memory (a control: what the storm costs without durable writes)
 #   STORM_HASH, LOGIN_PASSWORD   the storm user's PHC string and its password (set
@@ -151,7 +153,7 @@ out=$(curl -sk --max-time 3 -o "$TMP/probe.body" -w '%{http_code}' -H "Cookie: $
   { echo "FAILED: logged-in request answered $out, not 200 with the upstream body" >&2; tail "$TMP/sessiongate.out" >&2; exit 1; }
 storm() {                 # storm RATE DURATION -> STORM line on stdout
   nice -n "${STORM_NICE:-0}" taskset -c "$LG_CPUS" python3 "$ROOT/bench/login-storm.py" --url "https://127.0.0.1:$SG_PORT" \
-    --user "$LOGIN_USER" --password "$LOGIN_PASSWORD" --rate "$1" --duration "$2"
+    --user "$LOGIN_USER" --password "$LOGIN_PASSWORD" --rate "$1" --duration "$2" ${STORM_RESUME:+--resume}
 }
 storm 2 1 >"$TMP/storm-check.out" 2>&1 ||
   { echo "FAILED: test logins did not answer 303:" >&2; cat "$TMP/storm-check.out" >&2; tail "$TMP/sessiongate.out" >&2; exit 1; }

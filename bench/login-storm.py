@@ -32,13 +32,34 @@ CSRF_RE = re.compile(r'name="csrf" value="([^"]*)"')
 COOKIE_NAME = "__Host-sessiongate"
 
 
+class ResumingConnection(http.client.HTTPSConnection):
+    """An HTTPS connection that resumes the TLS session of an earlier one
+    (`--resume`): a returning browser's abbreviated handshake instead of a
+    full one. The first connection to finish stores its session."""
+
+    saved = None
+    reused = 0
+
+    def connect(self):
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(
+            self.sock, server_hostname=self.host, session=ResumingConnection.saved
+        )
+
+
 def one_login(host, port, ctx, args):
-    conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=args.timeout)
+    cls = ResumingConnection if args.resume else http.client.HTTPSConnection
+    conn = cls(host, port, context=ctx, timeout=args.timeout)
     try:
         ua = {"User-Agent": args.user_agent}
         conn.request("GET", "/.sessiongate/login?rd=/", headers={**ua, "Accept": "text/html"})
         r = conn.getresponse()
         page = r.read().decode("utf-8", "replace")
+        if args.resume and conn.sock is not None:
+            if conn.sock.session_reused:
+                ResumingConnection.reused += 1
+            elif ResumingConnection.saved is None:
+                ResumingConnection.saved = conn.sock.session
         if r.status != 200:
             return f"get-{r.status}"
         cookie = None
@@ -77,6 +98,8 @@ def main():
     p.add_argument("--user-agent", default="login-storm/1")
     p.add_argument("--sni", default=None, help="TLS server name (default: the URL's host)")
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
+    p.add_argument("--resume", action="store_true",
+                   help="resume one earlier TLS session on every login connection (abbreviated handshakes)")
     args = p.parse_args()
 
     u = urllib.parse.urlsplit(args.url)
@@ -126,7 +149,8 @@ def main():
 
     print(
         f"STORM offered={n} ok={ok} failed={n - ok} rate={ok / args.duration:.1f}/s "
-        f"p50_ms={pct(0.50):.1f} p99_ms={pct(0.99):.1f} statuses={statuses}",
+        f"p50_ms={pct(0.50):.1f} p99_ms={pct(0.99):.1f} statuses={statuses}"
+        + (f" resumed={ResumingConnection.reused}" if args.resume else ""),
         flush=True,
     )
     sys.exit(0 if ok == n else 1)
