@@ -102,6 +102,17 @@ async fn login_form(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Result
 async fn login_submit(ep: &EndpointRequest<'_>, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     let (parts, incoming) = req.into_parts();
     let form = read_form(incoming).await?;
+    let mut resp = login_with_form(ep, &parts, &form).await?;
+    // The whole form was read: the connection can carry the next request.
+    resp.extensions_mut().insert(body::BodyRead);
+    Ok(resp)
+}
+
+async fn login_with_form(
+    ep: &EndpointRequest<'_>,
+    parts: &http::request::Parts,
+    form: &[(String, String)],
+) -> Result<Response<Body>, GatewayError> {
     let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or("");
     let (username, password, csrf) = (field("username"), field("password"), field("csrf"));
     let rd = safe_redirect(field("rd"));

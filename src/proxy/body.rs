@@ -12,6 +12,14 @@ use std::task::{Context, Poll};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Marks a response the gateway answered itself after reading the
+/// request's body to its end (a login form). Without it, a locally answered
+/// HTTP/1 request with a body closes the connection, since its unread bytes
+/// must never be parsed as the next request; with it, the connection stays
+/// open for the request that follows (the browser's redirect after login).
+#[derive(Clone, Copy, Debug)]
+pub struct BodyRead;
+
 /// A streamed body from hyper, or anything else, boxed.
 pub enum Body {
     Stream(Incoming),

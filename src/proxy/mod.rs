@@ -116,7 +116,11 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
         Ok(resp) => resp,
         Err(err) => error_response(shared, &ctx, err),
     };
-    if has_body && ctx.upstream_ms.is_none() && ctx.version < Version::HTTP_2 {
+    if has_body
+        && ctx.upstream_ms.is_none()
+        && ctx.version < Version::HTTP_2
+        && resp.extensions().get::<body::BodyRead>().is_none()
+    {
         // Answered locally: the body may be unread, and its bytes must never
         // be parsed as the next request on a kept-alive HTTP/1 connection.
         resp.headers_mut()

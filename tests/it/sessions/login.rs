@@ -453,3 +453,26 @@ async fn a_response_arriving_after_login_cannot_revive_the_pre_login_token() {
     assert_eq!(copies.len(), 1, "{all}");
     assert_eq!(copies[0]["user"], "alice", "{all}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_keeps_the_connection_open_for_the_redirect() {
+    let site = Site::start().await;
+    let mut browser = site.browser();
+
+    browser.login("alice").await;
+    let page = browser.get("/app/after-login").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text());
+    assert_eq!(page.echo().header_joined("x-forwarded-user"), "alice");
+
+    // The form, the login and the page after it went over one TLS connection: the
+    // login form's body is read to its end, so its connection need not be closed.
+    let metrics = fetch(crate::kit::client::plain_client().get(site.gw.admin_url("/metrics")))
+        .await
+        .text();
+    let accepted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("sessiongate_connections_accepted_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(accepted, 1.0, "{metrics}");
+}
