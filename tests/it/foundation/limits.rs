@@ -244,15 +244,20 @@ async fn idle_time_between_requests_is_keepalive_time_not_header_time() {
     // Idle for three header timeouts, well inside the keep-alive timeout: the idle
     // time itself is what is under test, so it cannot be awaited as an event.
     tokio::time::sleep(millis(900)).await;
-    let second = within(
+    assert_still_serves(&mut conn, &gw, "/second").await;
+}
+
+/// Fails the test unless the kept-alive `conn` still serves a request for `path`.
+async fn assert_still_serves(conn: &mut RawConn<TlsStream<TcpStream>>, gw: &TestGateway, path: &str) {
+    let response = within(
         secs(3),
-        "second request",
-        conn.roundtrip(get_request("/second", &gw.host_header())),
+        "request on the same connection",
+        conn.roundtrip(get_request(path, &gw.host_header())),
     )
     .await
-    .expect("second request on the same kept-alive connection");
-    assert_eq!(second.status, 200);
-    assert_eq!(second.echo().path(), "/second");
+    .expect("request on the same kept-alive connection");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.echo().path(), path);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,15 +283,7 @@ async fn streaming_response_keeps_its_connection_alive_past_both_timeouts() {
     assert_eq!(slow.body, SLOW_BODY);
     // The request was in flight until its body ended, so the connection was never
     // idle and is still kept alive for the next request.
-    let next = within(
-        secs(3),
-        "next request",
-        conn.roundtrip(get_request("/next", &gw.host_header())),
-    )
-    .await
-    .expect("next request on the same connection");
-    assert_eq!(next.status, 200);
-    assert_eq!(next.echo().path(), "/next");
+    assert_still_serves(&mut conn, &gw, "/next").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
