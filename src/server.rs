@@ -422,7 +422,8 @@ impl Connection {
         };
         match result {
             Ok(Ended::Served) => {}
-            Ok(Ended::Cut) => {
+            Ok(Ended::Stopped) => tracing::debug!(%peer, "shutdown with a request head pending: connection dropped"),
+            Ok(Ended::HeadTimeout) => {
                 state.shared.metrics.header_timeouts.inc();
                 tracing::debug!(%peer, "request head not complete within header_read_timeout: connection cut");
             }
@@ -449,7 +450,10 @@ impl Handler {
         let in_flight = InFlight::begin(self);
         let state = &*in_flight.0 .0;
         let resp = proxy::handle(&state.shared, &state.conn, req).await;
-        Ok(resp.map(|body| Tracked { body, in_flight }))
+        Ok(resp.map(|body| Tracked {
+            body,
+            _in_flight: in_flight,
+        }))
     }
 }
 
@@ -473,8 +477,8 @@ impl Drop for InFlight {
 /// which it does once the body is written (or the connection is gone).
 struct Tracked {
     body: Body,
-    #[allow(dead_code, reason = "held for its Drop")]
-    in_flight: InFlight,
+    /// Held for its `Drop`.
+    _in_flight: InFlight,
 }
 
 impl hyper::body::Body for Tracked {
@@ -564,10 +568,12 @@ enum Verdict {
     /// Idle, or the gateway is stopping: hyper finishes what is in flight,
     /// then closes.
     Graceful,
-    /// A request head did not arrive in time. Nobody awaits a response, and
-    /// hyper's graceful shutdown would wait for the head: the connection is
-    /// dropped.
-    Cut,
+    /// Dropped, since nobody awaits a response and hyper's graceful
+    /// shutdown would wait for the request head: the head did not arrive
+    /// in time ...
+    HeadTimeout,
+    /// ... or the gateway is stopping while a head is pending.
+    Stop,
 }
 
 /// How a connection driven by [`drive`] ended without an error.
@@ -575,8 +581,10 @@ enum Verdict {
 enum Ended {
     /// hyper finished it: the client closed, or a graceful shutdown completed.
     Served,
-    /// The watchdog cut it (a request head too slow).
-    Cut,
+    /// Dropped by the watchdog: a request head too slow.
+    HeadTimeout,
+    /// Dropped by the watchdog: the gateway stopped while a head was pending.
+    Stopped,
 }
 
 /// Runs a connection to its end, under its watchdog: a graceful shutdown
@@ -622,7 +630,8 @@ where
             }
             match dog.as_mut().poll(&mut Context::from_waker(&watchdog_waker)) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Verdict::Cut) => return Poll::Ready(Ok(Ended::Cut)),
+                Poll::Ready(Verdict::HeadTimeout) => return Poll::Ready(Ok(Ended::HeadTimeout)),
+                Poll::Ready(Verdict::Stop) => return Poll::Ready(Ok(Ended::Stopped)),
                 // Closing: the connection is polled again so that it acts on it.
                 Poll::Ready(Verdict::Graceful) => {
                     watchdog = None;
@@ -648,7 +657,7 @@ async fn watchdog(activity: &Activity, limits: WatchLimits, shutdown: &mut watch
         tokio::select! {
             biased;
             _ = stopped(shutdown) => {
-                return if activity.head_started().is_some() { Verdict::Cut } else { Verdict::Graceful };
+                return if activity.head_started().is_some() { Verdict::Stop } else { Verdict::Graceful };
             }
             _ = tokio::time::sleep_until(deadline.into()) => {}
         }
@@ -781,7 +790,7 @@ impl Activity {
         if let Some(started) = self.head_started() {
             let due = started + limits.head;
             return if due <= now {
-                Err(Verdict::Cut)
+                Err(Verdict::HeadTimeout)
             } else {
                 Ok(due.min(period))
             };
@@ -814,7 +823,17 @@ mod tests {
     fn first_http1_head_is_due_one_header_timeout_after_the_handshake() {
         let a = Activity::new(false);
         assert_eq!(a.next_check(at(&a, 0), LIMITS), Ok(at(&a, 10_000)));
-        assert_eq!(a.next_check(at(&a, 10_000), LIMITS), Err(Verdict::Cut));
+        assert_eq!(a.next_check(at(&a, 10_000), LIMITS), Err(Verdict::HeadTimeout));
+    }
+
+    #[tokio::test]
+    async fn shutdown_drops_a_pending_head_and_is_graceful_otherwise() {
+        let (_tx, mut rx) = watch::channel(true);
+        let pending = Activity::new(false);
+        assert_eq!(watchdog(&pending, LIMITS, &mut rx).await, Verdict::Stop);
+        let served = Activity::new(false);
+        served.begin();
+        assert_eq!(watchdog(&served, LIMITS, &mut rx).await, Verdict::Graceful);
     }
 
     #[test]
@@ -851,7 +870,7 @@ mod tests {
         a.head_bytes();
         assert_eq!(a.head_started(), Some(started));
         assert_eq!(a.next_check(started, LIMITS), Ok(started + LIMITS.head));
-        assert_eq!(a.next_check(started + LIMITS.head, LIMITS), Err(Verdict::Cut));
+        assert_eq!(a.next_check(started + LIMITS.head, LIMITS), Err(Verdict::HeadTimeout));
         // A complete head stops it.
         a.begin();
         assert_eq!(a.head_started(), None);
