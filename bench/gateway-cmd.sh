@@ -13,6 +13,7 @@ cat >"$cfg" <<TOML
 listen = "$GATEWAY_LISTEN"
 access_log = ${SG_BENCH_ACCESS_LOG:-false}
 workers = ${TOKIO_WORKER_THREADS:-1}
+$([[ -z ${SG_HANDSHAKES:-} ]] || printf 'tls_handshakes = "%s"' "$SG_HANDSHAKES")
 [tls]
 cert = "$GATEWAY_TLS_CERT"
 key = "$GATEWAY_TLS_KEY"

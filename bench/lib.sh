@@ -45,6 +45,7 @@ gateway_head() {
 listen = "127.0.0.1:$1"
 access_log = false
 workers = ${SG_WORKERS:-1}
+$([[ -z ${SG_HANDSHAKES:-} ]] || printf 'tls_handshakes = "%s"' "$SG_HANDSHAKES")
 [tls]
 cert = "$3/cert.pem"
 key = "$3/key.pem"

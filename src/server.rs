@@ -17,7 +17,8 @@
 //! nothing in flight) and, for HTTP/1, `header_read_timeout` (slowloris).
 //! Accept errors (EMFILE and friends) are retried with backoff, never fatal.
 
-use crate::config::Config;
+use crate::config::{Config, Handshakes};
+use crate::handshake::{InTransit, PortableTcp, Tls};
 use crate::metrics::Metrics;
 use crate::proxy::{self, body::Body, upstream::UpstreamClient, ConnInfo, Shared};
 use hyper::body::Incoming;
@@ -33,7 +34,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::runtime::Handle;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 /// Why the gateway could not start.
@@ -131,7 +133,8 @@ impl Gateway {
         ShutdownHandle(self.shutdown_tx.clone())
     }
 
-    /// Starts workers 1.. on threads of their own (worker 0 is the caller).
+    /// Starts workers 1.. on threads of their own (worker 0 is the caller),
+    /// each with its handshake thread when handshakes run in the background.
     fn start_workers(
         &self,
         worker: impl Fn(usize) -> Worker,
@@ -139,8 +142,17 @@ impl Gateway {
     ) -> Result<Vec<std::thread::JoinHandle<()>>, StartError> {
         let mut threads = Vec::new();
         for index in 1..self.config.server.workers.get() {
-            match dup_listener(&self.https).and_then(|l| worker(index).spawn(l, drained.clone())) {
-                Ok(thread) => threads.push(thread),
+            let started = dup_listener(&self.https).and_then(|l| match self.config.server.tls_handshakes {
+                Handshakes::Inline => Ok(vec![worker(index).spawn(l, drained.clone())?]),
+                Handshakes::Background => {
+                    let rt = worker_runtime()?;
+                    let handshakes = worker(index).serving_on(rt.handle().clone());
+                    let served = spawn_loop(format!("sessiongate-worker-{index}"), rt, drained.clone(), async {})?;
+                    Ok(vec![served, handshakes.spawn(l, drained.clone())?])
+                }
+            });
+            match started {
+                Ok(started) => threads.extend(started),
                 Err(source) => {
                     // The workers already running stop with the gateway.
                     self.shutdown_tx.send_replace(true);
@@ -173,11 +185,12 @@ impl Gateway {
             upstream: proxy::upstream::client(&self.config.server),
             accepted: self.shared.metrics.worker_accepts(index),
             shutdown: shutdown_rx.clone(),
+            serve_on: None,
         };
         // Set once the gateway has drained: until then the other workers
         // keep driving the connections they own.
         let (drained_tx, drained_rx) = watch::channel(false);
-        let threads = self.start_workers(worker, &drained_rx)?;
+        let mut threads = self.start_workers(worker, &drained_rx)?;
 
         let admin_task = tokio::spawn(crate::admin::serve(
             self.admin,
@@ -188,7 +201,25 @@ impl Gateway {
             let port = self.config.server.public_https_port.unwrap_or(https_addr.port());
             tokio::spawn(crate::redirect::serve(l, port, shutdown_rx.clone()))
         });
-        worker(0).accept_loop(self.https).await;
+        match self.config.server.tls_handshakes {
+            Handshakes::Inline => worker(0).accept_loop(self.https).await,
+            Handshakes::Background => {
+                // Out of this runtime's reactor: its readiness would wake worker 0 for nothing.
+                let handshakes = self
+                    .https
+                    .into_std()
+                    .and_then(|l| worker(0).serving_on(Handle::current()).spawn(l, drained_rx.clone()));
+                match handshakes {
+                    Ok(thread) => threads.push(thread),
+                    Err(source) => {
+                        self.shutdown_tx.send_replace(true);
+                        drained_tx.send_replace(true);
+                        return Err(StartError::Worker { index: 0, source });
+                    }
+                }
+                stopped(&mut shutdown_rx.clone()).await;
+            }
+        }
 
         tracing::info!(grace = ?self.config.server.shutdown_grace, "shutting down: draining connections");
         let limit_u32 = u32::try_from(limit).unwrap_or(u32::MAX);
@@ -283,28 +314,63 @@ struct Worker {
     upstream: UpstreamClient,
     accepted: prometheus_client::metrics::counter::Counter,
     shutdown: watch::Receiver<bool>,
+    /// Set on a handshake thread: the runtime of the worker that serves
+    /// the connections it accepts. `None`: served where accepted.
+    serve_on: Option<Handle>,
+}
+
+/// A single-threaded runtime for a worker or a handshake thread.
+fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
+/// Runs `task` on a thread of its own in `rt`, then keeps `rt` (and the
+/// connections on it) going until the gateway has drained (or given up).
+fn spawn_loop(
+    name: String,
+    rt: tokio::runtime::Runtime,
+    mut drained: watch::Receiver<bool>,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(name).spawn(move || {
+        rt.block_on(async move {
+            task.await;
+            let _ = drained.wait_for(|d| *d).await;
+        });
+    })
 }
 
 impl Worker {
-    /// Starts this worker on a thread of its own; it returns once the
-    /// gateway has drained (or given up waiting).
+    /// This worker's accept loop, run on a handshake thread for the worker
+    /// whose runtime is `worker`.
+    fn serving_on(mut self, worker: Handle) -> Worker {
+        self.serve_on = Some(worker);
+        self
+    }
+
+    /// Starts this accept loop on a thread of its own; the thread returns
+    /// once the gateway has drained (or given up waiting). A handshake
+    /// thread moves itself to `SCHED_IDLE` first.
     fn spawn(
         self,
         listener: std::net::TcpListener,
-        mut drained: watch::Receiver<bool>,
+        drained: watch::Receiver<bool>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        std::thread::Builder::new()
-            .name(format!("sessiongate-worker-{}", self.index))
-            .spawn(move || {
-                rt.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(l) => self.accept_loop(l).await,
-                        Err(e) => tracing::error!(worker = self.index, error = %e, "worker cannot use the listener"),
-                    }
-                    let _ = drained.wait_for(|d| *d).await;
-                });
-            })
+        let background = self.serve_on.is_some();
+        let name = match background {
+            true => format!("sg-tls-{}", self.index),
+            false => format!("sessiongate-worker-{}", self.index),
+        };
+        let task = async move {
+            if background {
+                crate::priority::become_idle("TLS handshakes");
+            }
+            match TcpListener::from_std(listener) {
+                Ok(l) => self.accept_loop(l).await,
+                Err(e) => tracing::error!(worker = self.index, error = %e, "worker cannot use the listener"),
+            }
+        };
+        spawn_loop(name, worker_runtime()?, drained, task)
     }
 
     /// Accepts and spawns connections until shutdown.
@@ -334,6 +400,7 @@ impl Worker {
             };
             self.accepted.inc();
             let _ = tcp.set_nodelay(true);
+            let admitted = Admitted::new(permit, &self.shared.metrics);
             let conn = Connection {
                 tls: self.tls.clone(),
                 shared: self.shared.clone(),
@@ -341,10 +408,33 @@ impl Worker {
                 upstream: self.upstream.clone(),
                 shutdown: self.shutdown.clone(),
             };
+            let serve_on = self.serve_on.clone();
             tokio::spawn(async move {
-                conn.serve(tcp, peer).await;
-                drop(permit);
+                let Some(tls) = conn.handshake(tcp, peer).await else {
+                    return;
+                };
+                match serve_on {
+                    None => conn.serve(tls, peer, admitted).await,
+                    Some(worker) => conn.hand_over(tls, peer, admitted, &worker),
+                }
             });
+        }
+    }
+}
+
+/// A connection admitted under `max_connections`: its permit and its place
+/// in the open-connections gauge go with it to the worker that serves it.
+struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    _open: OpenGuard,
+}
+
+impl Admitted {
+    fn new(permit: OwnedSemaphorePermit, metrics: &Arc<Metrics>) -> Admitted {
+        metrics.open_connections.inc();
+        Admitted {
+            _permit: permit,
+            _open: OpenGuard(metrics.clone()),
         }
     }
 }
@@ -367,20 +457,37 @@ impl Drop for OpenGuard {
 }
 
 impl Connection {
-    async fn serve(mut self, tcp: TcpStream, peer: SocketAddr) {
-        self.shared.metrics.open_connections.inc();
-        let _guard = OpenGuard(self.shared.metrics.clone());
-        let tls = match tokio::time::timeout(self.settings.handshake_timeout, self.tls.accept(tcp)).await {
-            Ok(Ok(s)) => s,
+    /// The TLS handshake under `tls_handshake_timeout`; `None` if it failed.
+    async fn handshake(&self, tcp: TcpStream, peer: SocketAddr) -> Option<Tls> {
+        let accept = self.tls.accept(PortableTcp::new(tcp));
+        match tokio::time::timeout(self.settings.handshake_timeout, accept).await {
+            Ok(Ok(s)) => Some(s),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return;
+                None
             }
             Err(_) => {
                 tracing::debug!(%peer, "TLS handshake timed out");
-                return;
+                None
             }
+        }
+    }
+
+    /// Moves a handshaked connection to `worker`'s runtime and serves it there.
+    fn hand_over(self, tls: Tls, peer: SocketAddr, admitted: Admitted, worker: &Handle) {
+        let moving = match InTransit::leave(tls) {
+            Ok(moving) => moving,
+            Err(e) => return tracing::debug!(%peer, error = %e, "connection could not leave the handshake thread"),
         };
+        worker.spawn(async move {
+            match moving.arrive() {
+                Ok(tls) => self.serve(tls, peer, admitted).await,
+                Err(e) => tracing::debug!(%peer, error = %e, "connection could not join its worker"),
+            }
+        });
+    }
+
+    async fn serve(mut self, tls: Tls, peer: SocketAddr, _admitted: Admitted) {
         // HTTP/2 only when negotiated by ALPN (RFC 9113 §3.2); a client that
         // sends no ALPN speaks HTTP/1.x, so no protocol sniffing per connection.
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");

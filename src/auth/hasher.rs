@@ -95,7 +95,7 @@ impl Hasher {
 }
 
 fn run(rx: &Mutex<mpsc::Receiver<Job>>) {
-    lower_priority();
+    crate::priority::become_idle("password hashing");
     let mut memory = Memory::default();
     loop {
         // The guard is dropped at the end of this statement: one thread waits
@@ -186,22 +186,6 @@ impl Memory {
         Some(Output::new(out).ok()? == *expected)
     }
 }
-
-/// Moves the calling thread to `SCHED_IDLE` (allowed without privileges).
-#[cfg(target_os = "linux")]
-fn lower_priority() {
-    use thread_priority::{
-        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadPriority,
-        ThreadSchedulePolicy,
-    };
-    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
-        tracing::warn!(error = ?e, "could not lower the priority of a password-hashing thread");
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
 
 #[cfg(test)]
 mod tests {
@@ -317,18 +301,7 @@ mod tests {
         let hasher = Hasher::new(1);
         // Once a job has run, the thread has set its policy.
         assert!(!hasher.verify("not a phc".into(), String::new(), None).await);
-        // /proc/self/task/*/stat: field 41 is the scheduling policy (5 = SCHED_IDLE).
-        let policies: Vec<i32> = std::fs::read_dir("/proc/self/task")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
-            .filter(|stat| stat.contains("(sg-argon2-0)"))
-            .filter_map(|stat| {
-                let rest = stat.rsplit(") ").next()?.to_string();
-                rest.split_whitespace().nth(41 - 3)?.parse().ok()
-            })
-            .collect();
+        let policies = crate::priority::policies_of_threads_named("sg-argon2-0");
         assert!(policies.contains(&5), "policies of sg-argon2-0 threads: {policies:?}");
     }
 }

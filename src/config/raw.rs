@@ -62,6 +62,8 @@ pub struct RawServer {
     pub upstream_pool_idle_timeout: String,
     #[serde(default = "d_upstream_pool_max_idle")]
     pub upstream_pool_max_idle_per_host: usize,
+    #[serde(default = "d_tls_handshakes")]
+    pub tls_handshakes: String,
 }
 
 impl Default for RawServer {
@@ -83,10 +85,14 @@ impl Default for RawServer {
             shutdown_grace: d_shutdown_grace(),
             upstream_pool_idle_timeout: d_upstream_pool_idle(),
             upstream_pool_max_idle_per_host: d_upstream_pool_max_idle(),
+            tls_handshakes: d_tls_handshakes(),
         }
     }
 }
 
+fn d_tls_handshakes() -> String {
+    "background".into()
+}
 fn d_true() -> bool {
     true
 }

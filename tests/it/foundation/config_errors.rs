@@ -105,6 +105,12 @@ fn zero_or_absurd_worker_counts_are_named() {
 }
 
 #[test]
+fn unknown_handshake_mode_is_named() {
+    let prepared = valid_config().server_str("tls_handshakes", "sometimes").prepare();
+    assert_rejected(&prepared, &["server.tls_handshakes", "sometimes"]);
+}
+
+#[test]
 fn bad_duration_is_named() {
     let prepared = valid_config().server_str("upstream_timeout", "soon").prepare();
     assert_rejected(&prepared, &["upstream_timeout"]);

@@ -1,5 +1,6 @@
 //! `[server] workers`: several single-threaded event loops share the HTTPS listener. Every
-//! worker must accept and serve connections, not only the first one.
+//! worker must accept and serve connections, not only the first one. `[server] tls_handshakes`:
+//! handshakes on a `SCHED_IDLE` thread beside each worker (the default) or on the worker.
 
 use futures_util::future::join_all;
 
@@ -110,4 +111,70 @@ async fn sigterm_lets_in_flight_requests_on_every_worker_finish() {
     }
     let status = gw.wait_exit(secs(10)).await;
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status}");
+}
+
+/// Scheduling policy (`/proc/PID/task/*/stat` field 41) of each thread of `pid`, by name.
+fn thread_policies(pid: u32) -> Vec<(String, i32)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task list")
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let name = stat.split_once('(')?.1.rsplit_once(')')?.0.to_owned();
+            let rest = stat.rsplit(") ").next()?;
+            Some((name, rest.split_whitespace().nth(41 - 3)?.parse().ok()?))
+        })
+        .collect()
+}
+
+const SCHED_IDLE: i32 = 5;
+
+/// Serves one request over HTTP/1.1 and one over HTTP/2, each on a new connection.
+async fn serves_both_versions(gw: &GatewayAddrs) {
+    for client in [gw.client(), gw.client_h2()] {
+        let response = within(secs(10), "request", client.get(gw.url("/v")).send())
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200);
+        assert_eq!(Echo::from_response(response).await.path(), "/v");
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_run_in_sched_idle_threads_beside_the_workers_by_default() {
+    let upstream = TestUpstream::start().await;
+    let gw = BinaryGateway::start(GatewayConfig::proxy_all_to(&upstream).server("workers", "2")).await;
+    serves_both_versions(&gw).await;
+
+    let threads = thread_policies(gw.pid());
+    for name in ["sg-tls-0", "sg-tls-1"] {
+        let policy = threads.iter().find(|(n, _)| n == name).map(|(_, p)| *p);
+        assert_eq!(policy, Some(SCHED_IDLE), "{name} in {threads:?}");
+    }
+    // The workers themselves, which serve the requests, stay normal threads.
+    let main = threads.iter().find(|(n, _)| n == "sessiongate").map(|(_, p)| *p);
+    assert_eq!(main, Some(0), "{threads:?}");
+    assert!(
+        threads.iter().any(|(n, p)| n.starts_with("sessiongate-wor") && *p == 0),
+        "{threads:?}"
+    );
+    assert_eq!(accepted_by_worker(&gw, 2).await.iter().sum::<u64>(), 2);
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_handshakes_run_on_the_workers() {
+    let upstream = TestUpstream::start().await;
+    let gw = BinaryGateway::start(
+        GatewayConfig::proxy_all_to(&upstream)
+            .server("workers", "2")
+            .server_str("tls_handshakes", "inline"),
+    )
+    .await;
+    serves_both_versions(&gw).await;
+
+    let threads = thread_policies(gw.pid());
+    assert!(!threads.iter().any(|(n, _)| n.starts_with("sg-tls")), "{threads:?}");
+    assert_eq!(accepted_by_worker(&gw, 2).await.iter().sum::<u64>(), 2);
 }

@@ -1,0 +1,44 @@
+//! Scheduling class of the gateway's background threads.
+//!
+//! Password hashes and TLS handshakes are CPU work that can wait a little;
+//! requests on established connections should not wait behind them. Threads
+//! that do such work put themselves in `SCHED_IDLE`: the kernel runs them on
+//! CPU time that normal threads leave over, and a normal thread that wakes
+//! preempts them at once. A nice value does not do that: with nice 19 the
+//! woken worker still waited out the background thread's time slice
+//! (`auth::hasher`, and "Login burst" in docs/benchmarks.md).
+
+/// Moves the calling thread to `SCHED_IDLE` (allowed without privileges);
+/// `what` names the thread's work in the warning if the kernel refuses.
+#[cfg(target_os = "linux")]
+pub(crate) fn become_idle(what: &str) {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadPriority,
+        ThreadSchedulePolicy,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
+        tracing::warn!(error = ?e, thread = what, "could not lower the priority of a background thread");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn become_idle(_what: &str) {}
+
+/// The scheduling policy of the calling process's threads named `name`
+/// (`/proc/self/task/*/stat` field 41; 5 is `SCHED_IDLE`), for tests.
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) fn policies_of_threads_named(name: &str) -> Vec<i32> {
+    let marker = format!("({name})");
+    std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter(|stat| stat.contains(&marker))
+        .filter_map(|stat| {
+            let rest = stat.rsplit(") ").next()?.to_string();
+            rest.split_whitespace().nth(41 - 3)?.parse().ok()
+        })
+        .collect()
+}
