@@ -4,7 +4,8 @@
 # foreground, with as many workers as the harness gives every peer
 # (TOKIO_WORKER_THREADS, its WORKERS knob). SG_BENCH_DIR holds the session store (with the pre-minted
 # session) and the admin token; SG_BENCH_AUTH picks the route's auth mode;
-# SG_BENCH_REDIS=redis://... selects the Redis store instead of the embedded one.
+# SG_BENCH_REDIS=redis://... selects the Redis store instead of the embedded one;
+# SG_HANDSHAKES=background|inline sets [server] tls_handshakes (unset: the default).
 set -euo pipefail
 : "${GATEWAY_LISTEN:?} ${GATEWAY_UPSTREAM:?} ${GATEWAY_TLS_CERT:?} ${GATEWAY_TLS_KEY:?} ${SG_BENCH_DIR:?}"
 cfg=${BENCH_TMP:-$SG_BENCH_DIR}/sessiongate-bench.toml

@@ -6,7 +6,8 @@
 #                       removed (KEEP_TMP=1 keeps it)
 #   start CPUS LOG CMD...   CMD in a session of its own (pid == sid), pinned
 #                       to CPUS, output to LOG; its pid in $LAST
-#   gateway_head PORT ADMIN DIR   (one worker unless SG_WORKERS=N, as every peer has one)
+#   gateway_head PORT ADMIN DIR   (one worker unless SG_WORKERS=N, as every peer has one;
+#                       SG_HANDSHAKES=background|inline sets [server] tls_handshakes)
 #                       the [server], [tls] and [admin] tables of a bench
 #                       gateway (access log off, DIR/cert.pem, DIR/key.pem,
 #                       DIR/admin-token); the caller adds store, users, routes

@@ -17,7 +17,8 @@
 # 5, target 6): a 20 logins/s burst raises p99 by at most 20 % (ratio ≤ 1.2).
 # To tell why p99 moves, it also reads the kernel's per-thread scheduler
 # counters (/proc/PID/task/TID/schedstat) of the gateway's threads other than
-# the sg-argon2-* hashing threads, over each oha run, per proxied request:
+# the background threads (sg-argon2-* hashing, sg-tls-* handshakes), over each oha
+# run, per proxied request:
 #   cpu_us   CPU time they ran (the proxy's own work, plus the login
 #            requests' TLS and form handling in the storm; slower when the
 #            hashes evict its caches)
@@ -42,8 +43,14 @@
 #                           machine's busy CPU over 1 s is below QUIET_PCT % of one CPU
 #   KEEP_TMP=1              keep the scratch dir (config, logs, oha outputs)
 #   STORM_NICE=0            nice value of the login-storm client, which shares CPU $LG_CPUS with oha
+#   STORM_SCHED=idle        the login-storm client runs in SCHED_IDLE, so that oha's threads on the
+#                           same CPU preempt it at once: its own CPU (Python, the client side of each
+#                           TLS handshake) would otherwise delay the measuring client, not the gateway,
+#                           by up to a time slice (nice 19 does not prevent that). normal = as other
+#                           processes (with STORM_NICE), as before session 12
 #   STORM_RESUME=           1 = each login connection resumes an earlier TLS session (an
 #                           abbreviated handshake, as a returning browser's) instead of a full one
+#   SG_HANDSHAKES           [server] tls_handshakes of the gateway (background or inline; unset: default)
 #   STORE=embedded          session store: embedded (redb, durable: an fsync per session write)
 #                           or memory (a control: what the storm costs without durable writes)
 #   STORM_HASH, LOGIN_PASSWORD   the storm user's PHC string and its password (set
@@ -79,11 +86,12 @@ chmod 755 "$TMP"
 source "$ROOT/bench/lib.sh"
 bench_work "$TMP"
 
-# sched_snap PID FILE: "tid run_ns wait_ns" of each thread that is not a hashing thread
+# sched_snap PID FILE: "tid run_ns wait_ns" of each thread that is not a background
+# (SCHED_IDLE) thread: those wait by design, and are not on the proxied requests' path
 sched_snap() {
   local t a b rest
   for t in /proc/"$1"/task/*; do
-    [[ $(cat "$t/comm" 2>/dev/null) == sg-argon2-* ]] && continue
+    [[ $(cat "$t/comm" 2>/dev/null) == sg-argon2-* || $(cat "$t/comm" 2>/dev/null) == sg-tls-* ]] && continue
     read -r a b rest <"$t/schedstat" 2>/dev/null || continue
     echo "${t##*/} $a $b"
   done >"$2"
@@ -152,7 +160,9 @@ out=$(curl -sk --max-time 3 -o "$TMP/probe.body" -w '%{http_code}' -H "Cookie: $
 [[ $out == 200 && $(cat "$TMP/probe.body") == "$UP_BODY" ]] ||
   { echo "FAILED: logged-in request answered $out, not 200 with the upstream body" >&2; tail "$TMP/sessiongate.out" >&2; exit 1; }
 storm() {                 # storm RATE DURATION -> STORM line on stdout
-  nice -n "${STORM_NICE:-0}" taskset -c "$LG_CPUS" python3 "$ROOT/bench/login-storm.py" --url "https://127.0.0.1:$SG_PORT" \
+  local -a sched=(nice -n "${STORM_NICE:-0}")
+  [[ ${STORM_SCHED:-idle} == idle ]] && sched=(chrt --idle 0)
+  "${sched[@]}" taskset -c "$LG_CPUS" python3 "$ROOT/bench/login-storm.py" --url "https://127.0.0.1:$SG_PORT" \
     --user "$LOGIN_USER" --password "$LOGIN_PASSWORD" --rate "$1" --duration "$2" ${STORM_RESUME:+--resume}
 }
 storm 2 1 >"$TMP/storm-check.out" 2>&1 ||
@@ -161,7 +171,8 @@ storm 2 1 >"$TMP/storm-check.out" 2>&1 ||
 echo "# $(date -u +%FT%TZ)  $($OHA --version 2>/dev/null | head -1)  sessiongate: $SG_BIN"
 echo "# layout: sessiongate (workers = 1) + nginx upstream on CPU $SUT_CPUS; oha and the login storm on CPU $LG_CPUS"
 echo "# load:   oha -q $RATE -c $CONNS -z ${DURATION}s, logged-in session on an auth = required route, user-agent $UA"
-echo "# storm:  $LOGIN_RATE logins/s (GET form + POST, 303), argon2id $(echo "$HASH" | cut -d'$' -f4), [login] max_concurrent = ${MAX_CONCURRENT:-default}"
+echo "# storm:  $LOGIN_RATE logins/s (GET form + POST, 303), argon2id $(echo "$HASH" | cut -d'$' -f4), [login] max_concurrent = ${MAX_CONCURRENT:-default}, client ${STORM_SCHED:-idle}${STORM_RESUME:+, resumed handshakes}"
+echo "# gateway: tls_handshakes = ${SG_HANDSHAKES:-default}, store ${STORE:-embedded}"
 
 RES=$TMP/results.tsv
 : >"$RES"
@@ -226,7 +237,7 @@ awk -F'\t' -v rounds="$ROUNDS" '
       printf "%-5d %12.2f %12.2f %9.3f %13.2f %13.2f\n", r, CPU[r, "quiet"], CPU[r, "storm"], c[r], WAIT[r, "quiet"], WAIT[r, "storm"] }
     mc = med(c, rounds)
     printf "\n(latencies in ms; logins = successful (303) / started logins in the storm phase;\n"
-    printf " cpu_us / wait_us: per proxied request, the gateway threads other than sg-argon2-*: CPU, run-queue wait)\n"
+    printf " cpu_us / wait_us: per proxied request, the gateway threads other than sg-argon2-* and sg-tls-*: CPU, run-queue wait)\n"
     printf "p99 storm ÷ quiet, median over %d rounds: %.3f [%.3f-%.3f]   (target ≤ 1.20: %s)\n", rounds, mx, x[1], x[rounds], (mx <= 1.2) ? "met" : "NOT met"
     printf "p50 storm ÷ quiet, median: %.3f [%.3f-%.3f]\n", my, y[1], y[rounds]
     printf "gateway CPU per request (non-hashing threads) storm ÷ quiet, median: %.3f [%.3f-%.3f]\n", mc, c[1], c[rounds]

@@ -1,18 +1,19 @@
-//! Moving a connection from the runtime that did its TLS handshake to the
-//! worker that serves it.
+//! Moving a connection between the worker that serves it and the thread
+//! that does its TLS handshake.
 //!
 //! A full TLS handshake costs the gateway about 0.5 ms of CPU in one piece
 //! (key exchange, signature, key schedule), during which a worker that did it
 //! inline could serve nothing else: every proxied request that arrived in
-//! that window waited. With `[server] tls_handshakes = "background"` each
-//! worker has a companion thread in `SCHED_IDLE` that accepts connections and
-//! completes their handshakes on a reactor of its own, then hands the
-//! connection over; a worker woken by a request preempts a handshake at once.
+//! that window waited. So each worker has a companion thread in `SCHED_IDLE`
+//! with a reactor of its own (`[server] tls_handshakes`): the worker sends a
+//! new connection there, the handshake runs, the connection comes back; a
+//! worker woken by a request preempts a handshake at once. A move costs a
+//! deregistration, a registration and a cross-thread wake-up each way.
 //!
 //! tokio-rustls cannot rebuild a `TlsStream` from a TCP stream and a
 //! `ServerConnection`, so the stream itself travels: its TCP socket is
 //! wrapped in [`PortableTcp`], which can leave one reactor (the socket
-//! becomes a plain blocking-free `std` socket) and join another, while the
+//! becomes a plain non-blocking `std` socket) and join another, while the
 //! TLS state, including any request bytes the client sent with its
 //! `Finished`, stays in the `TlsStream`.
 
@@ -93,27 +94,46 @@ impl AsyncWrite for PortableTcp {
     }
 }
 
-/// A handshaked connection between two runtimes: registered with neither.
-pub(crate) struct InTransit {
-    tls: Tls,
+/// A connection between two runtimes, registered with neither: a plain TCP
+/// connection on its way to a handshake (`T = ()`), or a handshaked one on
+/// its way back (`T = Tls`).
+pub(crate) struct InTransit<T> {
+    held: T,
     socket: std::net::TcpStream,
 }
 
-impl InTransit {
-    /// Takes the connection's socket out of the current runtime's reactor.
-    pub(crate) fn leave(mut tls: Tls) -> io::Result<InTransit> {
+impl InTransit<()> {
+    /// Takes a freshly accepted connection out of the current runtime's reactor.
+    pub(crate) fn tcp(tcp: TcpStream) -> io::Result<InTransit<()>> {
+        // Still non-blocking: `into_std` leaves the mode as it was.
+        Ok(InTransit {
+            held: (),
+            socket: tcp.into_std()?,
+        })
+    }
+
+    /// Registers the connection with the reactor of the runtime this runs in.
+    pub(crate) fn arrive(self) -> io::Result<PortableTcp> {
+        Ok(PortableTcp::new(TcpStream::from_std(self.socket)?))
+    }
+}
+
+impl InTransit<Tls> {
+    /// Takes a handshaked connection's socket out of the current runtime's reactor.
+    pub(crate) fn tls(mut tls: Tls) -> io::Result<InTransit<Tls>> {
         let tcp = tls.get_mut().0 .0.take();
         let tcp = tcp.ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "connection already in transit"))?;
-        // Still non-blocking: `into_std` leaves the mode as it was.
-        let socket = tcp.into_std()?;
-        Ok(InTransit { tls, socket })
+        Ok(InTransit {
+            socket: tcp.into_std()?,
+            held: tls,
+        })
     }
 
     /// Registers the socket with the reactor of the runtime this runs in.
     /// Readiness the socket already has is reported by the new registration,
     /// so nothing the client sent while in transit is missed.
     pub(crate) fn arrive(self) -> io::Result<Tls> {
-        let InTransit { mut tls, socket } = self;
+        let InTransit { held: mut tls, socket } = self;
         tls.get_mut().0 .0 = Some(TcpStream::from_std(socket)?);
         Ok(tls)
     }
@@ -133,11 +153,11 @@ mod tests {
             .expect("runtime")
     }
 
-    /// The handshake runs on one runtime, which is then shut down; the
-    /// request the client sent right after its handshake, and everything
-    /// after it, is served on another.
+    /// Accepted on one runtime, handshaked on a second, served on a third,
+    /// each shut down once the connection has left it: the bytes the client
+    /// sent right after its handshake, and everything after, arrive.
     #[test]
-    fn a_connection_outlives_the_runtime_of_its_handshake() {
+    fn a_connection_travels_from_accept_to_handshake_to_service() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (cert, key) = crate::tls::write_self_signed(dir.path(), &["localhost".into()]).expect("cert");
         let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&cert, &key).expect("config"));
@@ -172,12 +192,19 @@ mod tests {
             })
         });
 
-        let handshake_rt = runtime();
-        let moving = handshake_rt.block_on(async {
+        let accept_rt = runtime();
+        let moving = accept_rt.block_on(async {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             let (tcp, _) = listener.accept().await.expect("accept");
-            let tls = acceptor.accept(PortableTcp::new(tcp)).await.expect("server handshake");
-            InTransit::leave(tls).expect("leave")
+            InTransit::tcp(tcp).expect("leave the accepting runtime")
+        });
+        drop(accept_rt);
+        // The handshake on a second runtime, which is shut down in turn.
+        let handshake_rt = runtime();
+        let moving = handshake_rt.block_on(async move {
+            let tcp = moving.arrive().expect("join the handshake runtime");
+            let tls = acceptor.accept(tcp).await.expect("server handshake");
+            InTransit::tls(tls).expect("leave the handshake runtime")
         });
         drop(handshake_rt);
 

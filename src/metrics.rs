@@ -26,6 +26,7 @@ pub struct Metrics {
     upstream_errors: Family<Labels, Counter>,
     pub open_connections: Gauge,
     connections_accepted: Family<Labels, Counter>,
+    tls_handshakes: Family<Labels, Counter>,
     pub sessions_created: Counter,
     pub sessions_rotated: Counter,
     sessions_revoked: Family<Labels, Counter>,
@@ -89,6 +90,7 @@ impl Metrics {
         let upstream_errors = Family::<Labels, Counter>::default();
         let open_connections = Gauge::default();
         let connections_accepted = Family::<Labels, Counter>::default();
+        let tls_handshakes = Family::<Labels, Counter>::default();
         let sessions_created = Counter::default();
         let sessions_rotated = Counter::default();
         let sessions_revoked = Family::<Labels, Counter>::default();
@@ -124,6 +126,11 @@ impl Metrics {
             "connections_accepted",
             "Client connections accepted, by worker (how evenly the workers share them)",
             connections_accepted.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes started, by thread: the worker itself, or its background (SCHED_IDLE) thread",
+            tls_handshakes.clone(),
         );
         registry.register("sessions_created", "Sessions issued", sessions_created.clone());
         registry.register(
@@ -179,6 +186,7 @@ impl Metrics {
             upstream_errors,
             open_connections,
             connections_accepted,
+            tls_handshakes,
             sessions_created,
             sessions_rotated,
             sessions_revoked,
@@ -209,6 +217,15 @@ impl Metrics {
         self.connections_accepted
             .get_or_create(&vec![("worker", worker.to_string())])
             .clone()
+    }
+
+    /// The handshake counters `[on the worker, in the background]`, resolved once.
+    pub fn handshakes(&self) -> [Counter; 2] {
+        ["worker", "background"].map(|t| {
+            self.tls_handshakes
+                .get_or_create(&vec![("thread", t.to_string())])
+                .clone()
+        })
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {

@@ -9,6 +9,11 @@
 //! of the one listening socket; the kernel hands each connection to one.
 //! Sessions, login throttling and metrics are shared by all workers.
 //!
+//! With `tls_handshakes = "background"` (the default) a worker does not
+//! accept: a companion thread in `SCHED_IDLE` accepts and completes the TLS
+//! handshake, then hands the connection to its worker (see `handshake`),
+//! so that a handshake's half millisecond of CPU never delays a request.
+//!
 //! The accept loop takes a permit from a semaphore *before* accepting, so
 //! excess connections wait in the kernel backlog instead of exhausting the
 //! process. Each connection runs in its own task: TLS handshake under
@@ -133,8 +138,7 @@ impl Gateway {
         ShutdownHandle(self.shutdown_tx.clone())
     }
 
-    /// Starts workers 1.. on threads of their own (worker 0 is the caller),
-    /// each with its handshake thread when handshakes run in the background.
+    /// Starts workers 1.. on threads of their own (worker 0 is the caller).
     fn start_workers(
         &self,
         worker: impl Fn(usize) -> Worker,
@@ -142,17 +146,8 @@ impl Gateway {
     ) -> Result<Vec<std::thread::JoinHandle<()>>, StartError> {
         let mut threads = Vec::new();
         for index in 1..self.config.server.workers.get() {
-            let started = dup_listener(&self.https).and_then(|l| match self.config.server.tls_handshakes {
-                Handshakes::Inline => Ok(vec![worker(index).spawn(l, drained.clone())?]),
-                Handshakes::Background => {
-                    let rt = worker_runtime()?;
-                    let handshakes = worker(index).serving_on(rt.handle().clone());
-                    let served = spawn_loop(format!("sessiongate-worker-{index}"), rt, drained.clone(), async {})?;
-                    Ok(vec![served, handshakes.spawn(l, drained.clone())?])
-                }
-            });
-            match started {
-                Ok(started) => threads.extend(started),
+            match dup_listener(&self.https).and_then(|l| worker(index).spawn(l, drained.clone())) {
+                Ok(thread) => threads.push(thread),
                 Err(source) => {
                     // The workers already running stop with the gateway.
                     self.shutdown_tx.send_replace(true);
@@ -161,6 +156,27 @@ impl Gateway {
             }
         }
         Ok(threads)
+    }
+
+    /// One handshake thread per worker, unless handshakes run inline: its
+    /// thread, and the handle its worker spawns handshakes on.
+    fn start_handshake_threads(
+        &self,
+        drained: &watch::Receiver<bool>,
+    ) -> Result<(Vec<std::thread::JoinHandle<()>>, Vec<Handle>), StartError> {
+        let (mut threads, mut handles) = (Vec::new(), Vec::new());
+        if self.config.server.tls_handshakes == Handshakes::Inline {
+            return Ok((threads, handles));
+        }
+        for index in 0..self.config.server.workers.get() {
+            let rt = worker_runtime().map_err(|source| StartError::Worker { index, source })?;
+            handles.push(rt.handle().clone());
+            let idle = async { crate::priority::become_idle("TLS handshakes") };
+            let thread = spawn_loop(format!("sg-tls-{index}"), rt, drained.clone(), idle)
+                .map_err(|source| StartError::Worker { index, source })?;
+            threads.push(thread);
+        }
+        Ok((threads, handles))
     }
 
     /// Serves until shutdown is requested, then stops accepting and waits up
@@ -176,7 +192,11 @@ impl Gateway {
         let permits = Arc::new(Semaphore::new(limit));
         let conn_settings = Arc::new(ConnSettings::new(&self.config));
         let shutdown_rx = self.shutdown_tx.subscribe();
-        let worker = |index| Worker {
+        // Set once the gateway has drained: until then the other workers
+        // (and handshake threads) keep driving the connections they own.
+        let (drained_tx, drained_rx) = watch::channel(false);
+        let (mut threads, handshakers) = self.start_handshake_threads(&drained_rx)?;
+        let worker = |index: usize| Worker {
             index,
             tls: self.tls.clone(),
             shared: self.shared.clone(),
@@ -184,13 +204,13 @@ impl Gateway {
             permits: permits.clone(),
             upstream: proxy::upstream::client(&self.config.server),
             accepted: self.shared.metrics.worker_accepts(index),
+            handshake_counts: self.shared.metrics.handshakes(),
             shutdown: shutdown_rx.clone(),
-            serve_on: None,
+            handshakes: handshakers.get(index).cloned(),
+            policy: self.config.server.tls_handshakes,
+            kept_alive: Arc::new(AtomicUsize::new(0)),
         };
-        // Set once the gateway has drained: until then the other workers
-        // keep driving the connections they own.
-        let (drained_tx, drained_rx) = watch::channel(false);
-        let mut threads = self.start_workers(worker, &drained_rx)?;
+        threads.extend(self.start_workers(worker, &drained_rx)?);
 
         let admin_task = tokio::spawn(crate::admin::serve(
             self.admin,
@@ -201,25 +221,7 @@ impl Gateway {
             let port = self.config.server.public_https_port.unwrap_or(https_addr.port());
             tokio::spawn(crate::redirect::serve(l, port, shutdown_rx.clone()))
         });
-        match self.config.server.tls_handshakes {
-            Handshakes::Inline => worker(0).accept_loop(self.https).await,
-            Handshakes::Background => {
-                // Out of this runtime's reactor: its readiness would wake worker 0 for nothing.
-                let handshakes = self
-                    .https
-                    .into_std()
-                    .and_then(|l| worker(0).serving_on(Handle::current()).spawn(l, drained_rx.clone()));
-                match handshakes {
-                    Ok(thread) => threads.push(thread),
-                    Err(source) => {
-                        self.shutdown_tx.send_replace(true);
-                        drained_tx.send_replace(true);
-                        return Err(StartError::Worker { index: 0, source });
-                    }
-                }
-                stopped(&mut shutdown_rx.clone()).await;
-            }
-        }
+        worker(0).accept_loop(self.https).await;
 
         tracing::info!(grace = ?self.config.server.shutdown_grace, "shutting down: draining connections");
         let limit_u32 = u32::try_from(limit).unwrap_or(u32::MAX);
@@ -313,10 +315,16 @@ struct Worker {
     /// This worker's own pool: its connections never cross threads.
     upstream: UpstreamClient,
     accepted: prometheus_client::metrics::counter::Counter,
+    /// Handshakes started `[here, on the handshake thread]`.
+    handshake_counts: [prometheus_client::metrics::counter::Counter; 2],
     shutdown: watch::Receiver<bool>,
-    /// Set on a handshake thread: the runtime of the worker that serves
-    /// the connections it accepts. `None`: served where accepted.
-    serve_on: Option<Handle>,
+    /// This worker's handshake thread (`None` with inline handshakes).
+    handshakes: Option<Handle>,
+    policy: Handshakes,
+    /// This worker's connections that have completed a request and are
+    /// still open: with `tls_handshakes = "auto"`, the ones a handshake on
+    /// the worker would hold up.
+    kept_alive: Arc<AtomicUsize>,
 }
 
 /// A single-threaded runtime for a worker or a handshake thread.
@@ -341,36 +349,34 @@ fn spawn_loop(
 }
 
 impl Worker {
-    /// This worker's accept loop, run on a handshake thread for the worker
-    /// whose runtime is `worker`.
-    fn serving_on(mut self, worker: Handle) -> Worker {
-        self.serve_on = Some(worker);
-        self
-    }
-
-    /// Starts this accept loop on a thread of its own; the thread returns
-    /// once the gateway has drained (or given up waiting). A handshake
-    /// thread moves itself to `SCHED_IDLE` first.
+    /// Starts this worker on a thread of its own; it returns once the
+    /// gateway has drained (or given up waiting).
     fn spawn(
         self,
         listener: std::net::TcpListener,
         drained: watch::Receiver<bool>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        let background = self.serve_on.is_some();
-        let name = match background {
-            true => format!("sg-tls-{}", self.index),
-            false => format!("sessiongate-worker-{}", self.index),
-        };
+        let name = format!("sessiongate-worker-{}", self.index);
         let task = async move {
-            if background {
-                crate::priority::become_idle("TLS handshakes");
-            }
             match TcpListener::from_std(listener) {
                 Ok(l) => self.accept_loop(l).await,
                 Err(e) => tracing::error!(worker = self.index, error = %e, "worker cannot use the listener"),
             }
         };
         spawn_loop(name, worker_runtime()?, drained, task)
+    }
+
+    /// Where the next connection's handshake runs: on the handshake
+    /// thread, or here (`None`).
+    fn handshake_thread(&self) -> Option<&Handle> {
+        let offload = match self.policy {
+            Handshakes::Inline => false,
+            Handshakes::Background => true,
+            // Only requests on kept-alive connections can wait behind a
+            // handshake; with none, moving it costs more than it saves.
+            Handshakes::Auto => self.kept_alive.load(Ordering::Relaxed) > 0,
+        };
+        self.handshakes.as_ref().filter(|_| offload)
     }
 
     /// Accepts and spawns connections until shutdown.
@@ -407,17 +413,22 @@ impl Worker {
                 settings: self.settings.clone(),
                 upstream: self.upstream.clone(),
                 shutdown: self.shutdown.clone(),
+                kept_alive: self.kept_alive.clone(),
             };
-            let serve_on = self.serve_on.clone();
-            tokio::spawn(async move {
-                let Some(tls) = conn.handshake(tcp, peer).await else {
-                    return;
-                };
-                match serve_on {
-                    None => conn.serve(tls, peer, admitted).await,
-                    Some(worker) => conn.hand_over(tls, peer, admitted, &worker),
+            match self.handshake_thread() {
+                None => {
+                    self.handshake_counts[0].inc();
+                    tokio::spawn(async move {
+                        if let Some(tls) = conn.handshake(PortableTcp::new(tcp), peer).await {
+                            conn.serve(tls, peer, admitted).await;
+                        }
+                    });
                 }
-            });
+                Some(handshakes) => {
+                    self.handshake_counts[1].inc();
+                    conn.handshake_elsewhere(tcp, peer, admitted, handshakes);
+                }
+            }
         }
     }
 }
@@ -445,6 +456,7 @@ struct Connection {
     settings: Arc<ConnSettings>,
     upstream: UpstreamClient,
     shutdown: watch::Receiver<bool>,
+    kept_alive: Arc<AtomicUsize>,
 }
 
 /// Keeps the open-connections gauge honest whatever way the task ends.
@@ -458,9 +470,8 @@ impl Drop for OpenGuard {
 
 impl Connection {
     /// The TLS handshake under `tls_handshake_timeout`; `None` if it failed.
-    async fn handshake(&self, tcp: TcpStream, peer: SocketAddr) -> Option<Tls> {
-        let accept = self.tls.accept(PortableTcp::new(tcp));
-        match tokio::time::timeout(self.settings.handshake_timeout, accept).await {
+    async fn handshake(&self, tcp: PortableTcp, peer: SocketAddr) -> Option<Tls> {
+        match tokio::time::timeout(self.settings.handshake_timeout, self.tls.accept(tcp)).await {
             Ok(Ok(s)) => Some(s),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -473,17 +484,32 @@ impl Connection {
         }
     }
 
-    /// Moves a handshaked connection to `worker`'s runtime and serves it there.
-    fn hand_over(self, tls: Tls, peer: SocketAddr, admitted: Admitted, worker: &Handle) {
-        let moving = match InTransit::leave(tls) {
-            Ok(moving) => moving,
-            Err(e) => return tracing::debug!(%peer, error = %e, "connection could not leave the handshake thread"),
+    /// Runs the handshake on `handshakes`' thread, then serves the
+    /// connection back on this worker.
+    fn handshake_elsewhere(self, tcp: TcpStream, peer: SocketAddr, admitted: Admitted, handshakes: &Handle) {
+        let worker = Handle::current();
+        let tcp = match InTransit::tcp(tcp) {
+            Ok(tcp) => tcp,
+            Err(e) => return tracing::debug!(%peer, error = %e, "connection could not leave its worker"),
         };
-        worker.spawn(async move {
-            match moving.arrive() {
-                Ok(tls) => self.serve(tls, peer, admitted).await,
-                Err(e) => tracing::debug!(%peer, error = %e, "connection could not join its worker"),
-            }
+        handshakes.spawn(async move {
+            let tcp = match tcp.arrive() {
+                Ok(tcp) => tcp,
+                Err(e) => return tracing::debug!(%peer, error = %e, "connection could not join the handshake thread"),
+            };
+            let Some(tls) = self.handshake(tcp, peer).await else {
+                return;
+            };
+            let tls = match InTransit::tls(tls) {
+                Ok(tls) => tls,
+                Err(e) => return tracing::debug!(%peer, error = %e, "connection could not leave the handshake thread"),
+            };
+            worker.spawn(async move {
+                match tls.arrive() {
+                    Ok(tls) => self.serve(tls, peer, admitted).await,
+                    Err(e) => tracing::debug!(%peer, error = %e, "connection could not rejoin its worker"),
+                }
+            });
         });
     }
 
@@ -501,6 +527,10 @@ impl Connection {
             },
             shared: self.shared,
             activity: Activity::new(h2),
+            kept_alive: KeptAlive {
+                worker: self.kept_alive,
+                counted: AtomicBool::new(false),
+            },
         }));
         let state = handler.0.clone();
         let activity = &state.activity;
@@ -547,6 +577,32 @@ struct HandlerState {
     shared: Arc<Shared>,
     conn: ConnInfo,
     activity: Activity,
+    kept_alive: KeptAlive,
+}
+
+/// Counts its connection among its worker's kept-alive connections from the
+/// end of its first request until the connection is gone (see
+/// `Worker::handshake_thread`).
+struct KeptAlive {
+    worker: Arc<AtomicUsize>,
+    counted: AtomicBool,
+}
+
+impl KeptAlive {
+    fn served(&self) {
+        // A load per request; the swap only once per connection.
+        if !self.counted.load(Ordering::Relaxed) && !self.counted.swap(true, Ordering::Relaxed) {
+            self.worker.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for KeptAlive {
+    fn drop(&mut self) {
+        if *self.counted.get_mut() {
+            self.worker.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Handler {
@@ -576,7 +632,9 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0 .0.activity.end();
+        let state = &self.0 .0;
+        state.activity.end();
+        state.kept_alive.served();
     }
 }
 

@@ -97,12 +97,15 @@ pub struct ServerConfig {
 /// Where TLS handshakes run (`[server] tls_handshakes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handshakes {
-    /// On a `SCHED_IDLE` thread beside each worker, which accepts the
-    /// connection, completes the handshake and hands it to its worker: a
-    /// handshake (about 0.5 ms of CPU) never holds up requests on
-    /// established connections, which preempt it.
+    /// On the worker's `SCHED_IDLE` companion thread while the worker has
+    /// kept-alive connections (whose requests would otherwise wait behind
+    /// the handshake's half millisecond of CPU), on the worker otherwise
+    /// (moving a connection costs more than it saves when nobody waits).
+    Auto,
+    /// Always on the companion thread: established connections always go
+    /// first, at the price of two moves per connection.
     Background,
-    /// On the worker itself, between requests, as nginx does.
+    /// Always on the worker itself, between requests, as nginx does.
     Inline,
 }
 
@@ -446,12 +449,13 @@ impl Validator<'_> {
                 .duration("server.upstream_pool_idle_timeout", &s.upstream_pool_idle_timeout)?,
             upstream_pool_max_idle_per_host: s.upstream_pool_max_idle_per_host,
             tls_handshakes: match s.tls_handshakes.to_ascii_lowercase().as_str() {
+                "auto" => Handshakes::Auto,
                 "background" => Handshakes::Background,
                 "inline" => Handshakes::Inline,
                 other => {
                     return Err(self.err(
                         "server.tls_handshakes",
-                        format!("`{other}` is not \"background\" or \"inline\""),
+                        format!("`{other}` is not \"auto\", \"background\" or \"inline\""),
                     ))
                 }
             },

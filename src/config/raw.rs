@@ -91,7 +91,7 @@ impl Default for RawServer {
 }
 
 fn d_tls_handshakes() -> String {
-    "background".into()
+    "auto".into()
 }
 fn d_true() -> bool {
     true

@@ -5,8 +5,8 @@
 use futures_util::future::join_all;
 
 use crate::kit::{
-    client::plain_client, gateway::GatewayAddrs, secs, within, BinaryGateway, Echo, GatewayConfig, TestGateway,
-    TestUpstream, SLOW_BODY,
+    client::plain_client, gateway::GatewayAddrs, raw::get_request, secs, within, BinaryGateway, Echo, GatewayConfig,
+    TestGateway, TestUpstream, SLOW_BODY,
 };
 
 /// `sessiongate_connections_accepted_total` per worker label, from the admin listener.
@@ -129,23 +129,41 @@ fn thread_policies(pid: u32) -> Vec<(String, i32)> {
 
 const SCHED_IDLE: i32 = 5;
 
-/// Serves one request over HTTP/1.1 and one over HTTP/2, each on a new connection.
-async fn serves_both_versions(gw: &GatewayAddrs) {
-    for client in [gw.client(), gw.client_h2()] {
-        let response = within(secs(10), "request", client.get(gw.url("/v")).send())
-            .await
-            .expect("request");
-        assert_eq!(response.status(), 200);
-        assert_eq!(Echo::from_response(response).await.path(), "/v");
-    }
+/// `sessiongate_tls_handshakes_total`: (on the worker, on its background thread).
+async fn handshakes_by_thread(gw: &GatewayAddrs) -> (u64, u64) {
+    let text = plain_client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let count = |thread: &str| {
+        let label = format!("sessiongate_tls_handshakes_total{{thread=\"{thread}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&label))
+            .map_or(0, |v| v.trim().parse().expect("counter value"))
+    };
+    (count("worker"), count("background"))
+}
+
+/// One request through `client`, which keeps its connection.
+async fn get(gw: &GatewayAddrs, client: &reqwest::Client, path: &str) {
+    let response = within(secs(10), "request", client.get(gw.url(path)).send())
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    assert_eq!(Echo::from_response(response).await.path(), path);
 }
 
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handshakes_run_in_sched_idle_threads_beside_the_workers_by_default() {
+async fn handshakes_move_to_a_sched_idle_thread_while_kept_alive_connections_wait() {
     let upstream = TestUpstream::start().await;
     let gw = BinaryGateway::start(GatewayConfig::proxy_all_to(&upstream).server("workers", "2")).await;
-    serves_both_versions(&gw).await;
+    // Served once, every thread has started.
+    get(&gw, &gw.client(), "/started").await;
 
     let threads = thread_policies(gw.pid());
     for name in ["sg-tls-0", "sg-tls-1"] {
@@ -159,7 +177,53 @@ async fn handshakes_run_in_sched_idle_threads_beside_the_workers_by_default() {
         threads.iter().any(|(n, p)| n.starts_with("sessiongate-wor") && *p == 0),
         "{threads:?}"
     );
-    assert_eq!(accepted_by_worker(&gw, 2).await.iter().sum::<u64>(), 2);
+
+    // With one worker nothing could wait behind the first handshake: it runs
+    // on the worker. Two requests, so that the first one is surely over.
+    let gw1 = BinaryGateway::start(GatewayConfig::proxy_all_to(&upstream).server("workers", "1")).await;
+    // One raw connection: a pooling client could open a second one.
+    let mut kept = gw1.raw().await;
+    for path in ["/first", "/first-again"] {
+        let response = within(
+            secs(10),
+            "kept-alive request",
+            kept.roundtrip(get_request(path, &gw1.host_header())),
+        )
+        .await
+        .expect("request on the kept-alive connection");
+        assert_eq!(response.echo().path(), path);
+    }
+    assert_eq!(handshakes_by_thread(&gw1).await, (1, 0));
+
+    // Now a kept-alive connection is open: new handshakes go to the background
+    // thread, over HTTP/1.1 and HTTP/2, and the connections are served.
+    get(&gw1, &gw1.client(), "/second").await;
+    get(&gw1, &gw1.client_h2(), "/third").await;
+    assert_eq!(handshakes_by_thread(&gw1).await, (1, 2));
+    let response = within(
+        secs(10),
+        "kept-alive request",
+        kept.roundtrip(get_request("/first-once-more", &gw1.host_header())),
+    )
+    .await
+    .expect("the kept-alive connection still serves");
+    assert_eq!(response.echo().path(), "/first-once-more");
+    assert_eq!(accepted_by_worker(&gw1, 1).await, [3]);
+    assert_eq!(upstream.request_count(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_handshakes_move_every_connection() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(
+        GatewayConfig::proxy_all_to(&upstream)
+            .server("workers", "2")
+            .server_str("tls_handshakes", "background"),
+    )
+    .await;
+    get(&gw, &gw.client(), "/h1").await;
+    get(&gw, &gw.client_h2(), "/h2").await;
+    assert_eq!(handshakes_by_thread(&gw).await, (0, 2));
 }
 
 #[cfg(target_os = "linux")]
@@ -172,9 +236,12 @@ async fn inline_handshakes_run_on_the_workers() {
             .server_str("tls_handshakes", "inline"),
     )
     .await;
-    serves_both_versions(&gw).await;
+    let kept = gw.client();
+    get(&gw, &kept, "/kept").await;
+    get(&gw, &gw.client(), "/h1").await;
+    get(&gw, &gw.client_h2(), "/h2").await;
+    assert_eq!(handshakes_by_thread(&gw).await, (3, 0));
 
     let threads = thread_policies(gw.pid());
     assert!(!threads.iter().any(|(n, _)| n.starts_with("sg-tls")), "{threads:?}");
-    assert_eq!(accepted_by_worker(&gw, 2).await.iter().sum::<u64>(), 2);
 }
