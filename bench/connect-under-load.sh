@@ -63,7 +63,7 @@ probe_loop() {
   done | awk '{ printf "%.3f %s\n", ($2 - $1) * 1000, $3 }' >"$1"
 }
 stats() {  # stats FILE -> "p50 max failed"
-  sort -n "$1" | awk '{ v[NR] = $1; if ($2 != 200) bad++ } END { printf "%.2f %.2f %d", v[int((NR + 1) / 2)], v[NR], bad + 0 }'
+  sort -n "$1" | awk '{ v[NR] = $1; if ($2 != 200) bad++ } END { printf "%.2f %.2f %d\n", v[int((NR + 1) / 2)], v[NR], bad + 0 }'
 }
 
 printf '%-11s %-12s %10s %10s %10s %10s %7s\n' mode load ka_req/s ka_p99_ms hs_p50_ms hs_max_ms failed

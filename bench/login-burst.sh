@@ -242,3 +242,6 @@ awk -F'\t' -v rounds="$ROUNDS" '
     printf "p50 storm ÷ quiet, median: %.3f [%.3f-%.3f]\n", my, y[1], y[rounds]
     printf "gateway CPU per request (non-hashing threads) storm ÷ quiet, median: %.3f [%.3f-%.3f]\n", mc, c[1], c[rounds]
   }' "$RES"
+# Where the handshakes ran (sessiongate_tls_handshakes_total; older builds have no such metric).
+hs=$(curl -fsS "http://$SG_ADMIN/metrics" 2>/dev/null | awk '/^sessiongate_tls_handshakes_total/ { printf "%s ", $0 }')
+[[ -z $hs ]] || echo "handshakes: $hs"
