@@ -58,6 +58,13 @@ impl RouteMetrics {
     }
 }
 
+/// TLS handshakes started, by the thread they run on.
+#[derive(Clone)]
+pub struct HandshakeCounters {
+    pub on_worker: Counter,
+    pub in_background: Counter,
+}
+
 /// Why the upstream leg failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamErrorKind {
@@ -219,13 +226,17 @@ impl Metrics {
             .clone()
     }
 
-    /// The handshake counters `[on the worker, in the background]`, resolved once.
-    pub fn handshakes(&self) -> [Counter; 2] {
-        ["worker", "background"].map(|t| {
+    /// The handshake counters, resolved once.
+    pub fn handshakes(&self) -> HandshakeCounters {
+        let counter = |thread: &str| {
             self.tls_handshakes
-                .get_or_create(&vec![("thread", t.to_string())])
+                .get_or_create(&vec![("thread", thread.to_string())])
                 .clone()
-        })
+        };
+        HandshakeCounters {
+            on_worker: counter("worker"),
+            in_background: counter("background"),
+        }
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {

@@ -9,10 +9,11 @@
 //! of the one listening socket; the kernel hands each connection to one.
 //! Sessions, login throttling and metrics are shared by all workers.
 //!
-//! With `tls_handshakes = "background"` (the default) a worker does not
-//! accept: a companion thread in `SCHED_IDLE` accepts and completes the TLS
-//! handshake, then hands the connection to its worker (see `handshake`),
-//! so that a handshake's half millisecond of CPU never delays a request.
+//! Each worker also has a companion thread in `SCHED_IDLE` (unless
+//! `tls_handshakes = "inline"`). While the worker has kept-alive
+//! connections it moves a new connection's TLS handshake there and takes the
+//! connection back afterwards (see `handshake`), so that a handshake's half
+//! millisecond of CPU does not delay their requests.
 //!
 //! The accept loop takes a permit from a semaphore *before* accepting, so
 //! excess connections wait in the kernel backlog instead of exhausting the
@@ -315,8 +316,7 @@ struct Worker {
     /// This worker's own pool: its connections never cross threads.
     upstream: UpstreamClient,
     accepted: prometheus_client::metrics::counter::Counter,
-    /// Handshakes started `[here, on the handshake thread]`.
-    handshake_counts: [prometheus_client::metrics::counter::Counter; 2],
+    handshake_counts: crate::metrics::HandshakeCounters,
     shutdown: watch::Receiver<bool>,
     /// This worker's handshake thread (`None` with inline handshakes).
     handshakes: Option<Handle>,
@@ -417,7 +417,7 @@ impl Worker {
             };
             match self.handshake_thread() {
                 None => {
-                    self.handshake_counts[0].inc();
+                    self.handshake_counts.on_worker.inc();
                     tokio::spawn(async move {
                         if let Some(tls) = conn.handshake(PortableTcp::new(tcp), peer).await {
                             conn.serve(tls, peer, admitted).await;
@@ -425,7 +425,7 @@ impl Worker {
                     });
                 }
                 Some(handshakes) => {
-                    self.handshake_counts[1].inc();
+                    self.handshake_counts.in_background.inc();
                     conn.handshake_elsewhere(tcp, peer, admitted, handshakes);
                 }
             }
