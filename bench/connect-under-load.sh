@@ -36,21 +36,7 @@ bench_work "$TMP"
 
 "$SG_BIN" gen-cert --out-dir "$TMP" --host 127.0.0.1 >/dev/null
 head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$TMP/admin-token"
-USER_LINE=""; [[ $(id -u) == 0 ]] && USER_LINE="user root;"
-cat >"$TMP/upstream.conf" <<EOF
-$USER_LINE
-worker_processes 1; daemon off; master_process on; pid $TMP/upstream.pid;
-error_log $TMP/upstream.error.log warn; worker_rlimit_nofile 65536;
-events { worker_connections 16384; }
-http {
-    access_log off; server_tokens off; keepalive_timeout 75s; keepalive_requests 100000000;
-    client_body_temp_path $TMP/cb; proxy_temp_path $TMP/px; fastcgi_temp_path $TMP/fc;
-    uwsgi_temp_path $TMP/uw; scgi_temp_path $TMP/sc;
-    default_type text/plain;
-    server { listen 127.0.0.1:$UP_PORT backlog=4096; location / { return 200 'ok from the bench upstream'; } }
-}
-EOF
-start "$SUT_CPUS" "$TMP/upstream.out" nginx -c "$TMP/upstream.conf" -e "$TMP/upstream.error.log"
+start_upstream "$SUT_CPUS" "$UP_PORT" 'ok from the bench upstream'
 
 URL=https://127.0.0.1:$SG_PORT/
 # probe_loop OUT: PROBES new connections, one every 0.25 s; "handshake_ms" per line

@@ -6,6 +6,8 @@
 #                       removed (KEEP_TMP=1 keeps it)
 #   start CPUS LOG CMD...   CMD in a session of its own (pid == sid), pinned
 #                       to CPUS, output to LOG; its pid in $LAST
+#   start_upstream CPUS PORT BODY   an nginx upstream (one worker) pinned to CPUS that
+#                       answers every request 200 with BODY; config and logs in the work dir
 #   gateway_head PORT ADMIN DIR   (one worker unless SG_WORKERS=N, as every peer has one;
 #                       SG_HANDSHAKES=background|inline sets [server] tls_handshakes)
 #                       the [server], [tls] and [admin] tables of a bench
@@ -38,6 +40,25 @@ start() {
   setsid taskset -c "$cpus" "$@" >"$log" 2>&1 </dev/null &
   LAST=$!
   STARTED+=("$LAST")
+}
+
+start_upstream() {
+  local user=""
+  [[ $(id -u) == 0 ]] && user="user root;"
+  cat >"$BENCH_WORK/upstream.conf" <<EOF
+$user
+worker_processes 1; daemon off; master_process on; pid $BENCH_WORK/upstream.pid;
+error_log $BENCH_WORK/upstream.error.log warn; worker_rlimit_nofile 65536;
+events { worker_connections 16384; }
+http {
+    access_log off; server_tokens off; keepalive_timeout 75s; keepalive_requests 100000000;
+    client_body_temp_path $BENCH_WORK/cb; proxy_temp_path $BENCH_WORK/px; fastcgi_temp_path $BENCH_WORK/fc;
+    uwsgi_temp_path $BENCH_WORK/uw; scgi_temp_path $BENCH_WORK/sc;
+    default_type text/plain;
+    server { listen 127.0.0.1:$2 backlog=4096; location / { return 200 '$3'; } }
+}
+EOF
+  start "$1" "$BENCH_WORK/upstream.out" nginx -c "$BENCH_WORK/upstream.conf" -e "$BENCH_WORK/upstream.error.log"
 }
 
 gateway_head() {

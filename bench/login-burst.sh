@@ -114,21 +114,7 @@ wait_quiet() {
 
 # --- certificate, upstream, gateway ----------------------------------------
 "$SG_BIN" gen-cert --out-dir "$TMP" --host localhost --host 127.0.0.1 >/dev/null
-USER_LINE=""; [[ $(id -u) == 0 ]] && USER_LINE="user root;"
-cat >"$TMP/upstream.conf" <<EOF
-$USER_LINE
-worker_processes 1; daemon off; master_process on; pid $TMP/upstream.pid;
-error_log $TMP/upstream.error.log warn; worker_rlimit_nofile 65536;
-events { worker_connections 16384; }
-http {
-    access_log off; server_tokens off; keepalive_timeout 75s; keepalive_requests 100000000;
-    client_body_temp_path $TMP/cb; proxy_temp_path $TMP/px; fastcgi_temp_path $TMP/fc;
-    uwsgi_temp_path $TMP/uw; scgi_temp_path $TMP/sc;
-    default_type text/plain;
-    server { listen 127.0.0.1:$UP_PORT backlog=4096; location / { return 200 '$UP_BODY'; } }
-}
-EOF
-start "$SUT_CPUS" "$TMP/upstream.out" nginx -c "$TMP/upstream.conf" -e "$TMP/upstream.error.log"
+start_upstream "$SUT_CPUS" "$UP_PORT" "$UP_BODY"
 
 head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$TMP/admin-token"
 HASH=${STORM_HASH:-$(printf '%s' "$LOGIN_PASSWORD" | "$SG_BIN" hash-password)}
