@@ -244,20 +244,7 @@ async fn idle_time_between_requests_is_keepalive_time_not_header_time() {
     // Idle for three header timeouts, well inside the keep-alive timeout: the idle
     // time itself is what is under test, so it cannot be awaited as an event.
     tokio::time::sleep(millis(900)).await;
-    assert_still_serves(&mut conn, &gw, "/second").await;
-}
-
-/// Fails the test unless the kept-alive `conn` still serves a request for `path`.
-async fn assert_still_serves(conn: &mut RawConn<TlsStream<TcpStream>>, gw: &TestGateway, path: &str) {
-    let response = within(
-        secs(3),
-        "request on the same connection",
-        conn.roundtrip(get_request(path, &gw.host_header())),
-    )
-    .await
-    .expect("request on the same kept-alive connection");
-    assert_eq!(response.status, 200);
-    assert_eq!(response.echo().path(), path);
+    gw.assert_still_serves(&mut conn, "/second").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +270,7 @@ async fn streaming_response_keeps_its_connection_alive_past_both_timeouts() {
     assert_eq!(slow.body, SLOW_BODY);
     // The request was in flight until its body ended, so the connection was never
     // idle and is still kept alive for the next request.
-    assert_still_serves(&mut conn, &gw, "/next").await;
+    gw.assert_still_serves(&mut conn, "/next").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

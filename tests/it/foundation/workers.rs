@@ -5,8 +5,8 @@
 use futures_util::future::join_all;
 
 use crate::kit::{
-    client::plain_client, gateway::GatewayAddrs, raw::get_request, secs, within, BinaryGateway, Echo, GatewayConfig,
-    TestGateway, TestUpstream, SLOW_BODY,
+    client::plain_client, gateway::GatewayAddrs, secs, within, BinaryGateway, Echo, GatewayConfig, TestGateway,
+    TestUpstream, SLOW_BODY,
 };
 
 /// `sessiongate_connections_accepted_total` per worker label, from the admin listener.
@@ -184,14 +184,7 @@ async fn handshakes_move_to_a_sched_idle_thread_while_kept_alive_connections_wai
     // One raw connection: a pooling client could open a second one.
     let mut kept = gw1.raw().await;
     for path in ["/first", "/first-again"] {
-        let response = within(
-            secs(10),
-            "kept-alive request",
-            kept.roundtrip(get_request(path, &gw1.host_header())),
-        )
-        .await
-        .expect("request on the kept-alive connection");
-        assert_eq!(response.echo().path(), path);
+        gw1.assert_still_serves(&mut kept, path).await;
     }
     assert_eq!(handshakes_by_thread(&gw1).await, (1, 0));
 
@@ -200,14 +193,7 @@ async fn handshakes_move_to_a_sched_idle_thread_while_kept_alive_connections_wai
     get(&gw1, &gw1.client(), "/second").await;
     get(&gw1, &gw1.client_h2(), "/third").await;
     assert_eq!(handshakes_by_thread(&gw1).await, (1, 2));
-    let response = within(
-        secs(10),
-        "kept-alive request",
-        kept.roundtrip(get_request("/first-once-more", &gw1.host_header())),
-    )
-    .await
-    .expect("the kept-alive connection still serves");
-    assert_eq!(response.echo().path(), "/first-once-more");
+    gw1.assert_still_serves(&mut kept, "/first-once-more").await;
     assert_eq!(accepted_by_worker(&gw1, 1).await, [3]);
     assert_eq!(upstream.request_count(), 6);
 }

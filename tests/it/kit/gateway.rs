@@ -78,6 +78,20 @@ impl GatewayAddrs {
             .expect("TLS connection to the gateway");
         RawConn::new(tls)
     }
+
+    /// Fails the test unless the kept-alive `conn` (from [`Self::raw`]) still
+    /// serves a request for `path`, within 10 s.
+    pub async fn assert_still_serves(&self, conn: &mut RawConn<TlsStream<TcpStream>>, path: &str) {
+        let response = within(
+            Duration::from_secs(10),
+            "request on the same connection",
+            conn.roundtrip(super::raw::get_request(path, &self.host_header())),
+        )
+        .await
+        .expect("request on the same kept-alive connection");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.echo().path(), path);
+    }
 }
 
 /// A gateway running in-process. Dropping it starts shutdown and stops its task.
