@@ -26,7 +26,12 @@
 use crate::config::{Config, Handshakes};
 use crate::handshake::{InTransit, PortableTcp, Tls};
 use crate::metrics::Metrics;
-use crate::proxy::{self, body::Body, upstream::UpstreamClient, ConnInfo, Shared};
+use crate::proxy::{
+    self,
+    body::{Body, UploadGuard},
+    upstream::UpstreamClient,
+    ConnInfo, Shared,
+};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -612,7 +617,8 @@ impl Handler {
         // closes a connection under a request, and the end of one touches.
         let in_flight = InFlight::begin(self);
         let state = &*in_flight.0 .0;
-        let resp = proxy::handle(&state.shared, &state.conn, req).await;
+        let upload = || -> UploadGuard { Box::new(Upload::begin(&in_flight.0)) };
+        let resp = proxy::handle(&state.shared, &state.conn, req, &upload).await;
         Ok(resp.map(|body| Tracked {
             body,
             _in_flight: in_flight,
@@ -635,6 +641,25 @@ impl Drop for InFlight {
         let state = &self.0 .0;
         state.activity.end();
         state.kept_alive.served();
+    }
+}
+
+/// A request body still being forwarded upstream; its end when dropped.
+/// It may outlast its response (an upstream that answers before it has
+/// read the whole upload): the bytes still arriving are that body, not the
+/// next request's head, and the connection is not idle.
+struct Upload(Handler);
+
+impl Upload {
+    fn begin(handler: &Handler) -> Upload {
+        handler.0.activity.upload_begin();
+        Upload(handler.clone())
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        self.0 .0.activity.upload_end();
     }
 }
 
@@ -879,6 +904,9 @@ struct Activity {
     /// no head is pending (always, for HTTP/2).
     head_ms: AtomicU64,
     requests: AtomicUsize,
+    /// Request bodies still being forwarded (see [`Upload`]); only requests
+    /// with a body touch it.
+    uploads: AtomicUsize,
     /// HTTP/2: streams overlap, so the count needs atomic increments.
     /// HTTP/1 serves one request at a time, so a plain store is exact and
     /// spares two locked instructions per request.
@@ -894,6 +922,7 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             head_ms: AtomicU64::new(u64::from(!multiplexed)),
             requests: AtomicUsize::new(0),
+            uploads: AtomicUsize::new(0),
             multiplexed,
         }
     }
@@ -918,6 +947,18 @@ impl Activity {
         self.last_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
+    /// A request body started on its way upstream.
+    fn upload_begin(&self) {
+        self.uploads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request body has been forwarded (or abandoned): activity, as the
+    /// end of a request is.
+    fn upload_end(&self) {
+        self.uploads.fetch_sub(1, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
     /// Bytes arrived on an HTTP/1 connection: with no request in flight
     /// they are the start of the next head (if it has not started yet).
     fn head_bytes(&self) {
@@ -927,7 +968,7 @@ impl Activity {
     }
 
     fn busy(&self) -> bool {
-        self.requests.load(Ordering::Relaxed) > 0
+        self.requests.load(Ordering::Relaxed) > 0 || self.uploads.load(Ordering::Relaxed) > 0
     }
 
     fn now_ms(&self) -> u64 {
@@ -1018,6 +1059,24 @@ mod tests {
         a.head_bytes();
         assert_eq!(a.head_started(), None);
         assert_eq!(a.next_check(at(&a, 500_000), LIMITS), Ok(at(&a, 510_000)));
+    }
+
+    #[test]
+    fn an_upload_that_outlasts_its_response_is_neither_a_head_nor_idleness() {
+        let a = Activity::new(false);
+        a.begin();
+        a.upload_begin();
+        // The upstream answered early: the response is done, the body is not.
+        a.end();
+        a.head_bytes();
+        assert_eq!(a.head_started(), None);
+        assert_eq!(a.next_check(at(&a, 500_000), LIMITS), Ok(at(&a, 510_000)));
+        // Once it is forwarded, idle time counts from then, and bytes start a head.
+        a.upload_end();
+        let ended = a.last();
+        assert_eq!(a.next_check(ended, LIMITS), Ok(ended + LIMITS.head));
+        a.head_bytes();
+        assert!(a.head_started().is_some());
     }
 
     #[test]

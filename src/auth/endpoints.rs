@@ -170,12 +170,29 @@ async fn login_with_form(
 async fn logout(ep: &EndpointRequest<'_>, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
     let (parts, incoming) = req.into_parts();
     let same_origin = is_same_origin(&parts.headers, ep.authority.as_deref());
-    let form = if same_origin {
-        Vec::new()
-    } else {
-        read_form(incoming).await?
+    // Read even when it is not needed (a same-origin sign-out needs no
+    // field): a body left unread would close the connection.
+    let (form, body_read) = match read_form(incoming).await {
+        Ok(form) => (form, true),
+        // Too large: a same-origin sign-out goes ahead without it, and the
+        // connection closes, since unread bytes must never become a request.
+        Err(_) if same_origin => (Vec::new(), false),
+        Err(e) => return Err(e),
     };
-    let lookup = ep.sessions.lookup(&parts.headers, ep.client_ip).await?;
+    let mut resp = sign_out(ep, &parts.headers, same_origin, &form).await?;
+    if body_read {
+        resp.extensions_mut().insert(body::BodyRead);
+    }
+    Ok(resp)
+}
+
+async fn sign_out(
+    ep: &EndpointRequest<'_>,
+    headers: &http::HeaderMap,
+    same_origin: bool,
+    form: &[(String, String)],
+) -> Result<Response<Body>, GatewayError> {
+    let lookup = ep.sessions.lookup(headers, ep.client_ip).await?;
     let live = match lookup {
         Lookup::Valid(live) => Some(live),
         Lookup::None { .. } => None,

@@ -19,9 +19,10 @@ use crate::error::GatewayError;
 use crate::metrics::{Metrics, RouteMetrics, UpstreamErrorKind};
 use crate::routing::{normalize_path, Route, Router};
 use crate::session::{Live, Lookup, Sessions};
-use body::Body;
+use body::{Body, UploadHook, Uploading};
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use http_body_util::Limited;
 use hyper::body::Incoming;
 use std::borrow::Cow;
@@ -97,8 +98,14 @@ impl RequestCtx<'_> {
     }
 }
 
-/// Entry point from the server: never fails, always logs.
-pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
+/// Entry point from the server: never fails, always logs. `upload` is
+/// called when a request body starts being forwarded (see [`body::UploadGuard`]).
+pub async fn handle(
+    shared: &Shared,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    upload: UploadHook<'_>,
+) -> Response<Body> {
     let mut ctx = RequestCtx {
         start: Instant::now(),
         peer: conn.peer.addr,
@@ -112,7 +119,7 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
         version: req.version(),
     };
     let has_body = request_has_body(&req);
-    let mut resp = match pipeline(shared, conn, &mut ctx, req).await {
+    let mut resp = match pipeline(shared, conn, &mut ctx, req, upload).await {
         Ok(resp) => resp,
         Err(err) => error_response(shared, &ctx, err),
     };
@@ -131,7 +138,6 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
 }
 
 fn request_has_body(req: &Request<Incoming>) -> bool {
-    use hyper::body::Body as _;
     !req.body().is_end_stream()
 }
 
@@ -184,6 +190,7 @@ async fn pipeline<'s>(
     conn: &ConnInfo,
     ctx: &mut RequestCtx<'s>,
     mut req: Request<Incoming>,
+    upload: UploadHook<'_>,
 ) -> Result<Response<Body>, GatewayError> {
     // Request filter: limits and framing.
     if headers::header_bytes(req.headers()) > shared.config.server.max_header_bytes {
@@ -281,7 +288,7 @@ async fn pipeline<'s>(
     }
 
     let client_on_upgrade = upgrade_proto.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let upstream_req = build_upstream_request(req, route, ctx.normalized.as_deref())?;
+    let upstream_req = build_upstream_request(req, route, ctx.normalized.as_deref(), upload)?;
     let resp = exchange(shared, &conn.upstream, ctx, upstream_req).await?;
     let mut resp = match (client_on_upgrade, resp.status()) {
         (Some(on_client), StatusCode::SWITCHING_PROTOCOLS) => upgrade::splice(on_client, resp),
@@ -386,12 +393,14 @@ fn sets_cookie(value: &[u8], name: &[u8]) -> bool {
 }
 
 /// Rewrites the request for the upstream: absolute URI for the pooled
-/// client, HTTP/1.1, limited body. The received target is reused unless
-/// normalisation changed the path (`normalized`).
+/// client, HTTP/1.1, limited body, which keeps its connection busy until it
+/// is sent. The received target is reused unless normalisation changed the
+/// path (`normalized`).
 fn build_upstream_request(
     req: Request<Incoming>,
     route: &Route,
     normalized: Option<&str>,
+    upload: UploadHook<'_>,
 ) -> Result<Request<Body>, GatewayError> {
     let unforwardable = || GatewayError::BadRequest("request target cannot be forwarded");
     let (mut parts, incoming) = req.into_parts();
@@ -412,9 +421,12 @@ fn build_upstream_request(
     uri.path_and_query = Some(target);
     parts.uri = Uri::from_parts(uri).map_err(|_| unforwardable())?;
     parts.version = Version::HTTP_11;
-    let body: Body = match route.max_body_bytes {
-        Some(limit) => Body::boxed(Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))),
-        None => Body::Stream(incoming),
+    let limit = route.max_body_bytes.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
+    let body: Body = match (incoming.is_end_stream(), limit) {
+        // No body (every GET): nothing to watch, no allocation.
+        (true, _) => Body::Stream(incoming),
+        (false, Some(limit)) => Body::boxed(Uploading::new(Limited::new(incoming, limit), upload())),
+        (false, None) => Body::Upload(Uploading::new(incoming, upload())),
     };
     Ok(Request::from_parts(parts, body))
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream;
 use tokio::{
-    io::{AsyncWriteExt, ReadHalf},
-    net::TcpStream,
+    io::{AsyncReadExt, AsyncWriteExt, ReadHalf},
+    net::{TcpListener, TcpStream},
 };
 use tokio_rustls::client::TlsStream;
 
@@ -245,6 +245,84 @@ async fn idle_time_between_requests_is_keepalive_time_not_header_time() {
     // time itself is what is under test, so it cannot be awaited as an event.
     tokio::time::sleep(millis(900)).await;
     gw.assert_still_serves(&mut conn, "/second").await;
+}
+
+/// An app that answers a request as soon as its head is in, then reads the body
+/// (`Content-Length`) to its end, as one that streams an upload to storage may. Raw TCP:
+/// the kit's hyper upstream, asked to do the same, stopped reading after its answer.
+/// Resolves to the number of body bytes it read after answering.
+async fn early_answering_app() -> (String, tokio::task::JoinHandle<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the app");
+    let url = format!("http://{}", listener.local_addr().expect("app address"));
+    let app = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.expect("accept the gateway");
+        let mut received = Vec::new();
+        let head_end = loop {
+            if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let mut buf = [0u8; 4096];
+            let n = tcp.read(&mut buf).await.expect("read the head");
+            assert!(n > 0, "the gateway closed before the head ended");
+            received.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&received[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a Content-Length on the forwarded upload");
+        tcp.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nearly answer\n")
+            .await
+            .expect("answer early");
+        let mut rest = received.len() - head_end;
+        let mut buf = vec![0u8; 4096];
+        while rest < length {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => rest += n,
+            }
+        }
+        rest
+    });
+    (url, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_that_outlasts_an_early_answer_is_not_cut_as_a_slow_head() {
+    let upstream = TestUpstream::start().await;
+    let (app_url, app) = early_answering_app().await;
+    let gw = TestGateway::start(
+        GatewayConfig::proxy_all_to(&upstream)
+            .route(RouteSpec::new("/upload", app_url))
+            .server_str("header_read_timeout", "300ms")
+            .server_str("keepalive_timeout", "5s"),
+    )
+    .await;
+    let mut conn = gw.raw().await;
+    let chunk = [b'u'; 1024];
+    let chunks = 10;
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+        gw.host_header(),
+        chunk.len() * chunks
+    );
+    conn.send(head).await.expect("send the head");
+    conn.send(chunk).await.expect("send the first chunk");
+    let early = within(secs(5), "the early answer", conn.read_response())
+        .await
+        .expect("an answer before the upload ends");
+    assert_eq!(early.status, 200);
+    assert_eq!(early.body, b"early answer\n");
+    // The rest of the upload arrives over three header timeouts after the answer:
+    // time passing is what is under test. Those bytes are the body, not a slow head.
+    for _ in 1..chunks {
+        tokio::time::sleep(millis(100)).await;
+        conn.send(chunk).await.expect("the upload goes on");
+    }
+    let uploaded = within(secs(5), "the upload to reach the app", app).await;
+    assert_eq!(uploaded.expect("the app"), chunk.len() * chunks);
+    gw.assert_still_serves(&mut conn, "/next").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

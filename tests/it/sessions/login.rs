@@ -457,9 +457,9 @@ async fn a_response_arriving_after_login_cannot_revive_the_pre_login_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn login_keeps_the_connection_open_for_the_redirect() {
-    // One raw connection carries the form, the login and the page after it, as a browser's
-    // would: the login form's body is read to its end, so its connection need not close.
+async fn login_and_logout_keep_the_connection_open() {
+    // One raw connection carries the form, the login, the page after it and the sign-out, as
+    // a browser's would: their form bodies are read to their end, so it need not close.
     // (A pooling client may race a second connection; bytes on one socket cannot.)
     let site = Site::start().await;
     let mut conn = site.gw.raw().await;
@@ -513,6 +513,39 @@ async fn login_keeps_the_connection_open_for_the_redirect() {
     .await
     .expect("the page after login, on the login's connection");
     assert_eq!(page.echo().header_joined("x-forwarded-user"), "alice");
+
+    // A same-origin sign-out needs no form field, but a browser's form sends one: the
+    // body is read all the same, so this connection stays open too.
+    let body = encode_form(&[("csrf", &csrf)]);
+    let logout = within(
+        secs(20),
+        "request on the login connection",
+        conn.roundtrip(format!(
+            "POST /.sessiongate/logout HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n\
+             Origin: https://{host}\r\nCookie: {COOKIE}={token}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )),
+    )
+    .await
+    .expect("logout");
+    assert_eq!(logout.status, 303, "{}", logout.text());
+    assert_ne!(logout.header("connection"), Some("close"), "{:?}", logout.headers);
+    let after = within(
+        secs(20),
+        "request on the login connection",
+        conn.roundtrip(format!(
+            "GET /app/after-logout HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n\
+             Cookie: {COOKIE}={token}\r\n\r\n"
+        )),
+    )
+    .await
+    .expect("a request after logout, on the same connection");
+    assert!(
+        after.header("x-forwarded-user").is_none() && !after.text().contains("x-forwarded-user"),
+        "the revoked token still names alice: {}",
+        after.text()
+    );
 }
 
 /// The session token a raw response sets, if it sets one.
