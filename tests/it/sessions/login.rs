@@ -464,17 +464,20 @@ async fn login_and_logout_keep_the_connection_open() {
     let site = Site::start().await;
     let mut conn = site.gw.raw().await;
     let host = site.gw.host_header();
+    let mut on_conn = async |request: String, what: &str| {
+        within(secs(20), what, conn.roundtrip(request))
+            .await
+            .unwrap_or_else(|e| panic!("{what}, on the login connection: {e}"))
+    };
 
-    let form = within(
-        secs(20),
-        "request on the login connection",
-        conn.roundtrip(format!(
+    let form = on_conn(
+        format!(
             "GET /.sessiongate/login HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n\
              Accept: text/html\r\n\r\n"
-        )),
+        ),
+        "login form",
     )
-    .await
-    .expect("login form");
+    .await;
     assert_eq!(form.status, 200, "{}", form.text());
     let anonymous = raw_session_token(&form).expect("the form starts a session");
     let csrf = hidden_input(&form.text(), "csrf").expect("csrf field");
@@ -485,67 +488,58 @@ async fn login_and_logout_keep_the_connection_open() {
         ("csrf", &csrf),
         ("rd", "/"),
     ]);
-    let login = within(
-        secs(20),
-        "request on the login connection",
-        conn.roundtrip(format!(
-            "POST /.sessiongate/login HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n\
-             Origin: https://{host}\r\nCookie: {COOKIE}={anonymous}\r\n\
-             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )),
+    let login = on_conn(
+        same_origin_form_post("/.sessiongate/login", &host, &anonymous, &body),
+        "login",
     )
-    .await
-    .expect("login");
+    .await;
     assert_eq!(login.status, 303, "{}", login.text());
     assert_ne!(login.header("connection"), Some("close"), "{:?}", login.headers);
     let token = raw_session_token(&login).expect("login sets the rotated token");
     assert_ne!(token, anonymous);
 
-    let page = within(
-        secs(20),
-        "request on the login connection",
-        conn.roundtrip(format!(
-            "GET /app/after-login HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n\
-             Cookie: {COOKIE}={token}\r\n\r\n"
-        )),
+    let page = on_conn(
+        get_with_token("/app/after-login", &host, &token),
+        "the page after login",
     )
-    .await
-    .expect("the page after login, on the login's connection");
+    .await;
     assert_eq!(page.echo().header_joined("x-forwarded-user"), "alice");
 
     // A same-origin sign-out needs no form field, but a browser's form sends one: the
     // body is read all the same, so this connection stays open too.
     let body = encode_form(&[("csrf", &csrf)]);
-    let logout = within(
-        secs(20),
-        "request on the login connection",
-        conn.roundtrip(format!(
-            "POST /.sessiongate/logout HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n\
-             Origin: https://{host}\r\nCookie: {COOKIE}={token}\r\n\
-             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )),
+    let logout = on_conn(
+        same_origin_form_post("/.sessiongate/logout", &host, &token, &body),
+        "logout",
     )
-    .await
-    .expect("logout");
+    .await;
     assert_eq!(logout.status, 303, "{}", logout.text());
     assert_ne!(logout.header("connection"), Some("close"), "{:?}", logout.headers);
-    let after = within(
-        secs(20),
-        "request on the login connection",
-        conn.roundtrip(format!(
-            "GET /app/after-logout HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n\
-             Cookie: {COOKIE}={token}\r\n\r\n"
-        )),
+    let after = on_conn(
+        get_with_token("/app/after-logout", &host, &token),
+        "a request after logout",
     )
-    .await
-    .expect("a request after logout, on the same connection");
+    .await;
     assert!(
         after.header("x-forwarded-user").is_none() && !after.text().contains("x-forwarded-user"),
         "the revoked token still names alice: {}",
         after.text()
     );
+}
+
+/// A browser's GET of `path`, carrying the session `token`.
+fn get_with_token(path: &str, host: &str, token: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\nCookie: {COOKIE}={token}\r\n\r\n")
+}
+
+/// A browser's same-origin form POST to `path`, carrying the session `token`.
+fn same_origin_form_post(path: &str, host: &str, token: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\nOrigin: https://{host}\r\n\
+         Cookie: {COOKIE}={token}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// The session token a raw response sets, if it sets one.
