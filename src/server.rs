@@ -28,7 +28,7 @@ use crate::handshake::{InTransit, PortableTcp, Tls};
 use crate::metrics::Metrics;
 use crate::proxy::{
     self,
-    body::{Body, UploadGuard},
+    body::{Body, Uploading},
     upstream::UpstreamClient,
     ConnInfo, Shared,
 };
@@ -617,7 +617,7 @@ impl Handler {
         // closes a connection under a request, and the end of one touches.
         let in_flight = InFlight::begin(self);
         let state = &*in_flight.0 .0;
-        let upload = || -> UploadGuard { Box::new(Upload::begin(&in_flight.0)) };
+        let upload = |body: Body| Body::boxed(Uploading::new(body, Upload::begin(&in_flight.0)));
         let resp = proxy::handle(&state.shared, &state.conn, req, &upload).await;
         Ok(resp.map(|body| Tracked {
             body,

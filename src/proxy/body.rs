@@ -23,8 +23,6 @@ pub struct BodyRead;
 /// A streamed body from hyper, or anything else, boxed.
 pub enum Body {
     Stream(Incoming),
-    /// A client's request body on its way upstream.
-    Upload(Uploading<Incoming>),
     Boxed(BoxBody<Bytes, BoxError>),
 }
 
@@ -50,7 +48,6 @@ impl http_body::Body for Body {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Body::Stream(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
-            Body::Upload(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
             Body::Boxed(b) => Pin::new(b).poll_frame(cx),
         }
     }
@@ -58,7 +55,6 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Stream(b) => b.is_end_stream(),
-            Body::Upload(b) => b.is_end_stream(),
             Body::Boxed(b) => b.is_end_stream(),
         }
     }
@@ -66,7 +62,6 @@ impl http_body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Stream(b) => b.size_hint(),
-            Body::Upload(b) => b.size_hint(),
             Body::Boxed(b) => b.size_hint(),
         }
     }
@@ -80,30 +75,26 @@ pub fn empty() -> Body {
     Body::boxed(Empty::new().map_err(|never| match never {}))
 }
 
-/// Held while a request body is still being forwarded: the connection it
-/// arrived on is busy until it is dropped, even when the upstream answered
-/// (and the response ended) before the upload did. Without it, the rest of
-/// the upload would look like the next request's head, or like idleness.
-pub type UploadGuard = Box<dyn std::any::Any + Send + Sync>;
+/// Where a request body starts on its way upstream: wraps it so that its
+/// connection stays busy until the body has been sent (or abandoned), even
+/// when the upstream answered, and the response ended, before the upload
+/// did. Otherwise the rest of the upload would look like the next request's
+/// head, or like idleness.
+pub type UploadHook<'a> = &'a (dyn Fn(Body) -> Body + Sync);
 
-/// Where a request body's forwarding begins: returns the guard to hold
-/// until it ends.
-pub type UploadHook<'a> = &'a (dyn Fn() -> UploadGuard + Sync);
-
-/// A forwarded request body and its connection's [`UploadGuard`], dropped
-/// together when the upstream client has sent it (or given up on it).
-pub struct Uploading<B> {
+/// A body and a guard dropped together, when the body is done with.
+pub struct Uploading<B, G> {
     body: B,
-    _guard: UploadGuard,
+    _guard: G,
 }
 
-impl<B> Uploading<B> {
-    pub fn new(body: B, guard: UploadGuard) -> Self {
+impl<B, G> Uploading<B, G> {
+    pub fn new(body: B, guard: G) -> Self {
         Uploading { body, _guard: guard }
     }
 }
 
-impl<B: http_body::Body + Unpin> http_body::Body for Uploading<B> {
+impl<B: http_body::Body + Unpin, G: Unpin> http_body::Body for Uploading<B, G> {
     type Data = B::Data;
     type Error = B::Error;
 

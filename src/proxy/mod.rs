@@ -19,7 +19,7 @@ use crate::error::GatewayError;
 use crate::metrics::{Metrics, RouteMetrics, UpstreamErrorKind};
 use crate::routing::{normalize_path, Route, Router};
 use crate::session::{Live, Lookup, Sessions};
-use body::{Body, UploadHook, Uploading};
+use body::{Body, UploadHook};
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -98,8 +98,8 @@ impl RequestCtx<'_> {
     }
 }
 
-/// Entry point from the server: never fails, always logs. `upload` is
-/// called when a request body starts being forwarded (see [`body::UploadGuard`]).
+/// Entry point from the server: never fails, always logs. `upload` wraps
+/// a request body that starts on its way upstream (see [`UploadHook`]).
 pub async fn handle(
     shared: &Shared,
     conn: &ConnInfo,
@@ -421,14 +421,13 @@ fn build_upstream_request(
     uri.path_and_query = Some(target);
     parts.uri = Uri::from_parts(uri).map_err(|_| unforwardable())?;
     parts.version = Version::HTTP_11;
-    let limit = route.max_body_bytes.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
-    let body: Body = match (incoming.is_end_stream(), limit) {
-        // No body (every GET): nothing to watch, no allocation.
-        (true, _) => Body::Stream(incoming),
-        (false, Some(limit)) => Body::boxed(Uploading::new(Limited::new(incoming, limit), upload())),
-        (false, None) => Body::Upload(Uploading::new(incoming, upload())),
+    // No body (every GET): nothing to watch, no allocation.
+    let uploads = !incoming.is_end_stream();
+    let body: Body = match route.max_body_bytes {
+        Some(limit) => Body::boxed(Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))),
+        None => Body::Stream(incoming),
     };
-    Ok(Request::from_parts(parts, body))
+    Ok(Request::from_parts(parts, if uploads { upload(body) } else { body }))
 }
 
 /// Sends the request and waits for response headers within the timeout.
