@@ -53,6 +53,12 @@
 #   SG_HANDSHAKES           [server] tls_handshakes of the gateway (background or inline; unset: default)
 #   STORE=embedded          session store: embedded (redb, durable: an fsync per session write)
 #                           or memory (a control: what the storm costs without durable writes)
+#   STORM=logins           hashes = a control: no login traffic, only the storm's argon2 work
+#                           (LOGIN_RATE verifications per second of the storm user's hash) on
+#                           sessiongate's own hashing thread (SCHED_IDLE, memory kept), in a process
+#                           of its own on CPU $SUT_CPUS (examples/hash_load.rs, HASH_LOAD_BIN; built
+#                           if unset): what the hashes alone cost the other users when they share
+#                           the gateway's core
 #   STORM_HASH, LOGIN_PASSWORD   the storm user's PHC string and its password (set
 #                           both; default: a fresh default-cost hash of a random password).
 #                           A control: the same successful logins with a near-free hash
@@ -79,6 +85,11 @@ if [[ -z ${SG_BIN:-} ]]; then
   SG_PROFILE=${SG_PROFILE:-dist}
   (cd "$ROOT" && cargo build --profile "$SG_PROFILE" --quiet)
   SG_BIN=$ROOT/target/$SG_PROFILE/sessiongate
+fi
+
+if [[ ${STORM:-logins} == hashes && -z ${HASH_LOAD_BIN:-} ]]; then
+  (cd "$ROOT" && cargo build --example hash_load --quiet)
+  HASH_LOAD_BIN=$ROOT/target/debug/examples/hash_load
 fi
 
 TMP=$(mktemp -d /tmp/sg-login-burst.XXXXXX)
@@ -146,10 +157,14 @@ out=$(curl -sk --max-time 3 -o "$TMP/probe.body" -w '%{http_code}' -H "Cookie: $
 [[ $out == 200 && $(cat "$TMP/probe.body") == "$UP_BODY" ]] ||
   { echo "FAILED: logged-in request answered $out, not 200 with the upstream body" >&2; tail "$TMP/sessiongate.out" >&2; exit 1; }
 storm() {                 # storm RATE DURATION -> STORM line on stdout
+  [[ ${STORM:-logins} == hashes ]] && { hash_storm "$@"; return; }
   local -a sched=(nice -n "${STORM_NICE:-0}")
   [[ ${STORM_SCHED:-idle} == idle ]] && sched=(chrt --idle 0)
   "${sched[@]}" taskset -c "$LG_CPUS" python3 "$ROOT/bench/login-storm.py" --url "https://127.0.0.1:$SG_PORT" \
     --user "$LOGIN_USER" --password "$LOGIN_PASSWORD" --rate "$1" --duration "$2" ${STORM_RESUME:+--resume}
+}
+hash_storm() {            # hash_storm RATE DURATION: the hashes alone (STORM=hashes), no login traffic
+  chrt --idle 0 taskset -c "$SUT_CPUS" "$HASH_LOAD_BIN" "$HASH" "$LOGIN_PASSWORD" "$1" "$2"
 }
 storm 2 1 >"$TMP/storm-check.out" 2>&1 ||
   { echo "FAILED: test logins did not answer 303:" >&2; cat "$TMP/storm-check.out" >&2; tail "$TMP/sessiongate.out" >&2; exit 1; }
@@ -157,6 +172,7 @@ storm 2 1 >"$TMP/storm-check.out" 2>&1 ||
 echo "# $(date -u +%FT%TZ)  $($OHA --version 2>/dev/null | head -1)  sessiongate: $SG_BIN"
 echo "# layout: sessiongate (workers = 1) + nginx upstream on CPU $SUT_CPUS; oha and the login storm on CPU $LG_CPUS"
 echo "# load:   oha -q $RATE -c $CONNS -z ${DURATION}s, logged-in session on an auth = required route, user-agent $UA"
+[[ ${STORM:-logins} == hashes ]] && echo "# storm:  CONTROL: no logins, only their $LOGIN_RATE hashes/s, on a SCHED_IDLE hashing thread of a process of its own on CPU $SUT_CPUS"
 echo "# storm:  $LOGIN_RATE logins/s (GET form + POST, 303), argon2id $(echo "$HASH" | cut -d'$' -f4), [login] max_concurrent = ${MAX_CONCURRENT:-default}, client ${STORM_SCHED:-idle}${STORM_RESUME:+, resumed handshakes}"
 echo "# gateway: tls_handshakes = ${SG_HANDSHAKES:-default}, store ${STORE:-embedded}"
 
