@@ -198,15 +198,17 @@ async fn handshakes_move_to_a_sched_idle_thread_while_kept_alive_connections_wai
     assert_eq!(upstream.request_count(), 6);
 }
 
+/// Two workers, `[server] tls_handshakes = mode`.
+fn two_workers_with_handshakes(upstream: &TestUpstream, mode: &str) -> GatewayConfig {
+    GatewayConfig::proxy_all_to(upstream)
+        .server("workers", "2")
+        .server_str("tls_handshakes", mode)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_handshakes_move_every_connection() {
     let upstream = TestUpstream::start().await;
-    let gw = TestGateway::start(
-        GatewayConfig::proxy_all_to(&upstream)
-            .server("workers", "2")
-            .server_str("tls_handshakes", "background"),
-    )
-    .await;
+    let gw = TestGateway::start(two_workers_with_handshakes(&upstream, "background")).await;
     get(&gw, &gw.client(), "/h1").await;
     get(&gw, &gw.client_h2(), "/h2").await;
     assert_eq!(handshakes_by_thread(&gw).await, (0, 2));
@@ -216,12 +218,7 @@ async fn background_handshakes_move_every_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inline_handshakes_run_on_the_workers() {
     let upstream = TestUpstream::start().await;
-    let gw = BinaryGateway::start(
-        GatewayConfig::proxy_all_to(&upstream)
-            .server("workers", "2")
-            .server_str("tls_handshakes", "inline"),
-    )
-    .await;
+    let gw = BinaryGateway::start(two_workers_with_handshakes(&upstream, "inline")).await;
     let kept = gw.client();
     get(&gw, &kept, "/kept").await;
     get(&gw, &gw.client(), "/h1").await;
