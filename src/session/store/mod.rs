@@ -16,7 +16,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 /// A store operation that could not complete: the caller fails closed (503).
-#[derive(Debug, thiserror::Error)]
+/// `Clone`: one failed batch commit is every waiting caller's error.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store backend: {0}")]
     Backend(String),

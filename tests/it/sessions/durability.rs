@@ -160,3 +160,40 @@ async fn a_batch_of_minted_sessions_survives_sigkill() {
         assert_eq!(super::support::session_id(&echo).as_deref(), Some(id.as_str()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_anonymous_visitors_all_survive_sigkill() {
+    // Sessions created at the same moment are committed together (one transaction, one
+    // fsync): each visitor's cookie is sent only after the commit that holds its session, so
+    // a kill right after the last answer loses none of them.
+    let upstream = TestUpstream::start().await;
+    let responder = Responder::start().await;
+    let state = tempfile::tempdir().expect("state dir");
+    let config = durable_config(&upstream, &responder, &state);
+
+    let gw = BinaryGateway::start(config.clone()).await;
+    let visits = (0..40).map(|_| async {
+        let mut visitor = Browser::new(&gw, gw.client());
+        let echo = visitor.get("/page").await.echo();
+        let id = super::support::session_id(&echo).expect("an anonymous session id");
+        (visitor.expect_token(), id)
+    });
+    let visitors = futures_util::future::join_all(visits).await;
+    stop(gw, "KILL").await;
+
+    let gw = BinaryGateway::start(config).await;
+    for (i, (token, id)) in visitors.iter().enumerate() {
+        let mut visitor = browser(&gw, token);
+        let echo = visitor.get("/page").await.echo();
+        assert_eq!(
+            visitor.token(),
+            Some(token.as_str()),
+            "visitor {i}: the cookie was replaced"
+        );
+        assert_eq!(
+            super::support::session_id(&echo).as_deref(),
+            Some(id.as_str()),
+            "visitor {i}"
+        );
+    }
+}
