@@ -263,6 +263,26 @@ impl SessionStore for EmbeddedStore {
         })
     }
 
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        // Readiness covers new sessions too: without its commit thread (a
+        // panic in redb would end it) the store still reads, but every
+        // visitor and login would get a 503.
+        let committing = self
+            .creations
+            .as_ref()
+            .and_then(|g| g.thread.as_ref())
+            .is_some_and(|t| !t.is_finished());
+        let probe = self.get(TokenHash([0; 32]));
+        Box::pin(async move {
+            if !committing {
+                return Err(StoreError::Backend(
+                    "the store's commit thread stopped: new sessions cannot be stored".into(),
+                ));
+            }
+            probe.await.map(|_| ())
+        })
+    }
+
     fn put_many(&self, batch: Vec<(TokenHash, SessionRecord)>) -> StoreFuture<'_, ()> {
         // One transaction, one fsync, however many records.
         self.write(move |t| {
@@ -461,6 +481,29 @@ mod tests {
             let read = reopened.get(h).await.unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(read.map(|r| r.last_seen), Some(u64::from(h.0[0])));
         }
+    }
+
+    #[tokio::test]
+    async fn without_its_commit_thread_the_store_is_not_ready_and_refuses_new_sessions() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut store = open(&dir);
+        store.ping().await.unwrap_or_else(|e| panic!("ready at first: {e}"));
+        // End the thread as a panic in it would, leaving the store in place:
+        // closing its queue lets it return.
+        let Some(group) = store.creations.as_mut() else {
+            unreachable!("a store starts its thread")
+        };
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut group.queue, closed));
+        for _ in 0..5_000 {
+            if group.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let err = store.ping().await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("commit thread"), "{err}");
+        assert!(store.put(TokenHash([1; 32]), record(1)).await.is_err());
     }
 
     #[tokio::test]
