@@ -84,16 +84,6 @@ cpu_ticks() {             # utime+stime summed over the live processes of sessio
   echo "$total"
 }
 
-busy_ticks() { local c u n sy id io irq sirq st rest; read -r c u n sy id io irq sirq st rest </proc/stat; echo $((u + n + sy + irq + sirq + st)); }
-wait_quiet() {
-  local deadline=$((SECONDS + QUIET_MAX)) b0 b1 pct
-  while :; do
-    b0=$(busy_ticks); sleep 1; b1=$(busy_ticks); pct=$(((b1 - b0) * 100 / CLK_TCK))
-    ((pct < QUIET_PCT)) && return 0
-    ((SECONDS >= deadline)) && { echo "warning: machine still busy (${pct}% of a CPU); measuring anyway" >&2; return 0; }
-  done
-}
-
 # ---------------------------------------------------------------------------
 # certificate, upstream, nginx h2 proxy, sessiongate
 # ---------------------------------------------------------------------------
@@ -109,17 +99,6 @@ else H2_LISTEN="ssl http2"; H2_DIRECTIVE=""; fi
 common_http="access_log off; server_tokens off; keepalive_timeout 75s; keepalive_requests 100000000;
     client_body_temp_path $TMP/cb; proxy_temp_path $TMP/px; fastcgi_temp_path $TMP/fc;
     uwsgi_temp_path $TMP/uw; scgi_temp_path $TMP/sc;"
-cat >"$TMP/upstream.conf" <<EOF
-$USER_LINE
-worker_processes 1; daemon off; master_process on; pid $TMP/upstream.pid;
-error_log $TMP/upstream.error.log warn; worker_rlimit_nofile 65536;
-events { worker_connections 16384; }
-http {
-    $common_http
-    default_type text/plain;
-    server { listen 127.0.0.1:$UP_PORT backlog=4096; location / { return 200 '$UP_BODY'; } }
-}
-EOF
 cat >"$TMP/proxy.conf" <<EOF
 $USER_LINE
 worker_processes 1; daemon off; master_process on; pid $TMP/proxy.pid;
@@ -139,7 +118,7 @@ http {
     }
 }
 EOF
-start "$SUT_CPUS" "$TMP/upstream.out" nginx -c "$TMP/upstream.conf" -e "$TMP/upstream.error.log"; UP_SID=$LAST
+start_upstream "$SUT_CPUS" "$UP_PORT" "$UP_BODY"; UP_SID=$LAST
 start "$SUT_CPUS" "$TMP/nginx.out" nginx -c "$TMP/proxy.conf" -e "$TMP/proxy.error.log"; NGX_SID=$LAST
 
 head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$TMP/admin-token"

@@ -8,6 +8,8 @@
 #                       to CPUS, output to LOG; its pid in $LAST
 #   start_upstream CPUS PORT BODY   an nginx upstream (one worker) pinned to CPUS that
 #                       answers every request 200 with BODY; config and logs in the work dir
+#   wait_quiet          wait (at most QUIET_MAX s, default 30) until the machine's
+#                       busy CPU over 1 s is below QUIET_PCT % (default 15) of one CPU
 #   gateway_head PORT ADMIN DIR   (one worker unless SG_WORKERS=N, as every peer has one;
 #                       SG_HANDSHAKES=background|inline sets [server] tls_handshakes)
 #                       the [server], [tls] and [admin] tables of a bench
@@ -75,4 +77,20 @@ key = "$3/key.pem"
 listen = "$2"
 token_file = "$3/admin-token"
 TOML
+}
+
+busy_ticks() {
+  local c u n sy id io irq sirq st rest
+  read -r c u n sy id io irq sirq st rest </proc/stat
+  echo $((u + n + sy + irq + sirq + st))
+}
+
+wait_quiet() {
+  local deadline=$((SECONDS + ${QUIET_MAX:-30})) hz b0 b1 pct
+  hz=$(getconf CLK_TCK)
+  while :; do
+    b0=$(busy_ticks); sleep 1; b1=$(busy_ticks); pct=$(((b1 - b0) * 100 / hz))
+    ((pct < ${QUIET_PCT:-15})) && return 0
+    ((SECONDS >= deadline)) && { echo "warning: machine still busy (${pct}% of a CPU); measuring anyway" >&2; return 0; }
+  done
 }

@@ -71,7 +71,6 @@ LOGIN_RATE=${LOGIN_RATE:-20} OHA=${OHA:-oha} UA=${BENCH_UA:-oha-bench/1}
 SUT_CPUS=${SUT_CPUS:-0} LG_CPUS=${LG_CPUS:-1}
 UP_PORT=${UP_PORT:-18280} SG_PORT=${SG_PORT:-18645} SG_ADMIN=${SG_ADMIN:-127.0.0.1:18992}
 QUIET_PCT=${QUIET_PCT:-15} QUIET_MAX=${QUIET_MAX:-30}
-CLK_TCK=$(getconf CLK_TCK)
 UP_BODY='{"ok":true,"from":"bench-upstream","pad":"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRST"}'
 LOGIN_USER=storm LOGIN_PASSWORD=${LOGIN_PASSWORD:-storm-password-$RANDOM}
 
@@ -112,15 +111,6 @@ sched_snap() {
 sched_delta() {
   awk 'NR == FNR { r[$1] = $2; w[$1] = $3; next } ($1 in r) { dr += $2 - r[$1]; dw += $3 - w[$1] }
        END { printf "%.0f %.0f\n", dr, dw }' "$1" "$2"
-}
-busy_ticks() { local c u n sy id io irq sirq st rest; read -r c u n sy id io irq sirq st rest </proc/stat; echo $((u + n + sy + irq + sirq + st)); }
-wait_quiet() {
-  local deadline=$((SECONDS + QUIET_MAX)) b0 b1 pct
-  while :; do
-    b0=$(busy_ticks); sleep 1; b1=$(busy_ticks); pct=$(((b1 - b0) * 100 / CLK_TCK))
-    ((pct < QUIET_PCT)) && return 0
-    ((SECONDS >= deadline)) && { echo "warning: machine still busy (${pct}% of a CPU); measuring anyway" >&2; return 0; }
-  done
 }
 
 # --- certificate, upstream, gateway ----------------------------------------
