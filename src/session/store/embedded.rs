@@ -74,9 +74,10 @@ struct Pending {
 /// into the next one. Every cookie-less request to an `optional` or
 /// `required` route creates a session; with a transaction, an fsync and a
 /// blocking-pool thread each (redb commits one at a time), such traffic ran
-/// at about 1,300 requests/s with a p99 of 55-90 ms, against 5,000-6,000
-/// requests/s and 16-21 ms in batches (`bench/anonymous.sh`,
-/// docs/benchmarks.md, session 14).
+/// at about 1,400 requests/s with a p99 of 59-90 ms, against 4,400-6,000
+/// requests/s and 17-26 ms in batches (`bench/anonymous.sh`,
+/// docs/benchmarks.md, session 14). A batch succeeds or fails as one: an
+/// error reaches every session in it, and each of their requests gets a 503.
 struct GroupCommit {
     queue: mpsc::Sender<Pending>,
     thread: Option<std::thread::JoinHandle<()>>,
