@@ -7,7 +7,9 @@
 #   start CPUS LOG CMD...   CMD in a session of its own (pid == sid), pinned
 #                       to CPUS, output to LOG; its pid in $LAST
 #   start_upstream CPUS PORT BODY   an nginx upstream (one worker) pinned to CPUS that
-#                       answers every request 200 with BODY; config and logs in the work dir
+#                       answers every request 200 with BODY (under /data/ with an
+#                       X-Session-Data-Set header too, new on every response); config and
+#                       logs in the work dir
 #   wait_quiet          wait (at most QUIET_MAX s, default 30) until the machine's
 #                       busy CPU over 1 s is below QUIET_PCT % (default 15) of one CPU
 #   gateway_head PORT ADMIN DIR   (one worker unless SG_WORKERS=N, as every peer has one;
@@ -57,7 +59,11 @@ http {
     client_body_temp_path $BENCH_WORK/cb; proxy_temp_path $BENCH_WORK/px; fastcgi_temp_path $BENCH_WORK/fc;
     uwsgi_temp_path $BENCH_WORK/uw; scgi_temp_path $BENCH_WORK/sc;
     default_type text/plain;
-    server { listen 127.0.0.1:$2 backlog=4096; location / { return 200 '$3'; } }
+    server {
+        listen 127.0.0.1:$2 backlog=4096;
+        location / { return 200 '$3'; }
+        location /data/ { add_header X-Session-Data-Set "cart=\$msec"; return 200 '$3'; }
+    }
 }
 EOF
   start "$1" "$BENCH_WORK/upstream.out" nginx -c "$BENCH_WORK/upstream.conf" -e "$BENCH_WORK/upstream.error.log"

@@ -1,8 +1,9 @@
 //! The default store: a redb file. Every write transaction is committed with
 //! redb's default durability (fsync) before its future resolves, so
-//! creation, rotation and deletion survive SIGKILL. redb is synchronous:
-//! creations are committed in batches by a thread of the store's own
-//! (`GroupCommit`), everything else runs on tokio's blocking pool.
+//! creation, rotation and deletion survive SIGKILL. redb is synchronous: the
+//! writes of single sessions are committed in batches by a thread of the
+//! store's own (`GroupCommit`); reads, batch mints and the sweeper run on
+//! tokio's blocking pool.
 //!
 //! Two tables: `sessions` (token hash → record as JSON) and `last_seen`
 //! (token hash → ms). The write-behind touch only inserts into the second:
@@ -58,26 +59,30 @@ fn seen_of(table: &impl ReadableTable<&'static [u8], u64>, hash: &[u8]) -> Resul
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
-    /// Commits new sessions in batches; `None` once dropped.
-    creations: Option<GroupCommit>,
+    /// Commits single-session writes in batches; `None` once dropped.
+    commits: Option<GroupCommit>,
 }
 
-/// A new session waiting for its commit.
+/// One session's write inside a batch's transaction; its `bool` is the
+/// answer of `replace` and `delete` (whether the record was there).
+type Write = Box<dyn FnOnce(&mut Tables<'_>) -> Result<bool, StoreError> + Send>;
+
+/// A write waiting for its commit.
 struct Pending {
-    hash: TokenHash,
-    record: SessionRecord,
-    done: oneshot::Sender<Result<(), StoreError>>,
+    write: Write,
+    done: oneshot::Sender<Result<bool, StoreError>>,
 }
 
-/// A thread that commits new sessions (`put`) together, durably: every
-/// session that arrived while the previous commit (and its fsync) ran goes
-/// into the next one. Every cookie-less request to an `optional` or
-/// `required` route creates a session; with a transaction, an fsync and a
-/// blocking-pool thread each (redb commits one at a time), such traffic ran
-/// at about 1,400 requests/s with a p99 of 59-90 ms, against 4,400-6,000
-/// requests/s and 17-26 ms in batches (`bench/anonymous.sh`,
+/// A thread that commits writes together, durably: every write that arrived
+/// while the previous commit (and its fsync) ran goes into the next
+/// transaction, in the order they arrived. Every cookie-less request to an
+/// `optional` or `required` route creates a session, and an upstream may
+/// set session data on every response. With a transaction, an fsync and a
+/// blocking-pool thread each (redb commits one at a time), either kind of
+/// traffic ran at about 1,500 requests/s with a p99 of 80-90 ms; in batches,
+/// at 5,500-5,600 requests/s with 17-23 ms (`bench/store-writes.sh`,
 /// docs/benchmarks.md, session 14). A batch succeeds or fails as one: an
-/// error reaches every session in it, and each of their requests gets a 503.
+/// error reaches every write in it, and each of their requests gets a 503.
 struct GroupCommit {
     queue: mpsc::Sender<Pending>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -97,10 +102,15 @@ impl GroupCommit {
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter().take(MAX_BATCH - 1));
-                    let result = commit_batch(&db, &batch);
-                    for p in batch {
+                    let (writes, waiting): (Vec<Write>, Vec<_>) = batch.into_iter().map(|p| (p.write, p.done)).unzip();
+                    let results = commit_batch(&db, writes);
+                    for (i, done) in waiting.into_iter().enumerate() {
+                        let answer = match &results {
+                            Ok(answers) => Ok(answers.get(i).copied().unwrap_or(false)),
+                            Err(e) => Err(e.clone()),
+                        };
                         // The request may be gone (client closed); nothing to tell then.
-                        let _ = p.done.send(result.clone());
+                        let _ = done.send(answer);
                     }
                 }
             })
@@ -112,26 +122,28 @@ impl GroupCommit {
     }
 }
 
-/// One durable transaction for `batch`.
-fn commit_batch(db: &Database, batch: &[Pending]) -> Result<(), StoreError> {
+/// One durable transaction for `writes`; their answers, in order.
+fn commit_batch(db: &Database, writes: Vec<Write>) -> Result<Vec<bool>, StoreError> {
     let tx = db.begin_write().map_err(backend)?;
+    let mut answers = Vec::with_capacity(writes.len());
     {
         let mut tables = Tables {
             sessions: tx.open_table(SESSIONS).map_err(backend)?,
             seen: tx.open_table(LAST_SEEN).map_err(backend)?,
         };
-        for p in batch {
-            tables.put(&p.hash, &p.record)?;
+        for write in writes {
+            answers.push(write(&mut tables)?);
         }
     }
-    tx.commit().map_err(backend)
+    tx.commit().map_err(backend)?;
+    Ok(answers)
 }
 
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
         // Close the queue and wait for the thread's last batch, so that the
         // database is closed (and its file free to reopen) when this returns.
-        if let Some(mut group) = self.creations.take() {
+        if let Some(mut group) = self.commits.take() {
             drop(group.queue);
             if let Some(t) = group.thread.take() {
                 let _ = t.join();
@@ -173,10 +185,10 @@ impl EmbeddedStore {
         tx.open_table(LAST_SEEN).map_err(backend)?;
         tx.commit().map_err(backend)?;
         let db = Arc::new(db);
-        let creations = GroupCommit::start(db.clone())?;
+        let commits = GroupCommit::start(db.clone())?;
         Ok(EmbeddedStore {
             db,
-            creations: Some(creations),
+            commits: Some(commits),
         })
     }
 
@@ -192,7 +204,39 @@ impl EmbeddedStore {
         })
     }
 
-    /// A write transaction, durable (fsync) when its future resolves.
+    /// A write of one session, committed with the batch it joins (durably:
+    /// the future resolves after the fsync).
+    fn queued(
+        &self,
+        write: impl FnOnce(&mut Tables<'_>) -> Result<bool, StoreError> + Send + 'static,
+    ) -> StoreFuture<'_, bool> {
+        let (done, committed) = oneshot::channel();
+        let pending = Pending {
+            write: Box::new(write),
+            done,
+        };
+        let queued = self.commits.as_ref().is_some_and(|g| g.queue.send(pending).is_ok());
+        Box::pin(async move {
+            if !queued {
+                return Err(StoreError::Backend("the store's commit thread is gone".into()));
+            }
+            committed
+                .await
+                .map_err(|_| StoreError::Join("the store's commit thread stopped".into()))?
+        })
+    }
+
+    /// Like [`EmbeddedStore::queued`], for writes with nothing to answer.
+    fn queued_unit(
+        &self,
+        write: impl FnOnce(&mut Tables<'_>) -> Result<(), StoreError> + Send + 'static,
+    ) -> StoreFuture<'_, ()> {
+        let committed = self.queued(move |t| write(t).map(|()| true));
+        Box::pin(async move { committed.await.map(|_| ()) })
+    }
+
+    /// A write transaction of its own on the blocking pool (batch mints and
+    /// the sweeper, which write many records), durable when its future resolves.
     fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Tables<'_>) -> Result<T, StoreError> + Send + 'static,
@@ -248,20 +292,7 @@ impl SessionStore for EmbeddedStore {
     }
 
     fn put(&self, hash: TokenHash, record: SessionRecord) -> StoreFuture<'_, ()> {
-        // Resolves when the batch it joined is committed and synced.
-        let (done, committed) = oneshot::channel();
-        let queued = self
-            .creations
-            .as_ref()
-            .is_some_and(|g| g.queue.send(Pending { hash, record, done }).is_ok());
-        Box::pin(async move {
-            if !queued {
-                return Err(StoreError::Backend("the store's commit thread is gone".into()));
-            }
-            committed
-                .await
-                .map_err(|_| StoreError::Join("the store's commit thread stopped".into()))?
-        })
+        self.queued_unit(move |t| t.put(&hash, &record))
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {
@@ -269,7 +300,7 @@ impl SessionStore for EmbeddedStore {
         // panic in redb would end it) the store still reads, but every
         // visitor and login would get a 503.
         let committing = self
-            .creations
+            .commits
             .as_ref()
             .and_then(|g| g.thread.as_ref())
             .is_some_and(|t| !t.is_finished());
@@ -297,7 +328,7 @@ impl SessionStore for EmbeddedStore {
     fn replace(&self, hash: TokenHash, record: SessionRecord) -> StoreFuture<'_, bool> {
         // The caller's record carries the freshest `last_seen` it knows; a
         // larger written-behind one stays in its table and still counts.
-        self.write(move |t| {
+        self.queued(move |t| {
             if t.sessions.get(hash.0.as_slice()).map_err(backend)?.is_none() {
                 return Ok(false);
             }
@@ -310,14 +341,14 @@ impl SessionStore for EmbeddedStore {
 
     fn rotate(&self, old: TokenHash, new: TokenHash, record: SessionRecord) -> StoreFuture<'_, ()> {
         // One transaction: at no point are both tokens, or neither, valid.
-        self.write(move |t| {
+        self.queued_unit(move |t| {
             t.remove(&old)?;
             t.put(&new, &record)
         })
     }
 
     fn delete(&self, hash: TokenHash) -> StoreFuture<'_, bool> {
-        self.write(move |t| t.remove(&hash))
+        self.queued(move |t| t.remove(&hash))
     }
 
     fn touch(&self, batch: Vec<(TokenHash, u64)>) -> StoreFuture<'_, ()> {
@@ -325,7 +356,7 @@ impl SessionStore for EmbeddedStore {
         // record's leaf to check it still exists. A touch for a session
         // deleted meanwhile leaves an entry no read ever sees (reads start
         // from the record, a new record clears it) until the sweeper drops it.
-        self.write(move |t| {
+        self.queued_unit(move |t| {
             for (h, seen) in batch {
                 let key = h.0.as_slice();
                 let previous = t.seen.insert(key, seen).map_err(backend)?.map(|v| v.value());
@@ -491,7 +522,7 @@ mod tests {
         store.ping().await.unwrap_or_else(|e| panic!("ready at first: {e}"));
         // End the thread as a panic in it would, leaving the store in place:
         // closing its queue lets it return.
-        let Some(group) = store.creations.as_mut() else {
+        let Some(group) = store.commits.as_mut() else {
             unreachable!("a store starts its thread")
         };
         let (closed, _) = mpsc::channel();
@@ -505,6 +536,45 @@ mod tests {
         let err = store.ping().await.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("commit thread"), "{err}");
         assert!(store.put(TokenHash([1; 32]), record(1)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn queued_writes_apply_in_order_and_answer_each_their_own() {
+        // Queued at the call, before any is awaited, so they can share a batch.
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = open(&dir);
+        let (a, b) = (TokenHash([1; 32]), TokenHash([2; 32]));
+        let created = store.put(a, record(1));
+        let replaced = store.replace(a, record(2));
+        let deleted = store.delete(a);
+        let replaced_after_delete = store.replace(a, record(3));
+        let deleted_missing = store.delete(b);
+        let rotated = store.rotate(a, b, record(4));
+        created.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(replaced.await.unwrap_or_else(|e| panic!("{e}")));
+        assert!(deleted.await.unwrap_or_else(|e| panic!("{e}")));
+        assert!(
+            !replaced_after_delete.await.unwrap_or_else(|e| panic!("{e}")),
+            "a logout is not undone"
+        );
+        assert!(!deleted_missing.await.unwrap_or_else(|e| panic!("{e}")));
+        rotated.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            store
+                .get(a)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .map(|r| r.last_seen),
+            None
+        );
+        assert_eq!(
+            store
+                .get(b)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .map(|r| r.last_seen),
+            Some(4)
+        );
     }
 
     #[tokio::test]

@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# Cookie-less traffic on an `optional` route: every request creates an
-# anonymous session (token, cache entry, store write). Measured against the
-# same gateway's logged-in (verified, cache-hit) requests, alternating, and
-# reported as the ratio anonymous ÷ logged-in per round.
+# Requests that write the session store, against requests that only read it
+# (logged-in, verified on a cache hit), alternated within each round on the
+# same gateway:
+#   anonymous   no cookie on an `optional` route: every request creates a session
+#   data        the logged-in session on /data/, where the upstream answers with
+#               X-Session-Data-Set (new on every response): every request
+#               rewrites the session's data
+#   logged-in   the logged-in session on /: no store write
+# It reports requests/s, sessions created, p99, and each writing mode's
+# requests/s ÷ logged-in's in the same round (median and min-max).
 #
 # sessiongate (one worker) and an nginx upstream share CPU $SUT_CPUS; wrk runs
 # on CPU $LG_CPUS. The store is the embedded one (redb, on the work dir's
 # file system) unless STORE=memory.
 #
-#   bench/anonymous.sh                                  # build (dist profile), 3 rounds
-#   SG_BIN=/path/to/sessiongate bench/anonymous.sh      # this binary, no build
+#   bench/store-writes.sh                               # build (dist profile), 3 rounds
+#   SG_BIN=/path/to/sessiongate bench/store-writes.sh   # this binary, no build
 #
 # Knobs (environment): ROUNDS=3 DURATION=8 CONNS=64 STORE=embedded|memory SUT_CPUS=0 LG_CPUS=1
-#   UP_PORT=18281 SG_PORT=18646 SG_ADMIN=127.0.0.1:18993 KEEP_TMP=1
+#   MODES="anonymous data" (the writing modes) UP_PORT=18281 SG_PORT=18646 SG_ADMIN=127.0.0.1:18993
+#   KEEP_TMP=1
 #
 # Needs wrk, nginx, curl, taskset (../shared/bench/setup.sh installs them).
 set -euo pipefail
@@ -20,7 +27,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-8} CONNS=${CONNS:-64} STORE=${STORE:-embedded}
 SUT_CPUS=${SUT_CPUS:-0} LG_CPUS=${LG_CPUS:-1}
 UP_PORT=${UP_PORT:-18281} SG_PORT=${SG_PORT:-18646} SG_ADMIN=${SG_ADMIN:-127.0.0.1:18993}
-UA=anonymous-bench/1
+UA=store-writes-bench/1 MODES=${MODES:-anonymous data}
 
 for tool in nginx wrk curl taskset setsid awk; do
   command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
@@ -30,7 +37,7 @@ if [[ -z ${SG_BIN:-} ]]; then
   SG_BIN=$ROOT/target/${SG_PROFILE:-dist}/sessiongate
 fi
 
-TMP=$(mktemp -d /tmp/sg-anonymous.XXXXXX)
+TMP=$(mktemp -d /tmp/sg-store-writes.XXXXXX)
 chmod 755 "$TMP"
 source "$ROOT/bench/lib.sh"
 bench_work "$TMP"
@@ -63,10 +70,12 @@ created() { curl -fsS "http://$SG_ADMIN/metrics" | awk '/^sessiongate_sessions_c
 # run MODE -> "req/s created non2xx p99_ms"
 run() {
   local -a hdr=(-H "User-Agent: $UA")
-  [[ $1 == logged-in ]] && hdr+=(-H "Cookie: $COOKIE")
+  local url=$URL
+  [[ $1 == anonymous ]] || hdr+=(-H "Cookie: $COOKIE")
+  [[ $1 == data ]] && url=${URL}data/cart
   local c0 c1 out
   c0=$(created)
-  out=$(taskset -c "$LG_CPUS" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${hdr[@]}" "$URL")
+  out=$(taskset -c "$LG_CPUS" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${hdr[@]}" "$url")
   c1=$(created)
   awk -v created=$((c1 - c0)) '
     /Requests\/sec/ { rps = $2 }
@@ -81,17 +90,19 @@ printf '%-5s %-10s %10s %10s %8s %8s\n' round mode req/s created non2xx p99_ms
 RES=$TMP/results
 : >"$RES"
 for ((r = 1; r <= ROUNDS; r++)); do
-  if ((r % 2)); then order="anonymous logged-in"; else order="logged-in anonymous"; fi
+  if ((r % 2)); then order="$MODES logged-in"; else order="logged-in $MODES"; fi
   for m in $order; do
     read -r rps made bad p99 <<<"$(run "$m")"
     printf '%-5s %-10s %10s %10s %8s %8s\n' "$r" "$m" "$rps" "$made" "$bad" "$p99"
     echo "$r $m $rps" >>"$RES"
   done
 done
-awk '{ v[$1, $2] = $3; n = ($1 > n) ? $1 : n }
-  END {
-    for (r = 1; r <= n; r++) x[r] = v[r, "anonymous"] / v[r, "logged-in"]
-    for (i = 2; i <= n; i++) for (j = i; j > 1 && x[j - 1] > x[j]; j--) { t = x[j]; x[j] = x[j - 1]; x[j - 1] = t }
-    printf "anonymous ÷ logged-in req/s, median over %d rounds: %.3f [%.3f-%.3f]\n", n, x[int((n + 1) / 2)], x[1], x[n]
-  }' "$RES"
+for m in $MODES; do
+  awk -v m="$m" '{ v[$1, $2] = $3; n = ($1 > n) ? $1 : n }
+    END {
+      for (r = 1; r <= n; r++) x[r] = v[r, m] / v[r, "logged-in"]
+      for (i = 2; i <= n; i++) for (j = i; j > 1 && x[j - 1] > x[j]; j--) { t = x[j]; x[j] = x[j - 1]; x[j - 1] = t }
+      printf "%s ÷ logged-in req/s, median over %d rounds: %.3f [%.3f-%.3f]\n", m, n, x[int((n + 1) / 2)], x[1], x[n]
+    }' "$RES"
+done
 [[ $STORE == embedded ]] && echo "store file: $(du -h "$TMP/sessions.redb" | cut -f1)"
