@@ -88,8 +88,8 @@ struct GroupCommit {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// The most sessions one batch commits, so that one transaction's size
-/// (and the wait of the sessions at the back of the queue) stays bounded.
+/// The most writes one batch commits, so that one transaction's size (and
+/// the wait of the writes at the back of the queue) stays bounded.
 const MAX_BATCH: usize = 512;
 
 impl GroupCommit {
@@ -97,28 +97,33 @@ impl GroupCommit {
         let (queue, rx) = mpsc::channel::<Pending>();
         let thread = std::thread::Builder::new()
             .name("sg-store-commit".into())
-            .spawn(move || {
-                // Ends when the store, the only sender, is dropped.
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    batch.extend(rx.try_iter().take(MAX_BATCH - 1));
-                    let (writes, waiting): (Vec<Write>, Vec<_>) = batch.into_iter().map(|p| (p.write, p.done)).unzip();
-                    let results = commit_batch(&db, writes);
-                    for (i, done) in waiting.into_iter().enumerate() {
-                        let answer = match &results {
-                            Ok(answers) => Ok(answers.get(i).copied().unwrap_or(false)),
-                            Err(e) => Err(e.clone()),
-                        };
-                        // The request may be gone (client closed); nothing to tell then.
-                        let _ = done.send(answer);
-                    }
-                }
-            })
+            .spawn(move || commit_until_closed(&db, &rx))
             .map_err(backend)?;
         Ok(GroupCommit {
             queue,
             thread: Some(thread),
         })
+    }
+}
+
+/// The commit thread: waits for a write, takes whatever else is queued,
+/// commits it all and answers each. Returns when the store, the only
+/// sender, is dropped.
+fn commit_until_closed(db: &Database, rx: &mpsc::Receiver<Pending>) {
+    while let Ok(first) = rx.recv() {
+        let (writes, waiting): (Vec<Write>, Vec<_>) = std::iter::once(first)
+            .chain(rx.try_iter().take(MAX_BATCH - 1))
+            .map(|p| (p.write, p.done))
+            .unzip();
+        let answers = commit_batch(db, writes);
+        for (i, done) in waiting.into_iter().enumerate() {
+            let answer = match &answers {
+                Ok(answers) => Ok(answers.get(i).copied().unwrap_or(false)),
+                Err(e) => Err(e.clone()),
+            };
+            // The request may be gone (client closed); nothing to tell then.
+            let _ = done.send(answer);
+        }
     }
 }
 
