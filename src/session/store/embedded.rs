@@ -241,8 +241,8 @@ impl EmbeddedStore {
         Box::pin(async move { committed.await.map(|_| ()) })
     }
 
-    /// A write transaction of its own on the blocking pool (batch mints and
-    /// the sweeper, which write many records), durable when its future resolves.
+    /// A write transaction of its own on the blocking pool (batch mints,
+    /// which write many records at once), durable when its future resolves.
     fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Tables<'_>) -> Result<T, StoreError> + Send + 'static,
@@ -439,8 +439,9 @@ impl EmbeddedStore {
     /// write runs (a request may have touched one since the scan, or a
     /// logout deleted it); returns the ones it deleted.
     fn delete_if_dead(&self, hashes: Vec<TokenHash>, now: u64, idle_ms: u64) -> StoreFuture<'_, Vec<TokenHash>> {
-        let deleted = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let out = deleted.clone();
+        // The write hands its list over as it runs; it counts once the
+        // batch is committed.
+        let (deleted, out) = oneshot::channel();
         let write = self.queued_unit(move |t| {
             let mut gone = Vec::new();
             for h in hashes {
@@ -457,13 +458,12 @@ impl EmbeddedStore {
                     gone.push(h);
                 }
             }
-            *deleted.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = gone;
+            let _ = deleted.send(gone);
             Ok(())
         });
         Box::pin(async move {
             write.await?;
-            let gone = std::mem::take(&mut *out.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-            Ok(gone)
+            Ok(out.await.unwrap_or_default())
         })
     }
 
@@ -573,14 +573,12 @@ mod tests {
                 put.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
             }
             // Readable once the put has answered.
-            let read = store.get(hashes[7]).await.unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(read.map(|r| r.last_seen), Some(7));
+            assert_eq!(seen(&store, hashes[7]).await, Some(7));
         }
         // Dropping the store stops its commit thread and closes the file.
         let reopened = open(&dir);
         for h in hashes {
-            let read = reopened.get(h).await.unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(read.map(|r| r.last_seen), Some(u64::from(h.0[0])));
+            assert_eq!(seen(&reopened, h).await, Some(u64::from(h.0[0])));
         }
     }
 
@@ -628,22 +626,8 @@ mod tests {
         );
         assert!(!deleted_missing.await.unwrap_or_else(|e| panic!("{e}")));
         rotated.await.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            store
-                .get(a)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"))
-                .map(|r| r.last_seen),
-            None
-        );
-        assert_eq!(
-            store
-                .get(b)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"))
-                .map(|r| r.last_seen),
-            Some(4)
-        );
+        assert!(store.get(a).await.unwrap_or_else(|e| panic!("{e}")).is_none());
+        assert_eq!(seen(&store, b).await, Some(4));
     }
 
     #[tokio::test]
