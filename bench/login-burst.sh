@@ -32,6 +32,9 @@
 #   RATE=2000 CONNS=16      other users' fixed request rate (oha -q) and connections (oha -c)
 #   LOGIN_RATE=20           logins started per second during the storm phase
 #   MAX_CONCURRENT          [login] max_concurrent (unset: the config default)
+#   HASH_CPUS               [login] hash_cpus of the gateway, e.g. 1: its password-hashing threads
+#                           run on these CPUs instead of beside the worker on $SUT_CPUS (unset:
+#                           the default, where the process runs)
 #   LATENCY_CORRECTION=0    1 = oha --latency-correction (count time behind schedule)
 #   OHA=oha                 oha binary (cargo install oha --locked)
 #   BENCH_UA=oha-bench/1    User-Agent of the fixed-rate traffic (the session is bound to it)
@@ -123,7 +126,9 @@ gateway_head "$SG_PORT" "$SG_ADMIN" "$TMP" >"$TMP/sessiongate.toml"
 cat >>"$TMP/sessiongate.toml" <<TOML
 [store]
 $( if [[ ${STORE:-embedded} == memory ]]; then echo 'kind = "memory"'; else printf 'kind = "embedded"\npath = "%s"\n' "$TMP/sessions.redb"; fi )
-$( [[ -n ${MAX_CONCURRENT:-} ]] && printf '[login]\nmax_concurrent = %s\n' "$MAX_CONCURRENT" )
+$( [[ -n ${MAX_CONCURRENT:-}${HASH_CPUS:-} ]] && echo '[login]'
+   [[ -n ${MAX_CONCURRENT:-} ]] && echo "max_concurrent = $MAX_CONCURRENT"
+   [[ -n ${HASH_CPUS:-} ]] && echo "hash_cpus = [$HASH_CPUS]" )
 [[users]]
 name = "$LOGIN_USER"
 password_hash = "$HASH"
@@ -164,7 +169,7 @@ echo "# layout: sessiongate (workers = 1) + nginx upstream on CPU $SUT_CPUS; oha
 echo "# load:   oha -q $RATE -c $CONNS -z ${DURATION}s, logged-in session on an auth = required route, user-agent $UA"
 [[ ${STORM:-logins} == hashes ]] && echo "# storm:  CONTROL: no logins, only their $LOGIN_RATE hashes/s, on a SCHED_IDLE hashing thread of a process of its own on CPU $SUT_CPUS"
 echo "# storm:  $LOGIN_RATE logins/s (GET form + POST, 303), argon2id $(echo "$HASH" | cut -d'$' -f4), [login] max_concurrent = ${MAX_CONCURRENT:-default}, client ${STORM_SCHED:-idle}${STORM_RESUME:+, resumed handshakes}"
-echo "# gateway: tls_handshakes = ${SG_HANDSHAKES:-default}, store ${STORE:-embedded}"
+echo "# gateway: tls_handshakes = ${SG_HANDSHAKES:-default}, store ${STORE:-embedded}, hash_cpus = [${HASH_CPUS:-}]"
 
 RES=$TMP/results.tsv
 : >"$RES"

@@ -34,7 +34,13 @@ fn main() -> Result<(), String> {
 /// slow hash does not delay the next), and counts those that succeed.
 async fn storm(phc: &str, password: &str, rate: u32, seconds: u32) -> u64 {
     // One thread, as the gateway starts on one CPU.
-    let hasher = Arc::new(Hasher::new(1));
+    let hasher = match Hasher::new(1, &[]) {
+        Ok(h) => Arc::new(h),
+        Err(e) => {
+            eprintln!("cannot start the hashing thread: {e}");
+            return 0;
+        }
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
     let mut jobs = Vec::new();
     for _ in 0..rate * seconds {

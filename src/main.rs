@@ -216,7 +216,7 @@ fn run_gateway(path: &Path, demo: Option<std::net::TcpListener>) -> ExitCode {
     rt.block_on(async move {
         let gateway = match sessiongate::Gateway::bind(config).await {
             Ok(g) => g,
-            Err(sessiongate::StartError::Tls(e)) => {
+            Err(e @ (sessiongate::StartError::Tls(_) | sessiongate::StartError::HashCpus { .. })) => {
                 eprintln!("error: invalid configuration: {}: {e}", path.display());
                 return ExitCode::from(2);
             }

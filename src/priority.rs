@@ -7,6 +7,10 @@
 //! preempts them at once. A nice value does not do that: with nice 19 the
 //! woken worker still waited out the background thread's time slice
 //! (`auth::hasher`, and "Login burst" in docs/benchmarks.md).
+//!
+//! The hashing threads can also be kept off the CPUs that serve requests
+//! (`[login] hash_cpus`): `SCHED_IDLE` decides who runs first, but a hash
+//! that shares a core with the proxy still evicts its caches.
 
 /// Moves the calling thread to `SCHED_IDLE` (allowed without privileges);
 /// `what` names the thread's work in the warning if the kernel refuses.
@@ -24,6 +28,35 @@ pub(crate) fn become_idle(what: &str) {
 
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn become_idle(_what: &str) {}
+
+/// Confines the calling thread to `cpus`; an empty list leaves it where the
+/// process may run. Fails if the kernel refuses the set (a CPU this machine
+/// or the process's cpuset does not have).
+#[cfg(target_os = "linux")]
+pub(crate) fn confine_to(cpus: &[usize]) -> std::io::Result<()> {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    let mut set = CpuSet::new();
+    for &cpu in cpus {
+        set.set(cpu)?;
+    }
+    // Pid 0 is the calling thread.
+    Ok(sched_setaffinity(Pid::from_raw(0), &set)?)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn confine_to(cpus: &[usize]) -> std::io::Result<()> {
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "CPU affinity needs Linux",
+    ))
+}
 
 /// The scheduling policy of the calling process's threads named `name`
 /// (`/proc/self/task/*/stat` field 41; 5 is `SCHED_IDLE`), for tests.

@@ -63,6 +63,13 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("session store: {0}")]
     Store(#[from] crate::session::store::StoreError),
+    /// `[login] hash_cpus` names CPUs the kernel refuses: a configuration error.
+    #[error("key `login.hash_cpus`: cannot run the password-hashing threads on CPUs {cpus:?}: {source}")]
+    HashCpus {
+        cpus: Vec<usize>,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot start worker {index}: {source}")]
     Worker {
         index: usize,
@@ -107,7 +114,7 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let sessions = Arc::new(crate::session::Sessions::open(config.clone(), metrics.clone()).await?);
         sessions.start_background();
-        let shared = Arc::new(Shared::new(config.clone(), metrics.clone(), sessions.clone()));
+        let shared = Arc::new(Shared::new(config.clone(), metrics.clone(), sessions.clone())?);
         let https = bind("server.listen", config.server.listen).await?;
         let admin = bind("admin.listen", config.admin.listen).await?;
         let redirect = match config.server.http_redirect_listen {

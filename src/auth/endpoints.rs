@@ -28,11 +28,12 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn new(config: &crate::config::Config) -> Auth {
-        Auth {
-            users: Users::new(&config.users, config.login.max_concurrent),
+    /// Fails if the password-hashing threads cannot be placed on `[login] hash_cpus`.
+    pub fn new(config: &crate::config::Config) -> std::io::Result<Auth> {
+        Ok(Auth {
+            users: Users::new(&config.users, &config.login)?,
             throttle: Throttle::new(config.login.max_failures, config.login.failure_window),
-        }
+        })
     }
 }
 

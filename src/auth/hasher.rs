@@ -50,22 +50,37 @@ pub struct Hasher {
 }
 
 impl Hasher {
-    /// Starts `threads` hashing threads (at least one).
-    pub fn new(threads: usize) -> Hasher {
+    /// Starts `threads` hashing threads (at least one), confined to `cpus`
+    /// unless that is empty. Fails, with no thread left running, if the
+    /// kernel refuses `cpus`.
+    pub fn new(threads: usize, cpus: &[usize]) -> std::io::Result<Hasher> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
+        let (placed_tx, placed) = mpsc::channel::<std::io::Result<()>>();
         let mut started = 0;
         for i in 0..threads.max(1) {
-            let rx = Arc::clone(&rx);
+            let (rx, placed_tx, cpus) = (Arc::clone(&rx), placed_tx.clone(), cpus.to_vec());
             let spawned = std::thread::Builder::new()
                 .name(format!("sg-argon2-{i}"))
-                .spawn(move || run(&rx));
+                .spawn(move || {
+                    let confined = crate::priority::confine_to(&cpus);
+                    let ok = confined.is_ok();
+                    let _ = placed_tx.send(confined);
+                    if ok {
+                        run(&rx);
+                    }
+                });
             match spawned {
                 Ok(_) => started += 1,
                 Err(e) => tracing::error!(error = %e, "could not start a password-hashing thread"),
             }
         }
-        Hasher { jobs, threads: started }
+        // Every started thread answers once; on an error, returning drops
+        // `jobs`, and the threads already waiting for work exit.
+        for _ in 0..started {
+            placed.recv().map_err(std::io::Error::other)??;
+        }
+        Ok(Hasher { jobs, threads: started })
     }
 
     /// Verifies `password` against the argon2id PHC string `phc`; `permit`
@@ -194,10 +209,21 @@ mod tests {
     #[tokio::test]
     async fn verifies_on_its_own_low_priority_threads() {
         let h = super::super::hash_password("pw").unwrap_or_default();
-        let hasher = Hasher::new(2);
+        let hasher = Hasher::new(2, &[]).expect("hashing threads");
         assert_eq!(hasher.threads, 2);
         assert!(hasher.verify(h.clone(), "pw".into(), None).await);
         assert!(!hasher.verify(h, "other".into(), None).await);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn confined_threads_verify_and_refused_cpus_fail_the_start() {
+        let h = super::super::hash_password("pw").unwrap_or_default();
+        let hasher = Hasher::new(1, &[0]).expect("CPU 0 exists");
+        assert!(hasher.verify(h, "pw".into(), None).await);
+        // No test machine has 1024 CPUs.
+        let refused = Hasher::new(2, &[1023]).err().map(|e| e.raw_os_error());
+        assert_eq!(refused, Some(Some(22)), "EINVAL expected");
     }
 
     use argon2::{AssociatedData, ParamsBuilder, PasswordHasher, PasswordVerifier};
@@ -285,7 +311,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashing_threads_verify_several_parameter_sets() {
-        let hasher = Hasher::new(1);
+        let hasher = Hasher::new(1, &[]).expect("hashing threads");
         for h in [
             phc(Algorithm::Argon2id, Version::V0x13, params(256, 1, 1, None), "pw"),
             phc(Algorithm::Argon2id, Version::V0x13, params(64, 2, 2, None), "pw"),
@@ -298,7 +324,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn hashing_threads_run_in_sched_idle() {
-        let hasher = Hasher::new(1);
+        let hasher = Hasher::new(1, &[]).expect("hashing threads");
         // Once a job has run, the thread has set its policy.
         assert!(!hasher.verify("not a phc".into(), String::new(), None).await);
         let policies = crate::priority::policies_of_threads_named("sg-argon2-0");

@@ -12,7 +12,7 @@ pub mod hasher;
 pub mod pages;
 pub mod throttle;
 
-use crate::config::UserConfig;
+use crate::config::{LoginConfig, UserConfig};
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -82,22 +82,27 @@ pub struct Users {
     /// At most `max_concurrent` verifications at once, the rest wait (briefly).
     permits: Arc<Semaphore>,
     /// `SCHED_IDLE` threads that run the hashes: `max_concurrent`, but no
-    /// more than the CPUs this process may use. A hash is single-threaded,
-    /// so further threads add no throughput; each would only hold another
-    /// argon2 memory block (19 MiB by default) for good and interleave one
-    /// more working set in the caches of the cores the proxy runs on. Jobs
-    /// beyond the threads queue, still holding their permit.
+    /// more than the CPUs they may use (`[login] hash_cpus`, or else the
+    /// process's). A hash is single-threaded, so further threads add no
+    /// throughput; each would only hold another argon2 memory block (19 MiB
+    /// by default) for good and interleave one more working set in the
+    /// caches. Jobs beyond the threads queue, still holding their permit.
     hasher: hasher::Hasher,
 }
 
 impl Users {
-    pub fn new(users: &[UserConfig], max_concurrent: usize) -> Users {
-        Users {
+    /// Fails if the hashing threads cannot be placed on `login.hash_cpus`.
+    pub fn new(users: &[UserConfig], login: &LoginConfig) -> std::io::Result<Users> {
+        let cpus = match login.hash_cpus.len() {
+            0 => usable_cpus(),
+            n => n,
+        };
+        Ok(Users {
             by_name: users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
             dummy_hash: dummy_hash_like(users.first().map(|u| u.password_hash.as_str())),
-            permits: Arc::new(Semaphore::new(max_concurrent)),
-            hasher: hasher::Hasher::new(max_concurrent.min(usable_cpus())),
-        }
+            permits: Arc::new(Semaphore::new(login.max_concurrent)),
+            hasher: hasher::Hasher::new(login.max_concurrent.min(cpus), &login.hash_cpus)?,
+        })
     }
 
     /// Verifies a password on the hashing threads; waits for a hashing slot

@@ -234,7 +234,14 @@ pub struct LoginConfig {
     pub max_failures: u32,
     pub failure_window: Duration,
     pub max_concurrent: usize,
+    /// CPUs the password-hashing threads are confined to, each listed once;
+    /// empty: wherever the process may run (see `auth::hasher`).
+    pub hash_cpus: Vec<usize>,
 }
+
+/// The highest CPU number `[login] hash_cpus` accepts, plus one: the size of
+/// the kernel's `cpu_set_t`, which `sched_setaffinity` takes.
+pub const MAX_CPUS: usize = 1024;
 
 /// A user of the built-in login. `password_hash` is an argon2id PHC string.
 #[derive(Clone)]
@@ -352,6 +359,20 @@ impl Validator<'_> {
         }
     }
 
+    /// A list of CPU numbers: each below [`MAX_CPUS`], none twice. Whether
+    /// the machine has them is found out when a thread is moved there.
+    fn cpus(&self, key: &str, cpus: &[usize]) -> Result<Vec<usize>, ConfigError> {
+        for (i, &cpu) in cpus.iter().enumerate() {
+            if cpu >= MAX_CPUS {
+                return Err(self.err(key, format!("CPU {cpu} is out of range (0-{})", MAX_CPUS - 1)));
+            }
+            if cpus[..i].contains(&cpu) {
+                return Err(self.err(key, format!("CPU {cpu} is listed twice")));
+            }
+        }
+        Ok(cpus.to_vec())
+    }
+
     fn header_name(&self, key: &str, value: &str) -> Result<http::HeaderName, ConfigError> {
         http::HeaderName::from_bytes(value.as_bytes())
             .map_err(|_| self.err(key, format!("`{value}` is not a valid header name")))
@@ -377,6 +398,7 @@ impl Validator<'_> {
             max_failures: raw.login.max_failures.max(1),
             failure_window: self.duration("login.failure_window", &raw.login.failure_window)?,
             max_concurrent: raw.login.max_concurrent.max(1),
+            hash_cpus: self.cpus("login.hash_cpus", &raw.login.hash_cpus)?,
         };
         let users = raw
             .users

@@ -407,6 +407,8 @@ pub struct RawLogin {
     pub failure_window: String,
     #[serde(default = "d_max_concurrent_logins")]
     pub max_concurrent: usize,
+    #[serde(default)]
+    pub hash_cpus: Vec<usize>,
 }
 
 impl Default for RawLogin {
@@ -415,6 +417,7 @@ impl Default for RawLogin {
             max_failures: d_max_failures(),
             failure_window: d_failure_window(),
             max_concurrent: d_max_concurrent_logins(),
+            hash_cpus: Vec::new(),
         }
     }
 }

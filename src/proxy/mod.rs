@@ -18,6 +18,7 @@ use crate::config::{AuthMode, Config};
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, RouteMetrics, UpstreamErrorKind};
 use crate::routing::{normalize_path, Route, Router};
+use crate::server::StartError;
 use crate::session::{Live, Lookup, Sessions};
 use body::{Body, UploadHook};
 use http::uri::PathAndQuery;
@@ -43,18 +44,23 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, sessions: Arc<Sessions>) -> Shared {
+    /// Fails if the password-hashing threads cannot be placed on `[login] hash_cpus`.
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, sessions: Arc<Sessions>) -> Result<Shared, StartError> {
         let router = Router::new(&config.routes);
         let route_metrics = router.routes().iter().map(|r| metrics.route(&r.label)).collect();
-        Shared {
-            auth: Auth::new(&config),
+        let auth = Auth::new(&config).map_err(|source| StartError::HashCpus {
+            cpus: config.login.hash_cpus.clone(),
+            source,
+        })?;
+        Ok(Shared {
+            auth,
             owned_headers: identity::OwnedHeaders::new(&config.headers),
             config,
             router,
             route_metrics,
             metrics,
             sessions,
-        }
+        })
     }
 
     fn route_metrics(&self, route: &Route) -> Option<&RouteMetrics> {

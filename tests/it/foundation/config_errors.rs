@@ -111,6 +111,33 @@ fn unknown_handshake_mode_is_named() {
 }
 
 #[test]
+fn hash_cpus_listed_twice_or_out_of_range_are_named() {
+    for (cpus, reason) in [("[0, 1, 0]", "listed twice"), ("[1024]", "out of range")] {
+        let prepared = valid_config()
+            .section(&format!("[login]\nhash_cpus = {cpus}\n"))
+            .prepare();
+        assert_rejected(&prepared, &["login.hash_cpus", reason]);
+    }
+}
+
+/// CPU 1023 passes the file's check (a machine could have it), but no test machine has it:
+/// the kernel refuses it when the hashing threads start, and the gateway stops there.
+#[cfg(target_os = "linux")]
+#[test]
+fn hash_cpus_the_machine_lacks_stop_the_start_with_the_key_named() {
+    let prepared = valid_config().section("[login]\nhash_cpus = [1023]\n").prepare();
+    let out = run_cli([OsStr::new("--config"), prepared.path.as_os_str()]);
+    assert_eq!(out.code(), Some(2), "--- stderr ---\n{}", out.stderr);
+    for word in ["login.hash_cpus", "1023", &path_text(&prepared.path)] {
+        assert!(
+            out.stderr.contains(word),
+            "stderr does not mention {word:?}: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
 fn bad_duration_is_named() {
     let prepared = valid_config().server_str("upstream_timeout", "soon").prepare();
     assert_rejected(&prepared, &["upstream_timeout"]);

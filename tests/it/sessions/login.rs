@@ -7,11 +7,11 @@ use std::time::{Duration, SystemTime};
 use reqwest::{Method, StatusCode};
 
 use super::support::{
-    encode_form, fetch, hidden_input, query_param, respond_path, session_id, user, Browser, Site, ALICE_EMAIL, COOKIE,
-    HOLD, PASSWORD, USER_AGENT,
+    encode_form, fetch, hidden_input, query_param, respond_path, session_id, site_config, user, Browser, Responder,
+    Site, ALICE_EMAIL, COOKIE, HOLD, PASSWORD, USER_AGENT,
 };
 use crate::kit::raw::RawResponse;
-use crate::kit::{secs, within, HttpVersion};
+use crate::kit::{secs, within, BinaryGateway, HttpVersion, TestUpstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_form_has_a_csrf_field_and_starts_a_session() {
@@ -549,4 +549,64 @@ fn raw_session_token(response: &RawResponse) -> Option<String> {
         let value = value.split(';').next()?;
         (!value.is_empty()).then(|| value.to_owned())
     })
+}
+
+/// `Cpus_allowed_list` of each thread of `pid`, by thread name.
+#[cfg(target_os = "linux")]
+fn cpus_allowed(pid: u32) -> Vec<(String, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task list")
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|status| {
+            Some((
+                status_field(&status, "Name")?,
+                status_field(&status, "Cpus_allowed_list")?,
+            ))
+        })
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+fn status_field(status: &str, name: &str) -> Option<String> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(|v| v.trim().to_owned())
+}
+
+/// `[login] hash_cpus`: the password hashes run on the listed CPUs only (one thread per CPU),
+/// every other thread where the process was started, and logins work as before.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashing_threads_run_only_on_the_configured_cpus() {
+    let upstream = TestUpstream::start().await;
+    let responder = Responder::start().await;
+    let config = site_config(&upstream, &responder).section("[login]\nhash_cpus = [0]\n");
+    let gw = BinaryGateway::start(config).await;
+    let mut browser = Browser::new(&gw, gw.client_builder().build());
+    browser.login("alice").await;
+    assert_eq!(
+        browser.upstream_user("/app/after-login").await.as_deref(),
+        Some("alice")
+    );
+
+    let threads = cpus_allowed(gw.pid());
+    let hashing: Vec<&str> = threads
+        .iter()
+        .filter(|(name, _)| name.starts_with("sg-argon2"))
+        .map(|(_, cpus)| cpus.as_str())
+        .collect();
+    assert_eq!(hashing, ["0"], "{threads:?}");
+    let own = status_field(
+        &std::fs::read_to_string("/proc/self/status").expect("own status"),
+        "Cpus_allowed_list",
+    );
+    for (name, cpus) in threads.iter().filter(|(name, _)| !name.starts_with("sg-argon2")) {
+        assert_eq!(
+            Some(cpus),
+            own.as_ref(),
+            "{name} should keep the process's CPUs: {threads:?}"
+        );
+    }
 }
