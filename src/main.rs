@@ -168,6 +168,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the tokio runtime")
 }
 
+/// `[login] hash_cpus` names CPUs the kernel refuses: reported as a config
+/// error, with the key's line (the file is read again to find it).
+fn hash_cpus_error(path: &Path, e: &sessiongate::StartError) -> ExitCode {
+    let line = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| sessiongate::config::find_key_line(&text, "login.hash_cpus"))
+        .map(|l| format!(":{l}"))
+        .unwrap_or_default();
+    eprintln!("error: invalid configuration: {}{line}: {e}", path.display());
+    ExitCode::from(2)
+}
+
 fn check(path: &Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -176,6 +188,13 @@ fn check(path: &Path) -> ExitCode {
     if let Err(e) = sessiongate::tls::server_config(&config.tls.cert, &config.tls.key) {
         eprintln!("error: invalid configuration: {}: {e}", path.display());
         return ExitCode::from(2);
+    }
+    if let Err(source) = sessiongate::auth::hasher::check_cpus(&config.login.hash_cpus) {
+        let e = sessiongate::StartError::HashCpus {
+            cpus: config.login.hash_cpus.clone(),
+            source,
+        };
+        return hash_cpus_error(path, &e);
     }
     println!("{}: OK", path.display());
     println!("  https     {}", config.server.listen);
@@ -196,6 +215,9 @@ fn check(path: &Path) -> ExitCode {
         );
     }
     println!("  users     {}", config.users.len());
+    if !config.login.hash_cpus.is_empty() {
+        println!("  hashing   on CPUs {:?}", config.login.hash_cpus);
+    }
     ExitCode::SUCCESS
 }
 
@@ -216,10 +238,11 @@ fn run_gateway(path: &Path, demo: Option<std::net::TcpListener>) -> ExitCode {
     rt.block_on(async move {
         let gateway = match sessiongate::Gateway::bind(config).await {
             Ok(g) => g,
-            Err(e @ (sessiongate::StartError::Tls(_) | sessiongate::StartError::HashCpus { .. })) => {
+            Err(e @ sessiongate::StartError::Tls(_)) => {
                 eprintln!("error: invalid configuration: {}: {e}", path.display());
                 return ExitCode::from(2);
             }
+            Err(e @ sessiongate::StartError::HashCpus { .. }) => return hash_cpus_error(path, &e),
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;

@@ -775,7 +775,7 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
 /// Finds the 1-based line of a dotted key like `server.listen` or
 /// `routes[1].upstream` by walking the TOML text's table headers. Best effort:
 /// used only to point the operator at the right line.
-fn find_key_line(text: &str, key: &str) -> Option<usize> {
+pub fn find_key_line(text: &str, key: &str) -> Option<usize> {
     let (table, index, leaf) = split_key(key);
     let mut current = String::new();
     let mut array_index: Option<usize> = None;

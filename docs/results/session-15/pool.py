@@ -1,8 +1,10 @@
+# Pools the rounds of bench/login-burst.sh outputs: one line per glob pattern.
+#   python3 pool.py 'hc-hc-*.txt' 'hc-base-*.txt'
 import sys, glob, statistics as st
 for pat in sys.argv[1:]:
     xs=[];q=[];s=[];cq=[];cs=[];wq=[];ws=[]
     for f in sorted(glob.glob(pat)):
-        rows=[l.split() for l in open(f) if l[:2] in ('1 ','2 ','3 ','4 ','5 ')]
+        rows=[l.split() for l in open(f) if l.split() and l.split()[0].isdigit()]
         for r in rows:
             if len(r)==9: q.append(float(r[4])); s.append(float(r[5])); xs.append(float(r[6]))
             elif len(r)==6: cq.append(float(r[1])); cs.append(float(r[2])); wq.append(float(r[4])); ws.append(float(r[5]))

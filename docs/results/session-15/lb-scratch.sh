@@ -1,0 +1,266 @@
+#!/usr/bin/env bash
+# Login burst: does a storm of (deliberately slow, argon2id) logins raise the
+# latency of other users' proxied requests?
+#
+# sessiongate (one tokio worker) and an nginx upstream (a fixed 100-byte
+# body) share CPU 0; the load tools share CPU 1. "Other users" send
+# logged-in requests (a minted session, auth = "required" route) at a FIXED
+# rate with oha, well below saturation, so p99 measures latency, not
+# queueing. Each round runs two phases of the same length, alternating their
+# order between rounds:
+#   quiet   only the fixed-rate traffic
+#   storm   the same traffic plus LOGIN_RATE successful form logins per second
+#           (bench/login-storm.py: GET the form for the cookie and csrf
+#           field, POST username/password/csrf, expect 303)
+# and reports p99 (and p50) of the proxied requests in each phase, the ratio
+# storm ÷ quiet per round, and the median ratio with min-max. Target (issue
+# 5, target 6): a 20 logins/s burst raises p99 by at most 20 % (ratio ≤ 1.2).
+# To tell why p99 moves, it also reads the kernel's per-thread scheduler
+# counters (/proc/PID/task/TID/schedstat) of the gateway's threads other than
+# the background threads (sg-argon2-* hashing, sg-tls-* handshakes), over each oha
+# run, per proxied request:
+#   cpu_us   CPU time they ran (the proxy's own work, plus the login
+#            requests' TLS and form handling in the storm; slower when the
+#            hashes evict its caches)
+#   wait_us  time they were runnable but waiting for the CPU (run-queue delay)
+#
+#   bench/login-burst.sh                            # build (dist profile), 3 rounds
+#   SG_BIN=/path/to/sessiongate bench/login-burst.sh   # this binary, no build
+#
+# Knobs (environment):
+#   ROUNDS=3 DURATION=10    rounds; seconds per phase (oha -z)
+#   RATE=2000 CONNS=16      other users' fixed request rate (oha -q) and connections (oha -c)
+#   LOGIN_RATE=20           logins started per second during the storm phase
+#   MAX_CONCURRENT          [login] max_concurrent (unset: the config default)
+#   HASH_CPUS               [login] hash_cpus of the gateway, e.g. 1: its password-hashing threads
+#                           run on these CPUs instead of beside the worker on $SUT_CPUS (unset:
+#                           the default, where the process runs)
+#   LATENCY_CORRECTION=0    1 = oha --latency-correction (count time behind schedule)
+#   OHA=oha                 oha binary (cargo install oha --locked)
+#   BENCH_UA=oha-bench/1    User-Agent of the fixed-rate traffic (the session is bound to it)
+#   SG_BIN                  sessiongate binary; unset = cargo build --profile $SG_PROFILE
+#   SG_PROFILE=dist
+#   SUT_CPUS=0 LG_CPUS=1    taskset CPU lists: gateway + upstream, load tools
+#   UP_PORT=18280 SG_PORT=18645 SG_ADMIN=127.0.0.1:18992   ports
+#   QUIET_PCT=15 QUIET_MAX=30   wait (at most QUIET_MAX s) before each phase until the
+#                           machine's busy CPU over 1 s is below QUIET_PCT % of one CPU
+#   KEEP_TMP=1              keep the scratch dir (config, logs, oha outputs)
+#   STORM_NICE=0            nice value of the login-storm client, which shares CPU $LG_CPUS with oha
+#   STORM_SCHED=idle        the login-storm client runs in SCHED_IDLE, so that oha's threads on the
+#                           same CPU preempt it at once: its own CPU (Python, the client side of each
+#                           TLS handshake) would otherwise delay the measuring client, not the gateway,
+#                           by up to a time slice (nice 19 does not prevent that). normal = as other
+#                           processes (with STORM_NICE), as before session 12
+#   STORM_RESUME=           1 = each login connection resumes an earlier TLS session (an
+#                           abbreviated handshake, as a returning browser's) instead of a full one
+#   SG_HANDSHAKES           [server] tls_handshakes of the gateway (background or inline; unset: default)
+#   STORE=embedded          session store: embedded (redb, durable: an fsync per session write)
+#                           or memory (a control: what the storm costs without durable writes)
+#   STORM=logins           hashes = a control: no login traffic, only the storm's argon2 work
+#                           (LOGIN_RATE verifications per second of the storm user's hash) on
+#                           sessiongate's own hashing thread (SCHED_IDLE, memory kept), in a process
+#                           of its own on CPU $SUT_CPUS (examples/hash_load.rs, HASH_LOAD_BIN; built
+#                           if unset): what the hashes alone cost the other users when they share
+#                           the gateway's core
+#   STORM_HASH, LOGIN_PASSWORD   the storm user's PHC string and its password (set
+#                           both; default: a fresh default-cost hash of a random password).
+#                           A control: the same successful logins with a near-free hash
+#                           (m=8,t=1 takes microseconds) shows what everything but the hash costs
+set -euo pipefail
+ROOT=/work/main
+
+ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-10} RATE=${RATE:-2000} CONNS=${CONNS:-16}
+LOGIN_RATE=${LOGIN_RATE:-20} OHA=${OHA:-oha} UA=${BENCH_UA:-oha-bench/1}
+SUT_CPUS=${SUT_CPUS:-0} LG_CPUS=${LG_CPUS:-1}
+UP_PORT=${UP_PORT:-18280} SG_PORT=${SG_PORT:-18645} SG_ADMIN=${SG_ADMIN:-127.0.0.1:18992}
+QUIET_PCT=${QUIET_PCT:-15} QUIET_MAX=${QUIET_MAX:-30}
+UP_BODY='{"ok":true,"from":"bench-upstream","pad":"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRST"}'
+LOGIN_USER=storm LOGIN_PASSWORD=${LOGIN_PASSWORD:-storm-password-$RANDOM}
+
+for tool in nginx "$OHA" python3 curl openssl taskset setsid awk; do
+  command -v "$tool" >/dev/null || { echo "missing tool: $tool (oha: cargo install oha --locked)" >&2; exit 1; }
+done
+for p in "$UP_PORT" "$SG_PORT" "${SG_ADMIN##*:}"; do
+  [[ -z $(ss -Hltn "sport = :$p" 2>/dev/null) ]] || { echo "port $p is in use; set the *_PORT knobs" >&2; exit 1; }
+done
+if [[ -z ${SG_BIN:-} ]]; then
+  SG_PROFILE=${SG_PROFILE:-dist}
+  (cd "$ROOT" && cargo build --profile "$SG_PROFILE" --quiet)
+  SG_BIN=$ROOT/target/$SG_PROFILE/sessiongate
+fi
+
+if [[ ${STORM:-logins} == hashes && -z ${HASH_LOAD_BIN:-} ]]; then
+  (cd "$ROOT" && cargo build --example hash_load --quiet)
+  HASH_LOAD_BIN=$ROOT/target/debug/examples/hash_load
+fi
+
+TMP=$(mktemp -d /tmp/sg-login-burst.XXXXXX)
+chmod 755 "$TMP"
+source "$ROOT/bench/lib.sh"
+bench_work "$TMP"
+
+# sched_snap PID FILE: "tid run_ns wait_ns" of each thread that is not a background
+# (SCHED_IDLE) thread: those wait by design, and are not on the proxied requests' path
+sched_snap() {
+  local t a b rest
+  for t in /proc/"$1"/task/*; do
+    [[ $(cat "$t/comm" 2>/dev/null) == sg-argon2-* || $(cat "$t/comm" 2>/dev/null) == sg-tls-* ]] && continue
+    read -r a b rest <"$t/schedstat" 2>/dev/null || continue
+    echo "${t##*/} $a $b"
+  done >"$2"
+}
+# sched_delta BEFORE AFTER -> "run_ns wait_ns" summed over threads in both snapshots
+# (blocking-pool threads come and go; one that exits would make a sum go backwards)
+sched_delta() {
+  awk 'NR == FNR { r[$1] = $2; w[$1] = $3; next } ($1 in r) { dr += $2 - r[$1]; dw += $3 - w[$1] }
+       END { printf "%.0f %.0f\n", dr, dw }' "$1" "$2"
+}
+
+# --- certificate, upstream, gateway ----------------------------------------
+"$SG_BIN" gen-cert --out-dir "$TMP" --host localhost --host 127.0.0.1 >/dev/null
+start_upstream "$SUT_CPUS" "$UP_PORT" "$UP_BODY"
+
+head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$TMP/admin-token"
+HASH=${STORM_HASH:-$(printf '%s' "$LOGIN_PASSWORD" | "$SG_BIN" hash-password)}
+gateway_head "$SG_PORT" "$SG_ADMIN" "$TMP" >"$TMP/sessiongate.toml"
+cat >>"$TMP/sessiongate.toml" <<TOML
+[store]
+$( if [[ ${STORE:-embedded} == memory ]]; then echo 'kind = "memory"'; else printf 'kind = "embedded"\npath = "%s"\n' "$TMP/sessions.redb"; fi )
+$( [[ -n ${MAX_CONCURRENT:-}${HASH_CPUS:-} ]] && echo '[login]'
+   [[ -n ${MAX_CONCURRENT:-} ]] && echo "max_concurrent = $MAX_CONCURRENT"
+   [[ -n ${HASH_CPUS:-} ]] && echo "hash_cpus = [$HASH_CPUS]" )
+[[users]]
+name = "$LOGIN_USER"
+password_hash = "$HASH"
+[[users]]
+name = "bench"
+password_hash = "$HASH"
+[[routes]]
+path_prefix = "/"
+upstream = "http://127.0.0.1:$UP_PORT"
+auth = "required"
+TOML
+start "$SUT_CPUS" "$TMP/sessiongate.out" "$SG_BIN" --config "$TMP/sessiongate.toml"
+SG_SID=$LAST   # setsid, taskset and env exec: this is the gateway's pid
+for _ in $(seq 100); do curl -fsS "http://$SG_ADMIN/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+COOKIE=$("$SG_BIN" session mint --admin "http://$SG_ADMIN" --token-file "$TMP/admin-token" \
+  --user bench --client-ip 127.0.0.1 --header "User-Agent: $UA")
+URL=https://127.0.0.1:$SG_PORT/
+
+# --- checks before measuring -------------------------------------------------
+out=$(curl -sk --max-time 3 -o "$TMP/probe.body" -w '%{http_code}' -H "Cookie: $COOKIE" -A "$UA" "$URL" || true)
+[[ $out == 200 && $(cat "$TMP/probe.body") == "$UP_BODY" ]] ||
+  { echo "FAILED: logged-in request answered $out, not 200 with the upstream body" >&2; tail "$TMP/sessiongate.out" >&2; exit 1; }
+if [[ -n ${PIN_BG:-} ]]; then   # experiment: move named background threads to BG_CPUS
+  for t in /proc/$SG_SID/task/*; do
+    n=$(cat $t/comm)
+    for pat in ${PIN_BG//_/ }; do [[ $n == $pat* ]] && { taskset -pc "${BG_CPUS:-1}" "${t##*/}" >/dev/null; echo "pinned $n to ${BG_CPUS:-1}" >&2; }; done
+  done
+fi
+storm() {                 # storm RATE DURATION -> STORM line on stdout
+  [[ ${STORM:-logins} == hashes ]] && { hash_storm "$@"; return; }
+  local -a sched=(nice -n "${STORM_NICE:-0}")
+  [[ ${STORM_SCHED:-idle} == idle ]] && sched=(chrt --idle 0)
+  "${sched[@]}" taskset -c "$LG_CPUS" python3 "$ROOT/bench/login-storm.py" --url "https://127.0.0.1:$SG_PORT" \
+    --user "$LOGIN_USER" --password "$LOGIN_PASSWORD" --rate "$1" --duration "$2" ${STORM_RESUME:+--resume}
+}
+hash_storm() {            # hash_storm RATE DURATION: the hashes alone (STORM=hashes), no login traffic
+  chrt --idle 0 taskset -c "$SUT_CPUS" "$HASH_LOAD_BIN" "$HASH" "$LOGIN_PASSWORD" "$1" "$2"
+}
+storm 2 1 >"$TMP/storm-check.out" 2>&1 ||
+  { echo "FAILED: test logins did not answer 303:" >&2; cat "$TMP/storm-check.out" >&2; tail "$TMP/sessiongate.out" >&2; exit 1; }
+
+echo "# $(date -u +%FT%TZ)  $($OHA --version 2>/dev/null | head -1)  sessiongate: $SG_BIN"
+echo "# layout: sessiongate (workers = 1) + nginx upstream on CPU $SUT_CPUS; oha and the login storm on CPU $LG_CPUS"
+echo "# load:   oha -q $RATE -c $CONNS -z ${DURATION}s, logged-in session on an auth = required route, user-agent $UA"
+[[ ${STORM:-logins} == hashes ]] && echo "# storm:  CONTROL: no logins, only their $LOGIN_RATE hashes/s, on a SCHED_IDLE hashing thread of a process of its own on CPU $SUT_CPUS"
+echo "# storm:  $LOGIN_RATE logins/s (GET form + POST, 303), argon2id $(echo "$HASH" | cut -d'$' -f4), [login] max_concurrent = ${MAX_CONCURRENT:-default}, client ${STORM_SCHED:-idle}${STORM_RESUME:+, resumed handshakes}"
+echo "# gateway: tls_handshakes = ${SG_HANDSHAKES:-default}, store ${STORE:-embedded}, hash_cpus = [${HASH_CPUS:-}]"
+
+RES=$TMP/results.tsv
+: >"$RES"
+AWAKE_CG=/sys/fs/cgroup/cpu/sg-bench-awake
+SPIN_PIDS=()
+awake_start() {
+  [[ ${KEEP_AWAKE:-0} == 1 ]] || return 0
+  mkdir -p "$AWAKE_CG" && echo 1 >"$AWAKE_CG/cpu.idle"
+  for cpu in $SUT_CPUS $LG_CPUS; do
+    sh -c "echo \$\$ > $AWAKE_CG/cgroup.procs; exec taskset -c $cpu sh -c 'while :; do :; done'" &
+    SPIN_PIDS+=($!)
+  done
+}
+awake_stop() {
+  ((${#SPIN_PIDS[@]})) || return 0
+  kill "${SPIN_PIDS[@]}" 2>/dev/null; wait "${SPIN_PIDS[@]}" 2>/dev/null || true; SPIN_PIDS=()
+}
+phase() {                 # phase ROUND quiet|storm -> a row in $RES
+  local r=$1 mode=$2 out=$TMP/oha-$1-$2.json spid="" sline="-"
+  local -a lc=(); [[ ${LATENCY_CORRECTION:-0} == 1 ]] && lc=(--latency-correction)
+  wait_quiet
+  awake_start
+  if [[ $mode == storm ]]; then
+    storm "$LOGIN_RATE" $((DURATION + 2)) >"$TMP/storm-$r.out" 2>&1 &
+    spid=$!
+    sleep 1
+  fi
+  local run wait
+  sched_snap "$SG_SID" "$TMP/sched0"
+  taskset -c "$LG_CPUS" "$OHA" --no-tui --output-format json -z "${DURATION}s" -q "$RATE" -c "$CONNS" "${lc[@]}" \
+    --insecure -H "Cookie: $COOKIE" -H "User-Agent: $UA" "$URL" >"$out" 2>"$TMP/oha-$r-$mode.err" ||
+    { echo "FAILED: oha:" >&2; cat "$TMP/oha-$r-$mode.err" >&2; exit 1; }
+  sched_snap "$SG_SID" "$TMP/sched1"
+  read -r run wait <<<"$(sched_delta "$TMP/sched0" "$TMP/sched1")"
+  if [[ -n $spid ]]; then
+    # Logins that fail (503 once a login waited 5 s for a hashing slot) are
+    # reported in the table, not fatal: they mean the CPU cannot hash that fast.
+    wait "$spid" || echo "warning: not every login succeeded: $(cat "$TMP/storm-$r.out")" >&2
+    sline=$(grep '^STORM' "$TMP/storm-$r.out" || echo -)
+  fi
+  awake_stop
+  python3 - "$out" "$r" "$mode" "$sline" "$run" "$wait" >>"$RES" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+s = j["summary"]; p = j["latencyPercentiles"]; codes = j.get("statusCodeDistribution", {})
+ok = codes.get("200", 0); total = sum(codes.values()); # oha -z cuts the requests in flight at the deadline: not an error of the gateway
+errs = sum(v for k, v in j.get("errorDistribution", {}).items() if "deadline" not in k)
+storm = dict(kv.split("=", 1) for kv in sys.argv[4].split()[1:4]) if sys.argv[4] != "-" else {}
+print("\t".join(map(str, [sys.argv[2], sys.argv[3], round(s["requestsPerSec"], 1), round(p["p50"] * 1000, 3),
+      round(p["p99"] * 1000, 3), round(p["p99.9"] * 1000, 3), ok, total - ok + errs,
+      storm.get("ok", "-"), storm.get("failed", "-"),
+      round(int(sys.argv[5]) / 1000 / max(total, 1), 2), round(int(sys.argv[6]) / 1000 / max(total, 1), 2)])))
+PY
+  local bad; bad=$(awk -F'\t' -v r="$r" -v m="$mode" '$1 == r && $2 == m { print $8 }' "$RES")
+  ((bad == 0)) || { echo "FAILED: $bad non-200 or failed requests in round $r ($mode)" >&2; cat "$out" >&2; exit 1; }
+}
+
+for ((r = 1; r <= ROUNDS; r++)); do
+  if ((r % 2)); then order="quiet storm"; else order="storm quiet"; fi
+  for m in $order; do echo "round $r/$ROUNDS: $m" >&2; phase "$r" "$m"; done
+done
+
+awk -F'\t' -v rounds="$ROUNDS" '
+  function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+                                  return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+  { RPS[$1, $2] = $3; P50[$1, $2] = $4; P99[$1, $2] = $5; P999[$1, $2] = $6; N[$1, $2] = $7
+    CPU[$1, $2] = $11; WAIT[$1, $2] = $12
+    if ($2 == "storm") SOK[$1] = $9 "/" ($9 + $10) }
+  END {
+    printf "\n%-5s %9s %10s %10s %10s %10s %9s %9s %9s\n", "round", "req/s", "p50_quiet", "p50_storm", "p99_quiet", "p99_storm", "p99_x", "p50_x", "logins"
+    for (r = 1; r <= rounds; r++) {
+      x[r] = P99[r, "storm"] / P99[r, "quiet"]; y[r] = P50[r, "storm"] / P50[r, "quiet"]
+      printf "%-5d %9.0f %10.3f %10.3f %10.3f %10.3f %9.3f %9.3f %9s\n", r, RPS[r, "quiet"], P50[r, "quiet"], P50[r, "storm"],
+             P99[r, "quiet"], P99[r, "storm"], x[r], y[r], SOK[r] }
+    mx = med(x, rounds); my = med(y, rounds)
+    printf "\n%-5s %12s %12s %9s %13s %13s\n", "round", "cpu_us_quiet", "cpu_us_storm", "cpu_x", "wait_us_quiet", "wait_us_storm"
+    for (r = 1; r <= rounds; r++) { c[r] = CPU[r, "storm"] / CPU[r, "quiet"]
+      printf "%-5d %12.2f %12.2f %9.3f %13.2f %13.2f\n", r, CPU[r, "quiet"], CPU[r, "storm"], c[r], WAIT[r, "quiet"], WAIT[r, "storm"] }
+    mc = med(c, rounds)
+    printf "\n(latencies in ms; logins = successful (303) / started logins in the storm phase;\n"
+    printf " cpu_us / wait_us: per proxied request, the gateway threads other than sg-argon2-* and sg-tls-*: CPU, run-queue wait)\n"
+    printf "p99 storm ÷ quiet, median over %d rounds: %.3f [%.3f-%.3f]   (target ≤ 1.20: %s)\n", rounds, mx, x[1], x[rounds], (mx <= 1.2) ? "met" : "NOT met"
+    printf "p50 storm ÷ quiet, median: %.3f [%.3f-%.3f]\n", my, y[1], y[rounds]
+    printf "gateway CPU per request (non-hashing threads) storm ÷ quiet, median: %.3f [%.3f-%.3f]\n", mc, c[1], c[rounds]
+  }' "$RES"
+# Where the handshakes ran (sessiongate_tls_handshakes_total; older builds have no such metric).
+hs=$(curl -fsS "http://$SG_ADMIN/metrics" 2>/dev/null | awk '/^sessiongate_tls_handshakes_total/ { printf "%s ", $0 }')
+[[ -z $hs ]] || echo "handshakes: $hs"
