@@ -113,12 +113,10 @@ async fn sigterm_lets_in_flight_requests_on_every_worker_finish() {
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status}");
 }
 
-/// Scheduling policy (`/proc/PID/task/*/stat` field 41) of each thread of `pid`, by name.
-fn thread_policies(pid: u32) -> Vec<(String, i32)> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("task list")
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+/// Scheduling policy (`/proc/PID/task/*/stat` field 41) of each thread of `gw`, by name.
+fn thread_policies(gw: &BinaryGateway) -> Vec<(String, i32)> {
+    gw.thread_files("stat")
+        .into_iter()
         .filter_map(|stat| {
             let name = stat.split_once('(')?.1.rsplit_once(')')?.0.to_owned();
             let rest = stat.rsplit(") ").next()?;
@@ -165,7 +163,7 @@ async fn handshakes_move_to_a_sched_idle_thread_while_kept_alive_connections_wai
     // Served once, every thread has started.
     get(&gw, &gw.client(), "/started").await;
 
-    let threads = thread_policies(gw.pid());
+    let threads = thread_policies(&gw);
     for name in ["sg-tls-0", "sg-tls-1"] {
         let policy = threads.iter().find(|(n, _)| n == name).map(|(_, p)| *p);
         assert_eq!(policy, Some(SCHED_IDLE), "{name} in {threads:?}");
@@ -225,6 +223,6 @@ async fn inline_handshakes_run_on_the_workers() {
     get(&gw, &gw.client_h2(), "/h2").await;
     assert_eq!(handshakes_by_thread(&gw).await, (3, 0));
 
-    let threads = thread_policies(gw.pid());
+    let threads = thread_policies(&gw);
     assert!(!threads.iter().any(|(n, _)| n.starts_with("sg-tls")), "{threads:?}");
 }

@@ -108,6 +108,15 @@ impl BinaryGateway {
         self.child.0.id()
     }
 
+    /// The text of `/proc/PID/task/*/{file}` (`stat`, `status`), one entry per thread.
+    pub fn thread_files(&self, file: &str) -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .expect("task list")
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join(file)).ok())
+            .collect()
+    }
+
     /// Sends a signal by name (`TERM`, `INT`) with `kill(1)`.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")

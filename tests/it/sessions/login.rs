@@ -551,13 +551,11 @@ fn raw_session_token(response: &RawResponse) -> Option<String> {
     })
 }
 
-/// `Cpus_allowed_list` of each thread of `pid`, by thread name.
+/// `Cpus_allowed_list` of each thread of `gw`, by thread name.
 #[cfg(target_os = "linux")]
-fn cpus_allowed(pid: u32) -> Vec<(String, String)> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("task list")
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+fn cpus_allowed(gw: &BinaryGateway) -> Vec<(String, String)> {
+    gw.thread_files("status")
+        .into_iter()
         .filter_map(|status| {
             Some((
                 status_field(&status, "Name")?,
@@ -591,7 +589,7 @@ async fn hashing_threads_run_only_on_the_configured_cpus() {
         Some("alice")
     );
 
-    let threads = cpus_allowed(gw.pid());
+    let threads = cpus_allowed(&gw);
     let hashing: Vec<&str> = threads
         .iter()
         .filter(|(name, _)| name.starts_with("sg-argon2"))
