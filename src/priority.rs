@@ -30,11 +30,12 @@ pub(crate) fn become_idle(what: &str) {
 pub(crate) fn become_idle(_what: &str) {}
 
 /// Confines the calling thread to `cpus`; an empty list leaves it where the
-/// process may run. Fails if the kernel refuses the set (a CPU this machine
-/// or the process's cpuset does not have).
+/// process may run. Fails if any of them is not available: the kernel
+/// refuses a set with none it can use, and silently drops the ones it
+/// cannot from a set that has some, so the result is read back.
 #[cfg(target_os = "linux")]
 pub(crate) fn confine_to(cpus: &[usize]) -> std::io::Result<()> {
-    use nix::sched::{sched_setaffinity, CpuSet};
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
     use nix::unistd::Pid;
     if cpus.is_empty() {
         return Ok(());
@@ -44,7 +45,15 @@ pub(crate) fn confine_to(cpus: &[usize]) -> std::io::Result<()> {
         set.set(cpu)?;
     }
     // Pid 0 is the calling thread.
-    Ok(sched_setaffinity(Pid::from_raw(0), &set)?)
+    sched_setaffinity(Pid::from_raw(0), &set)?;
+    let got = sched_getaffinity(Pid::from_raw(0))?;
+    match cpus.iter().find(|&&cpu| !got.is_set(cpu).unwrap_or(false)) {
+        Some(cpu) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("CPU {cpu} is not available to this process"),
+        )),
+        None => Ok(()),
+    }
 }
 
 #[cfg(not(target_os = "linux"))]

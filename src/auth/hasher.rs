@@ -233,9 +233,12 @@ mod tests {
         let h = super::super::hash_password("pw").unwrap_or_default();
         let hasher = Hasher::new(1, &[0]).expect("CPU 0 exists");
         assert!(hasher.verify(h, "pw".into(), None).await);
-        // No test machine has 1024 CPUs.
+        // No test machine has 1024 CPUs: alone, the kernel refuses it.
         let refused = Hasher::new(2, &[1023]).err().map(|e| e.raw_os_error());
         assert_eq!(refused, Some(Some(22)), "EINVAL expected");
+        // Beside one it has, the kernel would drop it silently; the check does not.
+        let partly = Hasher::new(1, &[0, 1023]).err().map(|e| e.to_string());
+        assert_eq!(partly.as_deref(), Some("CPU 1023 is not available to this process"));
     }
 
     use argon2::{AssociatedData, ParamsBuilder, PasswordHasher, PasswordVerifier};
