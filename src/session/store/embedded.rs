@@ -416,11 +416,7 @@ fn sweep_candidates(db: &Database, now: u64, idle_ms: u64) -> Result<(Vec<TokenH
     let mut dead = Vec::new();
     for item in sessions.iter().map_err(backend)? {
         let (k, v) = item.map_err(backend)?;
-        let touched = seen_of(&seen, k.value())?;
-        let corrupt_or_dead = decode(v.value())
-            .map(|r| is_dead(&with_seen(r, touched), now, idle_ms))
-            .unwrap_or(true);
-        if corrupt_or_dead {
+        if sweepable(v.value(), seen_of(&seen, k.value())?, now, idle_ms) {
             dead.extend(hash_of(k.value()));
         }
     }
@@ -434,6 +430,14 @@ fn sweep_candidates(db: &Database, now: u64, idle_ms: u64) -> Result<(Vec<TokenH
     Ok((dead, orphans))
 }
 
+/// Whether a stored record is one the sweep deletes: dead (with its
+/// written-behind `last_seen`), or unreadable.
+fn sweepable(bytes: &[u8], touched: Option<u64>, now: u64, idle_ms: u64) -> bool {
+    decode(bytes)
+        .map(|r| is_dead(&with_seen(r, touched), now, idle_ms))
+        .unwrap_or(true)
+}
+
 impl EmbeddedStore {
     /// Deletes those of `hashes` that are still dead or unreadable when the
     /// write runs (a request may have touched one since the scan, or a
@@ -445,13 +449,10 @@ impl EmbeddedStore {
         let write = self.queued_unit(move |t| {
             let mut gone = Vec::new();
             for h in hashes {
-                let record = match t.sessions.get(h.0.as_slice()).map_err(backend)? {
+                let touched = seen_of(&t.seen, h.0.as_slice())?;
+                let still_dead = match t.sessions.get(h.0.as_slice()).map_err(backend)? {
                     None => continue,
-                    Some(v) => decode(v.value()),
-                };
-                let still_dead = match record {
-                    Ok(r) => is_dead(&with_seen(r, seen_of(&t.seen, h.0.as_slice())?), now, idle_ms),
-                    Err(_) => true,
+                    Some(v) => sweepable(v.value(), touched, now, idle_ms),
                 };
                 if still_dead {
                     t.remove(&h)?;
