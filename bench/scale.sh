@@ -89,6 +89,9 @@ wait_http "http://127.0.0.1:$UP_PORT/"
 head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$DIR/admin-token"
 gateway_head "$GW_PORT" "127.0.0.1:$ADMIN_PORT" "$DIR" >"$DIR/gateway.toml"
 cat >>"$DIR/gateway.toml" <<TOML
+[session]
+# Every session is the one bench user's.
+max_per_user = $LARGE
 [store]
 kind = "embedded"
 path = "$DIR/sessions.redb"

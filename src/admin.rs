@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::proxy::body::{self, Body};
 use crate::session::record::{Identity, SessionRecord};
 use crate::session::token::SessionId;
-use crate::session::Sessions;
+use crate::session::{SessionError, Sessions, UserLimitReached};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -251,7 +251,10 @@ async fn mint(
     };
     let ip = m.client_ip.unwrap_or(peer.ip());
     let Some(count) = m.count else {
-        let (token, live) = state.sessions.mint(ip, &headers, identity).await?;
+        let (token, live) = match state.sessions.mint(ip, &headers, identity).await {
+            Err(SessionError::UserLimit(e)) => return Ok(too_many_sessions(&e)),
+            minted => minted?,
+        };
         return Ok(json(
             StatusCode::CREATED,
             &json!({"id": live.record.id.to_string(), "cookie": state.sessions.cookie_pair(&token)}),
@@ -266,7 +269,10 @@ async fn mint(
             ))
         }
     };
-    let minted = state.sessions.mint_many(ip, &headers, identity, count).await?;
+    let minted = match state.sessions.mint_many(ip, &headers, identity, count).await {
+        Err(SessionError::UserLimit(e)) => return Ok(too_many_sessions(&e)),
+        minted => minted?,
+    };
     let batch = MintedBatch {
         sessions: minted
             .iter()
@@ -277,6 +283,15 @@ async fn mint(
             .collect(),
     };
     Ok(json_serialized(StatusCode::CREATED, &batch))
+}
+
+/// A mint that `[session] max_per_user` refused: 429, with the reason and
+/// the figures a script needs.
+fn too_many_sessions(e: &UserLimitReached) -> Response<Body> {
+    json(
+        StatusCode::TOO_MANY_REQUESTS,
+        &json!({"error": e.to_string(), "active": e.active, "max_per_user": e.max}),
+    )
 }
 
 /// The answer to a batch mint. Typed rather than a `serde_json::Value`

@@ -29,6 +29,9 @@ pub enum GatewayError {
     UpstreamOther(String),
     #[error("session store unavailable: {0}")]
     StoreUnavailable(String),
+    /// `[session] max_per_user` refused a new session.
+    #[error("{0}")]
+    TooManySessions(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -49,6 +52,7 @@ impl GatewayError {
             GatewayError::UpstreamConnect(_) | GatewayError::UpstreamOther(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::TooManySessions(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

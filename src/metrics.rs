@@ -31,6 +31,7 @@ pub struct Metrics {
     pub sessions_rotated: Counter,
     sessions_revoked: Family<Labels, Counter>,
     sessions_expired: Family<Labels, Counter>,
+    user_session_limit: Family<Labels, Counter>,
     pub sessions_active: Gauge,
     binding_mismatches: Family<Labels, Counter>,
     pub cache_hits: Counter,
@@ -102,6 +103,7 @@ impl Metrics {
         let sessions_rotated = Counter::default();
         let sessions_revoked = Family::<Labels, Counter>::default();
         let sessions_expired = Family::<Labels, Counter>::default();
+        let user_session_limit = Family::<Labels, Counter>::default();
         let sessions_active = Gauge::default();
         let binding_mismatches = Family::<Labels, Counter>::default();
         let cache_hits = Counter::default();
@@ -156,6 +158,11 @@ impl Metrics {
             sessions_expired.clone(),
         );
         registry.register(
+            "user_session_limit",
+            "New sessions that met [session] max_per_user, by action (refused, ended_least_recent)",
+            user_session_limit.clone(),
+        );
+        registry.register(
             "sessions_active",
             "Sessions in the session cache",
             sessions_active.clone(),
@@ -198,6 +205,7 @@ impl Metrics {
             sessions_rotated,
             sessions_revoked,
             sessions_expired,
+            user_session_limit,
             sessions_active,
             binding_mismatches,
             cache_hits,
@@ -260,6 +268,14 @@ impl Metrics {
     pub fn binding_mismatch(&self, kind: &'static str) {
         self.binding_mismatches
             .get_or_create(&vec![("kind", kind.to_string())])
+            .inc();
+    }
+
+    /// A new session met `[session] max_per_user`: `refused`, or one of the
+    /// user's others `ended_least_recent`.
+    pub fn user_limit(&self, action: &'static str) {
+        self.user_session_limit
+            .get_or_create(&vec![("action", action.to_string())])
             .inc();
     }
 

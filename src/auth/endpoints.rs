@@ -48,9 +48,15 @@ pub struct EndpointRequest<'a> {
 
 impl From<SessionError> for GatewayError {
     fn from(e: SessionError) -> Self {
-        GatewayError::StoreUnavailable(e.to_string())
+        match e {
+            SessionError::UserLimit(e) => GatewayError::TooManySessions(e.to_string()),
+            e => GatewayError::StoreUnavailable(e.to_string()),
+        }
     }
 }
+
+const TOO_MANY_SESSIONS: &str =
+    "This account is signed in in too many places. Sign out of one of them, or wait for one to expire.";
 
 /// Dispatches `/.sessiongate/*`.
 pub async fn handle(
@@ -144,10 +150,24 @@ async fn login_with_form(
                 email: user.email.clone(),
                 groups: user.groups.clone(),
             };
-            let (token, new) = ep
+            let csrf = record.csrf.clone();
+            let rotated = ep
                 .sessions
                 .rotate_login(&live, record, identity, ep.client_ip, &parts.headers)
-                .await?;
+                .await;
+            let (token, new) = match rotated {
+                Ok(new) => new,
+                Err(SessionError::UserLimit(_)) => {
+                    // The password was right: only now may the answer say
+                    // anything about the account's sessions.
+                    ep.sessions.metrics().login("session_limit");
+                    return Ok(html(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        pages::login(&csrf, &rd, Some(TOO_MANY_SESSIONS)),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            };
             ep.sessions.metrics().login("succeeded");
             tracing::info!(event = "login", user = %user.name, session_id = %new.record.id, client_ip = %ep.client_ip);
             let mut resp = redirect(StatusCode::SEE_OTHER, &rd);

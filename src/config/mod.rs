@@ -161,6 +161,27 @@ pub struct BindingConfig {
     pub on_mismatch: OnMismatch,
 }
 
+/// What a new logged-in session does when its user already holds
+/// `[session] max_per_user` of them (SECURITY.md rule 9: bounded sessions
+/// per user).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUserLimit {
+    /// End the user's sessions unused the longest, so that the new one fits.
+    /// A stolen password can then push the owner out, but never lock them
+    /// out; every ended session is logged and counted.
+    EndLeastRecent,
+    /// Refuse the login (429) until one of the user's sessions ends.
+    Refuse,
+}
+
+/// The bound on one user's logged-in sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserLimit {
+    /// At least 1.
+    pub max: usize,
+    pub on_limit: OnUserLimit,
+}
+
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub cookie_name: String,
@@ -169,6 +190,7 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     pub absolute_timeout: Duration,
     pub max_data_bytes: usize,
+    pub per_user: UserLimit,
     pub binding: BindingConfig,
 }
 
@@ -628,6 +650,7 @@ impl Validator<'_> {
             .iter()
             .map(|h| self.header_name("session.binding.fingerprint_headers", h))
             .collect::<Result<Vec<_>, _>>()?;
+        let per_user = self.user_limit(s)?;
         let idle_timeout = self.duration("session.idle_timeout", &s.idle_timeout)?;
         let absolute_timeout = self.duration("session.absolute_timeout", &s.absolute_timeout)?;
         Ok(SessionConfig {
@@ -637,12 +660,31 @@ impl Validator<'_> {
             idle_timeout,
             absolute_timeout,
             max_data_bytes: s.max_data_bytes,
+            per_user,
             binding: BindingConfig {
                 ip,
                 fingerprint_headers,
                 on_mismatch,
             },
         })
+    }
+
+    fn user_limit(&self, s: &raw::RawSession) -> Result<UserLimit, ConfigError> {
+        let max = match usize::try_from(s.max_per_user) {
+            Ok(n) if n >= 1 => n,
+            _ => return Err(self.err("session.max_per_user", "must be at least 1")),
+        };
+        let on_limit = match s.on_user_limit.as_str() {
+            "end_least_recent" => OnUserLimit::EndLeastRecent,
+            "refuse" => OnUserLimit::Refuse,
+            other => {
+                return Err(self.err(
+                    "session.on_user_limit",
+                    format!("`{other}` is not \"end_least_recent\" or \"refuse\""),
+                ))
+            }
+        };
+        Ok(UserLimit { max, on_limit })
     }
 
     fn store(&self, s: &raw::RawStore) -> Result<StoreConfig, ConfigError> {

@@ -192,6 +192,10 @@ pub struct RawSession {
     pub absolute_timeout: String,
     #[serde(default = "d_max_data_bytes")]
     pub max_data_bytes: usize,
+    #[serde(default = "d_max_per_user")]
+    pub max_per_user: u64,
+    #[serde(default = "d_on_user_limit")]
+    pub on_user_limit: String,
     #[serde(default)]
     pub binding: RawBinding,
 }
@@ -205,6 +209,8 @@ impl Default for RawSession {
             idle_timeout: d_idle_timeout(),
             absolute_timeout: d_absolute_timeout(),
             max_data_bytes: d_max_data_bytes(),
+            max_per_user: d_max_per_user(),
+            on_user_limit: d_on_user_limit(),
             binding: RawBinding::default(),
         }
     }
@@ -224,6 +230,12 @@ fn d_absolute_timeout() -> String {
 }
 fn d_max_data_bytes() -> usize {
     4096
+}
+fn d_max_per_user() -> u64 {
+    10
+}
+fn d_on_user_limit() -> String {
+    "end_least_recent".into()
 }
 
 #[derive(Debug, Deserialize)]

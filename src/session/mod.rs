@@ -16,13 +16,13 @@ pub mod record;
 pub mod store;
 pub mod token;
 
-use crate::config::{Config, OnMismatch, SameSite, StoreKind};
+use crate::config::{Config, OnMismatch, OnUserLimit, SameSite, StoreKind};
 use crate::metrics::Metrics;
 use http::{HeaderMap, HeaderValue};
 pub use live::Live;
 use live::{Identities, CACHE_TTL};
 use record::{now_ms, ClientBinding, Identity, SessionRecord};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -46,6 +46,20 @@ pub enum SessionError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Random(#[from] token::RandomError),
+    #[error(transparent)]
+    UserLimit(#[from] UserLimitReached),
+}
+
+/// A new logged-in session that `[session] max_per_user` does not allow:
+/// with `on_user_limit = "refuse"` once the user holds that many, and in
+/// every mode for a batch larger than the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("user `{user}` has {active} sessions and {adding} more would pass [session] max_per_user = {max}")]
+pub struct UserLimitReached {
+    pub user: String,
+    pub active: usize,
+    pub adding: usize,
+    pub max: usize,
 }
 
 #[derive(Debug)]
@@ -454,9 +468,13 @@ impl Sessions {
         headers: &HeaderMap,
         identity: Identity,
     ) -> Result<(SessionToken, Arc<Live>), SessionError> {
+        self.admit(&identity.user, 1, None, self.config.session.per_user.on_limit)
+            .await?;
+        let user = identity.user.clone();
         let record = self.new_record(client_ip, headers, Some(identity))?;
         let out = self.insert(record).await?;
         tracing::info!(event = "session_minted", session_id = %out.1.record.id);
+        self.trim_user(&user, &HashSet::from([out.1.hash])).await;
         Ok(out)
     }
 
@@ -471,6 +489,9 @@ impl Sessions {
         identity: Identity,
         count: usize,
     ) -> Result<Vec<(SessionToken, SessionId)>, SessionError> {
+        // A batch never ends other sessions (a load test's earlier batches
+        // among them): it fits beside them, or it is refused.
+        self.admit(&identity.user, count, None, OnUserLimit::Refuse).await?;
         let binding = ClientBinding::new(&self.config.session.binding, client_ip, headers);
         let mut tokens = Vec::with_capacity(count);
         let mut batch = Vec::with_capacity(count);
@@ -508,6 +529,9 @@ impl Sessions {
         client_ip: IpAddr,
         headers: &HeaderMap,
     ) -> Result<(SessionToken, Arc<Live>), SessionError> {
+        self.admit(&identity.user, 1, Some(old.hash), self.config.session.per_user.on_limit)
+            .await?;
+        let user = identity.user.clone();
         let now = now_ms();
         record.identity = Some(identity);
         record.binding = ClientBinding::new(&self.config.session.binding, client_ip, headers);
@@ -530,8 +554,107 @@ impl Sessions {
         self.cache.invalidate(&old.hash.prefix()).await;
         self.cache.insert(hash.prefix(), live.clone()).await;
         self.metrics.sessions_rotated.inc();
-        tracing::info!(event = "session_rotated", session_id = %live.record.id, user = live.record.identity.as_ref().map(|i| i.user.as_str()).unwrap_or(""));
+        tracing::info!(event = "session_rotated", session_id = %live.record.id, user = %user);
+        self.trim_user(&user, &HashSet::from([hash])).await;
         Ok((token, live))
+    }
+
+    /// Whether `user` may gain `adding` logged-in sessions under
+    /// `[session] max_per_user`, not counting `replacing` (the session a
+    /// login rotates: it becomes the new one rather than adding to them).
+    /// With `end_least_recent` only more than the limit at once is refused;
+    /// the others make room afterwards ([`Sessions::trim_user`]).
+    /// Concurrent logins of one user are not serialised: with `refuse`, the
+    /// user can pass the limit by as many logins as ran at the same moment.
+    async fn admit(
+        &self,
+        user: &str,
+        adding: usize,
+        replacing: Option<TokenHash>,
+        on_limit: OnUserLimit,
+    ) -> Result<(), SessionError> {
+        let limit = self.config.session.per_user;
+        let refused = |active: usize| {
+            self.metrics.user_limit("refused");
+            tracing::warn!(
+                event = "session_limit",
+                user,
+                active,
+                adding,
+                max = limit.max,
+                action = "refused"
+            );
+            Err(SessionError::UserLimit(UserLimitReached {
+                user: user.to_string(),
+                active,
+                adding,
+                max: limit.max,
+            }))
+        };
+        if adding > limit.max {
+            let active = self.store.count_user(user.to_string()).await?;
+            return refused(active);
+        }
+        if on_limit == OnUserLimit::EndLeastRecent {
+            return Ok(());
+        }
+        // The count is an upper bound (it may hold ended sessions): under
+        // the limit, nothing to list.
+        if self.store.count_user(user.to_string()).await?.saturating_add(adding) <= limit.max {
+            return Ok(());
+        }
+        let active = self
+            .user_sessions(user)
+            .await?
+            .iter()
+            .filter(|(h, _)| Some(*h) != replacing)
+            .count();
+        if active.saturating_add(adding) > limit.max {
+            return refused(active);
+        }
+        Ok(())
+    }
+
+    /// With `on_user_limit = "end_least_recent"`: ends `user`'s sessions
+    /// unused the longest until at most `max_per_user` remain, never one of
+    /// `keep` (the ones just made). A store failure here is logged and
+    /// leaves the sessions in place (the login has happened; the next one
+    /// trims again).
+    async fn trim_user(&self, user: &str, keep: &HashSet<TokenHash>) {
+        let limit = self.config.session.per_user;
+        if limit.on_limit != OnUserLimit::EndLeastRecent {
+            return;
+        }
+        if let Err(e) = self.end_least_recent(user, keep, limit.max).await {
+            self.metrics.store_errors.inc();
+            tracing::warn!(error = %e, user, "could not end sessions beyond [session] max_per_user");
+        }
+    }
+
+    async fn end_least_recent(&self, user: &str, keep: &HashSet<TokenHash>, max: usize) -> Result<(), StoreError> {
+        if self.store.count_user(user.to_string()).await? <= max {
+            return Ok(());
+        }
+        let mut others: Vec<(TokenHash, SessionRecord)> = self
+            .user_sessions(user)
+            .await?
+            .into_iter()
+            .filter(|(h, _)| !keep.contains(h))
+            .collect();
+        let room = max.saturating_sub(keep.len());
+        if others.len() <= room {
+            return Ok(());
+        }
+        others.sort_by_key(|(_, r)| r.last_seen);
+        let excess = others.len() - room;
+        for (h, r) in others.into_iter().take(excess) {
+            if self.remove(h).await? {
+                self.metrics.session_revoked("user_limit");
+                self.metrics.user_limit("ended_least_recent");
+                tracing::warn!(event = "session_limit", user, session_id = %r.id, max, action = "ended_least_recent");
+            }
+        }
+        Ok(())
     }
 
     /// Ends a session (logout or admin revocation).
@@ -572,20 +695,31 @@ impl Sessions {
         Ok(())
     }
 
-    /// All sessions, or one user's (admin API).
+    /// All sessions, or one user's (admin API), newest first.
     pub async fn list(&self, user: Option<String>) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut out: Vec<SessionRecord> = self.live_records(user).await?.into_iter().map(|(_, r)| r).collect();
+        out.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+        Ok(out)
+    }
+
+    /// `user`'s live sessions, with their hashes.
+    async fn user_sessions(&self, user: &str) -> Result<Vec<(TokenHash, SessionRecord)>, StoreError> {
+        self.live_records(Some(user.to_string())).await
+    }
+
+    /// The store's unexpired records (all, or one user's), each with the
+    /// cache's fresher `last_seen` (the store's is written behind).
+    async fn live_records(&self, user: Option<String>) -> Result<Vec<(TokenHash, SessionRecord)>, StoreError> {
         let now = now_ms();
         let mut out = Vec::new();
-        for (h, mut r) in self.store.list(user).await? {
-            // The cache holds a fresher last_seen than the write-behind store.
+        for (h, mut r) in self.store.list(user).await.inspect_err(|_| self.store_failed())? {
             if let Some(live) = self.cache.get(&h.prefix()).await.filter(|l| l.hash == h) {
                 r.last_seen = r.last_seen.max(live.last_seen());
             }
             if r.expiry(now, r.last_seen, self.idle_ms).is_none() {
-                out.push(r);
+                out.push((h, r));
             }
         }
-        out.sort_by_key(|r| std::cmp::Reverse(r.created_at));
         Ok(out)
     }
 

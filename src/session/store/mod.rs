@@ -73,6 +73,13 @@ pub trait SessionStore: Send + Sync + 'static {
     fn touch(&self, batch: Vec<(TokenHash, u64)>) -> StoreFuture<'_, ()>;
     /// Every session, or those of one user.
     fn list(&self, user: Option<String>) -> StoreFuture<'_, Vec<(TokenHash, SessionRecord)>>;
+    /// At least as many as `user`'s live sessions (it may count ones that
+    /// ended and are not swept yet): the cheap first check of the per-user
+    /// limit, which lists them only when this count is over it.
+    fn count_user(&self, user: String) -> StoreFuture<'_, usize> {
+        let listed = self.list(Some(user));
+        Box::pin(async move { Ok(listed.await?.len()) })
+    }
     /// The session with this id.
     fn find_id(&self, id: SessionId) -> StoreFuture<'_, Option<(TokenHash, SessionRecord)>>;
     /// Deletes records whose absolute or idle life ended before `now`.

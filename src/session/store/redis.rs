@@ -535,6 +535,19 @@ impl SessionStore for RedisStore {
         Box::pin(self.list_inner(user))
     }
 
+    fn count_user(&self, user: String) -> StoreFuture<'_, usize> {
+        // Members whose session expired stay in the set until a listing of
+        // the user prunes them: an upper bound, as the trait asks.
+        Box::pin(async move {
+            let mut c = self.conn.clone();
+            redis::cmd("SCARD")
+                .arg(self.user_key(&user))
+                .query_async(&mut c)
+                .await
+                .map_err(backend)
+        })
+    }
+
     fn find_id(&self, id: SessionId) -> StoreFuture<'_, Option<(TokenHash, SessionRecord)>> {
         Box::pin(async move {
             let mut c = self.conn.clone();

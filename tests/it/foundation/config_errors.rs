@@ -120,6 +120,17 @@ fn hash_cpus_listed_twice_or_out_of_range_are_named() {
     }
 }
 
+#[test]
+fn a_per_user_session_limit_of_zero_or_an_unknown_action_is_named() {
+    for (section, mentions) in [
+        ("max_per_user = 0\n", ["session.max_per_user", "at least 1"]),
+        ("on_user_limit = \"evict\"\n", ["session.on_user_limit", "evict"]),
+    ] {
+        let prepared = valid_config().section(&format!("[session]\n{section}")).prepare();
+        assert_rejected(&prepared, &mentions);
+    }
+}
+
 /// CPU 1023 passes the file's own validation (a machine could have it), but no test machine
 /// has it. Listed beside CPU 0 the kernel would drop it silently; `check` refuses it, and a
 /// start stops before it listens.

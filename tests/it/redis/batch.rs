@@ -6,13 +6,16 @@ use super::support::{
     channel, cluster_store, redis_missing, single_store, Pair, RedisCluster, RedisServer, PREFIX, SUBSCRIBE_LIMIT,
 };
 
+/// A batch must fit under `[session] max_per_user` (default 10); appended after `[store]`.
+const ROOM_FOR_BATCHES: &str = "[session]\nmax_per_user = 100\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_minted_on_one_instance_is_served_by_the_other_with_its_indexes() {
     if redis_missing() {
         return;
     }
     let redis = RedisServer::start().await;
-    let Pair { a, b } = Pair::start(&single_store(&redis, "")).await;
+    let Pair { a, b } = Pair::start(&format!("{}{ROOM_FOR_BATCHES}", single_store(&redis, ""))).await;
     redis.wait_subscribers(&channel(), 2, SUBSCRIBE_LIMIT).await;
 
     let minted = a.admin().mint_batch("bob", 40).await;
@@ -37,7 +40,7 @@ async fn a_batch_spans_the_slots_of_a_cluster() {
         return;
     }
     let cluster = RedisCluster::start().await;
-    let Pair { a, b } = Pair::start(&cluster_store(&cluster, "")).await;
+    let Pair { a, b } = Pair::start(&format!("{}{ROOM_FOR_BATCHES}", cluster_store(&cluster, ""))).await;
     cluster.wait_subscribers(&channel(), 2, SUBSCRIBE_LIMIT).await;
 
     let minted = a.admin().mint_batch("bob", 30).await;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use reqwest::{Method, StatusCode};
 
 use super::support::{
-    channel, fetch, redis_missing, single_store, Pair, Probe, RedisServer, PROPAGATION, SUBSCRIBE_LIMIT,
+    channel, fetch, redis_missing, single_store, Pair, Probe, RedisServer, PREFIX, PROPAGATION, SUBSCRIBE_LIMIT,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,4 +102,37 @@ async fn admin_revocation_on_one_instance_reaches_the_other_within_100ms() {
     assert_eq!(listed["count"], 0, "{listed}");
     let listed = fetch(b.admin().authed(Method::GET, "/sessions?user=bob")).await.json();
     assert_eq!(listed["count"], 1, "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_limit_counts_both_instances_sessions_and_its_ending_reaches_the_other() {
+    if redis_missing() {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let store = format!("{}[session]\nmax_per_user = 2\n", single_store(&redis, ""));
+    let Pair { a, b } = Pair::start(&store).await;
+    redis.wait_subscribers(&channel(), 2, SUBSCRIBE_LIMIT).await;
+    let probe_a = Probe::new(&a).warm().await;
+
+    // Two sessions on A, the first one least recently used; A caches both.
+    let (_, oldest) = a.admin().mint_for("alice").await;
+    // `last_seen` is in milliseconds: the two must not tie.
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    let (_, newer) = a.admin().mint_for("alice").await;
+    a.assert_serves(&newer, "alice", "the newer session on A").await;
+
+    // A login on B (the user's third session) ends the oldest one, which B learned of from
+    // Redis alone; A refuses it within the bound.
+    let mut third = b.browser();
+    third.login("alice").await;
+    let since = Instant::now();
+    probe_a
+        .refused_within(&[&oldest], since, PROPAGATION, "the session ended by B's login, on A")
+        .await;
+    a.assert_serves(&newer, "alice", "the newer session on A").await;
+    a.assert_serves(&third.expect_token(), "alice", "the login on B, on A")
+        .await;
+    let members = redis.cli(&["SCARD", &format!("{PREFIX}user:alice")]).await;
+    assert_eq!(members.trim(), "2", "alice's index");
 }

@@ -148,7 +148,8 @@ async fn a_batch_of_minted_sessions_survives_sigkill() {
     let upstream = TestUpstream::start().await;
     let responder = Responder::start().await;
     let state = tempfile::tempdir().expect("state dir");
-    let config = durable_config(&upstream, &responder, &state);
+    // A batch must fit under the per-user limit (default 10).
+    let config = durable_config(&upstream, &responder, &state).section("[session]\nmax_per_user = 50\n");
 
     let gw = BinaryGateway::start(config.clone()).await;
     let minted = super::support::Admin::new(&gw).mint_batch("alice", 50).await;
@@ -196,4 +197,32 @@ async fn concurrent_anonymous_visitors_all_survive_sigkill() {
             "visitor {i}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_limit_counts_the_sessions_kept_across_a_restart() {
+    // The embedded store's user index is on disk with the sessions: after a restart a login
+    // past `max_per_user` is still refused, and a sign-out still makes room.
+    let upstream = TestUpstream::start().await;
+    let responder = Responder::start().await;
+    let state = tempfile::tempdir().expect("state dir");
+    let config = durable_config(&upstream, &responder, &state)
+        .section("[session]\nmax_per_user = 1\non_user_limit = \"refuse\"\n");
+
+    let gw = BinaryGateway::start(config.clone()).await;
+    let mut holder = Browser::new(&gw, gw.client());
+    holder.login("alice").await;
+    let token = holder.expect_token();
+    stop(gw, "KILL").await;
+
+    let gw = BinaryGateway::start(config).await;
+    let mut newcomer = Browser::new(&gw, gw.client());
+    let refused = newcomer.submit_login("alice", super::support::PASSWORD, "/").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.text());
+    assert_alice(&gw, &token, "after the refused login").await;
+
+    let mut holder = browser(&gw, &token);
+    assert_eq!(holder.logout().await.status, StatusCode::SEE_OTHER);
+    newcomer.login("alice").await;
+    assert_alice(&gw, &newcomer.expect_token(), "after the holder signed out").await;
 }

@@ -16,6 +16,7 @@
 //! - `durability`: the embedded store across SIGTERM and SIGKILL restarts of the binary.
 //! - `admin_api`: minting, listing and revoking sessions, and the session metrics.
 //! - `batch_mint`: minting many sessions in one admin request (`"count": N`).
+//! - `user_limit`: `[session] max_per_user`, ending the least recent or refusing.
 
 mod admin_api;
 mod batch_mint;
@@ -29,3 +30,4 @@ mod login;
 mod logout;
 mod malformed;
 pub(crate) mod support;
+mod user_limit;
