@@ -124,6 +124,9 @@ head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$TMP/admin-token"
 HASH=${STORM_HASH:-$(printf '%s' "$LOGIN_PASSWORD" | "$SG_BIN" hash-password)}
 gateway_head "$SG_PORT" "$SG_ADMIN" "$TMP" >"$TMP/sessiongate.toml"
 cat >>"$TMP/sessiongate.toml" <<TOML
+[session]
+# Every login's form makes an anonymous session, all from one address.
+new_per_ip_per_minute = 60000000
 [store]
 $( if [[ ${STORE:-embedded} == memory ]]; then echo 'kind = "memory"'; else printf 'kind = "embedded"\npath = "%s"\n' "$TMP/sessions.redb"; fi )
 $( [[ -n ${MAX_CONCURRENT:-}${HASH_CPUS:-} ]] && echo '[login]'

@@ -46,6 +46,9 @@ head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$TMP/admin-token"
 HASH=$(printf '%s' "$PASSWORD" | "${BINS[0]}" hash-password)
 gateway_head "$SG_PORT" "$SG_ADMIN" "$TMP" >"$TMP/sessiongate.toml"
 cat >>"$TMP/sessiongate.toml" <<TOML
+[session]
+# Every login's form makes an anonymous session, all from one address.
+new_per_ip_per_minute = 60000000
 [store]
 kind = "memory"
 [[users]]

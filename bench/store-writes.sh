@@ -47,6 +47,8 @@ start_upstream "$SUT_CPUS" "$UP_PORT" 'hello from the upstream'
 head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$TMP/admin-token"
 gateway_head "$SG_PORT" "$SG_ADMIN" "$TMP" >"$TMP/sessiongate.toml"
 {
+  # One address (the load tool's) makes every session.
+  printf '[session]\nnew_per_ip_per_minute = 60000000\n'
   echo "[store]"
   echo "kind = \"$STORE\""
   [[ $STORE == embedded ]] && echo "path = \"$TMP/sessions.redb\""

@@ -32,6 +32,9 @@ pub enum GatewayError {
     /// `[session] max_per_user` refused a new session.
     #[error("{0}")]
     TooManySessions(String),
+    /// The client address passed `[session] new_per_ip_per_minute`.
+    #[error("too many new sessions from this address")]
+    NewSessionLimit(std::time::Duration),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -52,7 +55,7 @@ impl GatewayError {
             GatewayError::UpstreamConnect(_) | GatewayError::UpstreamOther(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::TooManySessions(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::TooManySessions(_) | GatewayError::NewSessionLimit(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -66,9 +69,17 @@ impl GatewayError {
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
         let mut resp = plain(status, status.canonical_reason().unwrap_or("Error"));
-        if matches!(self, GatewayError::StoreUnavailable(_)) {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        match self {
+            GatewayError::StoreUnavailable(_) => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            GatewayError::NewSessionLimit(wait) => {
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            _ => {}
         }
         resp
     }

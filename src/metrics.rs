@@ -32,6 +32,7 @@ pub struct Metrics {
     sessions_revoked: Family<Labels, Counter>,
     sessions_expired: Family<Labels, Counter>,
     user_session_limit: Family<Labels, Counter>,
+    pub sessions_not_issued: Counter,
     pub sessions_active: Gauge,
     binding_mismatches: Family<Labels, Counter>,
     pub cache_hits: Counter,
@@ -104,6 +105,7 @@ impl Metrics {
         let sessions_revoked = Family::<Labels, Counter>::default();
         let sessions_expired = Family::<Labels, Counter>::default();
         let user_session_limit = Family::<Labels, Counter>::default();
+        let sessions_not_issued = Counter::default();
         let sessions_active = Gauge::default();
         let binding_mismatches = Family::<Labels, Counter>::default();
         let cache_hits = Counter::default();
@@ -163,6 +165,11 @@ impl Metrics {
             user_session_limit.clone(),
         );
         registry.register(
+            "sessions_not_issued",
+            "Anonymous sessions not created because the client address passed [session] new_per_ip_per_minute",
+            sessions_not_issued.clone(),
+        );
+        registry.register(
             "sessions_active",
             "Sessions in the session cache",
             sessions_active.clone(),
@@ -206,6 +213,7 @@ impl Metrics {
             sessions_revoked,
             sessions_expired,
             user_session_limit,
+            sessions_not_issued,
             sessions_active,
             binding_mismatches,
             cache_hits,

@@ -289,6 +289,11 @@ impl ConnSettings {
             // chunk would become its own record and write.
             .writev(false)
             .keep_alive(true);
+        // hyper answers a head with more fields 431 itself; left at its
+        // default, it parses them into a stack array instead of the heap.
+        if config.server.max_headers != crate::config::DEFAULT_MAX_HEADERS {
+            h1.max_headers(config.server.max_headers);
+        }
         let mut h2 = auto::Builder::new(TokioExecutor::new()).http2_only();
         h2.http2()
             .timer(TokioTimer::new())

@@ -50,6 +50,7 @@ impl From<SessionError> for GatewayError {
     fn from(e: SessionError) -> Self {
         match e {
             SessionError::UserLimit(e) => GatewayError::TooManySessions(e.to_string()),
+            SessionError::NewSessionLimit { retry_after } => GatewayError::NewSessionLimit(retry_after),
             e => GatewayError::StoreUnavailable(e.to_string()),
         }
     }

@@ -40,6 +40,16 @@ pub const MIN_PAGE_CACHE_BYTES: usize = 1024 * 1024;
 /// More worker threads than this is a typo, not a machine.
 pub const MAX_WORKERS: usize = 1024;
 
+/// `[server] max_headers` by default: hyper's HTTP/1 parser keeps this many
+/// on the stack; any other value makes it allocate them on every request.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// More new sessions per address and minute than this is no limit at all
+/// (a million a minute is more than the store commits).
+const MAX_NEW_PER_MINUTE: u32 = 60_000_000;
+/// A browser sends about 15 header fields; fewer than this would refuse them.
+const MIN_HEADERS: usize = 32;
+const MAX_HEADERS: usize = 10_000;
+
 /// Who may reach a route without a session, and what happens when they do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
@@ -84,6 +94,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub max_header_bytes: usize,
+    /// Request header fields (count) → 431 beyond it.
+    pub max_headers: usize,
     pub max_connections: usize,
     /// Single-threaded event loops serving the HTTPS listener, each with its
     /// own upstream pool (see `server`).
@@ -191,6 +203,9 @@ pub struct SessionConfig {
     pub absolute_timeout: Duration,
     pub max_data_bytes: usize,
     pub per_user: UserLimit,
+    /// Anonymous sessions one client address may create per minute (and at
+    /// once); at least 1.
+    pub new_per_ip_per_minute: u32,
     pub binding: BindingConfig,
 }
 
@@ -458,6 +473,12 @@ impl Validator<'_> {
         if s.max_header_bytes < 1024 {
             return Err(self.err("server.max_header_bytes", "must be at least 1024"));
         }
+        if !(MIN_HEADERS..=MAX_HEADERS).contains(&s.max_headers) {
+            return Err(self.err(
+                "server.max_headers",
+                format!("must be between {MIN_HEADERS} and {MAX_HEADERS}"),
+            ));
+        }
         if s.max_connections == 0 {
             return Err(self.err("server.max_connections", "must be at least 1"));
         }
@@ -486,6 +507,7 @@ impl Validator<'_> {
             header_read_timeout: self.duration("server.header_read_timeout", &s.header_read_timeout)?,
             keepalive_timeout: self.duration("server.keepalive_timeout", &s.keepalive_timeout)?,
             max_header_bytes: s.max_header_bytes,
+            max_headers: s.max_headers,
             max_connections: s.max_connections,
             workers,
             shutdown_grace: self.duration("server.shutdown_grace", &s.shutdown_grace)?,
@@ -651,6 +673,15 @@ impl Validator<'_> {
             .map(|h| self.header_name("session.binding.fingerprint_headers", h))
             .collect::<Result<Vec<_>, _>>()?;
         let per_user = self.user_limit(s)?;
+        let new_per_ip_per_minute = match u32::try_from(s.new_per_ip_per_minute) {
+            Ok(n) if (1..=MAX_NEW_PER_MINUTE).contains(&n) => n,
+            _ => {
+                return Err(self.err(
+                    "session.new_per_ip_per_minute",
+                    format!("must be between 1 and {MAX_NEW_PER_MINUTE}"),
+                ))
+            }
+        };
         let idle_timeout = self.duration("session.idle_timeout", &s.idle_timeout)?;
         let absolute_timeout = self.duration("session.absolute_timeout", &s.absolute_timeout)?;
         Ok(SessionConfig {
@@ -661,6 +692,7 @@ impl Validator<'_> {
             absolute_timeout,
             max_data_bytes: s.max_data_bytes,
             per_user,
+            new_per_ip_per_minute,
             binding: BindingConfig {
                 ip,
                 fingerprint_headers,

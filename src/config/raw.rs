@@ -52,6 +52,8 @@ pub struct RawServer {
     pub keepalive_timeout: String,
     #[serde(default = "d_max_header_bytes")]
     pub max_header_bytes: usize,
+    #[serde(default = "d_max_headers")]
+    pub max_headers: usize,
     #[serde(default = "d_max_connections")]
     pub max_connections: usize,
     /// `None`: one per CPU.
@@ -80,6 +82,7 @@ impl Default for RawServer {
             header_read_timeout: d_header_read_timeout(),
             keepalive_timeout: d_keepalive_timeout(),
             max_header_bytes: d_max_header_bytes(),
+            max_headers: d_max_headers(),
             max_connections: d_max_connections(),
             workers: None,
             shutdown_grace: d_shutdown_grace(),
@@ -113,6 +116,9 @@ fn d_header_read_timeout() -> String {
 }
 fn d_keepalive_timeout() -> String {
     "60s".into()
+}
+fn d_max_headers() -> usize {
+    crate::config::DEFAULT_MAX_HEADERS
 }
 fn d_max_header_bytes() -> usize {
     16 * 1024
@@ -196,6 +202,8 @@ pub struct RawSession {
     pub max_per_user: u64,
     #[serde(default = "d_on_user_limit")]
     pub on_user_limit: String,
+    #[serde(default = "d_new_per_ip_per_minute")]
+    pub new_per_ip_per_minute: u64,
     #[serde(default)]
     pub binding: RawBinding,
 }
@@ -211,6 +219,7 @@ impl Default for RawSession {
             max_data_bytes: d_max_data_bytes(),
             max_per_user: d_max_per_user(),
             on_user_limit: d_on_user_limit(),
+            new_per_ip_per_minute: d_new_per_ip_per_minute(),
             binding: RawBinding::default(),
         }
     }
@@ -233,6 +242,9 @@ fn d_max_data_bytes() -> usize {
 }
 fn d_max_per_user() -> u64 {
     10
+}
+fn d_new_per_ip_per_minute() -> u64 {
+    600
 }
 fn d_on_user_limit() -> String {
     "end_least_recent".into()

@@ -19,7 +19,7 @@ use crate::error::GatewayError;
 use crate::metrics::{Metrics, RouteMetrics, UpstreamErrorKind};
 use crate::routing::{normalize_path, Route, Router};
 use crate::server::StartError;
-use crate::session::{Live, Lookup, Sessions};
+use crate::session::{Live, Lookup, SessionError, Sessions};
 use body::{Body, UploadHook};
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -199,7 +199,10 @@ async fn pipeline<'s>(
     upload: UploadHook<'_>,
 ) -> Result<Response<Body>, GatewayError> {
     // Request filter: limits and framing.
-    if headers::header_bytes(req.headers()) > shared.config.server.max_header_bytes {
+    // hyper bounds an HTTP/1 head's field count itself; an HTTP/2 one only
+    // by its bytes (each field counts 32 more there).
+    let server = &shared.config.server;
+    if req.headers().len() > server.max_headers || headers::header_bytes(req.headers()) > server.max_header_bytes {
         return Err(GatewayError::HeadersTooLarge);
     }
     if req.version() == Version::HTTP_10 && req.headers().contains_key(header::TRANSFER_ENCODING) {
@@ -248,21 +251,34 @@ async fn pipeline<'s>(
     let session = match route.auth {
         AuthMode::None => None,
         AuthMode::Optional | AuthMode::Required => {
-            let live = match shared.sessions.lookup(req.headers(), client.ip).await? {
-                Lookup::Valid(live) => live,
-                Lookup::None { .. } => {
-                    let (token, live) = Box::pin(shared.sessions.issue(client.ip, req.headers())).await?;
-                    set_cookie = Some(shared.sessions.set_cookie(&token));
-                    live
-                }
+            let found = match shared.sessions.lookup(req.headers(), client.ip).await? {
+                Lookup::Valid(live) => Some(live),
+                Lookup::None { .. } => match Box::pin(shared.sessions.issue(client.ip, req.headers())).await {
+                    Ok((token, live)) => {
+                        set_cookie = Some(shared.sessions.set_cookie(&token));
+                        Some(live)
+                    }
+                    // Past `new_per_ip_per_minute`: an `optional` route goes
+                    // on without a session (an anonymous visitor, as far as
+                    // the upstream can tell); a `required` one is refused
+                    // as it would have been, without the cookie.
+                    Err(SessionError::NewSessionLimit { .. }) => None,
+                    Err(e) => return Err(e.into()),
+                },
             };
-            ctx.session_id = Some(live.record.id);
-            if route.auth == AuthMode::Required {
-                if let Some(resp) = authorize(route, &live, &req) {
-                    return Ok(with_cookie(resp, set_cookie));
+            match found {
+                Some(live) => {
+                    ctx.session_id = Some(live.record.id);
+                    if route.auth == AuthMode::Required {
+                        if let Some(resp) = authorize(route, &live, &req) {
+                            return Ok(with_cookie(resp, set_cookie));
+                        }
+                    }
+                    Some(live)
                 }
+                None if route.auth == AuthMode::Required => return Ok(unauthenticated(&req)),
+                None => None,
             }
-            Some(live)
         }
     };
 

@@ -12,6 +12,7 @@
 
 pub mod cookies;
 pub mod live;
+pub mod new_limit;
 pub mod record;
 pub mod store;
 pub mod token;
@@ -48,6 +49,9 @@ pub enum SessionError {
     Random(#[from] token::RandomError),
     #[error(transparent)]
     UserLimit(#[from] UserLimitReached),
+    /// The client address used up `[session] new_per_ip_per_minute`.
+    #[error("client address passed [session] new_per_ip_per_minute")]
+    NewSessionLimit { retry_after: Duration },
 }
 
 /// A new logged-in session that `[session] max_per_user` does not allow:
@@ -96,6 +100,7 @@ pub struct Sessions {
     touch_ms: u64,
     set_cookie_suffix: String,
     clear_cookie: HeaderValue,
+    new_limit: new_limit::NewSessionLimit,
 }
 
 impl Sessions {
@@ -154,6 +159,7 @@ impl Sessions {
             absolute_ms: millis(s.absolute_timeout),
             touch_ms: millis(config.store.touch_interval),
             set_cookie_suffix: suffix,
+            new_limit: new_limit::NewSessionLimit::new(s.new_per_ip_per_minute),
             clear_cookie: HeaderValue::from_str(&clear).unwrap_or_else(|_| HeaderValue::from_static("")),
             metrics,
             config,
@@ -455,10 +461,32 @@ impl Sessions {
         client_ip: IpAddr,
         headers: &HeaderMap,
     ) -> Result<(SessionToken, Arc<Live>), SessionError> {
+        self.admit_new(client_ip)?;
         let record = self.new_record(client_ip, headers, None)?;
         let out = self.insert(record).await?;
         tracing::debug!(event = "session_created", session_id = %out.1.record.id);
         Ok(out)
+    }
+
+    /// Takes one anonymous session from the client address's allowance
+    /// (`[session] new_per_ip_per_minute`). An address past it is logged
+    /// once per spell (a flood would otherwise write a line per request).
+    fn admit_new(&self, client_ip: IpAddr) -> Result<(), SessionError> {
+        match self.new_limit.check(client_ip) {
+            new_limit::Verdict::Allowed => Ok(()),
+            new_limit::Verdict::Refused { retry_after, first } => {
+                self.metrics.sessions_not_issued.inc();
+                if first {
+                    tracing::warn!(
+                        event = "new_session_limit",
+                        client_ip = %client_ip,
+                        max = self.config.session.new_per_ip_per_minute,
+                        "client address passed [session] new_per_ip_per_minute: its requests go on without new sessions"
+                    );
+                }
+                Err(SessionError::NewSessionLimit { retry_after })
+            }
+        }
     }
 
     /// Mints a logged-in session for automation (admin API).

@@ -105,6 +105,14 @@ fn zero_or_absurd_worker_counts_are_named() {
 }
 
 #[test]
+fn a_header_count_limit_out_of_range_is_named() {
+    for n in ["0", "31", "10001"] {
+        let prepared = valid_config().server("max_headers", n).prepare();
+        assert_rejected(&prepared, &["server.max_headers", "between 32 and 10000"]);
+    }
+}
+
+#[test]
 fn unknown_handshake_mode_is_named() {
     let prepared = valid_config().server_str("tls_handshakes", "sometimes").prepare();
     assert_rejected(&prepared, &["server.tls_handshakes", "sometimes"]);

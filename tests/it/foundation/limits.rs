@@ -131,6 +131,39 @@ async fn oversized_request_headers_are_431() {
     assert_eq!(Echo::from_response(response).await.path(), "/small");
 }
 
+/// `GET path` with `n` small headers `x-h-0` ... (plus the few the client adds itself).
+async fn get_with_headers(client: &reqwest::Client, url: String, n: usize) -> reqwest::StatusCode {
+    let mut request = client.get(url);
+    for i in 0..n {
+        request = request.header(format!("x-h-{i}"), "v");
+    }
+    request.send().await.expect("request").status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_request_headers_are_431_on_http1_and_http2() {
+    // The count, not the bytes: every head here is far below max_header_bytes.
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(GatewayConfig::proxy_all_to(&upstream).server("max_headers", "40")).await;
+    let (h1, h2) = (gw.client(), gw.client_h2());
+    for (name, client) in [("HTTP/1.1", &h1), ("HTTP/2", &h2)] {
+        assert_eq!(get_with_headers(client, gw.url("/many"), 60).await, 431, "{name}");
+        assert_eq!(get_with_headers(client, gw.url("/few"), 20).await, 200, "{name}");
+    }
+    assert_eq!(
+        upstream.request_count(),
+        2,
+        "only the requests within the limit reach the upstream"
+    );
+
+    // The default, 100: hyper's own HTTP/1 bound, and the same for HTTP/2.
+    let gw = TestGateway::start(GatewayConfig::proxy_all_to(&upstream)).await;
+    for (name, client) in [("HTTP/1.1", gw.client()), ("HTTP/2", gw.client_h2())] {
+        assert_eq!(get_with_headers(&client, gw.url("/many"), 150).await, 431, "{name}");
+        assert_eq!(get_with_headers(&client, gw.url("/few"), 80).await, 200, "{name}");
+    }
+}
+
 /// A gateway cutting off header reads after 500 ms.
 async fn gateway_with_short_header_timeout(upstream: &TestUpstream) -> TestGateway {
     TestGateway::start(GatewayConfig::proxy_all_to(upstream).server_str("header_read_timeout", "500ms")).await

@@ -17,6 +17,7 @@
 //! - `admin_api`: minting, listing and revoking sessions, and the session metrics.
 //! - `batch_mint`: minting many sessions in one admin request (`"count": N`).
 //! - `user_limit`: `[session] max_per_user`, ending the least recent or refusing.
+//! - `new_limit`: `[session] new_per_ip_per_minute`, anonymous sessions per client address.
 
 mod admin_api;
 mod batch_mint;
@@ -29,5 +30,6 @@ mod identity;
 mod login;
 mod logout;
 mod malformed;
+mod new_limit;
 pub(crate) mod support;
 mod user_limit;
