@@ -4,6 +4,8 @@
 //! - `GET /healthz` → 200 while the process serves.
 //! - `GET /readyz` → 200 when the session store answers, else 503.
 //! - `GET /metrics` → Prometheus/OpenMetrics text.
+//! - `POST /tls/reload` → reads `[tls] cert` and `key` again (as SIGHUP
+//!   does); 200, or 500 with the reason and the old certificate kept.
 //! - `GET /sessions?user=NAME`, `DELETE /sessions/{id}`, `DELETE /sessions?user=NAME`,
 //!   `POST /sessions` (mint one, or `"count": N` of them) → JSON; 401
 //!   without the configured token (and always 401 when no token is
@@ -36,14 +38,39 @@ pub struct AdminState {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     sessions: Arc<Sessions>,
+    tls: crate::tls::Reloadable,
 }
 
 impl AdminState {
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, sessions: Arc<Sessions>) -> AdminState {
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        sessions: Arc<Sessions>,
+        tls: crate::tls::Reloadable,
+    ) -> AdminState {
         AdminState {
             config,
             metrics,
             sessions,
+            tls,
+        }
+    }
+
+    /// Reads `[tls] cert` and `key` again; new connections get them, open
+    /// ones keep theirs. A failure keeps the certificate in force. Logged
+    /// and counted either way.
+    pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
+        match self.tls.reload() {
+            Ok(()) => {
+                self.metrics.tls_reload("ok");
+                tracing::info!(event = "tls_reloaded", cert = %self.config.tls.cert.display(), "TLS certificate and key reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.tls_reload("failed");
+                tracing::error!(event = "tls_reload_failed", error = %e, "TLS reload failed; the certificate in force stays");
+                Err(e)
+            }
         }
     }
 }
@@ -82,12 +109,10 @@ async fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> 
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readyz(state).await,
         (&Method::GET, "/metrics") => metrics(state),
+        (_, "/tls/reload") => tls_reload(state, &req),
         (_, p) if p == "/sessions" || p.starts_with("/sessions/") => {
             if !authorized(state, req.headers()) {
-                let mut r = json(StatusCode::UNAUTHORIZED, &json!({"error": "admin token required"}));
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return r;
+                return unauthorized();
             }
             match sessions_api(state, peer, req).await {
                 Ok(r) => r,
@@ -105,6 +130,31 @@ async fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> 
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `POST /tls/reload` (admin token): 200 `{"reloaded": true}`, or 500 with
+/// the reason (the certificate in force stays).
+fn tls_reload(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
+    if !authorized(state, req.headers()) {
+        return unauthorized();
+    }
+    if req.method() != Method::POST {
+        return json(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "POST /tls/reload"}));
+    }
+    match state.reload_tls() {
+        Ok(()) => json(StatusCode::OK, &json!({"reloaded": true})),
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"reloaded": false, "error": e.to_string()}),
+        ),
+    }
+}
+
+fn unauthorized() -> Response<Body> {
+    let mut r = json(StatusCode::UNAUTHORIZED, &json!({"error": "admin token required"}));
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {

@@ -32,4 +32,4 @@ pub mod server;
 pub mod session;
 pub mod tls;
 
-pub use server::{Gateway, ShutdownHandle, StartError};
+pub use server::{Gateway, ShutdownHandle, StartError, TlsReloadHandle};

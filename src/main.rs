@@ -258,6 +258,10 @@ fn run_gateway(path: &Path, demo: Option<std::net::TcpListener>) -> ExitCode {
             tracing::info!("signal received");
             handle.shutdown();
         });
+        if let Err(e) = reload_tls_on_sighup(gateway.tls_reload_handle()) {
+            eprintln!("error: cannot handle SIGHUP: {e}");
+            return ExitCode::FAILURE;
+        }
         match gateway.run().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -266,6 +270,21 @@ fn run_gateway(path: &Path, demo: Option<std::net::TcpListener>) -> ExitCode {
             }
         }
     })
+}
+
+/// SIGHUP reloads the certificate and key (a renewal), as nginx and
+/// haproxy do; it no longer ends the process. The outcome is logged.
+fn reload_tls_on_sighup(reload: sessiongate::TlsReloadHandle) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the TLS certificate and key");
+            // The error is logged and counted where it happens.
+            let _ = reload.reload();
+        }
+    });
+    Ok(())
 }
 
 async fn wait_for_signal() {

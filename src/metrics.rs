@@ -33,6 +33,7 @@ pub struct Metrics {
     sessions_expired: Family<Labels, Counter>,
     user_session_limit: Family<Labels, Counter>,
     pub sessions_not_issued: Counter,
+    tls_reloads: Family<Labels, Counter>,
     pub sessions_active: Gauge,
     binding_mismatches: Family<Labels, Counter>,
     pub cache_hits: Counter,
@@ -106,6 +107,7 @@ impl Metrics {
         let sessions_expired = Family::<Labels, Counter>::default();
         let user_session_limit = Family::<Labels, Counter>::default();
         let sessions_not_issued = Counter::default();
+        let tls_reloads = Family::<Labels, Counter>::default();
         let sessions_active = Gauge::default();
         let binding_mismatches = Family::<Labels, Counter>::default();
         let cache_hits = Counter::default();
@@ -170,6 +172,11 @@ impl Metrics {
             sessions_not_issued.clone(),
         );
         registry.register(
+            "tls_reloads",
+            "Reloads of the TLS certificate and key, by result (ok, failed)",
+            tls_reloads.clone(),
+        );
+        registry.register(
             "sessions_active",
             "Sessions in the session cache",
             sessions_active.clone(),
@@ -214,6 +221,7 @@ impl Metrics {
             sessions_expired,
             user_session_limit,
             sessions_not_issued,
+            tls_reloads,
             sessions_active,
             binding_mismatches,
             cache_hits,
@@ -284,6 +292,12 @@ impl Metrics {
     pub fn user_limit(&self, action: &'static str) {
         self.user_session_limit
             .get_or_create(&vec![("action", action.to_string())])
+            .inc();
+    }
+
+    pub fn tls_reload(&self, result: &'static str) {
+        self.tls_reloads
+            .get_or_create(&vec![("result", result.to_string())])
             .inc();
     }
 

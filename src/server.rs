@@ -78,6 +78,18 @@ pub enum StartError {
     },
 }
 
+/// Reloads a running [`Gateway`]'s certificate and key from their files.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct TlsReloadHandle(Arc<crate::admin::AdminState>);
+
+impl TlsReloadHandle {
+    /// See [`crate::admin::AdminState::reload_tls`].
+    pub fn reload(&self) -> Result<(), crate::tls::TlsError> {
+        self.0.reload_tls()
+    }
+}
+
 /// Starts a graceful shutdown of a running [`Gateway`]. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
@@ -92,7 +104,7 @@ impl ShutdownHandle {
 pub struct Gateway {
     config: Arc<Config>,
     shared: Arc<Shared>,
-    tls: TlsAcceptor,
+    tls: crate::tls::Reloadable,
     https: TcpListener,
     admin: TcpListener,
     redirect: Option<TcpListener>,
@@ -110,7 +122,7 @@ impl Gateway {
     /// Loads certificates, opens the session store and binds every listener.
     pub async fn bind(config: Config) -> Result<Gateway, StartError> {
         let config = Arc::new(config);
-        let tls = TlsAcceptor::from(crate::tls::server_config(&config.tls.cert, &config.tls.key)?);
+        let tls = crate::tls::Reloadable::load(&config.tls.cert, &config.tls.key)?;
         let metrics = Arc::new(Metrics::new());
         let sessions = Arc::new(crate::session::Sessions::open(config.clone(), metrics.clone()).await?);
         sessions.start_background();
@@ -122,7 +134,12 @@ impl Gateway {
             None => None,
         };
         let (shutdown_tx, _) = watch::channel(false);
-        let admin_state = Arc::new(crate::admin::AdminState::new(config.clone(), metrics, sessions));
+        let admin_state = Arc::new(crate::admin::AdminState::new(
+            config.clone(),
+            metrics,
+            sessions,
+            tls.clone(),
+        ));
         Ok(Gateway {
             config,
             shared,
@@ -149,6 +166,11 @@ impl Gateway {
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle(self.shutdown_tx.clone())
+    }
+
+    /// Reloads the certificate and key (SIGHUP in the binary).
+    pub fn tls_reload_handle(&self) -> TlsReloadHandle {
+        TlsReloadHandle(self.admin_state.clone())
     }
 
     /// Starts workers 1.. on threads of their own (worker 0 is the caller).
@@ -211,7 +233,7 @@ impl Gateway {
         let (mut threads, handshakers) = self.start_handshake_threads(&drained_rx)?;
         let worker = |index: usize| Worker {
             index,
-            tls: self.tls.clone(),
+            tls: self.tls.watch(),
             shared: self.shared.clone(),
             settings: conn_settings.clone(),
             permits: permits.clone(),
@@ -325,7 +347,8 @@ fn dup_listener(l: &TcpListener) -> std::io::Result<std::net::TcpListener> {
 /// One single-threaded event loop serving the HTTPS listener.
 struct Worker {
     index: usize,
-    tls: TlsAcceptor,
+    /// The TLS configuration in force (replaced by a reload).
+    tls: watch::Receiver<Arc<rustls::ServerConfig>>,
     shared: Arc<Shared>,
     settings: Arc<ConnSettings>,
     /// `max_connections`, counted across all workers.
@@ -425,7 +448,7 @@ impl Worker {
             let _ = tcp.set_nodelay(true);
             let admitted = Admitted::new(permit, &self.shared.metrics);
             let conn = Connection {
-                tls: self.tls.clone(),
+                tls: TlsAcceptor::from(self.tls.borrow().clone()),
                 shared: self.shared.clone(),
                 settings: self.settings.clone(),
                 upstream: self.upstream.clone(),

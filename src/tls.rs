@@ -3,12 +3,20 @@
 //!
 //! One crypto provider (aws-lc-rs), TLS 1.2 and 1.3 only, ALPN `h2` then
 //! `http/1.1`, stateless session tickets plus a session cache so that resumed
-//! handshakes are cheap. Private keys are read once and never logged.
+//! handshakes are cheap. Private keys are read when loaded and never logged.
+//!
+//! The certificate and key can be replaced while serving ([`Reloadable`]:
+//! SIGHUP, or `POST /tls/reload` on the admin listener), for renewals
+//! without a restart. A reload builds a whole new configuration, so the
+//! session-ticket key and the session cache are new too: a ticket issued
+//! under the old certificate resumes nothing (SECURITY.md, "rotate ticket
+//! keys on TLS reload").
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -55,6 +63,41 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(64 * 1024);
     Ok(Arc::new(config))
+}
+
+/// The server configuration in force, and where to read the next one. New
+/// connections take the configuration current when they are accepted;
+/// connections already open keep theirs.
+#[derive(Clone)]
+pub struct Reloadable {
+    cert: PathBuf,
+    key: PathBuf,
+    current: Arc<watch::Sender<Arc<rustls::ServerConfig>>>,
+}
+
+impl Reloadable {
+    /// Loads the certificate and key a first time.
+    pub fn load(cert: &Path, key: &Path) -> Result<Reloadable, TlsError> {
+        let config = server_config(cert, key)?;
+        Ok(Reloadable {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: Arc::new(watch::channel(config).0),
+        })
+    }
+
+    /// Reads the certificate and key again from the same paths. On an
+    /// error the configuration in force stays, and the error says why.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let config = server_config(&self.cert, &self.key)?;
+        self.current.send_replace(config);
+        Ok(())
+    }
+
+    /// A view of the configuration in force, for a listener.
+    pub fn watch(&self) -> watch::Receiver<Arc<rustls::ServerConfig>> {
+        self.current.subscribe()
+    }
 }
 
 /// Writes a self-signed development certificate for `hosts` (DNS names or IP

@@ -14,6 +14,7 @@
 //! - `admin`: health and metrics.
 //! - `config_errors`: what `check` and a failed start tell the operator; `gen-cert`.
 //! - `access_log`: the JSON access log of the binary.
+//! - `tls_reload`: a new certificate without a restart (admin API and SIGHUP), new tickets.
 
 mod access_log;
 mod admin;
@@ -25,6 +26,7 @@ mod protocol;
 mod redirect;
 mod routing;
 mod shutdown;
+mod tls_reload;
 mod upstream_errors;
 mod websocket;
 mod workers;
