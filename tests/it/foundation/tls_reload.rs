@@ -15,8 +15,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::{client::TlsStream, TlsConnector};
 
 use crate::kit::{
-    binary::log_field_text, client::plain_client, quoted, raw::get_request, BinaryGateway, GatewayAddrs, GatewayConfig,
-    RawConn, TestGateway, TestUpstream,
+    binary::log_field_text,
+    client::{plain_client, tls_client_config_trusting},
+    quoted,
+    raw::get_request,
+    BinaryGateway, GatewayAddrs, GatewayConfig, RawConn, TestGateway, TestUpstream, ALPN_H1,
 };
 
 const TOKEN: &str = "tls-reload-test-admin-token";
@@ -57,17 +60,7 @@ impl Certs {
 
     /// A client trusting both certificates, with a session-ticket store of its own.
     fn client(&self) -> TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        for path in [&self.old.0, &self.new.0] {
-            roots.add(der(path)).expect("trust");
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = tls_client_config_trusting(&[&self.old.0, &self.new.0], ALPN_H1);
         TlsConnector::from(Arc::new(config))
     }
 }

@@ -41,13 +41,20 @@ pub enum HttpVersion {
 
 /// A rustls client configuration that trusts exactly the certificates in `cert_pem`.
 pub fn tls_client_config(cert_pem: &Path, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    tls_client_config_trusting(&[cert_pem], alpn)
+}
+
+/// A rustls client configuration that trusts exactly the certificates in these PEM files.
+pub fn tls_client_config_trusting(cert_pems: &[&Path], alpn: &[&[u8]]) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(cert_pem)
-        .unwrap_or_else(|e| panic!("read test certificate {}: {e}", cert_pem.display()));
-    for cert in certs {
-        roots
-            .add(cert.expect("parse test certificate"))
-            .expect("trust test certificate");
+    for cert_pem in cert_pems {
+        let certs = CertificateDer::pem_file_iter(cert_pem)
+            .unwrap_or_else(|e| panic!("read test certificate {}: {e}", cert_pem.display()));
+        for cert in certs {
+            roots
+                .add(cert.expect("parse test certificate"))
+                .expect("trust test certificate");
+        }
     }
     // Name the provider rather than rely on a process-wide default being installed.
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
