@@ -215,6 +215,15 @@ fn check(path: &Path) -> ExitCode {
         );
     }
     println!("  users     {}", config.users.len());
+    let session = &config.session;
+    let on_limit = match session.per_user.on_limit {
+        sessiongate::config::OnUserLimit::EndLeastRecent => "end_least_recent",
+        sessiongate::config::OnUserLimit::Refuse => "refuse",
+    };
+    println!(
+        "  sessions  at most {} per user ({on_limit}), {} new per address per minute",
+        session.per_user.max, session.new_per_ip_per_minute
+    );
     if !config.login.hash_cpus.is_empty() {
         println!("  hashing   on CPUs {:?}", config.login.hash_cpus);
     }

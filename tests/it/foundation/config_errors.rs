@@ -189,11 +189,11 @@ fn config_error_display_names_file_key_and_line() {
 }
 
 #[test]
-fn check_accepts_a_good_config_and_lists_listeners_routes_and_hashing_cpus() {
+fn check_accepts_a_good_config_and_lists_listeners_routes_session_limits_and_hashing_cpus() {
     let upstream_port = closed_port();
     let prepared = GatewayConfig::new()
         .route(RouteSpec::new("/api/", format!("http://127.0.0.1:{upstream_port}")))
-        .section("[login]\nhash_cpus = [0]\n")
+        .section("[login]\nhash_cpus = [0]\n[session]\nmax_per_user = 3\non_user_limit = \"refuse\"\n")
         .prepare();
 
     let out = run_cli([OsStr::new("check"), OsStr::new("--config"), prepared.path.as_os_str()]);
@@ -208,6 +208,7 @@ fn check_accepts_a_good_config_and_lists_listeners_routes_and_hashing_cpus() {
         "/api/".to_owned(),
         format!("127.0.0.1:{upstream_port}"),
         "hashing   on CPUs [0]".to_owned(),
+        "sessions  at most 3 per user (refuse), 600 new per address per minute".to_owned(),
     ] {
         assert!(
             out.stdout.contains(&expected),
