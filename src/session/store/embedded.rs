@@ -6,11 +6,12 @@
 //! (`GroupCommit`); reads (the sweeper's scan among them) and batch mints
 //! run on tokio's blocking pool.
 //!
-//! Three tables: `sessions` (token hash → record as JSON), `last_seen`
-//! (token hash → ms) and `user_sessions` (user → the token hashes of their
-//! logged-in sessions: the per-user limit counts them at every login, and a
-//! scan of every record there would cost a login time in proportion to all
-//! sessions). The index is kept in step by every write of a record, in the
+//! Tables: `sessions` (token hash → record as JSON), `last_seen` (token
+//! hash → ms), and the user index, `user_index` ((user, token hash) for
+//! every logged-in session) with `user_index_counts` (user → how many): the
+//! per-user limit counts a user's sessions at every login, and a scan of
+//! every record there would cost a login time in proportion to all
+//! sessions. The index is kept in step by every write of a record, in the
 //! same transaction; a file from before it existed is indexed once, when
 //! opened. The write-behind touch only inserts into the second:
 //! with many active sessions every touch lands on a different B-tree leaf,
@@ -22,15 +23,23 @@
 use super::{is_dead, matches_user, SessionStore, StoreError, StoreFuture};
 use crate::session::record::SessionRecord;
 use crate::session::token::{SessionId, TokenHash};
-use redb::{Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 use tokio::sync::oneshot;
 
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
 const LAST_SEEN: TableDefinition<&[u8], u64> = TableDefinition::new("last_seen");
-const USERS: MultimapTableDefinition<&str, &[u8]> = MultimapTableDefinition::new("user_sessions");
-/// Facts about the file's layout; `USER_INDEX` is set once `user_sessions`
+/// (user, created_at, token hash) → (): one user's sessions are one key
+/// range. `created_at` (which a record keeps for life, login included)
+/// before the hash puts the sessions made together side by side: a batch
+/// mint of 10,000 dirties a hundred leaves of the index, not one leaf per
+/// session, as random hashes alone would (a million-session mint took 48 s
+/// against 28 s without an index).
+const USERS: TableDefinition<(&str, u64, &[u8]), ()> = TableDefinition::new("user_index");
+/// user → the entries `USERS` holds for them: the limit's count without a scan.
+const USER_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("user_index_counts");
+/// Facts about the file's layout; `USER_INDEX` is set once `user_index`
 /// holds every logged-in session.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const USER_INDEX: &str = "user_index";
@@ -39,7 +48,8 @@ const USER_INDEX: &str = "user_index";
 struct Tables<'t> {
     sessions: redb::Table<'t, &'static [u8], &'static [u8]>,
     seen: redb::Table<'t, &'static [u8], u64>,
-    users: redb::MultimapTable<'t, &'static str, &'static [u8]>,
+    users: redb::Table<'t, (&'static str, u64, &'static [u8]), ()>,
+    counts: redb::Table<'t, &'static str, u64>,
 }
 
 impl<'t> Tables<'t> {
@@ -47,7 +57,8 @@ impl<'t> Tables<'t> {
         Ok(Tables {
             sessions: tx.open_table(SESSIONS).map_err(backend)?,
             seen: tx.open_table(LAST_SEEN).map_err(backend)?,
-            users: tx.open_multimap_table(USERS).map_err(backend)?,
+            users: tx.open_table(USERS).map_err(backend)?,
+            counts: tx.open_table(USER_COUNTS).map_err(backend)?,
         })
     }
 
@@ -86,22 +97,48 @@ impl<'t> Tables<'t> {
         before: Option<&SessionRecord>,
         after: Option<&SessionRecord>,
     ) -> Result<(), StoreError> {
-        let (was, is) = (before.and_then(user_of), after.and_then(user_of));
+        let (was, is) = (before.and_then(index_entry), after.and_then(index_entry));
         if was == is {
             return Ok(());
         }
-        if let Some(user) = was {
-            self.users.remove(user, hash.0.as_slice()).map_err(backend)?;
+        if let Some((user, created)) = was {
+            self.unindex(user, created, hash)?;
         }
-        if let Some(user) = is {
-            self.users.insert(user, hash.0.as_slice()).map_err(backend)?;
+        if let Some((user, created)) = is {
+            self.index(user, created, hash)?;
+        }
+        Ok(())
+    }
+
+    fn index(&mut self, user: &str, created: u64, hash: &TokenHash) -> Result<(), StoreError> {
+        let key = (user, created, hash.0.as_slice());
+        let added = self.users.insert(key, ()).map_err(backend)?.is_none();
+        if added {
+            let n = self.counts.get(user).map_err(backend)?.map_or(0, |v| v.value());
+            self.counts.insert(user, n + 1).map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    fn unindex(&mut self, user: &str, created: u64, hash: &TokenHash) -> Result<(), StoreError> {
+        let key = (user, created, hash.0.as_slice());
+        let removed = self.users.remove(key).map_err(backend)?.is_some();
+        if removed {
+            let n = self.counts.get(user).map_err(backend)?.map_or(0, |v| v.value());
+            if n > 1 {
+                self.counts.insert(user, n - 1).map_err(backend)?;
+            } else {
+                self.counts.remove(user).map_err(backend)?;
+            }
         }
         Ok(())
     }
 }
 
-fn user_of(r: &SessionRecord) -> Option<&str> {
-    r.identity.as_ref().map(|i| i.user.as_str())
+/// Where a record sits in the user index: its user and creation time;
+/// `None` for an anonymous session.
+fn index_entry(r: &SessionRecord) -> Option<(&str, u64)> {
+    r.identity.as_ref().map(|i| (i.user.as_str(), r.created_at))
 }
 
 /// The record's `last_seen` with the written-behind one folded in.
@@ -370,8 +407,11 @@ impl SessionStore for EmbeddedStore {
         })
     }
 
-    fn put_many(&self, batch: Vec<(TokenHash, SessionRecord)>) -> StoreFuture<'_, ()> {
-        // One transaction, one fsync, however many records.
+    fn put_many(&self, mut batch: Vec<(TokenHash, SessionRecord)>) -> StoreFuture<'_, ()> {
+        // One transaction, one fsync, however many records. In key order,
+        // each B-tree leaf is written once while it is at hand, rather than
+        // revisited at random for every record.
+        batch.sort_unstable_by_key(|(hash, _)| hash.0);
         self.write(move |t| {
             for (hash, record) in &batch {
                 t.put(hash, record)?;
@@ -431,8 +471,8 @@ impl SessionStore for EmbeddedStore {
     fn count_user(&self, user: String) -> StoreFuture<'_, usize> {
         self.blocking(move |db| {
             let tx = db.begin_read().map_err(backend)?;
-            let users = tx.open_multimap_table(USERS).map_err(backend)?;
-            let n = users.get(user.as_str()).map_err(backend)?.len();
+            let counts = tx.open_table(USER_COUNTS).map_err(backend)?;
+            let n = counts.get(user.as_str()).map_err(backend)?.map_or(0, |v| v.value());
             Ok(usize::try_from(n).unwrap_or(usize::MAX))
         })
     }
@@ -467,18 +507,23 @@ impl SessionStore for EmbeddedStore {
 /// skipped, never believed.
 fn user_sessions(db: &Database, user: &str) -> Result<Vec<(TokenHash, SessionRecord)>, StoreError> {
     let tx = db.begin_read().map_err(backend)?;
-    let users = tx.open_multimap_table(USERS).map_err(backend)?;
+    let users = tx.open_table(USERS).map_err(backend)?;
     let sessions = tx.open_table(SESSIONS).map_err(backend)?;
     let seen = tx.open_table(LAST_SEEN).map_err(backend)?;
     let mut out = Vec::new();
-    for key in users.get(user).map_err(backend)? {
-        let key = key.map_err(backend)?;
-        let (Some(h), Some(v)) = (hash_of(key.value()), sessions.get(key.value()).map_err(backend)?) else {
+    // (0, the empty hash) sorts before every other: the range starts at the user.
+    for entry in users.range((user, 0, [].as_slice())..).map_err(backend)? {
+        let (key, _) = entry.map_err(backend)?;
+        let (owner, _, hash) = key.value();
+        if owner != user {
+            break;
+        }
+        let (Some(h), Some(v)) = (hash_of(hash), sessions.get(hash).map_err(backend)?) else {
             continue;
         };
         let Ok(r) = decode(v.value()) else { continue };
         if matches_user(&r, Some(user)) {
-            out.push((h, with_seen(r, seen_of(&seen, key.value())?)));
+            out.push((h, with_seen(r, seen_of(&seen, hash)?)));
         }
     }
     Ok(out)
@@ -492,16 +537,17 @@ fn index_users_once(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     if meta.get(USER_INDEX).map_err(backend)?.is_some() {
         return Ok(());
     }
-    let mut indexed = 0usize;
+    let mut owners = Vec::new();
     for item in tables.sessions.iter().map_err(backend)? {
         let (k, v) = item.map_err(backend)?;
-        if let Ok(r) = decode(v.value()) {
-            if let Some(user) = user_of(&r) {
-                tables.users.insert(user, k.value()).map_err(backend)?;
-                indexed += 1;
-            }
+        if let (Some(h), Ok(r)) = (hash_of(k.value()), decode(v.value())) {
+            owners.extend(r.identity.map(|i| (i.user, r.created_at, h)));
         }
     }
+    for (user, created, hash) in &owners {
+        tables.index(user, *created, hash)?;
+    }
+    let indexed = owners.len();
     meta.insert(USER_INDEX, 1).map_err(backend)?;
     if indexed > 0 {
         tracing::info!(sessions = indexed, "indexed the stored sessions by user");
@@ -788,7 +834,11 @@ mod tests {
         ];
         store.put_many(batch).await.unwrap_or_else(|e| panic!("{e}"));
         store.put(h(4), record(1_000)).await.unwrap_or_else(|e| panic!("{e}"));
+        // Names that share a prefix with alice's sort next to hers: neither is hers.
+        let neighbours = vec![(h(8), of("alic", 10_000)), (h(9), of("alicea", 10_000))];
+        store.put_many(neighbours).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(users(&store, "alice").await, (2, vec![h(1), h(2)]));
+        assert_eq!(users(&store, "alic").await, (1, vec![h(8)]));
         assert_eq!(users(&store, "bob").await, (1, vec![h(3)]));
 
         // A login's rotation moves the entry to the new token, or to another user.
