@@ -19,6 +19,8 @@ pub enum GatewayError {
     NoRoute,
     #[error("request headers too large")]
     HeadersTooLarge,
+    #[error("request target too long")]
+    UriTooLong,
     #[error("request body too large")]
     BodyTooLarge,
     #[error("upstream unreachable: {0}")]
@@ -51,6 +53,7 @@ impl GatewayError {
             GatewayError::BadRequest(_) | GatewayError::BadPath(_) => StatusCode::BAD_REQUEST,
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
             GatewayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UpstreamConnect(_) | GatewayError::UpstreamOther(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,

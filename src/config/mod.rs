@@ -96,6 +96,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Request header fields (count) → 431 beyond it.
     pub max_headers: usize,
+    /// Request target (path and query) bytes → 414 beyond it.
+    pub max_uri_bytes: usize,
     pub max_connections: usize,
     /// Single-threaded event loops serving the HTTPS listener, each with its
     /// own upstream pool (see `server`).
@@ -473,6 +475,9 @@ impl Validator<'_> {
         if s.max_header_bytes < 1024 {
             return Err(self.err("server.max_header_bytes", "must be at least 1024"));
         }
+        if s.max_uri_bytes < 256 {
+            return Err(self.err("server.max_uri_bytes", "must be at least 256"));
+        }
         if !(MIN_HEADERS..=MAX_HEADERS).contains(&s.max_headers) {
             return Err(self.err(
                 "server.max_headers",
@@ -508,6 +513,7 @@ impl Validator<'_> {
             keepalive_timeout: self.duration("server.keepalive_timeout", &s.keepalive_timeout)?,
             max_header_bytes: s.max_header_bytes,
             max_headers: s.max_headers,
+            max_uri_bytes: s.max_uri_bytes,
             max_connections: s.max_connections,
             workers,
             shutdown_grace: self.duration("server.shutdown_grace", &s.shutdown_grace)?,

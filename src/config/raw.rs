@@ -54,6 +54,8 @@ pub struct RawServer {
     pub max_header_bytes: usize,
     #[serde(default = "d_max_headers")]
     pub max_headers: usize,
+    #[serde(default = "d_max_uri_bytes")]
+    pub max_uri_bytes: usize,
     #[serde(default = "d_max_connections")]
     pub max_connections: usize,
     /// `None`: one per CPU.
@@ -83,6 +85,7 @@ impl Default for RawServer {
             keepalive_timeout: d_keepalive_timeout(),
             max_header_bytes: d_max_header_bytes(),
             max_headers: d_max_headers(),
+            max_uri_bytes: d_max_uri_bytes(),
             max_connections: d_max_connections(),
             workers: None,
             shutdown_grace: d_shutdown_grace(),
@@ -116,6 +119,9 @@ fn d_header_read_timeout() -> String {
 }
 fn d_keepalive_timeout() -> String {
     "60s".into()
+}
+fn d_max_uri_bytes() -> usize {
+    8192
 }
 fn d_max_headers() -> usize {
     crate::config::DEFAULT_MAX_HEADERS

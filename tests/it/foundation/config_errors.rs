@@ -113,6 +113,12 @@ fn a_header_count_limit_out_of_range_is_named() {
 }
 
 #[test]
+fn a_request_target_limit_below_256_is_named() {
+    let prepared = valid_config().server("max_uri_bytes", "100").prepare();
+    assert_rejected(&prepared, &["server.max_uri_bytes", "at least 256"]);
+}
+
+#[test]
 fn unknown_handshake_mode_is_named() {
     let prepared = valid_config().server_str("tls_handshakes", "sometimes").prepare();
     assert_rejected(&prepared, &["server.tls_handshakes", "sometimes"]);

@@ -164,6 +164,29 @@ async fn too_many_request_headers_are_431_on_http1_and_http2() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_target_over_the_limit_is_414_on_http1_and_http2() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(GatewayConfig::proxy_all_to(&upstream).server("max_uri_bytes", "1024")).await;
+    // The query counts: a long one is as long a target as a long path.
+    let long_query = format!("/search?q={}", "a".repeat(1100));
+    let fits = format!("/search?q={}", "a".repeat(900));
+    for (name, client) in [("HTTP/1.1", gw.client()), ("HTTP/2", gw.client_h2())] {
+        let status = |target: &str| {
+            let request = client.get(gw.url(target));
+            async move { request.send().await.expect("request").status() }
+        };
+        assert_eq!(status(&long_query).await, 414, "{name}");
+        assert_eq!(status(&format!("/{}", "p".repeat(1100))).await, 414, "{name}");
+        assert_eq!(status(&fits).await, 200, "{name}");
+    }
+    assert_eq!(
+        upstream.request_count(),
+        2,
+        "only the targets within the limit reach the upstream"
+    );
+}
+
 /// A gateway cutting off header reads after 500 ms.
 async fn gateway_with_short_header_timeout(upstream: &TestUpstream) -> TestGateway {
     TestGateway::start(GatewayConfig::proxy_all_to(upstream).server_str("header_read_timeout", "500ms")).await
