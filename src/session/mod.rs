@@ -502,7 +502,8 @@ impl Sessions {
         let record = self.new_record(client_ip, headers, Some(identity))?;
         let out = self.insert(record).await?;
         tracing::info!(event = "session_minted", session_id = %out.1.record.id);
-        self.trim_user(&user, &HashSet::from([out.1.hash])).await;
+        self.trim_user(&user, &HashSet::from([out.1.hash]), out.1.last_seen())
+            .await;
         Ok(out)
     }
 
@@ -583,7 +584,7 @@ impl Sessions {
         self.cache.insert(hash.prefix(), live.clone()).await;
         self.metrics.sessions_rotated.inc();
         tracing::info!(event = "session_rotated", session_id = %live.record.id, user = %user);
-        self.trim_user(&user, &HashSet::from([hash])).await;
+        self.trim_user(&user, &HashSet::from([hash]), now).await;
         Ok((token, live))
     }
 
@@ -645,21 +646,29 @@ impl Sessions {
 
     /// With `on_user_limit = "end_least_recent"`: ends `user`'s sessions
     /// unused the longest until at most `max_per_user` remain, never one of
-    /// `keep` (the ones just made). A store failure here is logged and
-    /// leaves the sessions in place (the login has happened; the next one
-    /// trims again).
-    async fn trim_user(&self, user: &str, keep: &HashSet<TokenHash>) {
+    /// `keep` (the ones just made, at `made_at`) and never one used since
+    /// `made_at`: two logins of one user at once, each over the limit, then
+    /// end the earlier one's session at most, not each other's. A store
+    /// failure here is logged and leaves the sessions in place (the login
+    /// has happened; the next one trims again).
+    async fn trim_user(&self, user: &str, keep: &HashSet<TokenHash>, made_at: u64) {
         let limit = self.config.session.per_user;
         if limit.on_limit != OnUserLimit::EndLeastRecent {
             return;
         }
-        if let Err(e) = self.end_least_recent(user, keep, limit.max).await {
+        if let Err(e) = self.end_least_recent(user, keep, made_at, limit.max).await {
             self.metrics.store_errors.inc();
             tracing::warn!(error = %e, user, "could not end sessions beyond [session] max_per_user");
         }
     }
 
-    async fn end_least_recent(&self, user: &str, keep: &HashSet<TokenHash>, max: usize) -> Result<(), StoreError> {
+    async fn end_least_recent(
+        &self,
+        user: &str,
+        keep: &HashSet<TokenHash>,
+        made_at: u64,
+        max: usize,
+    ) -> Result<(), StoreError> {
         if self.store.count_user(user.to_string()).await? <= max {
             return Ok(());
         }
@@ -675,7 +684,11 @@ impl Sessions {
         }
         others.sort_by_key(|(_, r)| r.last_seen);
         let excess = others.len() - room;
-        for (h, r) in others.into_iter().take(excess) {
+        let older = others
+            .into_iter()
+            .take(excess)
+            .take_while(|(_, r)| r.last_seen < made_at);
+        for (h, r) in older {
             if self.remove(h).await? {
                 self.metrics.session_revoked("user_limit");
                 self.metrics.user_limit("ended_least_recent");
@@ -811,9 +824,14 @@ mod tests {
     use http::header::COOKIE;
 
     fn sessions(dir: &std::path::Path) -> Sessions {
+        sessions_with(dir, "")
+    }
+
+    /// A manager on the memory store, with `extra` TOML (whole tables).
+    fn sessions_with(dir: &std::path::Path, extra: &str) -> Sessions {
         let (cert, key) = crate::tls::write_self_signed(dir, &["localhost".into()]).unwrap_or_else(|e| panic!("{e}"));
         let text = format!(
-            "[tls]\ncert = {cert:?}\nkey = {key:?}\n[store]\nkind = \"memory\"\n\
+            "[tls]\ncert = {cert:?}\nkey = {key:?}\n[store]\nkind = \"memory\"\n{extra}\
              [[routes]]\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\n"
         );
         let config = Config::parse(&text, &dir.join("test.toml")).unwrap_or_else(|e| panic!("{e}"));
@@ -822,6 +840,42 @@ mod tests {
             Arc::new(Metrics::new()),
             Arc::new(store::memory::MemoryStore::default()),
         )
+    }
+
+    #[tokio::test]
+    async fn the_limit_never_ends_a_session_used_since_the_new_one_was_made() {
+        // As after two logins of one user at once, with max_per_user = 1: the
+        // trim of the login made 2 s ago sees a session last used 3 s ago and
+        // one used 1 s ago (the other login's); it ends only the first.
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = sessions_with(dir.path(), "[session]\nmax_per_user = 1\n");
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let alice = Identity {
+            user: "alice".into(),
+            email: None,
+            groups: Vec::new(),
+        };
+        let mut hashes = Vec::new();
+        let now = now_ms();
+        for seen in [now - 3_000, now - 1_000, now - 2_000] {
+            let mut r = s
+                .new_record(ip, &HeaderMap::new(), Some(alice.clone()))
+                .unwrap_or_else(|e| panic!("{e}"));
+            (r.created_at, r.last_seen) = (seen, seen);
+            let h = SessionToken::generate().unwrap_or_else(|e| panic!("{e}")).hash();
+            s.store.put(h, r).await.unwrap_or_else(|e| panic!("{e}"));
+            hashes.push(h);
+        }
+        s.trim_user("alice", &HashSet::from([hashes[2]]), now - 2_000).await;
+        let left: HashSet<TokenHash> = s
+            .store
+            .list(Some("alice".into()))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|(h, _)| h)
+            .collect();
+        assert_eq!(left, HashSet::from([hashes[1], hashes[2]]));
     }
 
     #[tokio::test]
