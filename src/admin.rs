@@ -58,19 +58,27 @@ impl AdminState {
 
     /// Reads `[tls] cert` and `key` again; new connections get them, open
     /// ones keep theirs. A failure keeps the certificate in force. Logged
-    /// and counted either way.
+    /// and counted either way. It reads files: call it off the event loops.
     pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
-        match self.tls.reload() {
-            Ok(()) => {
-                self.metrics.tls_reload("ok");
-                tracing::info!(event = "tls_reloaded", cert = %self.config.tls.cert.display(), "TLS certificate and key reloaded");
-                Ok(())
-            }
-            Err(e) => {
-                self.metrics.tls_reload("failed");
-                tracing::error!(event = "tls_reload_failed", error = %e, "TLS reload failed; the certificate in force stays");
-                Err(e)
-            }
+        reload_and_report(&self.tls, &self.metrics, &self.config.tls.cert)
+    }
+}
+
+fn reload_and_report(
+    tls: &crate::tls::Reloadable,
+    metrics: &Metrics,
+    cert: &std::path::Path,
+) -> Result<(), crate::tls::TlsError> {
+    match tls.reload() {
+        Ok(()) => {
+            metrics.tls_reload("ok");
+            tracing::info!(event = "tls_reloaded", cert = %cert.display(), "TLS certificate and key reloaded");
+            Ok(())
+        }
+        Err(e) => {
+            metrics.tls_reload("failed");
+            tracing::error!(event = "tls_reload_failed", error = %e, "TLS reload failed; the certificate in force stays");
+            Err(e)
         }
     }
 }
@@ -109,7 +117,7 @@ async fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> 
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readyz(state).await,
         (&Method::GET, "/metrics") => metrics(state),
-        (_, "/tls/reload") => tls_reload(state, &req),
+        (_, "/tls/reload") => tls_reload(state, &req).await,
         (_, p) if p == "/sessions" || p.starts_with("/sessions/") => {
             if !authorized(state, req.headers()) {
                 return unauthorized();
@@ -134,18 +142,28 @@ async fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> 
 
 /// `POST /tls/reload` (admin token): 200 `{"reloaded": true}`, or 500 with
 /// the reason (the certificate in force stays).
-fn tls_reload(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
+async fn tls_reload(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
     if !authorized(state, req.headers()) {
         return unauthorized();
     }
     if req.method() != Method::POST {
         return json(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "POST /tls/reload"}));
     }
-    match state.reload_tls() {
-        Ok(()) => json(StatusCode::OK, &json!({"reloaded": true})),
-        Err(e) => json(
+    // The admin listener shares the first worker's thread: the file reads
+    // and the key parsing run on the blocking pool.
+    let tls = state.tls.clone();
+    let metrics = state.metrics.clone();
+    let cert = state.config.tls.cert.clone();
+    let reloaded = tokio::task::spawn_blocking(move || reload_and_report(&tls, &metrics, &cert)).await;
+    match reloaded {
+        Ok(Ok(())) => json(StatusCode::OK, &json!({"reloaded": true})),
+        Ok(Err(e)) => json(
             StatusCode::INTERNAL_SERVER_ERROR,
             &json!({"reloaded": false, "error": e.to_string()}),
+        ),
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"reloaded": false, "error": format!("reload task failed: {e}")}),
         ),
     }
 }

@@ -289,8 +289,10 @@ fn reload_tls_on_sighup(reload: sessiongate::TlsReloadHandle) -> std::io::Result
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             tracing::info!("SIGHUP received: reloading the TLS certificate and key");
-            // The error is logged and counted where it happens.
-            let _ = reload.reload();
+            // Off the worker's thread: it reads files. The error is logged
+            // and counted where it happens.
+            let reload = reload.clone();
+            let _ = tokio::task::spawn_blocking(move || reload.reload()).await;
         }
     });
     Ok(())

@@ -12,8 +12,8 @@ use tokio::{
 use tokio_rustls::client::TlsStream;
 
 use crate::kit::{
-    client::plain_client, millis, raw::get_request, secs, within, Echo, GatewayConfig, RawConn, RouteSpec, TestGateway,
-    TestUpstream, ALPN_H1, ALPN_H2, SLOW_BODY,
+    millis, raw::get_request, secs, within, Echo, GatewayConfig, RawConn, RouteSpec, TestGateway, TestUpstream,
+    ALPN_H1, ALPN_H2, SLOW_BODY,
 };
 
 /// A gateway with one route, `/`, whose bodies may be at most 1024 bytes.
@@ -215,7 +215,8 @@ async fn unfinished_request_head_is_cut_off() {
     assert_eq!(upstream.request_count(), 0);
     // Counted for operators; the count lands just after the close the client saw.
     within(secs(3), "the cut connection to be counted", async {
-        while !metrics_text(&gw)
+        while !gw
+            .metrics_text()
             .await
             .lines()
             .any(|l| l == "sessiongate_header_timeouts_total 1")
@@ -224,15 +225,6 @@ async fn unfinished_request_head_is_cut_off() {
         }
     })
     .await;
-}
-
-async fn metrics_text(gw: &TestGateway) -> String {
-    let response = plain_client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics");
-    response.text().await.expect("metrics text")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -156,14 +156,7 @@ async fn a_reload_serves_the_new_certificate_and_forgets_the_old_tickets() {
     let (_, shown, _) = connect(&gw, &client).await;
     assert_eq!(shown, new);
 
-    let metrics = plain_client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = gw.metrics_text().await;
     for (result, n) in [("ok", 1), ("failed", 1)] {
         let line = format!("sessiongate_tls_reloads_total{{result=\"{result}\"}} {n}");
         assert!(metrics.contains(&line), "no `{line}` in\n{metrics}");

@@ -5,20 +5,12 @@
 use futures_util::future::join_all;
 
 use crate::kit::{
-    client::plain_client, gateway::GatewayAddrs, secs, within, BinaryGateway, Echo, GatewayConfig, TestGateway,
-    TestUpstream, SLOW_BODY,
+    gateway::GatewayAddrs, secs, within, BinaryGateway, Echo, GatewayConfig, TestGateway, TestUpstream, SLOW_BODY,
 };
 
 /// `sessiongate_connections_accepted_total` per worker label, from the admin listener.
 async fn accepted_by_worker(gw: &GatewayAddrs, workers: usize) -> Vec<u64> {
-    let text = plain_client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = gw.metrics_text().await;
     (0..workers)
         .map(|w| {
             let label = format!("sessiongate_connections_accepted_total{{worker=\"{w}\"}} ");
@@ -129,14 +121,7 @@ const SCHED_IDLE: i32 = 5;
 
 /// `sessiongate_tls_handshakes_total`: (on the worker, on its background thread).
 async fn handshakes_by_thread(gw: &GatewayAddrs) -> (u64, u64) {
-    let text = plain_client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = gw.metrics_text().await;
     let count = |thread: &str| {
         let label = format!("sessiongate_tls_handshakes_total{{thread=\"{thread}\"}} ");
         text.lines()

@@ -46,6 +46,17 @@ impl GatewayAddrs {
         format!("http://{}{path}", self.admin)
     }
 
+    /// `GET /metrics` on the admin listener, as text; fails the test unless 200.
+    pub async fn metrics_text(&self) -> String {
+        let response = super::client::plain_client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics");
+        assert_eq!(response.status(), 200, "GET /metrics");
+        response.text().await.expect("metrics text")
+    }
+
     /// An HTTP/1.1-only HTTPS client.
     pub fn client(&self) -> reqwest::Client {
         self.client_builder().build()
