@@ -245,3 +245,6 @@ awk -F'\t' -v rounds="$ROUNDS" '
 # Where the handshakes ran (sessiongate_tls_handshakes_total; older builds have no such metric).
 hs=$(curl -fsS "http://$SG_ADMIN/metrics" 2>/dev/null | awk '/^sessiongate_tls_handshakes_total/ { printf "%s ", $0 }')
 [[ -z $hs ]] || echo "handshakes: $hs"
+# What [session] max_per_user did to the storm user's sessions (older builds have no such metric).
+ul=$(curl -fsS "http://$SG_ADMIN/metrics" 2>/dev/null | awk '/^sessiongate_user_session_limit_total/ { printf "%s ", $0 }')
+[[ -z $ul ]] || echo "per-user limit: $ul"
