@@ -199,12 +199,12 @@ async fn pipeline<'s>(
     upload: UploadHook<'_>,
 ) -> Result<Response<Body>, GatewayError> {
     // Request filter: limits and framing.
-    // hyper bounds an HTTP/1 head's field count itself; an HTTP/2 one only
-    // by its bytes (each field counts 32 more there).
     let server = &shared.config.server;
     if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > server.max_uri_bytes {
         return Err(GatewayError::UriTooLong);
     }
+    // hyper bounds an HTTP/1 head's field count itself; an HTTP/2 one only
+    // by its bytes (each field counts 32 more there).
     if req.headers().len() > server.max_headers || headers::header_bytes(req.headers()) > server.max_header_bytes {
         return Err(GatewayError::HeadersTooLarge);
     }

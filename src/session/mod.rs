@@ -23,7 +23,7 @@ use http::{HeaderMap, HeaderValue};
 pub use live::Live;
 use live::{Identities, CACHE_TTL};
 use record::{now_ms, ClientBinding, Identity, SessionRecord};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -502,8 +502,7 @@ impl Sessions {
         let record = self.new_record(client_ip, headers, Some(identity))?;
         let out = self.insert(record).await?;
         tracing::info!(event = "session_minted", session_id = %out.1.record.id);
-        self.trim_user(&user, &HashSet::from([out.1.hash]), out.1.last_seen())
-            .await;
+        self.trim_user(&user, out.1.hash, out.1.last_seen()).await;
         Ok(out)
     }
 
@@ -584,7 +583,7 @@ impl Sessions {
         self.cache.insert(hash.prefix(), live.clone()).await;
         self.metrics.sessions_rotated.inc();
         tracing::info!(event = "session_rotated", session_id = %live.record.id, user = %user);
-        self.trim_user(&user, &HashSet::from([hash]), now).await;
+        self.trim_user(&user, hash, now).await;
         Ok((token, live))
     }
 
@@ -645,30 +644,24 @@ impl Sessions {
     }
 
     /// With `on_user_limit = "end_least_recent"`: ends `user`'s sessions
-    /// unused the longest until at most `max_per_user` remain, never one of
-    /// `keep` (the ones just made, at `made_at`) and never one used since
+    /// unused the longest until at most `max_per_user` remain, never `made`
+    /// (the one just made, at `made_at`) and never one used since
     /// `made_at`: two logins of one user at once, each over the limit, then
     /// end the earlier one's session at most, not each other's. A store
     /// failure here is logged and leaves the sessions in place (the login
     /// has happened; the next one trims again).
-    async fn trim_user(&self, user: &str, keep: &HashSet<TokenHash>, made_at: u64) {
+    async fn trim_user(&self, user: &str, made: TokenHash, made_at: u64) {
         let limit = self.config.session.per_user;
         if limit.on_limit != OnUserLimit::EndLeastRecent {
             return;
         }
-        if let Err(e) = self.end_least_recent(user, keep, made_at, limit.max).await {
+        if let Err(e) = self.end_least_recent(user, made, made_at, limit.max).await {
             self.metrics.store_errors.inc();
             tracing::warn!(error = %e, user, "could not end sessions beyond [session] max_per_user");
         }
     }
 
-    async fn end_least_recent(
-        &self,
-        user: &str,
-        keep: &HashSet<TokenHash>,
-        made_at: u64,
-        max: usize,
-    ) -> Result<(), StoreError> {
+    async fn end_least_recent(&self, user: &str, made: TokenHash, made_at: u64, max: usize) -> Result<(), StoreError> {
         if self.store.count_user(user.to_string()).await? <= max {
             return Ok(());
         }
@@ -676,9 +669,9 @@ impl Sessions {
             .user_sessions(user)
             .await?
             .into_iter()
-            .filter(|(h, _)| !keep.contains(h))
+            .filter(|(h, _)| *h != made)
             .collect();
-        let room = max.saturating_sub(keep.len());
+        let room = max.saturating_sub(1);
         if others.len() <= room {
             return Ok(());
         }
@@ -866,8 +859,8 @@ mod tests {
             s.store.put(h, r).await.unwrap_or_else(|e| panic!("{e}"));
             hashes.push(h);
         }
-        s.trim_user("alice", &HashSet::from([hashes[2]]), now - 2_000).await;
-        let left: HashSet<TokenHash> = s
+        s.trim_user("alice", hashes[2], now - 2_000).await;
+        let left: std::collections::HashSet<TokenHash> = s
             .store
             .list(Some("alice".into()))
             .await
@@ -875,7 +868,7 @@ mod tests {
             .into_iter()
             .map(|(h, _)| h)
             .collect();
-        assert_eq!(left, HashSet::from([hashes[1], hashes[2]]));
+        assert_eq!(left, std::collections::HashSet::from([hashes[1], hashes[2]]));
     }
 
     #[tokio::test]
