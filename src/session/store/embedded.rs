@@ -7,13 +7,13 @@
 //! run on tokio's blocking pool.
 //!
 //! Tables: `sessions` (token hash → record as JSON), `last_seen` (token
-//! hash → ms), and the user index, `user_index` ((user, token hash) for
-//! every logged-in session) with `user_index_counts` (user → how many): the
-//! per-user limit counts a user's sessions at every login, and a scan of
-//! every record there would cost a login time in proportion to all
+//! hash → ms), and the user index, `user_index` ((user, created_at, token
+//! hash) for every logged-in session) with `user_index_counts` (user → how
+//! many): the per-user limit counts a user's sessions at every login, and a
+//! scan of every record there would cost a login time in proportion to all
 //! sessions. The index is kept in step by every write of a record, in the
 //! same transaction; a file from before it existed is indexed once, when
-//! opened. The write-behind touch only inserts into the second:
+//! opened. The write-behind touch only inserts into `last_seen`:
 //! with many active sessions every touch lands on a different B-tree leaf,
 //! and decoding and re-encoding the JSON record there held verified
 //! throughput with a million active sessions to ~0.6× the figure with a
@@ -408,9 +408,9 @@ impl SessionStore for EmbeddedStore {
     }
 
     fn put_many(&self, mut batch: Vec<(TokenHash, SessionRecord)>) -> StoreFuture<'_, ()> {
-        // One transaction, one fsync, however many records. In key order,
-        // each B-tree leaf is written once while it is at hand, rather than
-        // revisited at random for every record.
+        // One transaction, one fsync, however many records. In key order the
+        // inserts walk each B-tree forward instead of jumping at random (a
+        // million-session mint: 41-52 s against 48-56 s, session 16).
         batch.sort_unstable_by_key(|(hash, _)| hash.0);
         self.write(move |t| {
             for (hash, record) in &batch {
