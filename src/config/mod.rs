@@ -98,6 +98,10 @@ pub struct ServerConfig {
     pub max_headers: usize,
     /// Request target (path and query) bytes → 414 beyond it.
     pub max_uri_bytes: usize,
+    /// Header fields (count) of an upstream's HTTP/1.1 response → 502
+    /// beyond it. A separate key because the upstream is the operator's own
+    /// app: a legacy one that sets many cookies may need more than clients do.
+    pub upstream_max_headers: usize,
     pub max_connections: usize,
     /// Single-threaded event loops serving the HTTPS listener, each with its
     /// own upstream pool (see `server`).
@@ -484,6 +488,12 @@ impl Validator<'_> {
                 format!("must be between {MIN_HEADERS} and {MAX_HEADERS}"),
             ));
         }
+        if !(MIN_HEADERS..=MAX_HEADERS).contains(&s.upstream_max_headers) {
+            return Err(self.err(
+                "server.upstream_max_headers",
+                format!("must be between {MIN_HEADERS} and {MAX_HEADERS}"),
+            ));
+        }
         if s.max_connections == 0 {
             return Err(self.err("server.max_connections", "must be at least 1"));
         }
@@ -514,6 +524,7 @@ impl Validator<'_> {
             max_header_bytes: s.max_header_bytes,
             max_headers: s.max_headers,
             max_uri_bytes: s.max_uri_bytes,
+            upstream_max_headers: s.upstream_max_headers,
             max_connections: s.max_connections,
             workers,
             shutdown_grace: self.duration("server.shutdown_grace", &s.shutdown_grace)?,

@@ -56,6 +56,8 @@ pub struct RawServer {
     pub max_headers: usize,
     #[serde(default = "d_max_uri_bytes")]
     pub max_uri_bytes: usize,
+    #[serde(default = "d_max_headers")]
+    pub upstream_max_headers: usize,
     #[serde(default = "d_max_connections")]
     pub max_connections: usize,
     /// `None`: one per CPU.
@@ -86,6 +88,7 @@ impl Default for RawServer {
             max_header_bytes: d_max_header_bytes(),
             max_headers: d_max_headers(),
             max_uri_bytes: d_max_uri_bytes(),
+            upstream_max_headers: d_max_headers(),
             max_connections: d_max_connections(),
             workers: None,
             shutdown_grace: d_shutdown_grace(),

@@ -482,6 +482,16 @@ fn classify_client_error(e: hyper_util::client::legacy::Error) -> GatewayError {
         if err.is::<http_body_util::LengthLimitError>() {
             return GatewayError::BodyTooLarge;
         }
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse_too_large)
+        {
+            // hyper says only "message head is too large": name the key that fixes it.
+            return GatewayError::UpstreamOther(format!(
+                "{}; the response head has more header fields than [server] upstream_max_headers, or is larger than about 400 KiB",
+                error_chain(&e)
+            ));
+        }
         source = err.source();
     }
     GatewayError::UpstreamOther(error_chain(&e))

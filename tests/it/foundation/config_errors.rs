@@ -106,9 +106,11 @@ fn zero_or_absurd_worker_counts_are_named() {
 
 #[test]
 fn a_header_count_limit_out_of_range_is_named() {
-    for n in ["0", "31", "10001"] {
-        let prepared = valid_config().server("max_headers", n).prepare();
-        assert_rejected(&prepared, &["server.max_headers", "between 32 and 10000"]);
+    for key in ["max_headers", "upstream_max_headers"] {
+        for n in ["0", "31", "10001"] {
+            let prepared = valid_config().server(key, n).prepare();
+            assert_rejected(&prepared, &[&format!("server.{key}"), "between 32 and 10000"]);
+        }
     }
 }
 

@@ -3,7 +3,10 @@
 
 use std::time::Instant;
 
-use crate::kit::{closed_port, millis, GatewayConfig, RouteSpec, TestGateway, TestUpstream};
+use crate::kit::{
+    binary::log_field_text, closed_port, get_request, millis, secs, BinaryGateway, GatewayAddrs, GatewayConfig,
+    RouteSpec, TestGateway, TestUpstream,
+};
 
 /// Fails the test if an error page reveals the upstream's address or port.
 fn assert_no_upstream_details(body: &str, port: u16) {
@@ -41,4 +44,46 @@ async fn slow_upstream_is_504_after_upstream_timeout_without_details() {
     );
     let body = response.text().await.expect("body");
     assert_no_upstream_details(&body, upstream.addr().port());
+}
+
+/// How many `X-Many-*` fields reached the client through the gateway.
+async fn many_headers_through(gw: &GatewayAddrs, n: usize) -> (u16, usize) {
+    let mut conn = gw.raw().await;
+    let response = conn
+        .roundtrip(get_request(&format!("/many-headers/{n}"), &gw.host_header()))
+        .await
+        .expect("response");
+    let forwarded = response
+        .headers
+        .iter()
+        .filter(|(name, _)| name.to_ascii_lowercase().starts_with("x-many-"))
+        .count();
+    (response.status, forwarded)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_response_header_count_is_bounded_by_upstream_max_headers() {
+    let upstream = TestUpstream::start().await;
+
+    // The default (100, hyper's own) passes an ordinary response whole, and
+    // answers one with more fields 502 without naming the upstream, but with
+    // a log line that names the key to raise.
+    let gw = BinaryGateway::start(GatewayConfig::proxy_all_to(&upstream)).await;
+    assert_eq!(many_headers_through(&gw, 80).await, (200, 80));
+    let mut conn = gw.raw().await;
+    let refused = conn
+        .roundtrip(get_request("/many-headers/150", &gw.host_header()))
+        .await
+        .expect("response");
+    assert_eq!(refused.status, 502);
+    assert_no_upstream_details(&refused.text(), upstream.addr().port());
+    gw.wait_for_log(secs(5), |line| {
+        log_field_text(line, "error").is_some_and(|e| e.contains("[server] upstream_max_headers"))
+    })
+    .await;
+
+    // Raised, the same response reaches the client with every field.
+    let raised = TestGateway::start(GatewayConfig::proxy_all_to(&upstream).server("upstream_max_headers", "300")).await;
+    assert_eq!(many_headers_through(&raised, 150).await, (200, 150));
+    assert_eq!(many_headers_through(&raised, 80).await, (200, 80));
 }

@@ -32,7 +32,7 @@ pub use self::{
     client::{HttpVersion, ALPN_H1, ALPN_H2, ALPN_H2_H1},
     config::{quoted, GatewayConfig, RouteSpec},
     gateway::{GatewayAddrs, TestGateway},
-    raw::{RawConn, RawResponse},
+    raw::{get_request, RawConn, RawResponse},
     upstream::{closed_port, Echo, TestUpstream, SLOW_BODY},
 };
 

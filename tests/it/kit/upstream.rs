@@ -9,6 +9,7 @@
 //! | `/delay/{ms}` | waits `ms` before sending anything, then echoes |
 //! | `/slow-body/{ms}` | sends headers at once and [`SLOW_BODY`] after `ms` |
 //! | `/resp-headers` | answers with hop-by-hop response headers and `X-End-To-End: kept` |
+//! | `/many-headers/{n}` | answers 200 with `n` response headers `X-Many-{i}: {i}` |
 //! | `/ws` | WebSocket echo (text and binary messages come back unchanged) |
 //!
 //! It also counts TCP accepts and records the target of every request, so a test can prove
@@ -162,6 +163,8 @@ async fn handle(req: Request<Incoming>, name: Arc<str>, seen: Arc<Seen>) -> Resu
         slow_body(ms)
     } else if path == "/resp-headers" {
         hop_by_hop_response()
+    } else if let Some(n) = number_after(&path, "/many-headers/") {
+        many_headers(n)
     } else {
         echo(req, &name).await
     };
@@ -174,6 +177,16 @@ fn number_after(path: &str, prefix: &str) -> Option<u64> {
 
 fn full(body: impl Into<Bytes>) -> Body {
     Full::new(body.into()).boxed_unsync()
+}
+
+/// A legacy app's habit: a response with very many header fields.
+fn many_headers(n: u64) -> Response<Body> {
+    let mut response = plain_status(StatusCode::OK);
+    for i in 0..n {
+        let name = header::HeaderName::try_from(format!("x-many-{i}")).expect("header name");
+        response.headers_mut().insert(name, header::HeaderValue::from(i));
+    }
+    response
 }
 
 fn plain_status(status: StatusCode) -> Response<Body> {
