@@ -16,6 +16,10 @@
 #
 #   COUNT=syscalls bench/ir-per-request.sh      # system calls per request instead: the proxy
 #                                               # runs natively, perf stat counts raw_syscalls:sys_enter
+#   COUNT=profile bench/ir-per-request.sh       # where the real CPU time goes: the proxy runs
+#                                               # natively, perf record samples it (cpu-clock, user
+#                                               # and kernel) during the long run; prints µs of CPU per
+#                                               # request and the top symbols (OUT/perf-NAME.txt)
 #
 # Knobs: TARGETS="sessiongate floor" DURATION=10 CONNS=8 SG_BIN (default
 # target/release/sessiongate, built if missing) FLOOR_BIN SG_AUTH=required|optional|none
@@ -42,7 +46,7 @@ UP_PORT=${UP_PORT:-18280}
 PX_PORT=${PX_PORT:-18645}
 ADMIN=127.0.0.1:${ADMIN_PORT:-18690}
 BODY='{"ok":true,"from":"bench-upstream","pad":"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRST"}'
-tools="valgrind callgrind_control"; [[ $COUNT == syscalls ]] && tools=perf
+tools="valgrind callgrind_control"; [[ $COUNT == syscalls || $COUNT == profile ]] && tools=perf
 for tool in $tools wrk nginx curl; do
   command -v $tool >/dev/null || { echo "missing $tool (apt-get install valgrind wrk nginx-light curl)" >&2; exit 1; }
 done
@@ -100,6 +104,8 @@ measure() { # name pid cookie
     if [[ $COUNT == syscalls ]]; then
       perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$OUT/perf-$name-$run.csv" & perf_pid=$!
       sleep 0.5 # attached before the load starts; the idle proxy makes next to no calls
+    elif [[ $COUNT == profile ]]; then
+      [[ $run == long ]] && { perf record -q -e cpu-clock -F "${PERF_HZ:-4999}" -p "$pid" -o "$OUT/perf-$name.data" 2>/dev/null & perf_pid=$!; sleep 0.5; }
     else
       callgrind_control -d "before-$run" "$pid" >/dev/null 2>&1
     fi
@@ -115,10 +121,24 @@ measure() { # name pid cookie
       irs+=("$(awk -F, '/raw_syscalls:sys_enter/ {print $1; exit}' "$OUT/perf-$name-$run.csv")")
       continue
     fi
+    if [[ $COUNT == profile ]]; then
+      [[ -n $perf_pid ]] && { kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; }
+      continue
+    fi
     callgrind_control -d "$name-$run" "$pid" >/dev/null 2>&1
     sleep 1
     irs+=("$(awk '/^summary:|^totals:/ {print $2; exit}' "$(ls -t "$OUT"/callgrind.out.* | head -1)")")
   done
+  if [[ $COUNT == profile ]]; then
+    local samples
+    perf report -i "$OUT/perf-$name.data" --no-children --sort dso,sym --stdio 2>/dev/null |
+      awk -v n="${PERF_TOP:-60}" '!/^#/ && NF && c++ < n' >"$OUT/perf-$name.txt"
+    samples=$(perf script -i "$OUT/perf-$name.data" -F comm 2>/dev/null | wc -l)
+    printf '%-12s requests %7d  CPU µs/request %s  (%s)\n' "$name" "${reqs[1]}" \
+      "$(awk -v s="$samples" -v hz="${PERF_HZ:-4999}" -v r="${reqs[1]}" 'BEGIN { printf "%.2f", s / hz / r * 1e6 }')" "$OUT/perf-$name.txt"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    return
+  fi
   if [[ $COUNT == syscalls ]]; then
     printf '%-12s requests %7d / %7d  syscalls/request %s\n' "$name" "${reqs[0]}" "${reqs[1]}" \
       "$(awk -v a="${irs[0]}" -v b="${irs[1]}" -v r="${reqs[0]}" -v q="${reqs[1]}" 'BEGIN { printf "%.3f", (b - a) / (q - r) }')"
@@ -133,7 +153,7 @@ measure() { # name pid cookie
 
 # The command line prefix a proxy runs under: callgrind, or nothing when counting syscalls.
 under() {
-  [[ $COUNT == syscalls ]] && return
+  [[ $COUNT == syscalls || $COUNT == profile ]] && return
   echo valgrind --tool=callgrind --compress-strings=no --compress-pos=no "--callgrind-out-file=$OUT/callgrind.out.%p"
 }
 
@@ -157,4 +177,4 @@ for t in $TARGETS; do
     *) echo "unknown target $t" >&2 ;;
   esac
 done
-[[ $COUNT == syscalls ]] || echo "callgrind files in $OUT (callgrind_annotate FILE | head -60)"
+[[ $COUNT == syscalls || $COUNT == profile ]] || echo "callgrind files in $OUT (callgrind_annotate FILE | head -60)"

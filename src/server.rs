@@ -35,7 +35,6 @@ use crate::proxy::{
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -296,7 +295,9 @@ struct ConnSettings {
     limits: WatchLimits,
     /// hyper's own HTTP/1 server: no protocol detection, no IO rewind layer.
     h1: hyper::server::conn::http1::Builder,
-    h2: auto::Builder<TokioExecutor>,
+    /// hyper's own HTTP/2 server (hyper-util's `auto` builder would pull
+    /// its HTTP/2 client code into the upstream client's futures too).
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
 }
 
 impl ConnSettings {
@@ -316,9 +317,8 @@ impl ConnSettings {
         if config.server.max_headers != crate::config::DEFAULT_MAX_HEADERS {
             h1.max_headers(config.server.max_headers);
         }
-        let mut h2 = auto::Builder::new(TokioExecutor::new()).http2_only();
-        h2.http2()
-            .timer(TokioTimer::new())
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(config.server.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(256)
             .keep_alive_interval(Some(config.server.keepalive_timeout / 2))
@@ -580,7 +580,7 @@ impl Connection {
             // into it: boxed, that is a pointer rather than kilobytes.
             let service = service_fn(move |req| Box::pin(handler.clone().call(req)));
             let io = TokioIo::new(tls);
-            let conn = self.settings.h2.serve_connection_with_upgrades(io, service);
+            let conn = self.settings.h2.serve_connection(io, service);
             tokio::pin!(conn);
             drive(conn, |c| c.graceful_shutdown(), activity, limits, &mut self.shutdown).await
         } else {
@@ -593,9 +593,7 @@ impl Connection {
             let service = service_fn(move |req| handler.clone().call(req));
             let conn = self.settings.h1.serve_connection(io, service).with_upgrades();
             tokio::pin!(conn);
-            drive(conn, |c| c.graceful_shutdown(), activity, limits, &mut self.shutdown)
-                .await
-                .map_err(Into::into)
+            drive(conn, |c| c.graceful_shutdown(), activity, limits, &mut self.shutdown).await
         };
         match result {
             Ok(Ended::Served) => {}
