@@ -564,6 +564,7 @@ impl Connection {
             conn: ConnInfo {
                 peer: proxy::headers::PeerInfo::new(peer, &self.shared.config.server.trusted_proxies),
                 upstream: self.upstream,
+                recent: Default::default(),
             },
             shared: self.shared,
             activity: Activity::new(h2),

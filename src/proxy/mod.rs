@@ -74,6 +74,8 @@ pub struct ConnInfo {
     /// The upstream pool of the worker serving the connection: each worker
     /// is one thread, so its pooled connections never cross threads.
     pub upstream: upstream::UpstreamClient,
+    /// The session this connection verified last (see `session::recent`).
+    pub recent: crate::session::recent::Recent,
 }
 
 /// What one request accumulates while it passes the phases; read by logging.
@@ -254,7 +256,11 @@ async fn pipeline<'s>(
     let session = match route.auth {
         AuthMode::None => None,
         AuthMode::Optional | AuthMode::Required => {
-            let found = match shared.sessions.lookup(req.headers(), client.ip).await? {
+            let found = match shared
+                .sessions
+                .lookup_recent(&conn.recent, req.headers(), client.ip)
+                .await?
+            {
                 Lookup::Valid(live) => Some(live),
                 Lookup::None { .. } => match Box::pin(shared.sessions.issue(client.ip, req.headers())).await {
                     Ok((token, live)) => {

@@ -13,6 +13,7 @@
 pub mod cookies;
 pub mod live;
 pub mod new_limit;
+pub mod recent;
 pub mod record;
 pub mod store;
 pub mod token;
@@ -94,6 +95,9 @@ pub struct Sessions {
     /// lookup reads through to the store, so a session revoked elsewhere is
     /// never served from a stale cache.
     cache_trusted: Arc<std::sync::atomic::AtomicBool>,
+    /// What connections remember ([`recent`]) is valid only while these
+    /// have not moved: see [`recent::Generations`].
+    generations: recent::Generations,
     events: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<store::CacheEvent>>>,
     idle_ms: u64,
     absolute_ms: u64,
@@ -147,6 +151,7 @@ impl Sessions {
             // A shared store starts untrusted until its feed is confirmed.
             cache_trusted: Arc::new(std::sync::atomic::AtomicBool::new(events.is_none())),
             events: Mutex::new(events),
+            generations: recent::Generations::default(),
             store,
             cache,
             identities: Arc::default(),
@@ -241,17 +246,21 @@ impl Sessions {
 
     async fn apply(&self, event: store::CacheEvent) {
         match event {
-            store::CacheEvent::Invalidate(hash) => self.cache.invalidate(&hash.prefix()).await,
+            store::CacheEvent::Invalidate(hash) => self.uncache(&hash).await,
             store::CacheEvent::Gone(hash) => {
                 // Also stops a store read that raced the delete from putting
                 // the session back into the cache.
                 self.revoked.insert(hash, ());
-                self.cache.invalidate(&hash.prefix()).await;
+                self.uncache(&hash).await;
             }
-            store::CacheEvent::Lost => self.cache_trusted.store(false, Ordering::SeqCst),
+            store::CacheEvent::Lost => {
+                self.cache_trusted.store(false, Ordering::SeqCst);
+                self.generations.advance_all();
+            }
             store::CacheEvent::Restored => {
                 // Whatever was cached may have missed invalidations.
                 self.cache.invalidate_all();
+                self.generations.advance_all();
                 self.cache_trusted.store(true, Ordering::SeqCst);
             }
         }
@@ -261,7 +270,7 @@ impl Sessions {
         match self.store.sweep(now_ms(), self.idle_ms).await {
             Ok(dead) => {
                 for h in &dead {
-                    self.cache.invalidate(&h.prefix()).await;
+                    self.uncache(h).await;
                 }
                 if !dead.is_empty() {
                     tracing::info!(count = dead.len(), "swept expired sessions");
@@ -272,6 +281,49 @@ impl Sessions {
                 tracing::warn!(error = %e, "session sweep failed");
             }
         }
+    }
+
+    /// [`Sessions::lookup`] for a request on a connection that remembers
+    /// the session it verified last ([`recent`]): when the request presents
+    /// exactly what found it, only expiry is checked again.
+    pub async fn lookup_recent(
+        &self,
+        recent: &recent::Recent,
+        headers: &HeaderMap,
+        client_ip: IpAddr,
+    ) -> Result<Lookup, SessionError> {
+        let input = record::fingerprint_input(&self.config.session.binding, headers);
+        let Some(presented) = recent::Presented::new(headers, client_ip, &input) else {
+            recent.forget();
+            return self.lookup(headers, client_ip).await;
+        };
+        if self.cache_trusted.load(Ordering::SeqCst) {
+            if let Some(live) = recent.recall(&presented, &self.generations) {
+                let now = now_ms();
+                if !live.is_stale(now) && live.record.expiry(now, live.last_seen(), self.idle_ms).is_none() {
+                    self.metrics.cache_hits.inc();
+                    self.touch(live.hash, &live, now);
+                    return Ok(Lookup::Valid(live));
+                }
+            }
+        }
+        let found = self.lookup(headers, client_ip).await?;
+        match &found {
+            Lookup::Valid(live) => {
+                // Generation first, then the cache: an ending that took the
+                // entry out after this check advances the generation after
+                // it, so the memory is never valid for an ended session.
+                let generation = self.generations.of(&live.hash);
+                let cached = self.cache.get(&live.hash.prefix()).await;
+                if cached.is_some_and(|c| Arc::ptr_eq(&c, live)) {
+                    recent.remember(&presented, live, generation);
+                } else {
+                    recent.forget();
+                }
+            }
+            Lookup::None { .. } => recent.forget(),
+        }
+        Ok(found)
     }
 
     /// Finds and verifies the session named by the request's cookie.
@@ -409,11 +461,18 @@ impl Sessions {
         }
     }
 
+    /// Takes a session that ended or changed out of the cache, then advances
+    /// its generation, in that order (see [`recent::Generations`]).
+    async fn uncache(&self, hash: &TokenHash) {
+        self.cache.invalidate(&hash.prefix()).await;
+        self.generations.advance(hash);
+    }
+
     /// Deletes a session from the store (durably) and the cache.
     async fn remove(&self, hash: TokenHash) -> Result<bool, StoreError> {
         self.revoked.insert(hash, ());
         let existed = self.store.delete(hash).await.inspect_err(|_| self.store_failed())?;
-        self.cache.invalidate(&hash.prefix()).await;
+        self.uncache(&hash).await;
         Ok(existed)
     }
 
@@ -579,7 +638,7 @@ impl Sessions {
             .rotate(old.hash, hash, record)
             .await
             .inspect_err(|_| self.store_failed())?;
-        self.cache.invalidate(&old.hash.prefix()).await;
+        self.uncache(&old.hash).await;
         self.cache.insert(hash.prefix(), live.clone()).await;
         self.metrics.sessions_rotated.inc();
         tracing::info!(event = "session_rotated", session_id = %live.record.id, user = %user);
@@ -721,10 +780,12 @@ impl Sessions {
             return Ok(());
         }
         self.cache.insert(live.hash.prefix(), fresh).await;
+        // A connection that remembers the old entry must not keep its data.
+        self.generations.advance(&live.hash);
         // `remove` marks `revoked` before it invalidates: whichever order the
         // two ran in, the entry does not outlive the revocation.
         if self.revoked.contains_key(&live.hash) {
-            self.cache.invalidate(&live.hash.prefix()).await;
+            self.uncache(&live.hash).await;
         }
         Ok(())
     }

@@ -133,7 +133,15 @@ pub fn ip_prefix(mode: IpBinding, ip: IpAddr) -> Option<IpNet> {
 /// gathered on the stack and hashed in one call: an incremental digest
 /// context allocates, and this runs on every verified request.
 pub fn fingerprint(config: &BindingConfig, headers: &HeaderMap) -> Fingerprint {
-    let mut input: smallvec::SmallVec<[u8; 256]> = smallvec::SmallVec::new();
+    let input = fingerprint_input(config, headers);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input).as_ref());
+    Fingerprint(out)
+}
+
+/// What [`fingerprint`] hashes: equal inputs, equal fingerprints.
+pub fn fingerprint_input(config: &BindingConfig, headers: &HeaderMap) -> smallvec::SmallVec<[u8; 256]> {
+    let mut input = smallvec::SmallVec::new();
     for name in &config.fingerprint_headers {
         input.extend_from_slice(name.as_str().as_bytes());
         for v in headers.get_all(name) {
@@ -142,9 +150,7 @@ pub fn fingerprint(config: &BindingConfig, headers: &HeaderMap) -> Fingerprint {
         }
         input.extend_from_slice(b"\x00;");
     }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input).as_ref());
-    Fingerprint(out)
+    input
 }
 
 /// The server's copy of a session.

@@ -18,6 +18,7 @@
 //! - `batch_mint`: minting many sessions in one admin request (`"count": N`).
 //! - `user_limit`: `[session] max_per_user`, ending the least recent or refusing.
 //! - `new_limit`: `[session] new_per_ip_per_minute`, anonymous sessions per client address.
+//! - `recent`: one kept-alive connection presenting the same session again and again.
 
 mod admin_api;
 mod batch_mint;
@@ -31,5 +32,6 @@ mod login;
 mod logout;
 mod malformed;
 mod new_limit;
+mod recent;
 pub(crate) mod support;
 mod user_limit;
