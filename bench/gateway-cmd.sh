@@ -5,7 +5,9 @@
 # (TOKIO_WORKER_THREADS, its WORKERS knob). SG_BENCH_DIR holds the session store (with the pre-minted
 # session) and the admin token; SG_BENCH_AUTH picks the route's auth mode;
 # SG_BENCH_REDIS=redis://... selects the Redis store instead of the embedded one;
-# SG_HANDSHAKES=background|inline sets [server] tls_handshakes (unset: the default).
+# SG_HANDSHAKES=background|inline sets [server] tls_handshakes (unset: the default);
+# SG_RECHECK=1 sets [session] recheck_each_request = true (every request looks its
+# session up from scratch, as issue 5 defines a fully verified request).
 set -euo pipefail
 : "${GATEWAY_LISTEN:?} ${GATEWAY_UPSTREAM:?} ${GATEWAY_TLS_CERT:?} ${GATEWAY_TLS_KEY:?} ${SG_BENCH_DIR:?}"
 cfg=${BENCH_TMP:-$SG_BENCH_DIR}/sessiongate-bench.toml
@@ -21,6 +23,7 @@ key = "$GATEWAY_TLS_KEY"
 [admin]
 listen = "${SG_BENCH_ADMIN:-127.0.0.1:18990}"
 token_file = "$SG_BENCH_DIR/admin-token"
+$([[ -z ${SG_RECHECK:-} ]] || printf '[session]\nrecheck_each_request = true\n')
 $(if [[ -n ${SG_BENCH_REDIS:-} ]]; then
   printf '[store]\nkind = "redis"\nurl = "%s"\n' "$SG_BENCH_REDIS"
 else

@@ -21,7 +21,8 @@
 #                                               # and kernel) during the long run; prints µs of CPU per
 #                                               # request and the top symbols (OUT/perf-NAME.txt)
 #
-# Knobs: TARGETS="sessiongate floor" DURATION=10 CONNS=8 SG_BIN (default
+# Knobs: TARGETS="sessiongate floor" DURATION=10 CONNS=8 SG_RECHECK=1 (every request
+# looks its session up from scratch: [session] recheck_each_request) SG_BIN (default
 # target/release/sessiongate, built if missing) FLOOR_BIN SG_AUTH=required|optional|none
 # UP_PORT PX_PORT ADMIN_PORT, OUT=dir (callgrind files, kept for callgrind_annotate; names are not
 # compressed, so each dump part annotates on its own). PROTO=h1|h2; for h2
@@ -75,6 +76,7 @@ head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$OUT/admin-token"
 source "$ROOT/bench/lib.sh"
 gateway_head "$PX_PORT" "$ADMIN" "$OUT" >"$OUT/sg.toml"
 cat >>"$OUT/sg.toml" <<TOML
+$([[ -z ${SG_RECHECK:-} ]] || printf '[session]\nrecheck_each_request = true\n')
 [store]
 kind = "memory"
 [[routes]]

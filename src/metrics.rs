@@ -37,6 +37,8 @@ pub struct Metrics {
     pub sessions_active: Gauge,
     binding_mismatches: Family<Labels, Counter>,
     pub cache_hits: Counter,
+    /// Of `cache_hits`: answered by the connection's own memory (`session::recent`).
+    pub recalls: Counter,
     pub cache_misses: Counter,
     logins: Family<Labels, Counter>,
     pub store_errors: Counter,
@@ -111,6 +113,7 @@ impl Metrics {
         let sessions_active = Gauge::default();
         let binding_mismatches = Family::<Labels, Counter>::default();
         let cache_hits = Counter::default();
+        let recalls = Counter::default();
         let cache_misses = Counter::default();
         let logins = Family::<Labels, Counter>::default();
         let store_errors = Counter::default();
@@ -192,6 +195,11 @@ impl Metrics {
             cache_hits.clone(),
         );
         registry.register(
+            "session_recalls",
+            "Session lookups (counted among the cache hits) answered by what the connection remembered of its previous request",
+            recalls.clone(),
+        );
+        registry.register(
             "session_cache_misses",
             "Session lookups that read the store",
             cache_misses.clone(),
@@ -225,6 +233,7 @@ impl Metrics {
             sessions_active,
             binding_mismatches,
             cache_hits,
+            recalls,
             cache_misses,
             logins,
             store_errors,

@@ -212,6 +212,9 @@ pub struct SessionConfig {
     /// Anonymous sessions one client address may create per minute (and at
     /// once); at least 1.
     pub new_per_ip_per_minute: u32,
+    /// Look every request's session up from scratch, even when its
+    /// connection verified the same cookie just before (`session::recent`).
+    pub recheck_each_request: bool,
     pub binding: BindingConfig,
 }
 
@@ -710,6 +713,7 @@ impl Validator<'_> {
             max_data_bytes: s.max_data_bytes,
             per_user,
             new_per_ip_per_minute,
+            recheck_each_request: s.recheck_each_request,
             binding: BindingConfig {
                 ip,
                 fingerprint_headers,

@@ -214,6 +214,8 @@ pub struct RawSession {
     #[serde(default = "d_new_per_ip_per_minute")]
     pub new_per_ip_per_minute: u64,
     #[serde(default)]
+    pub recheck_each_request: bool,
+    #[serde(default)]
     pub binding: RawBinding,
 }
 
@@ -229,6 +231,7 @@ impl Default for RawSession {
             max_per_user: d_max_per_user(),
             on_user_limit: d_on_user_limit(),
             new_per_ip_per_minute: d_new_per_ip_per_minute(),
+            recheck_each_request: false,
             binding: RawBinding::default(),
         }
     }

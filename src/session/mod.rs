@@ -292,6 +292,9 @@ impl Sessions {
         headers: &HeaderMap,
         client_ip: IpAddr,
     ) -> Result<Lookup, SessionError> {
+        if self.config.session.recheck_each_request {
+            return self.lookup(headers, client_ip).await;
+        }
         let input = record::fingerprint_input(&self.config.session.binding, headers);
         let Some(presented) = recent::Presented::new(headers, client_ip, &input) else {
             recent.forget();
@@ -302,6 +305,7 @@ impl Sessions {
                 let now = now_ms();
                 if !live.is_stale(now) && live.record.expiry(now, live.last_seen(), self.idle_ms).is_none() {
                     self.metrics.cache_hits.inc();
+                    self.metrics.recalls.inc();
                     self.touch(live.hash, &live, now);
                     return Ok(Lookup::Valid(live));
                 }

@@ -118,3 +118,30 @@ async fn session_data_set_by_the_upstream_reaches_the_next_request_on_the_same_c
         next.text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recheck_each_request_looks_every_request_up() {
+    for (recheck, recalled) in [(false, 4.0), (true, 0.0)] {
+        let site = Site::with(|c| c.section(&format!("[session]\nrecheck_each_request = {recheck}\n"))).await;
+        let (_, token) = site.admin().mint_for("alice").await;
+        let mut conn = site.gw.raw().await;
+        for _ in 0..5 {
+            assert_eq!(
+                seen_user(&site, &mut conn, &token, USER_AGENT).await.as_deref(),
+                Some("alice")
+            );
+        }
+        let metrics = site.admin().metrics().await;
+        assert_eq!(
+            metrics.value("sessiongate_session_recalls_total", &[]),
+            recalled,
+            "{}",
+            metrics.0
+        );
+        assert!(
+            metrics.value("sessiongate_session_cache_hits_total", &[]) >= 4.0,
+            "{}",
+            metrics.0
+        );
+    }
+}
