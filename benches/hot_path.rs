@@ -83,6 +83,17 @@ fn benches(c: &mut Criterion) {
             }
         })
     });
+    // The same request again on one connection: answered from what the
+    // connection remembers (`session::recent`) after the first lookup.
+    let recent = sessiongate::session::recent::Recent::default();
+    c.bench_function("session_lookup_recalled", |b| {
+        b.to_async(&rt).iter(|| async {
+            match sessions.lookup_recent(&recent, black_box(&headers), ip).await {
+                Ok(Lookup::Valid(live)) => live.is_authenticated(),
+                _ => unreachable!("the session must verify"),
+            }
+        })
+    });
     let binding = ClientBinding::new(&config.session.binding, ip, &browser);
     c.bench_function("binding_check", |b| {
         b.iter(|| {
