@@ -4,8 +4,12 @@
 //! - `GET /healthz` → 200 while the process serves.
 //! - `GET /readyz` → 200 when the session store answers, else 503.
 //! - `GET /metrics` → Prometheus/OpenMetrics text.
-//! - `POST /tls/reload` → reads `[tls] cert` and `key` again (as SIGHUP
-//!   does); 200, or 500 with the reason and the old certificate kept.
+//! - `POST /tls/reload` → reads `[tls] cert` and `key` again; 200, or 500
+//!   with the reason and the old certificate kept.
+//! - `POST /reload` → reads the config file again (as SIGHUP does): puts its
+//!   `[[users]]` in force, ending the sessions of users removed or changed,
+//!   and reloads the certificate and key; 200 with what changed, or 500 with
+//!   the file, line and reason and nothing changed.
 //! - `GET /sessions?user=NAME`, `DELETE /sessions/{id}`, `DELETE /sessions?user=NAME`,
 //!   `POST /sessions` (mint one, or `"count": N` of them) → JSON; 401
 //!   without the configured token (and always 401 when no token is
@@ -39,6 +43,7 @@ pub struct AdminState {
     metrics: Arc<Metrics>,
     sessions: Arc<Sessions>,
     tls: crate::tls::Reloadable,
+    users: crate::auth::UserDirectory,
 }
 
 impl AdminState {
@@ -47,13 +52,84 @@ impl AdminState {
         metrics: Arc<Metrics>,
         sessions: Arc<Sessions>,
         tls: crate::tls::Reloadable,
+        users: crate::auth::UserDirectory,
     ) -> AdminState {
         AdminState {
             config,
             metrics,
             sessions,
             tls,
+            users,
         }
+    }
+
+    /// Reads the config file again and validates all of it. When valid: its
+    /// `[[users]]` are put in force for every login from now on, and every
+    /// session of a user who was removed or whose password hash, email or
+    /// groups changed is ended (their identity headers would be stale, and
+    /// a removed user must lose access at once). Other sections are only
+    /// compared: a change there is logged as needing a restart. The
+    /// certificate and key are reloaded too. When invalid: nothing changes
+    /// and the error names the file, key and line.
+    pub async fn reload_config(&self) -> Result<ConfigReloaded, String> {
+        let source = self.config.source.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            Config::load(&source).map(|c| {
+                let table = crate::auth::UserTable::new(&c.users);
+                (c, table)
+            })
+        })
+        .await
+        .map_err(|e| format!("reload task failed: {e}"));
+        let (new, table) = match loaded.and_then(|r| r.map_err(|e| e.to_string())) {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.metrics.config_reload("failed");
+                tracing::error!(event = "config_reload_failed", error = %e, "config not reloaded; the running one stays");
+                return Err(e);
+            }
+        };
+        let changes = self.users.replace(table);
+        let mut sessions_ended = 0;
+        for (names, reason) in [(&changes.removed, "user_removed"), (&changes.changed, "user_changed")] {
+            for user in names {
+                match self.sessions.revoke_user_because(user, reason).await {
+                    Ok(n) => {
+                        sessions_ended += n;
+                        tracing::warn!(event = "user_sessions_ended", user = %user, reason, sessions = n);
+                    }
+                    Err(e) => {
+                        self.metrics.store_errors.inc();
+                        tracing::error!(user = %user, reason, error = %e, "could not end the sessions of a removed or changed user");
+                    }
+                }
+            }
+        }
+        let restart_needed = sections_changed(&self.config, &new);
+        if !restart_needed.is_empty() {
+            tracing::warn!(sections = ?restart_needed, "config changes outside [[users]] and the certificate files take effect at the next restart");
+        }
+        let tls = {
+            let (tls, metrics, cert) = (self.tls.clone(), self.metrics.clone(), self.config.tls.cert.clone());
+            tokio::task::spawn_blocking(move || reload_and_report(&tls, &metrics, &cert).map_err(|e| e.to_string()))
+                .await
+                .unwrap_or_else(|e| Err(format!("reload task failed: {e}")))
+        };
+        self.metrics.config_reload("ok");
+        tracing::info!(
+            event = "config_reloaded",
+            users_added = changes.added.len(),
+            users_removed = changes.removed.len(),
+            users_changed = changes.changed.len(),
+            sessions_ended,
+            "config reloaded"
+        );
+        Ok(ConfigReloaded {
+            users: changes,
+            sessions_ended,
+            tls,
+            restart_needed,
+        })
     }
 
     /// Reads `[tls] cert` and `key` again; new connections get them, open
@@ -62,6 +138,43 @@ impl AdminState {
     pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
         reload_and_report(&self.tls, &self.metrics, &self.config.tls.cert)
     }
+}
+
+/// What [`AdminState::reload_config`] did.
+#[derive(Debug)]
+pub struct ConfigReloaded {
+    pub users: crate::auth::UserChanges,
+    pub sessions_ended: usize,
+    /// The certificate reload's outcome (a failure keeps the one in force).
+    pub tls: Result<(), String>,
+    /// Sections that differ from the running config but need a restart.
+    pub restart_needed: Vec<&'static str>,
+}
+
+/// The sections of `new` that differ from `running`, apart from `[[users]]`
+/// (applied) and the certificate files' contents (reloaded).
+fn sections_changed(running: &Config, new: &Config) -> Vec<&'static str> {
+    let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    let mut out = Vec::new();
+    let sections: [(&'static str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 8] = [
+        ("server", &running.server, &new.server),
+        ("tls", &running.tls, &new.tls),
+        ("admin", &running.admin, &new.admin),
+        ("routes", &running.routes, &new.routes),
+        ("session", &running.session, &new.session),
+        ("store", &running.store, &new.store),
+        ("headers", &running.headers, &new.headers),
+        ("login", &running.login, &new.login),
+    ];
+    for (name, a, b) in sections {
+        if differs(a, b) {
+            out.push(name);
+        }
+    }
+    if running.admin.token.as_ref().map(|t| &t.0) != new.admin.token.as_ref().map(|t| &t.0) {
+        out.push("admin.token");
+    }
+    out
 }
 
 fn reload_and_report(
@@ -118,6 +231,7 @@ async fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> 
         (&Method::GET, "/readyz") => readyz(state).await,
         (&Method::GET, "/metrics") => metrics(state),
         (_, "/tls/reload") => tls_reload(state, &req).await,
+        (_, "/reload") => config_reload(state, &req).await,
         (_, p) if p == "/sessions" || p.starts_with("/sessions/") => {
             if !authorized(state, req.headers()) {
                 return unauthorized();
@@ -164,6 +278,35 @@ async fn tls_reload(state: &AdminState, req: &Request<Incoming>) -> Response<Bod
         Err(e) => json(
             StatusCode::INTERNAL_SERVER_ERROR,
             &json!({"reloaded": false, "error": format!("reload task failed: {e}")}),
+        ),
+    }
+}
+
+/// `POST /reload` (admin token): see [`AdminState::reload_config`].
+async fn config_reload(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
+    if !authorized(state, req.headers()) {
+        return unauthorized();
+    }
+    if req.method() != Method::POST {
+        return json(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "POST /reload"}));
+    }
+    match state.reload_config().await {
+        Ok(r) => json(
+            StatusCode::OK,
+            &json!({
+                "reloaded": true,
+                "users_added": r.users.added,
+                "users_removed": r.users.removed,
+                "users_changed": r.users.changed,
+                "sessions_ended": r.sessions_ended,
+                "tls_reloaded": r.tls.is_ok(),
+                "tls_error": r.tls.err(),
+                "restart_needed": r.restart_needed,
+            }),
+        ),
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"reloaded": false, "error": e}),
         ),
     }
 }
@@ -309,12 +452,12 @@ async fn mint(
             }
         }
     }
-    let configured = state.config.users.iter().find(|u| u.name == m.user);
+    let configured = state.users.get(&m.user);
     let identity = Identity {
-        email: m.email.or_else(|| configured.and_then(|u| u.email.clone())),
+        email: m.email.or_else(|| configured.as_ref().and_then(|u| u.email.clone())),
         groups: m
             .groups
-            .unwrap_or_else(|| configured.map(|u| u.groups.clone()).unwrap_or_default()),
+            .unwrap_or_else(|| configured.map(|u| u.groups).unwrap_or_default()),
         user: m.user,
     };
     let ip = m.client_ip.unwrap_or(peer.ip());

@@ -281,18 +281,22 @@ fn run_gateway(path: &Path, demo: Option<std::net::TcpListener>) -> ExitCode {
     })
 }
 
-/// SIGHUP reloads the certificate and key (a renewal), as nginx and
-/// haproxy do; it no longer ends the process. The outcome is logged.
+/// SIGHUP reloads the config file's `[[users]]` and the certificate and key
+/// (a renewal), as nginx and haproxy reload theirs; it never ends the
+/// process. A config file that no longer validates changes nothing but the
+/// certificate, so that a renewal still takes. Outcomes are logged.
 fn reload_tls_on_sighup(reload: sessiongate::TlsReloadHandle) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP received: reloading the TLS certificate and key");
-            // Off the worker's thread: it reads files. The error is logged
-            // and counted where it happens.
-            let reload = reload.clone();
-            let _ = tokio::task::spawn_blocking(move || reload.reload()).await;
+            tracing::info!("SIGHUP received: reloading [[users]] and the TLS certificate and key");
+            if reload.reload_config().await.is_err() {
+                // Logged and counted where it happened; the certificate
+                // still reloads (off the worker's thread: it reads files).
+                let reload = reload.clone();
+                let _ = tokio::task::spawn_blocking(move || reload.reload()).await;
+            }
         }
     });
     Ok(())

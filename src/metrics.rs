@@ -34,6 +34,7 @@ pub struct Metrics {
     user_session_limit: Family<Labels, Counter>,
     pub sessions_not_issued: Counter,
     tls_reloads: Family<Labels, Counter>,
+    config_reloads: Family<Labels, Counter>,
     pub sessions_active: Gauge,
     binding_mismatches: Family<Labels, Counter>,
     pub cache_hits: Counter,
@@ -110,6 +111,7 @@ impl Metrics {
         let user_session_limit = Family::<Labels, Counter>::default();
         let sessions_not_issued = Counter::default();
         let tls_reloads = Family::<Labels, Counter>::default();
+        let config_reloads = Family::<Labels, Counter>::default();
         let sessions_active = Gauge::default();
         let binding_mismatches = Family::<Labels, Counter>::default();
         let cache_hits = Counter::default();
@@ -180,6 +182,11 @@ impl Metrics {
             tls_reloads.clone(),
         );
         registry.register(
+            "config_reloads",
+            "Reloads of the config file's [[users]] (SIGHUP, POST /reload), by result (ok, failed)",
+            config_reloads.clone(),
+        );
+        registry.register(
             "sessions_active",
             "Sessions in the session cache",
             sessions_active.clone(),
@@ -230,6 +237,7 @@ impl Metrics {
             user_session_limit,
             sessions_not_issued,
             tls_reloads,
+            config_reloads,
             sessions_active,
             binding_mismatches,
             cache_hits,
@@ -306,6 +314,12 @@ impl Metrics {
 
     pub fn tls_reload(&self, result: &'static str) {
         self.tls_reloads
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    pub fn config_reload(&self, result: &'static str) {
+        self.config_reloads
             .get_or_create(&vec![("result", result.to_string())])
             .inc();
     }

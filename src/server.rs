@@ -87,6 +87,11 @@ impl TlsReloadHandle {
     pub fn reload(&self) -> Result<(), crate::tls::TlsError> {
         self.0.reload_tls()
     }
+
+    /// See [`crate::admin::AdminState::reload_config`] (SIGHUP in the binary).
+    pub async fn reload_config(&self) -> Result<crate::admin::ConfigReloaded, String> {
+        self.0.reload_config().await
+    }
 }
 
 /// Starts a graceful shutdown of a running [`Gateway`]. Cheap to clone.
@@ -138,6 +143,7 @@ impl Gateway {
             metrics,
             sessions,
             tls.clone(),
+            shared.auth.users.directory(),
         ));
         Ok(Gateway {
             config,

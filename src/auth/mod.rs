@@ -74,11 +74,77 @@ pub enum LoginError {
     Busy,
 }
 
-/// The configured users, by name.
-pub struct Users {
+/// The configured users, by name, as one value that a reload replaces whole.
+pub struct UserTable {
     by_name: HashMap<String, UserConfig>,
     /// Verified when the user is unknown, to equalise timing.
     dummy_hash: String,
+}
+
+impl UserTable {
+    /// Hashes a dummy password (tens of milliseconds): build it off the
+    /// request path.
+    pub fn new(users: &[UserConfig]) -> UserTable {
+        UserTable {
+            by_name: users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
+            dummy_hash: dummy_hash_like(users.first().map(|u| u.password_hash.as_str())),
+        }
+    }
+}
+
+/// What replacing the user table changed, by user name (sorted).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct UserChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Password hash, email or groups differ.
+    pub changed: Vec<String>,
+}
+
+/// Whether two entries of one user grant the same: password, email, groups.
+fn same_entry(a: &UserConfig, b: &UserConfig) -> bool {
+    a.password_hash == b.password_hash && a.email == b.email && a.groups == b.groups
+}
+
+/// A handle on the users in force, for the config reload (`admin`).
+#[derive(Clone)]
+pub struct UserDirectory(Arc<arc_swap::ArcSwap<UserTable>>);
+
+impl UserDirectory {
+    /// The user `name` as configured now.
+    pub fn get(&self, name: &str) -> Option<UserConfig> {
+        self.0.load().by_name.get(name).cloned()
+    }
+
+    /// Puts `table` in force for every login from now on; says what changed.
+    pub fn replace(&self, table: UserTable) -> UserChanges {
+        let old = self.0.swap(Arc::new(table));
+        let new = self.0.load();
+        let same = same_entry;
+        let mut changes = UserChanges::default();
+        for (name, u) in &new.by_name {
+            match old.by_name.get(name) {
+                None => changes.added.push(name.clone()),
+                Some(o) if !same(o, u) => changes.changed.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        changes.removed = old
+            .by_name
+            .keys()
+            .filter(|n| !new.by_name.contains_key(*n))
+            .cloned()
+            .collect();
+        changes.added.sort();
+        changes.removed.sort();
+        changes.changed.sort();
+        changes
+    }
+}
+
+/// The configured users (replaceable by a reload) and the password hashing.
+pub struct Users {
+    table: UserDirectory,
     /// At most `max_concurrent` verifications at once, the rest wait (briefly).
     permits: Arc<Semaphore>,
     /// `SCHED_IDLE` threads that run the hashes: `max_concurrent`, but no
@@ -98,8 +164,7 @@ impl Users {
             n => n,
         };
         Ok(Users {
-            by_name: users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
-            dummy_hash: dummy_hash_like(users.first().map(|u| u.password_hash.as_str())),
+            table: UserDirectory(Arc::new(arc_swap::ArcSwap::from_pointee(UserTable::new(users)))),
             permits: Arc::new(Semaphore::new(login.max_concurrent)),
             hasher: hasher::Hasher::new(login.max_concurrent.min(cpus), &login.hash_cpus)?,
         })
@@ -112,19 +177,25 @@ impl Users {
             .await
             .map_err(|_| LoginError::Busy)?
             .map_err(|_| LoginError::Busy)?;
-        let user = self.by_name.get(name).cloned();
-        let phc = user
-            .as_ref()
-            .map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
+        let (user, phc) = {
+            let table = self.table.0.load();
+            let user = table.by_name.get(name).cloned();
+            let phc = user
+                .as_ref()
+                .map_or_else(|| table.dummy_hash.clone(), |u| u.password_hash.clone());
+            (user, phc)
+        };
         let ok = self.hasher.verify(phc, password.to_string(), Some(permit)).await;
         match (ok, user) {
-            (true, Some(u)) => Ok(u),
+            // A reload that removed or changed the user while the hash ran
+            // ends the user's sessions: this login must not outlive it.
+            (true, Some(u)) if self.table.get(name).is_some_and(|now| same_entry(&now, &u)) => Ok(u),
             _ => Err(LoginError::Invalid),
         }
     }
 
-    pub fn get(&self, name: &str) -> Option<&UserConfig> {
-        self.by_name.get(name)
+    pub fn directory(&self) -> UserDirectory {
+        self.table.clone()
     }
 }
 

@@ -832,9 +832,14 @@ impl Sessions {
 
     /// Revokes every session of `user`. Returns how many.
     pub async fn revoke_user(&self, user: &str) -> Result<usize, StoreError> {
+        self.revoke_user_because(user, "admin").await
+    }
+
+    /// Revokes every session of `user`, counted under `reason`. Returns how many.
+    pub async fn revoke_user_because(&self, user: &str, reason: &'static str) -> Result<usize, StoreError> {
         let mut n = 0;
         for (h, _) in self.store.list(Some(user.to_string())).await? {
-            if self.revoke(h, "admin").await? {
+            if self.revoke(h, reason).await? {
                 n += 1;
             }
         }

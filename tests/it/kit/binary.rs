@@ -159,6 +159,11 @@ impl BinaryGateway {
         })
     }
 
+    /// The config file the process was started with (SIGHUP reads it again).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.prepared.path
+    }
+
     /// Everything the process wrote to stderr so far.
     pub fn stderr_text(&self) -> String {
         self.log.text()

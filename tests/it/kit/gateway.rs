@@ -168,6 +168,11 @@ impl TestGateway {
     pub fn config_text(&self) -> &str {
         &self.prepared.text
     }
+
+    /// The config file the gateway was started from (a reload reads it again).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.prepared.path
+    }
 }
 
 impl Deref for TestGateway {

@@ -19,6 +19,7 @@
 //! - `user_limit`: `[session] max_per_user`, ending the least recent or refusing.
 //! - `new_limit`: `[session] new_per_ip_per_minute`, anonymous sessions per client address.
 //! - `recent`: one kept-alive connection presenting the same session again and again.
+//! - `reload`: `[[users]]` reloaded from the config file (SIGHUP, `POST /reload`).
 
 mod admin_api;
 mod batch_mint;
@@ -33,5 +34,6 @@ mod logout;
 mod malformed;
 mod new_limit;
 mod recent;
+mod reload;
 pub(crate) mod support;
 mod user_limit;
