@@ -311,45 +311,52 @@ impl Sessions {
                 }
             }
         }
-        let found = self.lookup(headers, client_ip).await?;
-        match &found {
-            Lookup::Valid(live) => {
-                // Generation first, then the cache: an ending that took the
-                // entry out after this check advances the generation after
-                // it, so the memory is never valid for an ended session.
-                let generation = self.generations.of(&live.hash);
-                let cached = self.cache.get(&live.hash.prefix()).await;
-                if cached.is_some_and(|c| Arc::ptr_eq(&c, live)) {
-                    recent.remember(&presented, live, generation);
-                } else {
-                    recent.forget();
-                }
+        // The generation was read before the cache was: an ending that took
+        // the entry out after that advances it afterwards, so what is
+        // remembered is never valid for a session ended meanwhile. An entry
+        // read around the cache (`read_through`) is born stale: not remembered.
+        let (found, generation) = self.lookup_generation(headers, client_ip).await?;
+        match (&found, generation) {
+            (Lookup::Valid(live), Some(generation)) if !live.is_stale(now_ms()) => {
+                recent.remember(&presented, live, generation);
             }
-            Lookup::None { .. } => recent.forget(),
+            _ => recent.forget(),
         }
         Ok(found)
     }
 
     /// Finds and verifies the session named by the request's cookie.
     pub async fn lookup(&self, headers: &HeaderMap, client_ip: IpAddr) -> Result<Lookup, SessionError> {
+        Ok(self.lookup_generation(headers, client_ip).await?.0)
+    }
+
+    /// [`Sessions::lookup`], and for a valid session, its generation as read
+    /// before the cache was consulted (see [`recent::Generations`]).
+    async fn lookup_generation(
+        &self,
+        headers: &HeaderMap,
+        client_ip: IpAddr,
+    ) -> Result<(Lookup, Option<recent::Generation>), SessionError> {
+        let none = |presented| Ok((Lookup::None { presented }, None));
         let token = match cookies::find(headers, self.cookie_name()) {
-            cookies::Presented::Absent => return Ok(Lookup::None { presented: false }),
-            cookies::Presented::Conflict => return Ok(Lookup::None { presented: true }),
+            cookies::Presented::Absent => return none(false),
+            cookies::Presented::Conflict => return none(true),
             cookies::Presented::One(v) => match SessionToken::parse(v) {
                 Some(t) => t,
-                None => return Ok(Lookup::None { presented: true }),
+                None => return none(true),
             },
         };
         let hash = token.hash();
+        let generation = self.generations.of(&hash);
         let now = now_ms();
         let Some(live) = self.get(hash, now).await? else {
-            return Ok(Lookup::None { presented: true });
+            return none(true);
         };
         if let Some(why) = live.record.expiry(now, live.last_seen(), self.idle_ms) {
             self.metrics.session_expired(why.as_str());
             tracing::info!(event = "session_expired", session_id = %live.record.id, reason = why.as_str());
             Box::pin(self.remove(hash)).await?;
-            return Ok(Lookup::None { presented: true });
+            return none(true);
         }
         let binding = &self.config.session.binding;
         if let Err(kind) = live.record.binding.check(binding, client_ip, headers) {
@@ -367,10 +374,10 @@ impl Sessions {
                 self.metrics.session_revoked("binding_mismatch");
                 Box::pin(self.remove(hash)).await?;
             }
-            return Ok(Lookup::None { presented: true });
+            return none(true);
         }
         self.touch(hash, &live, now);
-        Ok(Lookup::Valid(live))
+        Ok((Lookup::Valid(live), Some(generation)))
     }
 
     /// The cache's form of a record (identity interned).
@@ -439,7 +446,9 @@ impl Sessions {
     async fn read_through(&self, hash: TokenHash) -> Result<Option<Arc<Live>>, StoreError> {
         self.metrics.cache_misses.inc();
         let rec = self.store.get(hash).await.inspect_err(|_| self.store_failed())?;
-        Ok(rec.map(|r| self.live(hash, &r)))
+        // Built as if cached at the epoch, so it counts as stale: never the
+        // cache's entry, never to be remembered by a connection (`recent`).
+        Ok(rec.map(|r| Arc::new(Live::new(hash, &r, &self.identities, 0))))
     }
 
     /// The session's full record from the store (the cache holds only what
