@@ -89,6 +89,7 @@ impl AdminState {
                 return Err(e);
             }
         };
+        self.sessions.set_users(&new.users);
         let changes = self.users.replace(table);
         let mut sessions_ended = 0;
         for (names, reason) in [(&changes.removed, "user_removed"), (&changes.changed, "user_changed")] {

@@ -154,7 +154,14 @@ async fn login_with_form(
             let csrf = record.csrf.clone();
             let rotated = ep
                 .sessions
-                .rotate_login(&live, record, identity, ep.client_ip, &parts.headers)
+                .rotate_login(
+                    &live,
+                    record,
+                    identity,
+                    Some(crate::session::record::EntryDigest::of(&user)),
+                    ep.client_ip,
+                    &parts.headers,
+                )
                 .await;
             let (token, new) = match rotated {
                 Ok(new) => new,

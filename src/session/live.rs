@@ -256,6 +256,7 @@ mod tests {
             expires_at: 4,
             data: data.into(),
             csrf: token::random_string::<24>().unwrap_or_default(),
+            login_entry: None,
         }
     }
 

@@ -71,6 +71,29 @@ pub struct UserLimitReached {
 enum MissError {
     NotFound,
     Store(StoreError),
+    /// Made by a login against a `[[users]]` entry that is gone (`true`)
+    /// or changed (`false`).
+    UserEntry(bool),
+}
+
+fn entries(users: &[crate::config::UserConfig]) -> HashMap<String, record::EntryDigest> {
+    users
+        .iter()
+        .map(|u| (u.name.clone(), record::EntryDigest::of(u)))
+        .collect()
+}
+
+/// For a session made by a login: `Some(true)` if its user is no longer
+/// configured, `Some(false)` if the entry changed, `None` if it still holds
+/// (or the session was not made by a login).
+fn entry_gone(entries: &HashMap<String, record::EntryDigest>, rec: &SessionRecord) -> Option<bool> {
+    let made = rec.login_entry?;
+    let user = &rec.identity.as_ref()?.user;
+    match entries.get(user) {
+        None => Some(true),
+        Some(now) if *now != made => Some(false),
+        Some(_) => None,
+    }
 }
 
 /// The session manager shared by the pipeline, the login endpoints and the
@@ -98,6 +121,9 @@ pub struct Sessions {
     /// What connections remember ([`recent`]) is valid only while these
     /// have not moved: see [`recent::Generations`].
     generations: recent::Generations,
+    /// The `[[users]]` entries in force, by name (see [`record::EntryDigest`]);
+    /// replaced by a config reload.
+    user_entries: Arc<arc_swap::ArcSwap<HashMap<String, record::EntryDigest>>>,
     events: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<store::CacheEvent>>>,
     idle_ms: u64,
     absolute_ms: u64,
@@ -152,6 +178,7 @@ impl Sessions {
             cache_trusted: Arc::new(std::sync::atomic::AtomicBool::new(events.is_none())),
             events: Mutex::new(events),
             generations: recent::Generations::default(),
+            user_entries: Arc::new(arc_swap::ArcSwap::from_pointee(entries(&config.users))),
             store,
             cache,
             identities: Arc::default(),
@@ -417,13 +444,15 @@ impl Sessions {
         let store = self.store.clone();
         let revoked = self.revoked.clone();
         let identities = self.identities.clone();
+        let user_entries = self.user_entries.clone();
         let res = self
             .cache
             .try_get_with(key, async move {
                 match store.get(hash).await {
-                    Ok(Some(rec)) if !revoked.contains_key(&hash) => {
-                        Ok(Arc::new(Live::new(hash, &rec, &identities, now_ms())))
-                    }
+                    Ok(Some(rec)) if !revoked.contains_key(&hash) => match entry_gone(&user_entries.load(), &rec) {
+                        Some(gone) => Err(MissError::UserEntry(gone)),
+                        None => Ok(Arc::new(Live::new(hash, &rec, &identities, now_ms()))),
+                    },
                     Ok(_) => Err(MissError::NotFound),
                     Err(e) => Err(MissError::Store(e)),
                 }
@@ -434,6 +463,10 @@ impl Sessions {
             Ok(_) => self.read_through(hash).await,
             Err(e) => match &*e {
                 MissError::NotFound => Ok(None),
+                MissError::UserEntry(gone) => {
+                    self.end_for_user_entry(hash, *gone).await?;
+                    Ok(None)
+                }
                 MissError::Store(se) => {
                     self.metrics.store_errors.inc();
                     Err(StoreError::Backend(se.to_string()))
@@ -446,9 +479,32 @@ impl Sessions {
     async fn read_through(&self, hash: TokenHash) -> Result<Option<Arc<Live>>, StoreError> {
         self.metrics.cache_misses.inc();
         let rec = self.store.get(hash).await.inspect_err(|_| self.store_failed())?;
+        if let Some(gone) = rec.as_ref().and_then(|r| entry_gone(&self.user_entries.load(), r)) {
+            self.end_for_user_entry(hash, gone).await?;
+            return Ok(None);
+        }
         // Built as if cached at the epoch, so it counts as stale: never the
         // cache's entry, never to be remembered by a connection (`recent`).
         Ok(rec.map(|r| Arc::new(Live::new(hash, &r, &self.identities, 0))))
+    }
+
+    /// Ends a session whose login's `[[users]]` entry is gone or changed.
+    async fn end_for_user_entry(&self, hash: TokenHash, gone: bool) -> Result<(), StoreError> {
+        let reason = if gone { "user_removed" } else { "user_changed" };
+        if Box::pin(self.revoke(hash, reason)).await? {
+            tracing::warn!(
+                event = "session_ended",
+                reason,
+                "session of a user removed or changed in [[users]] ended"
+            );
+        }
+        Ok(())
+    }
+
+    /// Puts reloaded `[[users]]` in force for the check above. Their
+    /// sessions already cached are the reload's to end (`admin`).
+    pub fn set_users(&self, users: &[crate::config::UserConfig]) {
+        self.user_entries.store(Arc::new(entries(users)));
     }
 
     /// The session's full record from the store (the cache holds only what
@@ -511,6 +567,7 @@ impl Sessions {
             expires_at: now.saturating_add(self.absolute_ms),
             data: String::new(),
             csrf: token::random_string::<24>()?,
+            login_entry: None,
         })
     }
 
@@ -626,6 +683,7 @@ impl Sessions {
         old: &Live,
         mut record: SessionRecord,
         identity: Identity,
+        login_entry: Option<record::EntryDigest>,
         client_ip: IpAddr,
         headers: &HeaderMap,
     ) -> Result<(SessionToken, Arc<Live>), SessionError> {
@@ -634,6 +692,7 @@ impl Sessions {
         let user = identity.user.clone();
         let now = now_ms();
         record.identity = Some(identity);
+        record.login_entry = login_entry;
         record.binding = ClientBinding::new(&self.config.session.binding, client_ip, headers);
         record.authenticated_at = now;
         record.last_seen = now;

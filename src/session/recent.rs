@@ -174,6 +174,7 @@ mod tests {
             expires_at: 2,
             data: String::new(),
             csrf: String::new(),
+            login_entry: None,
         };
         Arc::new(Live::new(TokenHash(hash), &record, &Identities::default(), 1))
     }

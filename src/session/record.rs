@@ -64,6 +64,51 @@ impl<'de> Deserialize<'de> for Fingerprint {
     }
 }
 
+/// A digest of the `[[users]]` entry a built-in login checked the password
+/// against (name, password hash, email, groups). A session made by that
+/// login stays valid only while the entry is unchanged: a cache fill that
+/// finds it different or gone ends the session (`Sessions::load`), which
+/// covers a restart after the user was removed or changed (a reload ends
+/// such sessions itself). 16 bytes of SHA-256; stored as hex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryDigest(pub [u8; 16]);
+
+impl EntryDigest {
+    pub fn of(user: &crate::config::UserConfig) -> EntryDigest {
+        let mut input = Vec::with_capacity(256);
+        for part in [
+            user.name.as_str(),
+            user.password_hash.as_str(),
+            user.email.as_deref().unwrap_or("\u{1}"),
+        ] {
+            input.extend_from_slice(part.as_bytes());
+            input.push(0);
+        }
+        for g in &user.groups {
+            input.extend_from_slice(g.as_bytes());
+            input.push(1);
+        }
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input).as_ref()[..16]);
+        EntryDigest(out)
+    }
+}
+
+impl Serialize for EntryDigest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::token::hex(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for EntryDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<str>::deserialize(d)?;
+        super::token::unhex::<16>(&s)
+            .map(EntryDigest)
+            .ok_or_else(|| serde::de::Error::custom("entry digest is not 32 hex digits"))
+    }
+}
+
 /// Why a request did not match its session's binding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mismatch {
@@ -168,6 +213,10 @@ pub struct SessionRecord {
     pub data: String,
     /// Anti-CSRF secret for the gateway's own forms; rotated at login.
     pub csrf: String,
+    /// Set by the built-in login: the user entry it authenticated against.
+    /// `None` for anonymous and minted sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_entry: Option<EntryDigest>,
 }
 
 /// Why a session is no longer valid.
@@ -208,6 +257,42 @@ pub fn expiry(expires_at: u64, now: u64, last_seen: u64, idle_ms: u64) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entry_digests_change_with_the_entry_and_round_trip_as_hex() {
+        let user = crate::config::UserConfig {
+            name: "ann".into(),
+            password_hash: "$argon2id$x".into(),
+            email: None,
+            groups: vec!["a".into()],
+        };
+        let d = EntryDigest::of(&user);
+        let json = serde_json::to_string(&d).unwrap_or_default();
+        assert_eq!(json.len(), 34, "{json}");
+        assert_eq!(serde_json::from_str::<EntryDigest>(&json).ok(), Some(d));
+        let changed = [
+            crate::config::UserConfig {
+                password_hash: "$argon2id$y".into(),
+                ..user.clone()
+            },
+            crate::config::UserConfig {
+                email: Some("ann@x".into()),
+                ..user.clone()
+            },
+            crate::config::UserConfig {
+                groups: vec!["a".into(), "b".into()],
+                ..user.clone()
+            },
+            crate::config::UserConfig {
+                groups: vec![],
+                ..user.clone()
+            },
+        ];
+        for other in &changed {
+            assert_ne!(EntryDigest::of(other), d, "{other:?}");
+        }
+        assert_eq!(EntryDigest::of(&user.clone()), d);
+    }
 
     #[test]
     fn fingerprints_are_stored_as_the_hex_they_always_were() {

@@ -653,6 +653,7 @@ mod tests {
             expires_at: u64::MAX,
             data: String::new(),
             csrf: "c".into(),
+            login_entry: None,
         }
     }
 

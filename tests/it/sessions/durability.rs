@@ -5,13 +5,27 @@
 use reqwest::StatusCode;
 use tempfile::TempDir;
 
-use super::support::{respond_path, site_config, user, Browser, Responder};
+use super::support::{
+    respond_path, site_config, site_config_with_users, user, users_section, Admin, Browser, Responder,
+};
 use crate::kit::{quoted, secs, BinaryGateway, Echo, GatewayConfig, TestUpstream};
 
 /// The standard site on the embedded store in `state` (outside the per-start config dir, so
 /// that every start of the binary opens the same file).
 fn durable_config(upstream: &TestUpstream, responder: &Responder, state: &TempDir) -> GatewayConfig {
     durable_config_with(upstream, responder, state, "")
+}
+
+/// The standard site on the embedded store in `state`, with `users` as `[[users]]`.
+fn durable_config_users(upstream: &TestUpstream, responder: &Responder, state: &TempDir, users: &str) -> GatewayConfig {
+    let path = state.path().join("sessions.redb");
+    let store = format!(
+        "[store]\nkind = \"embedded\"\npath = {}\n",
+        quoted(&path.display().to_string())
+    );
+    site_config_with_users(upstream, responder, users)
+        .store_section(Some(&store))
+        .server_str("shutdown_grace", "2s")
 }
 
 /// Like [`durable_config`] with further `[store]` keys.
@@ -225,4 +239,58 @@ async fn the_per_user_limit_counts_the_sessions_kept_across_a_restart() {
     assert_eq!(holder.logout().await.status, StatusCode::SEE_OTHER);
     newcomer.login("alice").await;
     assert_alice(&gw, &newcomer.expect_token(), "after the holder signed out").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_removed_or_changed_while_stopped_loses_their_login_sessions_at_start() {
+    // A reload ends such sessions itself; a restart does not know the old `[[users]]`, so a
+    // session made by a login remembers the entry it authenticated against.
+    let upstream = TestUpstream::start().await;
+    let responder = Responder::start().await;
+    let state = tempfile::tempdir().expect("state dir");
+    let both = users_section();
+    let (alice_only, _) = both
+        .split_once("\n[[users]]\nname = \"bob\"")
+        .expect("bob's entry in the users section");
+
+    let gw = BinaryGateway::start(durable_config_users(&upstream, &responder, &state, &both)).await;
+    let mut alice = Browser::new(&gw, gw.client());
+    alice.login("alice").await;
+    let alice_token = alice.expect_token();
+    let mut bob = Browser::new(&gw, gw.client());
+    bob.login("bob").await;
+    let bob_token = bob.expect_token();
+    let (_, minted_bob) = Admin::new(&gw).mint_for("bob").await;
+    drop((alice, bob));
+    stop(gw, "TERM").await;
+
+    let gw = BinaryGateway::start(durable_config_users(&upstream, &responder, &state, alice_only)).await;
+    assert_alice(&gw, &alice_token, "an unchanged user after a restart").await;
+    assert_dead(&gw, &bob_token, "a removed user's login session after a restart").await;
+    let mut minted = browser(&gw, &minted_bob);
+    assert_eq!(
+        minted.get("/app/x").await.status,
+        StatusCode::OK,
+        "a minted session is the admin's"
+    );
+    let metrics = Admin::new(&gw).metrics().await;
+    assert_eq!(
+        metrics.value("sessiongate_sessions_revoked_total", &[("reason", "user_removed")]),
+        1.0,
+        "{}",
+        metrics.0
+    );
+    stop(gw, "TERM").await;
+
+    let regrouped = alice_only.replace("groups = [\"admins\"]", "groups = [\"admins\", \"ops\"]");
+    assert_ne!(regrouped, alice_only, "alice's groups line");
+    let gw = BinaryGateway::start(durable_config_users(&upstream, &responder, &state, &regrouped)).await;
+    assert_dead(&gw, &alice_token, "a changed user's login session after a restart").await;
+    let metrics = Admin::new(&gw).metrics().await;
+    assert_eq!(
+        metrics.value("sessiongate_sessions_revoked_total", &[("reason", "user_changed")]),
+        1.0,
+        "{}",
+        metrics.0
+    );
 }

@@ -72,10 +72,15 @@ pub fn users_section() -> String {
 
 /// The standard site's configuration (see the module table); the store is in memory.
 pub fn site_config(upstream: &TestUpstream, responder: &Responder) -> GatewayConfig {
+    site_config_with_users(upstream, responder, &users_section())
+}
+
+/// The standard site with `users` (TOML `[[users]]` tables) instead of alice and bob.
+pub fn site_config_with_users(upstream: &TestUpstream, responder: &Responder, users: &str) -> GatewayConfig {
     let auth = |mode: &str| quoted(mode);
     GatewayConfig::new()
         .admin("token", quoted(ADMIN_TOKEN))
-        .section(&users_section())
+        .section(users)
         .route(RouteSpec::new("/", upstream.url()).set("auth", auth("optional")))
         .route(RouteSpec::new("/public/", upstream.url()).set("auth", auth("none")))
         .route(RouteSpec::new("/app/", upstream.url()).set("auth", auth("required")))
