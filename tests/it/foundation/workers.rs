@@ -145,10 +145,16 @@ async fn get(gw: &GatewayAddrs, client: &reqwest::Client, path: &str) {
 async fn handshakes_move_to_a_sched_idle_thread_while_kept_alive_connections_wait() {
     let upstream = TestUpstream::start().await;
     let gw = BinaryGateway::start(GatewayConfig::proxy_all_to(&upstream).server("workers", "2")).await;
-    // Served once, every thread has started.
+    // Served once, every thread has been spawned; a thread names itself and
+    // takes SCHED_IDLE as its first steps, which may lag its spawn a little.
     get(&gw, &gw.client(), "/started").await;
-
-    let threads = thread_policies(&gw);
+    let idle = |threads: &[(String, i32)], name: &str| threads.iter().any(|(n, p)| n == name && *p == SCHED_IDLE);
+    let deadline = std::time::Instant::now() + secs(5);
+    let mut threads = thread_policies(&gw);
+    while !(idle(&threads, "sg-tls-0") && idle(&threads, "sg-tls-1")) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        threads = thread_policies(&gw);
+    }
     for name in ["sg-tls-0", "sg-tls-1"] {
         let policy = threads.iter().find(|(n, _)| n == name).map(|(_, p)| *p);
         assert_eq!(policy, Some(SCHED_IDLE), "{name} in {threads:?}");
