@@ -21,6 +21,10 @@
 #                                               # and kernel) during the long run; prints µs of CPU per
 #                                               # request and the top symbols (OUT/perf-NAME.txt)
 #
+#   SG_COOKIES=1000 TARGETS=sessiongate bench/ir-per-request.sh   # every request a DIFFERENT
+#                                               # session (1000 minted, bench/cookies.lua): the
+#                                               # connection's memory never answers
+#
 # Knobs: TARGETS="sessiongate floor" DURATION=10 CONNS=8 SG_RECHECK=1 (every request
 # looks its session up from scratch: [session] recheck_each_request) SG_BIN (default
 # target/release/sessiongate, built if missing) FLOOR_BIN SG_AUTH=required|optional|none
@@ -40,6 +44,7 @@ SG_AUTH=${SG_AUTH:-required}
 OUT=${OUT:-$(mktemp -d /tmp/sg-ir.XXXXXX)}
 mkdir -p "$OUT"
 UA=ir-bench/1
+LUA=()
 PROTO=${PROTO:-h1}
 COUNT=${COUNT:-instructions}
 H2_SHORT=${H2_SHORT:-4000} H2_LONG=${H2_LONG:-12000} H2_CONNS=${H2_CONNS:-16} H2_STREAMS=${H2_STREAMS:-10}
@@ -76,7 +81,9 @@ head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$OUT/admin-token"
 source "$ROOT/bench/lib.sh"
 gateway_head "$PX_PORT" "$ADMIN" "$OUT" >"$OUT/sg.toml"
 cat >>"$OUT/sg.toml" <<TOML
-$([[ -z ${SG_RECHECK:-} ]] || printf '[session]\nrecheck_each_request = true\n')
+[session]
+$([[ -z ${SG_RECHECK:-} ]] || echo 'recheck_each_request = true')
+$([[ -z ${SG_COOKIES:-} ]] || echo "max_per_user = $((SG_COOKIES + 10))")
 [store]
 kind = "memory"
 [[routes]]
@@ -95,7 +102,7 @@ measure() { # name pid cookie
     hdr=(-H "user-agent: $UA"); [[ -n $cookie ]] && hdr+=(-H "cookie: $cookie")
     h2load -n 2000 -c "$H2_CONNS" -m "$H2_STREAMS" "${hdr[@]}" "$url" >/dev/null
   else
-    wrk -t1 -c"$CONNS" -d2 "${hdr[@]}" "$url" >/dev/null
+    wrk -t1 -c"$CONNS" -d2 "${hdr[@]}" "${LUA[@]}" "$url" >/dev/null
   fi
   # Two runs with the same connection count, short and long: their
   # difference cancels the per-connection cost (handshakes, setup), leaving
@@ -116,7 +123,7 @@ measure() { # name pid cookie
       reqs+=("$(h2load -n "$n" -c "$H2_CONNS" -m "$H2_STREAMS" "${hdr[@]}" "$url" | awk '/^requests:/ {print $8}')")
     else
       local d=$DURATION; [[ $run == long ]] && d=$((DURATION * 2))
-      reqs+=("$(wrk -t1 -c"$CONNS" -d"$d" "${hdr[@]}" "$url" | awk '/requests in/ {print $1}')")
+      reqs+=("$(wrk -t1 -c"$CONNS" -d"$d" "${hdr[@]}" "${LUA[@]}" "$url" | awk '/requests in/ {print $1}')")
     fi
     if [[ $COUNT == syscalls ]]; then
       kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
@@ -168,6 +175,12 @@ for t in $TARGETS; do
         for _ in $(seq 600); do curl -fsS -o /dev/null "http://$ADMIN/healthz" 2>/dev/null && break; sleep 0.1; done
         cookie=$("$SG_BIN" session mint --admin "http://$ADMIN" --token-file "$OUT/admin-token" \
           --user bench --client-ip 127.0.0.1 --header "User-Agent: $UA")
+        if [[ -n ${SG_COOKIES:-} ]]; then
+          "$SG_BIN" session mint --admin "http://$ADMIN" --token-file "$OUT/admin-token" \
+            --user bench --client-ip 127.0.0.1 --header "User-Agent: $UA" --count "$SG_COOKIES" >"$OUT/cookies.txt"
+          export COOKIE_FILE=$OUT/cookies.txt
+          LUA=(-s "$ROOT/bench/cookies.lua")
+        fi
       fi
       measure sessiongate "$pid" "$cookie" ;;
     floor)

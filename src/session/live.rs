@@ -160,6 +160,12 @@ impl CachedBinding {
     pub fn check(&self, config: &BindingConfig, ip: IpAddr, headers: &HeaderMap) -> Result<(), Mismatch> {
         check_binding(self.ip.as_ref(), &self.fingerprint, config, ip, headers)
     }
+
+    /// [`CachedBinding::check`] with the fingerprint input already gathered
+    /// (`record::fingerprint_input`).
+    pub fn check_input(&self, ip: IpAddr, input: &[u8]) -> Result<(), Mismatch> {
+        super::record::check_binding_input(self.ip.as_ref(), &self.fingerprint, ip, input)
+    }
 }
 
 /// An identity shared by all cached sessions of it, with the header values

@@ -342,7 +342,7 @@ impl Sessions {
         // the entry out after that advances it afterwards, so what is
         // remembered is never valid for a session ended meanwhile. An entry
         // read around the cache (`read_through`) is born stale: not remembered.
-        let (found, generation) = self.lookup_generation(headers, client_ip).await?;
+        let (found, generation) = self.lookup_generation(headers, client_ip, Some(&input)).await?;
         match (&found, generation) {
             (Lookup::Valid(live), Some(generation)) if !live.is_stale(now_ms()) => {
                 recent.remember(&presented, live, generation);
@@ -354,15 +354,17 @@ impl Sessions {
 
     /// Finds and verifies the session named by the request's cookie.
     pub async fn lookup(&self, headers: &HeaderMap, client_ip: IpAddr) -> Result<Lookup, SessionError> {
-        Ok(self.lookup_generation(headers, client_ip).await?.0)
+        Ok(self.lookup_generation(headers, client_ip, None).await?.0)
     }
 
     /// [`Sessions::lookup`], and for a valid session, its generation as read
     /// before the cache was consulted (see [`recent::Generations`]).
+    /// `input`: the request's fingerprint input, when the caller has it.
     async fn lookup_generation(
         &self,
         headers: &HeaderMap,
         client_ip: IpAddr,
+        input: Option<&[u8]>,
     ) -> Result<(Lookup, Option<recent::Generation>), SessionError> {
         let none = |presented| Ok((Lookup::None { presented }, None));
         let token = match cookies::find(headers, self.cookie_name()) {
@@ -386,7 +388,11 @@ impl Sessions {
             return none(true);
         }
         let binding = &self.config.session.binding;
-        if let Err(kind) = live.record.binding.check(binding, client_ip, headers) {
+        let checked = match input {
+            Some(input) => live.record.binding.check_input(client_ip, input),
+            None => live.record.binding.check(binding, client_ip, headers),
+        };
+        if let Err(kind) = checked {
             self.metrics.binding_mismatch(kind.as_str());
             tracing::warn!(
                 event = "binding_mismatch",

@@ -87,11 +87,13 @@ impl Generations {
 pub struct Recent(Mutex<Option<Remembered>>);
 
 struct Remembered {
-    /// The request's one `Cookie` header, whole: equal bytes, equal token.
-    cookie: HeaderValue,
+    /// The request's one `Cookie` header, whole (equal bytes, equal token),
+    /// then the bytes the binding's fingerprint hashes
+    /// (`record::fingerprint_input`). A copy, in one allocation: a clone of
+    /// the header value would share, and so pin, hyper's read buffer.
+    presented: Box<[u8]>,
+    cookie_len: usize,
     client_ip: IpAddr,
-    /// The bytes the binding's fingerprint hashes (`record::fingerprint_input`).
-    fingerprint: Box<[u8]>,
     live: Arc<Live>,
     /// Read after `live` was found, before checking it was the cache's entry.
     generation: Generation,
@@ -125,9 +127,10 @@ impl Recent {
     pub fn recall(&self, presented: &Presented<'_>, generations: &Generations) -> Option<Arc<Live>> {
         let slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let r = slot.as_ref()?;
+        let (cookie, fingerprint) = r.presented.split_at(r.cookie_len);
         let same = r.client_ip == presented.client_ip
-            && r.cookie.as_bytes() == presented.cookie.as_bytes()
-            && *r.fingerprint == *presented.fingerprint
+            && cookie == presented.cookie.as_bytes()
+            && fingerprint == presented.fingerprint
             && generations.of(&r.live.hash) == r.generation;
         same.then(|| r.live.clone())
     }
@@ -136,10 +139,21 @@ impl Recent {
     /// `generation` after finding `live`, then saw that `live` was still the
     /// cache's entry.
     pub fn remember(&self, presented: &Presented<'_>, live: &Arc<Live>, generation: Generation) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(Remembered {
-            cookie: presented.cookie.clone(),
+        let cookie = presented.cookie.as_bytes();
+        let len = cookie.len() + presented.fingerprint.len();
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // A connection that changes cookies (a load test cycling through
+        // sessions) presents as many bytes each time: reuse the buffer.
+        let mut bytes = match slot.take() {
+            Some(r) if r.presented.len() == len => r.presented,
+            _ => vec![0; len].into_boxed_slice(),
+        };
+        bytes[..cookie.len()].copy_from_slice(cookie);
+        bytes[cookie.len()..].copy_from_slice(presented.fingerprint);
+        *slot = Some(Remembered {
+            presented: bytes,
+            cookie_len: cookie.len(),
             client_ip: presented.client_ip,
-            fingerprint: presented.fingerprint.into(),
             live: live.clone(),
             generation,
         });

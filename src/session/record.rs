@@ -149,12 +149,17 @@ pub fn check_binding(
     ip: IpAddr,
     headers: &HeaderMap,
 ) -> Result<(), Mismatch> {
+    check_binding_input(net, expected, ip, &fingerprint_input(config, headers))
+}
+
+/// [`check_binding`] with the fingerprint input already gathered.
+pub fn check_binding_input(net: Option<&IpNet>, expected: &[u8], ip: IpAddr, input: &[u8]) -> Result<(), Mismatch> {
     if let Some(net) = net {
         if !net.contains(&crate::proxy::headers::canonical_ip(ip)) {
             return Err(Mismatch::Ip);
         }
     }
-    if fingerprint(config, headers).0.get(..expected.len()) != Some(expected) {
+    if digest_input(input).0.get(..expected.len()) != Some(expected) {
         return Err(Mismatch::Fingerprint);
     }
     Ok(())
@@ -178,9 +183,12 @@ pub fn ip_prefix(mode: IpBinding, ip: IpAddr) -> Option<IpNet> {
 /// gathered on the stack and hashed in one call: an incremental digest
 /// context allocates, and this runs on every verified request.
 pub fn fingerprint(config: &BindingConfig, headers: &HeaderMap) -> Fingerprint {
-    let input = fingerprint_input(config, headers);
+    digest_input(&fingerprint_input(config, headers))
+}
+
+fn digest_input(input: &[u8]) -> Fingerprint {
     let mut out = [0u8; 32];
-    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input).as_ref());
+    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, input).as_ref());
     Fingerprint(out)
 }
 
