@@ -120,12 +120,11 @@ impl UserDirectory {
     pub fn replace(&self, table: UserTable) -> UserChanges {
         let old = self.0.swap(Arc::new(table));
         let new = self.0.load();
-        let same = same_entry;
         let mut changes = UserChanges::default();
         for (name, u) in &new.by_name {
             match old.by_name.get(name) {
                 None => changes.added.push(name.clone()),
-                Some(o) if !same(o, u) => changes.changed.push(name.clone()),
+                Some(o) if !same_entry(o, u) => changes.changed.push(name.clone()),
                 Some(_) => {}
             }
         }

@@ -322,10 +322,15 @@ impl Sessions {
         if self.config.session.recheck_each_request {
             return self.lookup(headers, client_ip).await;
         }
-        let input = record::fingerprint_input(&self.config.session.binding, headers);
-        let Some(presented) = recent::Presented::new(headers, client_ip, &input) else {
+        let Some(cookie) = recent::one_cookie(headers) else {
             recent.forget();
             return self.lookup(headers, client_ip).await;
+        };
+        let input = record::fingerprint_input(&self.config.session.binding, headers);
+        let presented = recent::Presented {
+            cookie,
+            client_ip,
+            fingerprint: &input,
         };
         if self.cache_trusted.load(Ordering::SeqCst) {
             if let Some(live) = recent.recall(&presented, &self.generations) {

@@ -106,18 +106,13 @@ pub struct Presented<'a> {
     pub fingerprint: &'a [u8],
 }
 
-impl<'a> Presented<'a> {
-    /// `None` unless the request has exactly one `Cookie` header.
-    pub fn new(headers: &'a HeaderMap, client_ip: IpAddr, fingerprint: &'a [u8]) -> Option<Presented<'a>> {
-        let mut cookies = headers.get_all(header::COOKIE).iter();
-        match (cookies.next(), cookies.next()) {
-            (Some(cookie), None) => Some(Presented {
-                cookie,
-                client_ip,
-                fingerprint,
-            }),
-            _ => None,
-        }
+/// The request's `Cookie` header when it has exactly one: a request with
+/// none or several is never answered from memory.
+pub fn one_cookie(headers: &HeaderMap) -> Option<&HeaderValue> {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    match (cookies.next(), cookies.next()) {
+        (Some(cookie), None) => Some(cookie),
+        _ => None,
     }
 }
 
@@ -193,6 +188,14 @@ mod tests {
         Arc::new(Live::new(TokenHash(hash), &record, &Identities::default(), 1))
     }
 
+    fn presenting<'a>(h: &'a HeaderMap, client_ip: IpAddr, fingerprint: &'a [u8]) -> Option<Presented<'a>> {
+        one_cookie(h).map(|cookie| Presented {
+            cookie,
+            client_ip,
+            fingerprint,
+        })
+    }
+
     fn headers(cookie: &'static str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, HeaderValue::from_static(cookie));
@@ -205,7 +208,7 @@ mod tests {
     fn only_the_same_bytes_recall_the_session() {
         let (generations, recent, live) = (Generations::default(), Recent::default(), cached(5));
         let h = headers("sg=token");
-        let presented = Presented::new(&h, IP, b"ua").unwrap_or_else(|| unreachable!());
+        let presented = presenting(&h, IP, b"ua").unwrap_or_else(|| unreachable!());
         assert!(
             recent.recall(&presented, &generations).is_none(),
             "nothing remembered yet"
@@ -216,9 +219,9 @@ mod tests {
 
         let other = headers("sg=token2");
         let differs = [
-            Presented::new(&other, IP, b"ua"),
-            Presented::new(&h, IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2)), b"ua"),
-            Presented::new(&h, IP, b"ub"),
+            presenting(&other, IP, b"ua"),
+            presenting(&h, IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2)), b"ua"),
+            presenting(&h, IP, b"ub"),
         ];
         for p in differs.iter().flatten() {
             assert!(recent.recall(p, &generations).is_none());
@@ -231,7 +234,7 @@ mod tests {
     fn an_advanced_generation_invalidates_only_its_group_or_all() {
         let (generations, recent, live) = (Generations::default(), Recent::default(), cached(5));
         let h = headers("sg=token");
-        let presented = Presented::new(&h, IP, b"").unwrap_or_else(|| unreachable!());
+        let presented = presenting(&h, IP, b"").unwrap_or_else(|| unreachable!());
         recent.remember(&presented, &live, generations.of(&live.hash));
         generations.advance(&cached(6).hash);
         assert!(recent.recall(&presented, &generations).is_some(), "another group moved");
@@ -247,7 +250,7 @@ mod tests {
     fn several_cookie_headers_are_never_remembered() {
         let mut h = headers("sg=token");
         h.append(header::COOKIE, HeaderValue::from_static("other=1"));
-        assert!(Presented::new(&h, IP, b"").is_none());
-        assert!(Presented::new(&HeaderMap::new(), IP, b"").is_none());
+        assert!(one_cookie(&h).is_none());
+        assert!(one_cookie(&HeaderMap::new()).is_none());
     }
 }

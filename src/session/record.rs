@@ -51,17 +51,24 @@ pub struct Fingerprint(pub [u8; 32]);
 
 impl Serialize for Fingerprint {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::token::hex(&self.0))
+        serialize_hex(&self.0, s)
     }
 }
 
 impl<'de> Deserialize<'de> for Fingerprint {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = std::borrow::Cow::<str>::deserialize(d)?;
-        super::token::unhex(&s)
-            .map(Fingerprint)
-            .ok_or_else(|| serde::de::Error::custom("fingerprint is not 64 hex digits"))
+        deserialize_hex(d, "fingerprint").map(Fingerprint)
     }
+}
+
+/// Digests in records are stored as lowercase hex.
+fn serialize_hex<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&super::token::hex(bytes))
+}
+
+fn deserialize_hex<'de, D: serde::Deserializer<'de>, const N: usize>(d: D, what: &str) -> Result<[u8; N], D::Error> {
+    let s = std::borrow::Cow::<str>::deserialize(d)?;
+    super::token::unhex(&s).ok_or_else(|| serde::de::Error::custom(format!("{what} is not {} hex digits", 2 * N)))
 }
 
 /// A digest of the `[[users]]` entry a built-in login checked the password
@@ -96,16 +103,13 @@ impl EntryDigest {
 
 impl Serialize for EntryDigest {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::token::hex(&self.0))
+        serialize_hex(&self.0, s)
     }
 }
 
 impl<'de> Deserialize<'de> for EntryDigest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = std::borrow::Cow::<str>::deserialize(d)?;
-        super::token::unhex::<16>(&s)
-            .map(EntryDigest)
-            .ok_or_else(|| serde::de::Error::custom("entry digest is not 32 hex digits"))
+        deserialize_hex(d, "entry digest").map(EntryDigest)
     }
 }
 

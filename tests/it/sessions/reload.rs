@@ -147,6 +147,16 @@ async fn a_config_that_no_longer_validates_changes_nothing() {
             .value("sessiongate_config_reloads_total", &[("result", "failed")]),
         1.0
     );
+
+    // Valid again, with a change outside [[users]]: applied at the next restart, and said so.
+    assert!(!text.contains("[login]"), "{text}");
+    std::fs::write(site.gw.config_path(), format!("{text}\n[login]\nmax_failures = 7\n")).expect("rewrite config");
+    let (status, report) = reload(&admin).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["restart_needed"], serde_json::json!(["login"]), "{report}");
+    assert_eq!(report["sessions_ended"], 0, "{report}");
+    assert_eq!(alice.upstream_user("/page").await.as_deref(), Some("alice"));
+
     // Only the admin token may reload.
     let reply = fetch(admin.request(Method::POST, "/reload", None)).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
