@@ -571,6 +571,7 @@ impl Connection {
                 peer: proxy::headers::PeerInfo::new(peer, &self.shared.config.server.trusted_proxies),
                 upstream: self.upstream,
                 recent: Default::default(),
+                upstream_deadline: Default::default(),
             },
             shared: self.shared,
             activity: Activity::new(h2),

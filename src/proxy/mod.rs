@@ -76,6 +76,8 @@ pub struct ConnInfo {
     pub upstream: upstream::UpstreamClient,
     /// The session this connection verified last (see `session::recent`).
     pub recent: crate::session::recent::Recent,
+    /// `upstream_timeout`'s timer, reused by the connection's requests.
+    pub upstream_deadline: upstream::DeadlineTimer,
 }
 
 /// What one request accumulates while it passes the phases; read by logging.
@@ -236,9 +238,12 @@ async fn pipeline<'s>(
         return Box::pin(endpoints::handle(ep, &path, req)).await;
     }
 
-    let route: &'s Route = shared.router.find(host.as_deref(), path).ok_or(GatewayError::NoRoute)?;
+    let route: &'s Route = shared
+        .router
+        .find(host.as_ref().map(|h| &*h.name), path)
+        .ok_or(GatewayError::NoRoute)?;
     ctx.route = Some(route);
-    let forwarded_host = host.and_then(|h| forwarded_host(&req, &h));
+    let forwarded_host = host.and_then(|h| h.forwarded());
 
     if let Some(limit) = route.max_body_bytes {
         let declared = req
@@ -320,7 +325,7 @@ async fn pipeline<'s>(
 
     let client_on_upgrade = upgrade_proto.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let upstream_req = build_upstream_request(req, route, ctx.normalized.as_deref(), upload)?;
-    let resp = exchange(shared, &conn.upstream, ctx, upstream_req).await?;
+    let resp = exchange(shared, conn, ctx, upstream_req).await?;
     let mut resp = match (client_on_upgrade, resp.status()) {
         (Some(on_client), StatusCode::SWITCHING_PROTOCOLS) => upgrade::splice(on_client, resp),
         (_, _) => response_filter(resp),
@@ -382,8 +387,16 @@ fn with_cookie(mut resp: Response<Body>, cookie: Option<HeaderValue>) -> Respons
 /// session-data header is consumed here, never passed on; it is returned
 /// for [`save_data`].
 fn session_response_filter(shared: &Shared, headers: &mut http::HeaderMap) -> Option<HeaderValue> {
+    let data_name = &shared.config.headers.session_data_set;
+    // One pass over the few names of a response costs less than looking up
+    // two that are nearly always absent (hashing a custom name is the dear part).
+    let (mut set_cookie, mut data) = (false, false);
+    for n in headers.keys() {
+        set_cookie |= n == header::SET_COOKIE;
+        data |= n == data_name;
+    }
     let name = shared.sessions.cookie_name();
-    if headers.contains_key(header::SET_COOKIE) {
+    if set_cookie {
         let kept: Vec<HeaderValue> = headers
             .get_all(header::SET_COOKIE)
             .iter()
@@ -395,7 +408,11 @@ fn session_response_filter(shared: &Shared, headers: &mut http::HeaderMap) -> Op
             headers.append(header::SET_COOKIE, v);
         }
     }
-    headers.remove(&shared.config.headers.session_data_set)
+    if data {
+        headers.remove(data_name)
+    } else {
+        None
+    }
 }
 
 /// Stores the session data an upstream sent, when it is text and small enough.
@@ -464,18 +481,21 @@ fn build_upstream_request(
 /// Sends the request and waits for response headers within the timeout.
 async fn exchange(
     shared: &Shared,
-    upstream: &upstream::UpstreamClient,
+    conn: &ConnInfo,
     ctx: &mut RequestCtx<'_>,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, GatewayError> {
     // Timed only for the access log: two clock reads per request otherwise.
     let started = shared.config.server.access_log.then(Instant::now);
-    let result = tokio::time::timeout(shared.config.server.upstream_timeout, upstream.request(req)).await;
+    let result = conn
+        .upstream_deadline
+        .run(shared.config.server.upstream_timeout, conn.upstream.request(req))
+        .await;
     ctx.upstream_ms = Some(started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0));
     match result {
-        Err(_) => Err(GatewayError::UpstreamTimeout),
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => Err(classify_client_error(e)),
+        None => Err(GatewayError::UpstreamTimeout),
+        Some(Ok(resp)) => Ok(resp),
+        Some(Err(e)) => Err(classify_client_error(e)),
     }
 }
 
@@ -531,30 +551,41 @@ fn request_authority(req: &Request<Incoming>) -> Option<String> {
     })
 }
 
-/// `X-Forwarded-Host`: the client's `Host` header itself (shared, not copied)
-/// when it already is the bare lowercase host, as it nearly always is.
-fn forwarded_host(req: &Request<Incoming>, host: &str) -> Option<HeaderValue> {
-    match req.headers().get(header::HOST) {
-        Some(v) if v.as_bytes() == host.as_bytes() => Some(v.clone()),
-        _ => HeaderValue::from_str(host).ok(),
+/// The host the client addressed: lowercased, without port; with the `Host`
+/// header it was read from, if it was.
+struct RequestHost<'r> {
+    name: Cow<'r, str>,
+    header: Option<&'r HeaderValue>,
+}
+
+impl RequestHost<'_> {
+    /// `X-Forwarded-Host`: the client's `Host` header itself (shared, not
+    /// copied) when it already is the bare lowercase host, as it nearly always is.
+    fn forwarded(&self) -> Option<HeaderValue> {
+        match self.header {
+            Some(v) if v.as_bytes() == self.name.as_bytes() => Some(v.clone()),
+            _ => HeaderValue::from_str(&self.name).ok(),
+        }
     }
 }
 
-/// The host the client addressed: lowercased, without port.
-fn request_host(req: &Request<Incoming>) -> Option<Cow<'_, str>> {
-    let raw = req
-        .uri()
-        .authority()
-        .map(|a| a.host())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))?;
+fn request_host(req: &Request<Incoming>) -> Option<RequestHost<'_>> {
+    let (raw, header) = match req.uri().authority() {
+        Some(a) => (a.host(), None),
+        None => {
+            let h = req.headers().get(header::HOST)?;
+            (h.to_str().ok()?, Some(h))
+        }
+    };
     let host = match raw.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(v6),
         None => raw.rsplit_once(':').map_or(raw, |(h, _)| h),
     };
     // Hosts almost always arrive lowercase: borrow them then.
-    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+    let name = if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
         Cow::Borrowed(host)
-    })
+    };
+    Some(RequestHost { name, header })
 }

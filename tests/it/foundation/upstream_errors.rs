@@ -46,6 +46,45 @@ async fn slow_upstream_is_504_after_upstream_timeout_without_details() {
     assert_no_upstream_details(&body, upstream.addr().port());
 }
 
+/// The requests of one kept-alive connection share one upstream timer: each must get the
+/// whole `upstream_timeout` from its own start, neither what the one before it left nor a
+/// deadline already past.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_on_a_kept_alive_connection_gets_the_whole_upstream_timeout() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(GatewayConfig::proxy_all_to(&upstream).server_str("upstream_timeout", "600ms")).await;
+    let host = gw.host_header();
+    let mut conn = gw.raw().await;
+    // 350 ms each: inside the timeout counted from its own start, past it counted from the
+    // first request's.
+    for n in 1..=2 {
+        let response = conn
+            .roundtrip(get_request("/delay/350", &host))
+            .await
+            .expect("response");
+        assert_eq!(response.status, 200, "request {n} within the timeout");
+    }
+    // Timeouts in a row: the second waits its whole timeout again, not the expired one.
+    for n in 1..=2 {
+        let started = Instant::now();
+        let response = conn
+            .roundtrip(get_request("/delay/5000", &host))
+            .await
+            .expect("response");
+        let waited = started.elapsed();
+        assert_eq!(response.status, 504, "slow request {n}");
+        assert!(
+            waited >= millis(550) && waited < millis(3000),
+            "slow request {n}: 504 after {waited:?}, the upstream_timeout is 600ms"
+        );
+    }
+    let response = conn
+        .roundtrip(get_request("/delay/350", &host))
+        .await
+        .expect("response");
+    assert_eq!(response.status, 200, "a request within the timeout after two timeouts");
+}
+
 /// How many `X-Many-*` fields reached the client through the gateway.
 async fn many_headers_through(gw: &GatewayAddrs, n: usize) -> (u16, usize) {
     let mut conn = gw.raw().await;
