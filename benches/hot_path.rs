@@ -88,8 +88,15 @@ fn benches(c: &mut Criterion) {
     let recent = sessiongate::session::recent::Recent::default();
     c.bench_function("session_lookup_recalled", |b| {
         b.to_async(&rt).iter(|| async {
-            match sessions.lookup_recent(&recent, black_box(&headers), ip).await {
-                Ok(Lookup::Valid(live)) => live.is_authenticated(),
+            let found = match sessions.recall(&recent, black_box(&headers), ip) {
+                Ok(live) => Lookup::Valid(live),
+                Err(missed) => match sessions.lookup_recent(&recent, &headers, ip, missed).await {
+                    Ok(found) => found,
+                    Err(_) => unreachable!("the session must verify"),
+                },
+            };
+            match found {
+                Lookup::Valid(live) => live.is_authenticated(),
                 _ => unreachable!("the session must verify"),
             }
         })

@@ -261,11 +261,22 @@ async fn pipeline<'s>(
     let session = match route.auth {
         AuthMode::None => None,
         AuthMode::Optional | AuthMode::Required => {
-            let found = match shared
-                .sessions
-                .lookup_recent(&conn.recent, req.headers(), client.ip)
-                .await?
-            {
+            let looked_up = match shared.sessions.recall(&conn.recent, req.headers(), client.ip) {
+                Ok(live) => Lookup::Valid(live),
+                // Boxed: the lookup's state is sized for a store read, and
+                // inline it would be copied with every request's future
+                // (three times: into `handle`, `Handler::call` and hyper),
+                // recalled or not.
+                Err(missed) => {
+                    Box::pin(
+                        shared
+                            .sessions
+                            .lookup_recent(&conn.recent, req.headers(), client.ip, missed),
+                    )
+                    .await?
+                }
+            };
+            let found = match looked_up {
                 Lookup::Valid(live) => Some(live),
                 Lookup::None { .. } => match Box::pin(shared.sessions.issue(client.ip, req.headers())).await {
                     Ok((token, live)) => {
@@ -325,7 +336,9 @@ async fn pipeline<'s>(
 
     let client_on_upgrade = upgrade_proto.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let upstream_req = build_upstream_request(req, route, ctx.normalized.as_deref(), upload)?;
-    let resp = exchange(shared, conn, ctx, upstream_req).await?;
+    // The client boxes the exchange: only that pointer enters this future.
+    let sent = conn.upstream.request(upstream_req);
+    let resp = exchange(shared, conn, ctx, sent).await?;
     let mut resp = match (client_on_upgrade, resp.status()) {
         (Some(on_client), StatusCode::SWITCHING_PROTOCOLS) => upgrade::splice(on_client, resp),
         (_, _) => response_filter(resp),
@@ -478,18 +491,18 @@ fn build_upstream_request(
     Ok(Request::from_parts(parts, if uploads { upload(body) } else { body }))
 }
 
-/// Sends the request and waits for response headers within the timeout.
+/// Waits for the upstream's response headers within `upstream_timeout`.
 async fn exchange(
     shared: &Shared,
     conn: &ConnInfo,
     ctx: &mut RequestCtx<'_>,
-    req: Request<Body>,
+    sent: hyper_util::client::legacy::ResponseFuture,
 ) -> Result<Response<Incoming>, GatewayError> {
     // Timed only for the access log: two clock reads per request otherwise.
     let started = shared.config.server.access_log.then(Instant::now);
     let result = conn
         .upstream_deadline
-        .run(shared.config.server.upstream_timeout, conn.upstream.request(req))
+        .run(shared.config.server.upstream_timeout, sent)
         .await;
     ctx.upstream_ms = Some(started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0));
     match result {

@@ -32,6 +32,14 @@ use std::time::Duration;
 use store::{SessionStore, StoreError};
 use token::{BuildTokenHasher, SessionId, SessionToken, TokenHash};
 
+/// A request [`Sessions::recall`] could not answer, for
+/// [`Sessions::lookup_recent`].
+pub struct Missed {
+    /// Whether the connection may remember what the lookup finds (one
+    /// `Cookie` header, and `recheck_each_request` off).
+    remember: bool,
+}
+
 /// The result of looking at a request's cookie.
 pub enum Lookup {
     /// A live, bound, unexpired session.
@@ -310,39 +318,51 @@ impl Sessions {
         }
     }
 
-    /// [`Sessions::lookup`] for a request on a connection that remembers
-    /// the session it verified last ([`recent`]): when the request presents
-    /// exactly what found it, only expiry is checked again.
-    pub async fn lookup_recent(
-        &self,
-        recent: &recent::Recent,
-        headers: &HeaderMap,
-        client_ip: IpAddr,
-    ) -> Result<Lookup, SessionError> {
+    /// The session this connection verified last ([`recent`]), when the
+    /// request presents exactly what found it; only expiry is checked again.
+    ///
+    /// Not async, on purpose: a kept-alive connection's repeated request is
+    /// answered here without building the lookup's future, whose state
+    /// (sized for a store read) would be copied into the request's own.
+    pub fn recall(&self, recent: &recent::Recent, headers: &HeaderMap, client_ip: IpAddr) -> Result<Arc<Live>, Missed> {
         if self.config.session.recheck_each_request {
-            return self.lookup(headers, client_ip).await;
+            return Err(Missed { remember: false });
         }
         let Some(cookie) = recent::one_cookie(headers) else {
             recent.forget();
-            return self.lookup(headers, client_ip).await;
-        };
-        let input = record::fingerprint_input(&self.config.session.binding, headers);
-        let presented = recent::Presented {
-            cookie,
-            client_ip,
-            fingerprint: &input,
+            return Err(Missed { remember: false });
         };
         if self.cache_trusted.load(Ordering::SeqCst) {
-            if let Some(live) = recent.recall(&presented, &self.generations) {
+            let binding = &self.config.session.binding;
+            let fingerprint_is = |input: &[u8]| record::fingerprint_input_is(binding, headers, input);
+            if let Some(live) = recent.recall(cookie, client_ip, fingerprint_is, &self.generations) {
                 let now = now_ms();
                 if !live.is_stale(now) && live.record.expiry(now, live.last_seen(), self.idle_ms).is_none() {
                     self.metrics.cache_hits.inc();
                     self.metrics.recalls.inc();
                     self.touch(live.hash, &live, now);
-                    return Ok(Lookup::Valid(live));
+                    return Ok(live);
                 }
             }
         }
+        Err(Missed { remember: true })
+    }
+
+    /// [`Sessions::lookup`] after [`Sessions::recall`] missed; remembers what
+    /// it finds for the connection's next request.
+    pub async fn lookup_recent(
+        &self,
+        recent: &recent::Recent,
+        headers: &HeaderMap,
+        client_ip: IpAddr,
+        missed: Missed,
+    ) -> Result<Lookup, SessionError> {
+        // `remember`: `recall` found exactly one Cookie header.
+        let cookie = recent::one_cookie(headers).filter(|_| missed.remember);
+        let Some(cookie) = cookie else {
+            return self.lookup(headers, client_ip).await;
+        };
+        let input = record::fingerprint_input(&self.config.session.binding, headers);
         // The generation was read before the cache was: an ending that took
         // the entry out after that advances it afterwards, so what is
         // remembered is never valid for a session ended meanwhile. An entry
@@ -350,6 +370,11 @@ impl Sessions {
         let (found, generation) = self.lookup_generation(headers, client_ip, Some(&input)).await?;
         match (&found, generation) {
             (Lookup::Valid(live), Some(generation)) if !live.is_stale(now_ms()) => {
+                let presented = recent::Presented {
+                    cookie,
+                    client_ip,
+                    fingerprint: &input,
+                };
                 recent.remember(&presented, live, generation);
             }
             _ => recent.forget(),

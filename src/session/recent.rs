@@ -117,16 +117,24 @@ pub fn one_cookie(headers: &HeaderMap) -> Option<&HeaderValue> {
 }
 
 impl Recent {
-    /// The remembered session, if `presented` is exactly what found it and
-    /// its generation has not moved.
-    pub fn recall(&self, presented: &Presented<'_>, generations: &Generations) -> Option<Arc<Live>> {
+    /// The remembered session, if the request presents exactly what found
+    /// it (the same `Cookie` header, client address, and fingerprint bytes,
+    /// which `fingerprint_is` compares without gathering them) and its
+    /// generation has not moved.
+    pub fn recall(
+        &self,
+        cookie: &HeaderValue,
+        client_ip: IpAddr,
+        fingerprint_is: impl FnOnce(&[u8]) -> bool,
+        generations: &Generations,
+    ) -> Option<Arc<Live>> {
         let slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let r = slot.as_ref()?;
-        let (cookie, fingerprint) = r.presented.split_at(r.cookie_len);
-        let same = r.client_ip == presented.client_ip
-            && cookie == presented.cookie.as_bytes()
-            && fingerprint == presented.fingerprint
-            && generations.of(&r.live.hash) == r.generation;
+        let (remembered_cookie, fingerprint) = r.presented.split_at(r.cookie_len);
+        let same = r.client_ip == client_ip
+            && remembered_cookie == cookie.as_bytes()
+            && generations.of(&r.live.hash) == r.generation
+            && fingerprint_is(fingerprint);
         same.then(|| r.live.clone())
     }
 
@@ -196,6 +204,10 @@ mod tests {
         })
     }
 
+    fn recall(recent: &Recent, p: &Presented<'_>, generations: &Generations) -> Option<Arc<Live>> {
+        recent.recall(p.cookie, p.client_ip, |f| f == p.fingerprint, generations)
+    }
+
     fn headers(cookie: &'static str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, HeaderValue::from_static(cookie));
@@ -210,11 +222,11 @@ mod tests {
         let h = headers("sg=token");
         let presented = presenting(&h, IP, b"ua").unwrap_or_else(|| unreachable!());
         assert!(
-            recent.recall(&presented, &generations).is_none(),
+            recall(&recent, &presented, &generations).is_none(),
             "nothing remembered yet"
         );
         recent.remember(&presented, &live, generations.of(&live.hash));
-        let again = recent.recall(&presented, &generations);
+        let again = recall(&recent, &presented, &generations);
         assert!(again.is_some_and(|l| Arc::ptr_eq(&l, &live)));
 
         let other = headers("sg=token2");
@@ -224,10 +236,10 @@ mod tests {
             presenting(&h, IP, b"ub"),
         ];
         for p in differs.iter().flatten() {
-            assert!(recent.recall(p, &generations).is_none());
+            assert!(recall(&recent, p, &generations).is_none());
         }
         recent.forget();
-        assert!(recent.recall(&presented, &generations).is_none());
+        assert!(recall(&recent, &presented, &generations).is_none());
     }
 
     #[test]
@@ -237,13 +249,16 @@ mod tests {
         let presented = presenting(&h, IP, b"").unwrap_or_else(|| unreachable!());
         recent.remember(&presented, &live, generations.of(&live.hash));
         generations.advance(&cached(6).hash);
-        assert!(recent.recall(&presented, &generations).is_some(), "another group moved");
+        assert!(
+            recall(&recent, &presented, &generations).is_some(),
+            "another group moved"
+        );
         generations.advance(&live.hash);
-        assert!(recent.recall(&presented, &generations).is_none(), "its group moved");
+        assert!(recall(&recent, &presented, &generations).is_none(), "its group moved");
 
         recent.remember(&presented, &live, generations.of(&live.hash));
         generations.advance_all();
-        assert!(recent.recall(&presented, &generations).is_none(), "all moved");
+        assert!(recall(&recent, &presented, &generations).is_none(), "all moved");
     }
 
     #[test]

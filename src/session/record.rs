@@ -196,18 +196,49 @@ fn digest_input(input: &[u8]) -> Fingerprint {
     Fingerprint(out)
 }
 
+/// The bytes [`fingerprint`] hashes, gathered from a request's headers.
+pub type FingerprintInput = smallvec::SmallVec<[u8; 256]>;
+
 /// What [`fingerprint`] hashes: equal inputs, equal fingerprints.
-pub fn fingerprint_input(config: &BindingConfig, headers: &HeaderMap) -> smallvec::SmallVec<[u8; 256]> {
+pub fn fingerprint_input(config: &BindingConfig, headers: &HeaderMap) -> FingerprintInput {
     let mut input = smallvec::SmallVec::new();
-    for name in &config.fingerprint_headers {
-        input.extend_from_slice(name.as_str().as_bytes());
-        for v in headers.get_all(name) {
-            input.extend_from_slice(b"\x00=");
-            input.extend_from_slice(v.as_bytes());
-        }
-        input.extend_from_slice(b"\x00;");
-    }
+    fingerprint_pieces(config, headers, |piece| {
+        input.extend_from_slice(piece);
+        true
+    });
     input
+}
+
+/// Whether `headers` give exactly `input` as their [`fingerprint_input`],
+/// compared piece by piece without gathering (or copying) them.
+pub fn fingerprint_input_is(config: &BindingConfig, headers: &HeaderMap, input: &[u8]) -> bool {
+    let mut rest = input;
+    fingerprint_pieces(config, headers, |piece| match rest.strip_prefix(piece) {
+        Some(after) => {
+            rest = after;
+            true
+        }
+        None => false,
+    }) && rest.is_empty()
+}
+
+/// The fingerprint input's layout, in one place: each configured name,
+/// each of its values after `\0=`, then `\0;`. Stops when `sink` says so.
+fn fingerprint_pieces(config: &BindingConfig, headers: &HeaderMap, mut sink: impl FnMut(&[u8]) -> bool) -> bool {
+    for name in &config.fingerprint_headers {
+        if !sink(name.as_str().as_bytes()) {
+            return false;
+        }
+        for v in headers.get_all(name) {
+            if !sink(b"\x00=") || !sink(v.as_bytes()) {
+                return false;
+            }
+        }
+        if !sink(b"\x00;") {
+            return false;
+        }
+    }
+    true
 }
 
 /// The server's copy of a session.
@@ -334,5 +365,32 @@ mod tests {
             b"user-agent\x00=ua/1\x00;accept-language\x00;",
         );
         assert_eq!(&fingerprint(&config, &headers).0[..], expected.as_ref());
+    }
+
+    #[test]
+    fn the_input_is_compared_exactly_without_gathering() {
+        let config = BindingConfig {
+            ip: crate::config::IpBinding::Off,
+            fingerprint_headers: vec![http::header::USER_AGENT, http::header::ACCEPT_LANGUAGE],
+            on_mismatch: crate::config::OnMismatch::Revoke,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::USER_AGENT, http::HeaderValue::from_static("ua/1"));
+        let input = fingerprint_input(&config, &headers);
+        assert!(fingerprint_input_is(&config, &headers, &input));
+        assert!(
+            !fingerprint_input_is(&config, &headers, &input[..input.len() - 1]),
+            "shorter"
+        );
+        let mut longer = input.to_vec();
+        longer.push(b'x');
+        assert!(!fingerprint_input_is(&config, &headers, &longer), "longer");
+        headers.append(http::header::USER_AGENT, http::HeaderValue::from_static("ua/2"));
+        assert!(!fingerprint_input_is(&config, &headers, &input), "another value");
+        assert!(fingerprint_input_is(
+            &config,
+            &headers,
+            &fingerprint_input(&config, &headers)
+        ));
     }
 }
