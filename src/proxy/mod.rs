@@ -263,17 +263,11 @@ async fn pipeline<'s>(
         AuthMode::Optional | AuthMode::Required => {
             let looked_up = match shared.sessions.recall(&conn.recent, req.headers(), client.ip) {
                 Ok(live) => Lookup::Valid(live),
-                // Boxed: the lookup's state is sized for a store read, and
-                // inline it would be copied with every request's future
-                // (three times: into `handle`, `Handler::call` and hyper),
-                // recalled or not.
                 Err(missed) => {
-                    Box::pin(
-                        shared
-                            .sessions
-                            .lookup_recent(&conn.recent, req.headers(), client.ip, missed),
-                    )
-                    .await?
+                    shared
+                        .sessions
+                        .lookup_recent(&conn.recent, req.headers(), client.ip, missed)
+                        .await?
                 }
             };
             let found = match looked_up {
