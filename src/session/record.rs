@@ -349,10 +349,8 @@ mod tests {
         }
     }
 
-    /// Records store fingerprints, so the bytes hashed must never change:
-    /// pinned against SHA-256 of the literal input it has always hashed.
-    #[test]
-    fn fingerprint_input_is_stable() {
+    /// Fingerprinting `User-Agent` and `Accept-Language`; a request with only the first.
+    fn user_agent_and_language() -> (BindingConfig, HeaderMap) {
         let config = BindingConfig {
             ip: crate::config::IpBinding::Off,
             fingerprint_headers: vec![http::header::USER_AGENT, http::header::ACCEPT_LANGUAGE],
@@ -360,6 +358,14 @@ mod tests {
         };
         let mut headers = HeaderMap::new();
         headers.insert(http::header::USER_AGENT, http::HeaderValue::from_static("ua/1"));
+        (config, headers)
+    }
+
+    /// Records store fingerprints, so the bytes hashed must never change:
+    /// pinned against SHA-256 of the literal input it has always hashed.
+    #[test]
+    fn fingerprint_input_is_stable() {
+        let (config, headers) = user_agent_and_language();
         let expected = aws_lc_rs::digest::digest(
             &aws_lc_rs::digest::SHA256,
             b"user-agent\x00=ua/1\x00;accept-language\x00;",
@@ -369,13 +375,7 @@ mod tests {
 
     #[test]
     fn the_input_is_compared_exactly_without_gathering() {
-        let config = BindingConfig {
-            ip: crate::config::IpBinding::Off,
-            fingerprint_headers: vec![http::header::USER_AGENT, http::header::ACCEPT_LANGUAGE],
-            on_mismatch: crate::config::OnMismatch::Revoke,
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert(http::header::USER_AGENT, http::HeaderValue::from_static("ua/1"));
+        let (config, mut headers) = user_agent_and_language();
         let input = fingerprint_input(&config, &headers);
         assert!(fingerprint_input_is(&config, &headers, &input));
         assert!(
