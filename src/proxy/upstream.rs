@@ -39,7 +39,7 @@ pub fn client(server: &ServerConfig) -> UpstreamClient {
 ///
 /// Why: `tokio::time::timeout` per request puts a new entry in the runtime's
 /// timer wheel and takes it out again, under the driver's lock each way
-/// (about 2 % of a verified request's instructions). Moved to a later
+/// (about 1.5 % of a verified request's instructions). Moved to a later
 /// deadline, a registered timer is extended in place by one atomic store;
 /// the wheel meets it again only when its old deadline comes, and then
 /// files it under the new one. Requests of one HTTP/1 connection come one at
