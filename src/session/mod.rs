@@ -34,10 +34,11 @@ use token::{BuildTokenHasher, SessionId, SessionToken, TokenHash};
 
 /// A request [`Sessions::recall`] could not answer, for
 /// [`Sessions::lookup_recent`].
-pub struct Missed {
-    /// Whether the connection may remember what the lookup finds (one
-    /// `Cookie` header, and `recheck_each_request` off).
-    remember: bool,
+pub struct Missed<'h> {
+    /// The request's one `Cookie` header, when the connection may remember
+    /// what the lookup finds (`None`: several or none, or
+    /// `recheck_each_request`).
+    cookie: Option<&'h HeaderValue>,
 }
 
 /// The result of looking at a request's cookie.
@@ -324,13 +325,18 @@ impl Sessions {
     /// Not async, on purpose: a kept-alive connection's repeated request is
     /// answered here without building the lookup's future, whose state
     /// (sized for a store read) would be copied into the request's own.
-    pub fn recall(&self, recent: &recent::Recent, headers: &HeaderMap, client_ip: IpAddr) -> Result<Arc<Live>, Missed> {
+    pub fn recall<'h>(
+        &self,
+        recent: &recent::Recent,
+        headers: &'h HeaderMap,
+        client_ip: IpAddr,
+    ) -> Result<Arc<Live>, Missed<'h>> {
         if self.config.session.recheck_each_request {
-            return Err(Missed { remember: false });
+            return Err(Missed { cookie: None });
         }
         let Some(cookie) = recent::one_cookie(headers) else {
             recent.forget();
-            return Err(Missed { remember: false });
+            return Err(Missed { cookie: None });
         };
         if self.cache_trusted.load(Ordering::SeqCst) {
             let binding = &self.config.session.binding;
@@ -345,7 +351,7 @@ impl Sessions {
                 }
             }
         }
-        Err(Missed { remember: true })
+        Err(Missed { cookie: Some(cookie) })
     }
 
     /// [`Sessions::lookup`] after [`Sessions::recall`] missed; remembers what
@@ -355,11 +361,9 @@ impl Sessions {
         recent: &recent::Recent,
         headers: &HeaderMap,
         client_ip: IpAddr,
-        missed: Missed,
+        missed: Missed<'_>,
     ) -> Result<Lookup, SessionError> {
-        // `remember`: `recall` found exactly one Cookie header.
-        let cookie = recent::one_cookie(headers).filter(|_| missed.remember);
-        let Some(cookie) = cookie else {
+        let Some(cookie) = missed.cookie else {
             return self.lookup(headers, client_ip).await;
         };
         let input = record::fingerprint_input(&self.config.session.binding, headers);

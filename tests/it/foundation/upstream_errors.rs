@@ -85,6 +85,36 @@ async fn each_request_on_a_kept_alive_connection_gets_the_whole_upstream_timeout
     assert_eq!(response.status, 200, "a request within the timeout after two timeouts");
 }
 
+/// HTTP/2 streams of one connection overlap: a stream that finds the connection's upstream
+/// timer in use makes its own, and neither cuts the other's request short or lets it run long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_http2_streams_each_get_their_own_upstream_timeout() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(GatewayConfig::proxy_all_to(&upstream).server_str("upstream_timeout", "600ms")).await;
+    let client = gw.client_h2();
+    let timed = |path: &'static str| {
+        let (client, url) = (client.clone(), gw.url(path));
+        async move {
+            let started = Instant::now();
+            let response = client.get(url).send().await.expect("request");
+            assert_eq!(response.version(), reqwest::Version::HTTP_2);
+            (response.status().as_u16(), started.elapsed())
+        }
+    };
+    let (slow, fast, slow_again) = tokio::join!(timed("/delay/5000"), timed("/delay/350"), timed("/delay/5000"));
+    assert_eq!(fast.0, 200, "a stream within the timeout, beside two slow ones");
+    for (n, (status, waited)) in [slow, slow_again].into_iter().enumerate() {
+        assert_eq!(status, 504, "slow stream {n}");
+        assert!(
+            waited >= millis(550) && waited < millis(3000),
+            "slow stream {n}: 504 after {waited:?}, the upstream_timeout is 600ms"
+        );
+    }
+    // The connection's timer, back in its slot, serves the next stream with a fresh deadline.
+    let (status, _) = timed("/delay/350").await;
+    assert_eq!(status, 200, "a stream within the timeout after the timeouts");
+}
+
 /// How many `X-Many-*` fields reached the client through the gateway.
 async fn many_headers_through(gw: &GatewayAddrs, n: usize) -> (u16, usize) {
     let mut conn = gw.raw().await;
