@@ -147,6 +147,9 @@ pub struct Route {
     pub path_prefix: String,
     pub host: Option<String>,
     pub upstream: Upstream,
+    /// What stands for `upstream` in requests to the pool (see
+    /// `proxy::upstream::Origins`).
+    pub pool_authority: http::uri::Authority,
     pub auth: AuthMode,
     pub groups: Vec<String>,
     pub max_body_bytes: Option<u64>,
@@ -164,13 +167,14 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(config: &[RouteConfig]) -> Router {
+    pub fn new(config: &[RouteConfig], origins: &crate::proxy::upstream::Origins) -> Router {
         let mut routes: Vec<Route> = config
             .iter()
             .map(|r| Route {
                 path_prefix: r.path_prefix.clone(),
                 host: r.host.clone(),
                 upstream: r.upstream.clone(),
+                pool_authority: origins.pool_authority(&r.upstream),
                 auth: r.auth,
                 groups: r.groups.clone(),
                 max_body_bytes: r.max_body_bytes,

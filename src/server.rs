@@ -242,7 +242,7 @@ impl Gateway {
             shared: self.shared.clone(),
             settings: conn_settings.clone(),
             permits: permits.clone(),
-            upstream: proxy::upstream::client(&self.config.server),
+            upstream: proxy::upstream::client(&self.config.server, self.shared.origins.clone()),
             accepted: self.shared.metrics.worker_accepts(index),
             handshake_counts: self.shared.metrics.handshakes(),
             shutdown: shutdown_rx.clone(),

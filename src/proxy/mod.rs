@@ -41,12 +41,15 @@ pub struct Shared {
     pub sessions: Arc<Sessions>,
     pub auth: Auth,
     owned_headers: identity::OwnedHeaders,
+    /// The routes' upstream origins, for each worker's client.
+    pub origins: upstream::Origins,
 }
 
 impl Shared {
     /// Fails if the password-hashing threads cannot be placed on `[login] hash_cpus`.
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, sessions: Arc<Sessions>) -> Result<Shared, StartError> {
-        let router = Router::new(&config.routes);
+        let origins = upstream::Origins::new(&config.routes);
+        let router = Router::new(&config.routes, &origins);
         let route_metrics = router.routes().iter().map(|r| metrics.route(&r.label)).collect();
         let auth = Auth::new(&config).map_err(|source| StartError::HashCpus {
             cpus: config.login.hash_cpus.clone(),
@@ -55,6 +58,7 @@ impl Shared {
         Ok(Shared {
             auth,
             owned_headers: identity::OwnedHeaders::new(&config.headers),
+            origins,
             config,
             router,
             route_metrics,
@@ -472,7 +476,7 @@ fn build_upstream_request(
     };
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(route.upstream.scheme.clone());
-    uri.authority = Some(route.upstream.authority.clone());
+    uri.authority = Some(route.pool_authority.clone());
     uri.path_and_query = Some(target);
     parts.uri = Uri::from_parts(uri).map_err(|_| unforwardable())?;
     parts.version = Version::HTTP_11;

@@ -120,3 +120,44 @@ async fn paths_that_cannot_be_normalised_safely_are_400() {
         "unsafe paths reached the upstream"
     );
 }
+
+/// Upstreams named by address and by host name, one of them behind two routes: each request
+/// reaches its own upstream, which sees the client's `Host`, never the name the gateway's
+/// connection pool files the upstream under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_by_address_and_by_host_name_see_the_clients_host() {
+    let by_address = TestUpstream::named("by-address").await;
+    let by_name = TestUpstream::named("by-name").await;
+    let gw = TestGateway::start(
+        GatewayConfig::new()
+            .route(RouteSpec::new("/a/", by_address.url()))
+            .route(RouteSpec::new(
+                "/b/",
+                format!("http://localhost:{}", by_name.addr().port()),
+            ))
+            .route(RouteSpec::new("/c/", by_address.url())),
+    )
+    .await;
+    let client = gw.client();
+
+    for (path, expected) in [
+        ("/a/1", "by-address"),
+        ("/b/2", "by-name"),
+        ("/c/3", "by-address"),
+        ("/b/4", "by-name"),
+    ] {
+        let response = client.get(gw.url(path)).send().await.expect("request");
+        assert_eq!(response.status(), 200, "{path}");
+        let echo = Echo::from_response(response).await;
+        assert_eq!(echo.upstream(), expected, "route for {path}");
+        assert_eq!(echo.path(), path);
+        // What the client sent (reqwest leaves the port out of some requests' Host).
+        let host = echo.header("host");
+        assert!(
+            host == [gw.host_header()] || host == ["localhost"],
+            "Host seen upstream for {path}: {host:?}"
+        );
+    }
+    assert_eq!(by_address.targets(), ["/a/1", "/c/3"]);
+    assert_eq!(by_name.targets(), ["/b/2", "/b/4"]);
+}
