@@ -11,6 +11,9 @@
 #
 #   bench/ir-per-request.sh                     # sessiongate (verified session) and the floor proxy
 #   TARGETS=sessiongate bench/ir-per-request.sh
+#   TARGETS="sessiongate nginx" bench/ir-per-request.sh   # and nginx as the peer harness runs it
+#                                               # (TLS proxy, pooled upstream, one process):
+#                                               # instructions in user space only, see COUNT=syscalls
 #
 #   PROTO=h2 TARGETS=sessiongate bench/ir-per-request.sh   # HTTP/2: h2load, H2_CONNS x H2_STREAMS
 #
@@ -189,6 +192,23 @@ for t in $TARGETS; do
       TOKIO_WORKER_THREADS=1 $(under) "$FLOOR_BIN" "127.0.0.1:$PX_PORT" "127.0.0.1:$UP_PORT" "$OUT/cert.pem" "$OUT/key.pem" 2>"$OUT/floor.log" &
       pid=$!; pids+=($pid)
       measure floor "$pid" "" ;;
+    nginx)
+      # The peer harness's TLS proxy (../shared/bench/conf/proxy.nginx.conf.tmpl),
+      # in one process: no master, so the counted process is the one serving.
+      cat >"$OUT/proxy.conf" <<NGINX
+$user_line
+worker_processes 1; daemon off; master_process off; pid $OUT/proxy.pid; error_log $OUT/proxy.err warn;
+events { worker_connections 1024; }
+http { access_log off; server_tokens off; keepalive_timeout 75s; keepalive_requests 100000000;
+  client_body_temp_path $OUT/cb; proxy_temp_path $OUT/px; fastcgi_temp_path $OUT/fc; uwsgi_temp_path $OUT/uw; scgi_temp_path $OUT/sc;
+  upstream bench_up { server 127.0.0.1:$UP_PORT; keepalive 64; keepalive_requests 100000000; keepalive_timeout 75s; }
+  server { listen 127.0.0.1:$PX_PORT ssl; ssl_certificate $OUT/cert.pem; ssl_certificate_key $OUT/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / { proxy_pass http://bench_up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+NGINX
+      [[ $PROTO == h2 ]] && { echo "nginx: the peer config serves HTTP/1.1 here, skipped for PROTO=h2" >&2; continue; }
+      $(under) nginx -c "$OUT/proxy.conf" -e "$OUT/proxy.err" 2>"$OUT/nginx.log" & pid=$!; pids+=($pid)
+      measure nginx "$pid" "" ;;
     *) echo "unknown target $t" >&2 ;;
   esac
 done
