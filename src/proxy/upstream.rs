@@ -94,11 +94,40 @@ impl Origin {
 
 /// Resolves a pool name (see [`Origins`]) to its origin's addresses: an
 /// address as configured, a host name through the system resolver on every
-/// new connection, as hyper-util's own resolver would.
+/// new connection, as hyper-util's own resolver would, but within
+/// `upstream_connect_timeout` (hyper-util's connect timeout starts after
+/// the lookup, so a resolver that does not answer held the request until
+/// `upstream_timeout` and a 504, not the 502 an unreachable upstream gets).
 #[derive(Clone, Debug)]
-pub struct Resolver(Origins);
+pub struct Resolver {
+    origins: Origins,
+    timeout: Duration,
+    lookup: Lookup,
+}
 
 type Resolving = Pin<Box<dyn Future<Output = io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
+
+/// How a host name becomes addresses (the system resolver, but for tests).
+type Lookup = fn(String, u16) -> Resolving;
+
+fn system_lookup(host: String, port: u16) -> Resolving {
+    Box::pin(async move {
+        Ok(tokio::net::lookup_host((host.as_str(), port))
+            .await?
+            .collect::<Vec<_>>()
+            .into_iter())
+    })
+}
+
+impl Resolver {
+    fn new(origins: Origins, timeout: Duration) -> Resolver {
+        Resolver {
+            origins,
+            timeout,
+            lookup: system_lookup,
+        }
+    }
+}
 
 impl tower_service::Service<Name> for Resolver {
     type Response = std::vec::IntoIter<SocketAddr>;
@@ -110,19 +139,24 @@ impl tower_service::Service<Name> for Resolver {
     }
 
     fn call(&mut self, name: Name) -> Resolving {
-        let Some(origin) = self.0.by_pool_name(name.as_str()) else {
+        let Some(origin) = self.origins.by_pool_name(name.as_str()) else {
             let e = io::Error::new(io::ErrorKind::NotFound, format!("no upstream named {name}"));
             return Box::pin(std::future::ready(Err(e)));
         };
         if let Some(addr) = origin.addr {
             return Box::pin(std::future::ready(Ok(vec![addr].into_iter())));
         }
-        let (host, port) = (origin.host.clone(), origin.port);
+        let (host, timeout) = (origin.host.clone(), self.timeout);
+        let lookup = (self.lookup)(host.clone(), origin.port);
         Box::pin(async move {
-            let addrs = tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("resolving {host}: {e}")))?;
-            Ok(addrs.collect::<Vec<_>>().into_iter())
+            match tokio::time::timeout(timeout, lookup).await {
+                Ok(Ok(addrs)) => Ok(addrs),
+                Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("resolving {host}: {e}"))),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("resolving {host}: no answer within {timeout:?}"),
+                )),
+            }
         })
     }
 }
@@ -203,7 +237,8 @@ impl hyper::rt::Write for Plain {
 }
 
 pub fn client(server: &ServerConfig, origins: Origins) -> UpstreamClient {
-    let mut connector = HttpConnector::new_with_resolver(Resolver(origins));
+    let resolver = Resolver::new(origins, server.upstream_connect_timeout);
+    let mut connector = HttpConnector::new_with_resolver(resolver);
     connector.set_connect_timeout(Some(server.upstream_connect_timeout));
     connector.set_nodelay(true);
     connector.enforce_http(true);
@@ -292,7 +327,10 @@ mod tests {
 
     async fn resolve(origins: &Origins, name: &str) -> io::Result<Vec<SocketAddr>> {
         let name: Name = name.parse().unwrap_or_else(|e| panic!("{e}"));
-        Ok(Resolver(origins.clone()).call(name).await?.collect())
+        Ok(Resolver::new(origins.clone(), Duration::from_secs(5))
+            .call(name)
+            .await?
+            .collect())
     }
 
     #[test]
@@ -309,6 +347,24 @@ mod tests {
             .map(|r| origins.pool_authority(&r.upstream).to_string())
             .collect();
         assert_eq!(names, ["0", "1", "0", "2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_that_never_answers_fails_within_the_connect_timeout() {
+        let origins = Origins::new(&[route("http://app.internal:9000")]);
+        let mut resolver = Resolver::new(origins, Duration::from_secs(5));
+        resolver.lookup = |_, _| Box::pin(std::future::pending());
+        let started = Instant::now();
+        let name: Name = "0".parse().unwrap_or_else(|e| panic!("{e}"));
+        // Bounded from outside too: without its own timeout the resolver would wait forever.
+        let resolved = tokio::time::timeout(Duration::from_secs(60), resolver.call(name)).await;
+        let err = resolved
+            .unwrap_or_else(|_| panic!("still resolving after 60 s"))
+            .err()
+            .unwrap_or_else(|| panic!("resolved"));
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("resolving app.internal"), "{err}");
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 
     #[tokio::test]

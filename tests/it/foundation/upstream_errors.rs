@@ -28,6 +28,30 @@ async fn unreachable_upstream_is_502_without_details() {
     assert_no_upstream_details(&body, port);
 }
 
+/// A host name that does not resolve (`.invalid` never does, RFC 6761) is an unreachable
+/// upstream too: 502 within `upstream_connect_timeout`, however the machine's resolver fails
+/// (at once, or by not answering), never the 504 of `upstream_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_host_that_does_not_resolve_is_502_within_the_connect_timeout() {
+    let gw = TestGateway::start(
+        GatewayConfig::new()
+            .server_str("upstream_connect_timeout", "500ms")
+            .server_str("upstream_timeout", "20s")
+            .route(RouteSpec::new("/", "http://no-such-upstream.invalid:8080")),
+    )
+    .await;
+
+    let started = Instant::now();
+    let response = gw.client().get(gw.url("/x")).send().await.expect("request");
+    assert_eq!(response.status(), 502);
+    assert!(started.elapsed() < secs(10), "took {:?}", started.elapsed());
+    let body = response.text().await.expect("body");
+    assert!(
+        !body.contains("no-such-upstream"),
+        "error body names the upstream: {body:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upstream_is_504_after_upstream_timeout_without_details() {
     let upstream = TestUpstream::start().await;
