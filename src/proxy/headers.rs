@@ -54,7 +54,8 @@ pub fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) -> boo
         if name == header::CONNECTION {
             upgrade |= named_in_connection(value, &mut doomed);
         }
-        if is_hop_by_hop(name.as_str()) || also(name) {
+        // A name's values come one after another: remove it once.
+        if doomed.last() != Some(name) && (is_hop_by_hop(name.as_str()) || also(name)) {
             doomed.push(name.clone());
         }
     }
