@@ -31,6 +31,7 @@
 # Knobs: TARGETS="sessiongate floor" DURATION=10 CONNS=8 SG_RECHECK=1 (every request
 # looks its session up from scratch: [session] recheck_each_request) SG_BIN (default
 # target/release/sessiongate, built if missing) FLOOR_BIN SG_AUTH=required|optional|none
+# SG_SERVER_EXTRA='key = value' (lines for the gateway's [server] table, bench/lib.sh)
 # UP_PORT PX_PORT ADMIN_PORT, OUT=dir (callgrind files, kept for callgrind_annotate; names are not
 # compressed, so each dump part annotates on its own). PROTO=h1|h2; for h2
 # the short and long runs are H2_SHORT=4000 and H2_LONG=12000 requests over

@@ -13,7 +13,8 @@
 #   wait_quiet          wait (at most QUIET_MAX s, default 30) until the machine's
 #                       busy CPU over 1 s is below QUIET_PCT % (default 15) of one CPU
 #   gateway_head PORT ADMIN DIR   (one worker unless SG_WORKERS=N, as every peer has one;
-#                       SG_HANDSHAKES=background|inline sets [server] tls_handshakes)
+#                       SG_HANDSHAKES=background|inline sets [server] tls_handshakes;
+#                       SG_SERVER_EXTRA='key = value' adds lines to [server])
 #                       the [server], [tls] and [admin] tables of a bench
 #                       gateway (access log off, DIR/cert.pem, DIR/key.pem,
 #                       DIR/admin-token); the caller adds store, users, routes
@@ -76,6 +77,7 @@ listen = "127.0.0.1:$1"
 access_log = false
 workers = ${SG_WORKERS:-1}
 $([[ -z ${SG_HANDSHAKES:-} ]] || printf 'tls_handshakes = "%s"' "$SG_HANDSHAKES")
+${SG_SERVER_EXTRA:-}
 [tls]
 cert = "$3/cert.pem"
 key = "$3/key.pem"

@@ -18,7 +18,8 @@
 #      (the order flips every round); each run is a WARMUP s wrk run and a
 #      DURATION s measured one. Per run also the gateway's CPU µs per
 #      request (from /proc; steadier than req/s on a shared machine), the
-#      session-cache misses it counted, and its RSS afterwards.
+#      session-cache misses it counted, its RSS afterwards, and wrk's own CPU
+#      (% of its CPU: near 100, the load tool set the pace, not the gateway).
 #   3. A table, the per-round ratio LARGE ÷ SMALL, median [min-max].
 # Every session is bound to what wrk sends: 127.0.0.1 and User-Agent $UA.
 #
@@ -46,7 +47,7 @@ UA=${BENCH_UA:-scale-bench/1}
 UPSTREAM_TMPL=${UPSTREAM_TMPL:-$ROOT/../shared/bench/conf/upstream.nginx.conf.tmpl}
 (( LARGE > SMALL && SMALL > 0 )) || { echo "need 0 < SMALL < LARGE" >&2; exit 2; }
 (( CACHE_CAPACITY >= LARGE )) || { echo "CACHE_CAPACITY must hold LARGE sessions" >&2; exit 2; }
-for tool in wrk nginx curl taskset setsid awk; do
+for tool in wrk nginx curl taskset setsid awk /usr/bin/time; do
   command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
 done
 [[ -r $UPSTREAM_TMPL ]] || { echo "upstream template not found: $UPSTREAM_TMPL" >&2; exit 1; }
@@ -140,15 +141,15 @@ code=$(curl -sk -o /dev/null -w '%{http_code}' -A "$UA" -H "Cookie: $(tail -n 1 
 [[ $code == 200 ]] || { echo "a minted cookie got $code, not 200" >&2; exit 1; }
 
 # --- throughput ----------------------------------------------------------------
-run_wrk() {               # run_wrk FILE SECONDS OUT
-  COOKIE_FILE=$1 taskset -c "$LG_CPUS" wrk -t1 -c"$CONNS" -d"$2"s -H "User-Agent: $UA" \
-    -s "$ROOT/bench/cookies.lua" "$URL" >"$3" 2>&1
+run_wrk() {               # run_wrk FILE SECONDS OUT: wrk's own CPU seconds (user system) in OUT.time
+  COOKIE_FILE=$1 /usr/bin/time -f '%U %S' -o "$3.time" taskset -c "$LG_CPUS" wrk -t1 -c"$CONNS" -d"$2"s \
+    -H "User-Agent: $UA" -s "$ROOT/bench/cookies.lua" "$URL" >"$3" 2>&1
 }
 
 ROWS=$DIR/rows.tsv
 : >"$ROWS"
 measure() {               # measure ROUND LABEL FILE
-  local round=$1 label=$2 file=$3 out=$DIR/wrk-$1-$2.txt miss0 miss1 cpu0 cpu1 rps non2xx us
+  local round=$1 label=$2 file=$3 out=$DIR/wrk-$1-$2.txt miss0 miss1 cpu0 cpu1 rps non2xx us lg
   run_wrk "$file" "$WARMUP" "$DIR/warmup.txt"
   miss0=$(metric sessiongate_session_cache_misses_total) cpu0=$(cpu_ticks)
   run_wrk "$file" "$DURATION" "$out"
@@ -157,10 +158,13 @@ measure() {               # measure ROUND LABEL FILE
   non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$out")
   eval "$(grep -o 'requests=[0-9]* duration_us=[0-9]* p50_us=[0-9]* p99_us=[0-9]*' "$out" | tr ' ' '\n')"
   us=$(awk -v t=$((cpu1 - cpu0)) -v hz="$HZ" -v n="$requests" 'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$label" "$rps" "$p50_us" "$p99_us" \
-    "${non2xx:-0}" $((miss1 - miss0)) "$(rss_kib)" "$us" >>"$ROWS"
-  printf 'round %s %-5s %9s req/s  p50 %s µs  p99 %s µs  gateway CPU %s µs/req  non-2xx %s  cache misses %s\n' \
-    "$round" "$label" "$rps" "$p50_us" "$p99_us" "$us" "${non2xx:-0}" $((miss1 - miss0)) >&2
+  # The load tool's CPU over the run, in % of its one CPU: near 100 it, not
+  # the gateway, set the pace (then compare the gateway's CPU per request).
+  lg=$(tail -n 1 "$out.time" | awk -v d="$duration_us" '{ printf "%.0f", d ? ($1 + $2) * 1e8 / d : 0 }')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$label" "$rps" "$p50_us" "$p99_us" \
+    "${non2xx:-0}" $((miss1 - miss0)) "$(rss_kib)" "$us" "$lg" >>"$ROWS"
+  printf 'round %s %-5s %9s req/s  p50 %s µs  p99 %s µs  gateway CPU %s µs/req  wrk CPU %s %%  non-2xx %s  cache misses %s\n' \
+    "$round" "$label" "$rps" "$p50_us" "$p99_us" "$us" "$lg" "${non2xx:-0}" $((miss1 - miss0)) >&2
 }
 for round in $(seq "$ROUNDS"); do
   if (( round % 2 )); then order="small large"; else order="large small"; fi
@@ -175,7 +179,7 @@ awk -v small="$SMALL" -v large="$LARGE" -v r0="$RSS0" -v r1="$RSS1" -v r2="$RSS2
                                  return (n % 2) ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2 }
   BEGIN { FS = "\t" }
   { rps[$1, $2] = $3; p50[$1, $2] = $4; p99[$1, $2] = $5; bad[$1, $2] = $6; miss[$1, $2] = $7; rss[$1, $2] = $8
-    us[$1, $2] = $9; if ($1 > rounds) rounds = $1 }
+    us[$1, $2] = $9; lg[$1, $2] = $10; if ($1 > rounds) rounds = $1 }
   END {
     per = (r2 - r1) * 1024 / (large - small)
     printf "\n## memory (VmRSS of the gateway)\n\n| point | RSS |\n|---|---|\n"
@@ -184,12 +188,12 @@ awk -v small="$SMALL" -v large="$LARGE" -v r0="$RSS0" -v r1="$RSS1" -v r2="$RSS2
     printf "total RSS with %d sessions: **%s** (target ≤ 512 MiB: %s)\n", large, mib(r2), (r2 <= 512 * 1024) ? "met" : "NOT met"
     if (rounds == 0) exit
     printf "\n## verified keep-alive throughput, a different cookie per request\n\n"
-    printf "| round | req/s over %d | req/s over %d | ratio | gateway CPU µs/req (small/large) | CPU ratio | p99 µs (small/large) | non-2xx | cache misses (large) |\n|---|---|---|---|---|---|---|---|---|\n", small, large
+    printf "| round | req/s over %d | req/s over %d | ratio | gateway CPU µs/req (small/large) | CPU ratio | wrk CPU %% (small/large) | p99 µs (small/large) | non-2xx | cache misses (large) |\n|---|---|---|---|---|---|---|---|---|---|\n", small, large
     for (r = 1; r <= rounds; r++) {
       ratio[r] = rps[r, "large"] / rps[r, "small"]
       cr[r] = (us[r, "large"] > 0) ? us[r, "small"] / us[r, "large"] : 0
-      printf "| %d | %.0f | %.0f | %.3f | %.1f / %.1f | %.3f | %d / %d | %d | %d |\n", r, rps[r, "small"], rps[r, "large"], ratio[r],
-        us[r, "small"], us[r, "large"], cr[r], p99[r, "small"], p99[r, "large"], bad[r, "small"] + bad[r, "large"], miss[r, "large"]
+      printf "| %d | %.0f | %.0f | %.3f | %.1f / %.1f | %.3f | %s / %s | %d / %d | %d | %d |\n", r, rps[r, "small"], rps[r, "large"], ratio[r],
+        us[r, "small"], us[r, "large"], cr[r], lg[r, "small"], lg[r, "large"], p99[r, "small"], p99[r, "large"], bad[r, "small"] + bad[r, "large"], miss[r, "large"]
       lo = (r == 1 || ratio[r] < lo) ? ratio[r] : lo; hi = (r == 1 || ratio[r] > hi) ? ratio[r] : hi
       clo = (r == 1 || cr[r] < clo) ? cr[r] : clo; chi = (r == 1 || cr[r] > chi) ? cr[r] : chi
       s[r] = rps[r, "small"]; l[r] = rps[r, "large"]

@@ -244,8 +244,9 @@ pub fn client(server: &ServerConfig, origins: Origins) -> UpstreamClient {
     connector.enforce_http(true);
     let mut builder = Client::builder(TokioExecutor::new());
     if server.upstream_max_headers != DEFAULT_MAX_HEADERS {
-        // Only when asked: any other count makes hyper allocate the parse
-        // array on every response instead of keeping it on the stack.
+        // Only when asked: with any other count hyper builds its parse
+        // arrays element by element on every response (above 100 it
+        // allocates them), ~280 more instructions per request at 99.
         builder.http1_max_headers(server.upstream_max_headers);
     }
     builder
