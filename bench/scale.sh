@@ -27,6 +27,7 @@
 # Knobs: ROUNDS=3 DURATION=8 WARMUP=2 CONNS=64 SMALL=1000 LARGE=1000000
 #        CACHE_CAPACITY=1100000 SG_PROFILE=dist KEEP_TMP=1 (keep the work dir)
 #        SG_CPUS=0 LG_CPUS=1  UP_PORT=18180 GW_PORT=18545 ADMIN_PORT=18991
+#        SETTLE=0 (seconds to wait between the mint and the first load run)
 #        STORE_EXTRA='touch_interval = "1h"'   extra [store] lines (experiments)
 # Caveat (session 18): a session's last_seen is written to the store on its
 # first request in each touch_interval window (default 60 s, aligned to the
@@ -141,6 +142,9 @@ code=$(curl -sk -o /dev/null -w '%{http_code}' -A "$UA" -H "Cookie: $(tail -n 1 
 [[ $code == 200 ]] || { echo "a minted cookie got $code, not 200" >&2; exit 1; }
 
 # --- throughput ----------------------------------------------------------------
+# SETTLE=s waits that long after the mint before the first run: whether a
+# slow round comes with the time since start or with the passes made.
+sleep "${SETTLE:-0}"
 run_wrk() {               # run_wrk FILE SECONDS OUT: wrk's own CPU seconds (user system) in OUT.time
   COOKIE_FILE=$1 /usr/bin/time -f '%U %S' -o "$3.time" taskset -c "$LG_CPUS" wrk -t1 -c"$CONNS" -d"$2"s \
     -H "User-Agent: $UA" -s "$ROOT/bench/cookies.lua" "$URL" >"$3" 2>&1
