@@ -5,10 +5,15 @@
 use std::time::Instant;
 
 use reqwest::{Method, StatusCode};
-use sessiongate::session::record::now_ms;
+use sessiongate::config::RedisConfig;
+use sessiongate::session::record::{now_ms, ClientBinding, Fingerprint, SessionRecord};
+use sessiongate::session::store::redis::RedisStore;
+use sessiongate::session::store::SessionStore;
+use sessiongate::session::token::{SessionId, TokenHash};
 
 use super::support::{
-    channel, fetch, redis_missing, session_key, single_store, Instance, RedisServer, SUBSCRIBE_LIMIT,
+    channel, fetch, redis_missing, session_key, single_store, Instance, RedisCluster, RedisServer, PREFIX,
+    SUBSCRIBE_LIMIT,
 };
 use crate::kit::secs;
 
@@ -102,4 +107,101 @@ async fn last_seen_is_written_behind_not_on_every_request() {
         "{reads} session reads from Redis for {REQUESTS} cached requests"
     );
     assert!(stored_last_seen(&redis, &key).await >= advanced, "s went backwards");
+}
+
+/// A record for the store-level test below.
+fn record(n: u16, seen: u64) -> SessionRecord {
+    SessionRecord {
+        id: SessionId([(n % 251) as u8; 16]),
+        identity: None,
+        binding: ClientBinding {
+            ip: None,
+            fingerprint: Fingerprint([0; 32]),
+        },
+        created_at: seen,
+        authenticated_at: seen,
+        last_seen: seen,
+        expires_at: seen + 3_600_000,
+        data: String::new(),
+        csrf: String::new(),
+        login_entry: None,
+    }
+}
+
+/// Hashes in two runs of 1,250 sharing their first byte: the store pipelines a run per hash
+/// tag, 1,000 touches at a time.
+fn hashes(n: u16) -> Vec<TokenHash> {
+    (0..n)
+        .map(|i| {
+            let mut h = [7u8; 32];
+            h[0] = (i % 2) as u8;
+            h[1..3].copy_from_slice(&i.to_be_bytes());
+            TokenHash(h)
+        })
+        .collect()
+}
+
+/// One flush of many touches (several per hash tag, more than one pipeline for some) moves
+/// every stored `last_seen` forward, never back, and creates nothing for a session that is
+/// gone: on one node, and on a cluster, where a pipeline must stay within one slot.
+async fn a_flush_of_many_touches_writes_each(config: RedisConfig) {
+    let store = RedisStore::open(&config).await.unwrap_or_else(|e| panic!("{e}"));
+    let now = now_ms();
+    let (n, minted, touched, later_seen) = (2_500u16, now - 10_000, now - 5_000, now);
+    let all = hashes(n);
+    let (live, gone) = all.split_at(usize::from(n) - 10);
+    for (i, h) in live.iter().enumerate() {
+        let i = u16::try_from(i).unwrap_or(u16::MAX);
+        store.put(*h, record(i, minted)).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    // One session already seen later than this flush says.
+    let later = live[3];
+    store
+        .touch(vec![(later, later_seen)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let flush: Vec<_> = all.iter().map(|h| (*h, touched)).collect();
+    store.touch(flush).await.unwrap_or_else(|e| panic!("{e}"));
+    for h in live {
+        let seen = store
+            .get(*h)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .map(|r| r.last_seen);
+        let want = if *h == later { later_seen } else { touched };
+        assert_eq!(seen, Some(want), "last_seen of {:?}", &h.0[..3]);
+    }
+    for h in gone {
+        assert!(store.get(*h).await.unwrap_or_else(|e| panic!("{e}")).is_none());
+    }
+}
+
+fn config(urls: Vec<String>, cluster: bool) -> RedisConfig {
+    RedisConfig {
+        urls,
+        cluster,
+        password: None,
+        key_prefix: PREFIX.to_owned(),
+        connect_timeout: secs(5),
+        response_timeout: secs(5),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_of_many_touches_writes_each_on_one_node() {
+    if redis_missing() {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    a_flush_of_many_touches_writes_each(config(vec![redis.url()], false)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_of_many_touches_writes_each_on_a_cluster() {
+    if redis_missing() {
+        return;
+    }
+    let cluster = RedisCluster::start().await;
+    let urls = cluster.nodes().iter().map(RedisServer::url).collect();
+    a_flush_of_many_touches_writes_each(config(urls, true)).await;
 }
