@@ -471,16 +471,9 @@ impl SessionStore for EmbeddedStore {
         // transaction, a flush of 140,000 touches into a table of a million
         // (0.3-0.4 s) held every login and new session queued behind it for
         // 0.3 s; in chunks, such a write waited 1-2 ms (docs/benchmarks.md,
-        // session 20). The sort runs off the runtime's threads.
+        // session 20).
         Box::pin(async move {
-            let batch = if batch.len() > TOUCH_CHUNK {
-                tokio::task::spawn_blocking(move || sorted(batch))
-                    .await
-                    .map_err(|e| StoreError::Join(e.to_string()))?
-            } else {
-                sorted(batch)
-            };
-            let mut rest = batch.into_iter();
+            let mut rest = super::in_key_order(batch).await?.into_iter();
             loop {
                 let chunk: Vec<_> = rest.by_ref().take(TOUCH_CHUNK).collect();
                 if chunk.is_empty() {
@@ -592,12 +585,6 @@ const SWEEP_CHUNK: usize = 1024;
 /// The most touches one transaction writes (see `EmbeddedStore::touch`):
 /// a few milliseconds of the commit thread's time each.
 const TOUCH_CHUNK: usize = 4096;
-
-/// Touches in key order (the B-tree's).
-fn sorted(mut batch: Vec<(TokenHash, u64)>) -> Vec<(TokenHash, u64)> {
-    batch.sort_unstable_by_key(|(h, _)| h.0);
-    batch
-}
 
 /// What a sweep should delete, read without blocking writers: records that
 /// are dead or unreadable, and touches whose session is gone.

@@ -518,7 +518,7 @@ impl SessionStore for RedisStore {
         Box::pin(self.delete_inner(hash))
     }
 
-    fn touch(&self, mut batch: Vec<(TokenHash, u64)>) -> StoreFuture<'_, ()> {
+    fn touch(&self, batch: Vec<(TokenHash, u64)>) -> StoreFuture<'_, ()> {
         // Pipelined, TOUCH_PIPELINE at a time: awaited one by one, a flush
         // of 100,000 touches was 100,000 round trips. A pipeline holds keys
         // of one hash tag (the hash's first byte, see `key`), which a cluster
@@ -526,7 +526,7 @@ impl SessionStore for RedisStore {
         // through `invoke_async`, which loads the script on the node that
         // serves the tag if it lacks it; the rest call it by its hash.
         Box::pin(async move {
-            batch.sort_unstable_by_key(|(h, _)| h.0);
+            let batch = super::in_key_order(batch).await?;
             let mut c = self.conn.clone();
             for run in batch.chunk_by(|a, b| a.0 .0[0] == b.0 .0[0]) {
                 let Some(((first, seen), rest)) = run.split_first() else {
