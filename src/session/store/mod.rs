@@ -117,16 +117,16 @@ pub(crate) fn matches_user(r: &SessionRecord, user: Option<&str>) -> bool {
 /// sorted off the runtime's threads when it is large: a flush after a busy
 /// interval can hold 100,000 touches or more, tens of milliseconds of
 /// sorting that requests on the worker would otherwise wait out.
-pub(super) async fn in_key_order(mut batch: Vec<(TokenHash, u64)>) -> Result<Vec<(TokenHash, u64)>, StoreError> {
+pub(super) async fn in_key_order(batch: Vec<(TokenHash, u64)>) -> Result<Vec<(TokenHash, u64)>, StoreError> {
     const SORT_INLINE: usize = 4096;
-    if batch.len() <= SORT_INLINE {
-        batch.sort_unstable_by_key(|(h, _)| h.0);
-        return Ok(batch);
-    }
-    tokio::task::spawn_blocking(move || {
+    fn sorted(mut batch: Vec<(TokenHash, u64)>) -> Vec<(TokenHash, u64)> {
         batch.sort_unstable_by_key(|(h, _)| h.0);
         batch
-    })
-    .await
-    .map_err(|e| StoreError::Join(e.to_string()))
+    }
+    if batch.len() <= SORT_INLINE {
+        return Ok(sorted(batch));
+    }
+    tokio::task::spawn_blocking(move || sorted(batch))
+        .await
+        .map_err(|e| StoreError::Join(e.to_string()))
 }

@@ -144,7 +144,7 @@ fn hashes(n: u16) -> Vec<TokenHash> {
 /// One flush of many touches (several per hash tag, more than one pipeline for some) moves
 /// every stored `last_seen` forward, never back, and creates nothing for a session that is
 /// gone: on one node, and on a cluster, where a pipeline must stay within one slot.
-async fn a_flush_of_many_touches_writes_each(config: RedisConfig) {
+async fn a_flush_of_many_touches_writes_each(config: RedisConfig, nodes: &[RedisServer]) {
     let store = RedisStore::open(&config).await.unwrap_or_else(|e| panic!("{e}"));
     let now = now_ms();
     let (n, minted, touched, later_seen) = (2_500u16, now - 10_000, now - 5_000, now);
@@ -160,8 +160,14 @@ async fn a_flush_of_many_touches_writes_each(config: RedisConfig) {
         .touch(vec![(later, later_seen)])
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    let keys_before = key_count(nodes).await;
     let flush: Vec<_> = all.iter().map(|h| (*h, touched)).collect();
     store.touch(flush).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        key_count(nodes).await,
+        keys_before,
+        "the touches of deleted sessions created keys"
+    );
     for h in live {
         let seen = store
             .get(*h)
@@ -174,6 +180,15 @@ async fn a_flush_of_many_touches_writes_each(config: RedisConfig) {
     for h in gone {
         assert!(store.get(*h).await.unwrap_or_else(|e| panic!("{e}")).is_none());
     }
+}
+
+/// Keys on all of `nodes`.
+async fn key_count(nodes: &[RedisServer]) -> usize {
+    let mut n = 0;
+    for node in nodes {
+        n += node.keys().await.len();
+    }
+    n
 }
 
 fn config(urls: Vec<String>, cluster: bool) -> RedisConfig {
@@ -193,7 +208,7 @@ async fn a_flush_of_many_touches_writes_each_on_one_node() {
         return;
     }
     let redis = RedisServer::start().await;
-    a_flush_of_many_touches_writes_each(config(vec![redis.url()], false)).await;
+    a_flush_of_many_touches_writes_each(config(vec![redis.url()], false), std::slice::from_ref(&redis)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,5 +218,5 @@ async fn a_flush_of_many_touches_writes_each_on_a_cluster() {
     }
     let cluster = RedisCluster::start().await;
     let urls = cluster.nodes().iter().map(RedisServer::url).collect();
-    a_flush_of_many_touches_writes_each(config(urls, true)).await;
+    a_flush_of_many_touches_writes_each(config(urls, true), cluster.nodes()).await;
 }
