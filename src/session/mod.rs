@@ -177,8 +177,16 @@ impl Sessions {
         // No `time_to_live`: it costs a write-order queue node per entry (32
         // bytes with glibc); `Live::is_stale` bounds an entry's age instead.
         // `time_to_idle` reuses the access-order queue the size bound needs.
+        // Least recently used goes first, not TinyLFU's least frequent: a
+        // session just made is the one most likely used next (TinyLFU can
+        // refuse it a place while older sessions fill the cache, and then
+        // each of its requests reads the store), and LRU keeps no frequency
+        // sketch, whose 8 bytes per unit of capacity (16 MiB at a million)
+        // take four random memory writes per request once the cache is half
+        // full.
         let cache = moka::future::Cache::builder()
             .max_capacity(config.store.cache_capacity)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .time_to_idle(s.idle_timeout.min(CACHE_TTL))
             .build_with_hasher(BuildTokenHasher::default());
         let events = store.events();
@@ -1074,5 +1082,36 @@ mod tests {
         // The impostor keeps its slot: the lookups read through.
         let cached = s.cache.get(&other.prefix()).await.map(|l| l.record.id);
         assert_eq!(cached, Some(SessionId([9; 16])));
+    }
+
+    #[tokio::test]
+    async fn a_full_cache_makes_room_for_a_new_session_by_ending_the_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = sessions_with(dir.path(), "cache_capacity = 4\n");
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let mut regulars = Vec::new();
+        for _ in 0..4 {
+            let (_, live) = s.issue(ip, &HeaderMap::new()).await.unwrap_or_else(|e| panic!("{e}"));
+            regulars.push(live.hash);
+        }
+        // Each regular is used often, the first one longest ago.
+        for _ in 0..5 {
+            for h in &regulars {
+                assert!(s.cache.get(&h.prefix()).await.is_some());
+                s.cache.run_pending_tasks().await;
+            }
+        }
+        let (_, new) = s.issue(ip, &HeaderMap::new()).await.unwrap_or_else(|e| panic!("{e}"));
+        s.cache.run_pending_tasks().await;
+        // The new session is cached (frequency-based admission would turn it
+        // away: it has been used less than any regular) and the least
+        // recently used regular has made room.
+        assert!(
+            s.cache.contains_key(&new.hash.prefix()),
+            "the new session is not cached"
+        );
+        assert!(!s.cache.contains_key(&regulars[0].prefix()));
+        assert!(regulars[1..].iter().all(|h| s.cache.contains_key(&h.prefix())));
+        assert_eq!(s.cache.entry_count(), 4);
     }
 }
