@@ -23,6 +23,10 @@
 #            requests' TLS and form handling in the storm; slower when the
 #            hashes evict its caches)
 #   wait_us  time they were runnable but waiting for the CPU (run-queue delay)
+# and the same two per thread group (the thread's name without its number:
+# the worker, which has the binary's name, sg-store-commit, sg-tls-,
+# sg-argon- for sg-argon2-*, tokio-rt-worker for the blocking pool), medians
+# over rounds, background threads included: where the storm's CPU goes.
 #
 #   bench/login-burst.sh                            # build (dist profile), 3 rounds
 #   SG_BIN=/path/to/sessiongate bench/login-burst.sh   # this binary, no build
@@ -36,6 +40,12 @@
 #                           run on these CPUs instead of beside the worker on $SUT_CPUS (unset:
 #                           the default, where the process runs)
 #   LATENCY_CORRECTION=0    1 = oha --latency-correction (count time behind schedule)
+#   OHA_SCHED=normal        fifo = oha runs in SCHED_FIFO (chrt -f 1; needs root or CAP_SYS_NICE):
+#                           it then preempts at once whatever else runs on CPU $LG_CPUS, so the
+#                           gateway's threads placed there ([login] hash_cpus, [server]
+#                           background_cpus) cannot delay the measuring client itself. On a
+#                           2-CPU machine "the other CPU" is the load tools' CPU; on a real
+#                           deployment it is one that serves no requests.
 #   OHA=oha                 oha binary (cargo install oha --locked)
 #   BENCH_UA=oha-bench/1    User-Agent of the fixed-rate traffic (the session is bound to it)
 #   SG_BIN                  sessiongate binary; unset = cargo build --profile $SG_PROFILE
@@ -99,21 +109,31 @@ chmod 755 "$TMP"
 source "$ROOT/bench/lib.sh"
 bench_work "$TMP"
 
-# sched_snap PID FILE: "tid run_ns wait_ns" of each thread that is not a background
-# (SCHED_IDLE) thread: those wait by design, and are not on the proxied requests' path
+# sched_snap PID FILE: "tid run_ns wait_ns group" of each of the gateway's threads; group is the
+# thread's name without its number (sg-tls-0 -> sg-tls-; tokio's blocking pool, the store's commit thread)
 sched_snap() {
-  local t a b rest
+  local t a b rest comm
   for t in /proc/"$1"/task/*; do
-    [[ $(cat "$t/comm" 2>/dev/null) == sg-argon2-* || $(cat "$t/comm" 2>/dev/null) == sg-tls-* ]] && continue
+    comm=$(cat "$t/comm" 2>/dev/null) || continue
     read -r a b rest <"$t/schedstat" 2>/dev/null || continue
-    echo "${t##*/} $a $b"
+    echo "${t##*/} $a $b ${comm//[0-9]/}"
   done >"$2"
 }
-# sched_delta BEFORE AFTER -> "run_ns wait_ns" summed over threads in both snapshots
-# (blocking-pool threads come and go; one that exits would make a sum go backwards)
+# sched_delta BEFORE AFTER -> "run_ns wait_ns" summed over the threads in both snapshots that are
+# not background (SCHED_IDLE) threads (sg-argon2-* hashing, sg-tls-* handshakes): those wait by
+# design, and are not on the proxied requests' path. Blocking-pool threads come and go; one that
+# exits would make a sum go backwards.
 sched_delta() {
-  awk 'NR == FNR { r[$1] = $2; w[$1] = $3; next } ($1 in r) { dr += $2 - r[$1]; dw += $3 - w[$1] }
+  awk 'NR == FNR { r[$1] = $2; w[$1] = $3; next }
+       ($1 in r) && $4 != "sg-argon-" && $4 != "sg-tls-" { dr += $2 - r[$1]; dw += $3 - w[$1] }
        END { printf "%.0f %.0f\n", dr, dw }' "$1" "$2"
+}
+# sched_groups BEFORE AFTER ROUND MODE REQUESTS -> "round mode group cpu_us wait_us" per proxied
+# request for each thread group, background threads included (for the breakdown table)
+sched_groups() {
+  awk -v r="$3" -v m="$4" -v n="$5" 'NR == FNR { cr[$1] = $2; cw[$1] = $3; next }
+       ($1 in cr) { dr[$4] += $2 - cr[$1]; dw[$4] += $3 - cw[$1] }
+       END { for (g in dr) printf "%s\t%s\t%s\t%.2f\t%.2f\n", r, m, g, dr[g] / 1000 / n, dw[g] / 1000 / n }' "$1" "$2"
 }
 
 # --- certificate, upstream, gateway ----------------------------------------
@@ -172,8 +192,10 @@ echo "# layout: sessiongate (workers = 1) + nginx upstream on CPU $SUT_CPUS; oha
 echo "# load:   oha -q $RATE -c $CONNS -z ${DURATION}s, logged-in session on an auth = required route, user-agent $UA"
 [[ ${STORM:-logins} == hashes ]] && echo "# storm:  CONTROL: no logins, only their $LOGIN_RATE hashes/s, on a SCHED_IDLE hashing thread of a process of its own on CPU $SUT_CPUS"
 echo "# storm:  $LOGIN_RATE logins/s (GET form + POST, 303), argon2id $(echo "$HASH" | cut -d'$' -f4), [login] max_concurrent = ${MAX_CONCURRENT:-default}, client ${STORM_SCHED:-idle}${STORM_RESUME:+, resumed handshakes}"
-echo "# gateway: tls_handshakes = ${SG_HANDSHAKES:-default}, store ${STORE:-embedded}, hash_cpus = [${HASH_CPUS:-}]"
+echo "# gateway: tls_handshakes = ${SG_HANDSHAKES:-default}, store ${STORE:-embedded}, hash_cpus = [${HASH_CPUS:-}]${SG_SERVER_EXTRA:+, [server] $SG_SERVER_EXTRA}; oha ${OHA_SCHED:-normal}"
 
+OHA_PRIO=()
+[[ ${OHA_SCHED:-normal} == fifo ]] && OHA_PRIO=(chrt -f 1)
 RES=$TMP/results.tsv
 : >"$RES"
 phase() {                 # phase ROUND quiet|storm -> a row in $RES
@@ -187,7 +209,7 @@ phase() {                 # phase ROUND quiet|storm -> a row in $RES
   fi
   local run wait
   sched_snap "$SG_SID" "$TMP/sched0"
-  taskset -c "$LG_CPUS" "$OHA" --no-tui --output-format json -z "${DURATION}s" -q "$RATE" -c "$CONNS" "${lc[@]}" \
+  "${OHA_PRIO[@]}" taskset -c "$LG_CPUS" "$OHA" --no-tui --output-format json -z "${DURATION}s" -q "$RATE" -c "$CONNS" "${lc[@]}" \
     --insecure -H "Cookie: $COOKIE" -H "User-Agent: $UA" "$URL" >"$out" 2>"$TMP/oha-$r-$mode.err" ||
     { echo "FAILED: oha:" >&2; cat "$TMP/oha-$r-$mode.err" >&2; exit 1; }
   sched_snap "$SG_SID" "$TMP/sched1"
@@ -212,6 +234,8 @@ print("\t".join(map(str, [sys.argv[2], sys.argv[3], round(s["requestsPerSec"], 1
 PY
   local bad; bad=$(awk -F'\t' -v r="$r" -v m="$mode" '$1 == r && $2 == m { print $8 }' "$RES")
   ((bad == 0)) || { echo "FAILED: $bad non-200 or failed requests in round $r ($mode)" >&2; cat "$out" >&2; exit 1; }
+  sched_groups "$TMP/sched0" "$TMP/sched1" "$r" "$mode" \
+    "$(awk -F'\t' -v r="$r" -v m="$mode" '$1 == r && $2 == m { print $7 + $8 }' "$RES")" >>"$TMP/groups.tsv"
 }
 
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -242,6 +266,19 @@ awk -F'\t' -v rounds="$ROUNDS" '
     printf "p50 storm ÷ quiet, median: %.3f [%.3f-%.3f]\n", my, y[1], y[rounds]
     printf "gateway CPU per request (non-hashing threads) storm ÷ quiet, median: %.3f [%.3f-%.3f]\n", mc, c[1], c[rounds]
   }' "$RES"
+# Per thread group: median over rounds of CPU and run-queue wait per proxied request, quiet and storm.
+echo
+awk -F'\t' '
+  function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+                                  return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+  { G[$3] = 1; k = $3 SUBSEP $2; n[k]++; C[k, n[k]] = $4; W[k, n[k]] = $5 }
+  END {
+    printf "%-18s %12s %12s %13s %13s   (per proxied request, median over rounds)\n", "threads", "cpu_us_quiet", "cpu_us_storm", "wait_us_quiet", "wait_us_storm"
+    for (g in G) { line = sprintf("%-18s", g)
+      for (m = 0; m < 2; m++) { mode = m ? "storm" : "quiet"; k = g SUBSEP mode; split("", a); for (i = 1; i <= n[k]; i++) a[i] = C[k, i]; cm[m] = n[k] ? med(a, n[k]) : 0
+                                split("", a); for (i = 1; i <= n[k]; i++) a[i] = W[k, i]; wm[m] = n[k] ? med(a, n[k]) : 0 }
+      printf "%s %12.2f %12.2f %13.2f %13.2f\n", line, cm[0], cm[1], wm[0], wm[1] }
+  }' "$TMP/groups.tsv" | { read -r head; echo "$head"; sort; }
 # Where the handshakes ran (sessiongate_tls_handshakes_total; older builds have no such metric).
 hs=$(curl -fsS "http://$SG_ADMIN/metrics" 2>/dev/null | awk '/^sessiongate_tls_handshakes_total/ { printf "%s ", $0 }')
 [[ -z $hs ]] || echo "handshakes: $hs"

@@ -24,7 +24,7 @@ pub mod demo;
 pub mod error;
 mod handshake;
 pub mod metrics;
-mod priority;
+pub mod priority;
 pub mod proxy;
 pub mod redirect;
 pub mod routing;

@@ -168,12 +168,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the tokio runtime")
 }
 
-/// `[login] hash_cpus` names CPUs the kernel refuses: reported as a config
-/// error, with the key's line (the file is read again to find it).
-fn hash_cpus_error(path: &Path, e: &sessiongate::StartError) -> ExitCode {
+/// `[login] hash_cpus` or `[server] background_cpus` (`key`) names CPUs the
+/// kernel refuses: reported as a config error, with the key's line (the file
+/// is read again to find it).
+fn cpus_error(path: &Path, key: &str, e: &sessiongate::StartError) -> ExitCode {
     let line = std::fs::read_to_string(path)
         .ok()
-        .and_then(|text| sessiongate::config::find_key_line(&text, "login.hash_cpus"))
+        .and_then(|text| sessiongate::config::find_key_line(&text, key))
         .map(|l| format!(":{l}"))
         .unwrap_or_default();
     eprintln!("error: invalid configuration: {}{line}: {e}", path.display());
@@ -189,12 +190,19 @@ fn check(path: &Path) -> ExitCode {
         eprintln!("error: invalid configuration: {}: {e}", path.display());
         return ExitCode::from(2);
     }
-    if let Err(source) = sessiongate::auth::hasher::check_cpus(&config.login.hash_cpus) {
+    if let Err(source) = sessiongate::priority::check_cpus(&config.login.hash_cpus) {
         let e = sessiongate::StartError::HashCpus {
             cpus: config.login.hash_cpus.clone(),
             source,
         };
-        return hash_cpus_error(path, &e);
+        return cpus_error(path, "login.hash_cpus", &e);
+    }
+    if let Err(source) = sessiongate::priority::check_cpus(&config.server.background_cpus) {
+        let e = sessiongate::StartError::BackgroundCpus {
+            cpus: config.server.background_cpus.clone(),
+            source,
+        };
+        return cpus_error(path, "server.background_cpus", &e);
     }
     println!("{}: OK", path.display());
     println!("  https     {}", config.server.listen);
@@ -227,6 +235,9 @@ fn check(path: &Path) -> ExitCode {
     if !config.login.hash_cpus.is_empty() {
         println!("  hashing   on CPUs {:?}", config.login.hash_cpus);
     }
+    if !config.server.background_cpus.is_empty() {
+        println!("  background on CPUs {:?}", config.server.background_cpus);
+    }
     ExitCode::SUCCESS
 }
 
@@ -251,7 +262,10 @@ fn run_gateway(path: &Path, demo: Option<std::net::TcpListener>) -> ExitCode {
                 eprintln!("error: invalid configuration: {}: {e}", path.display());
                 return ExitCode::from(2);
             }
-            Err(e @ sessiongate::StartError::HashCpus { .. }) => return hash_cpus_error(path, &e),
+            Err(e @ sessiongate::StartError::HashCpus { .. }) => return cpus_error(path, "login.hash_cpus", &e),
+            Err(e @ sessiongate::StartError::BackgroundCpus { .. }) => {
+                return cpus_error(path, "server.background_cpus", &e)
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;

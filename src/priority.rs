@@ -56,6 +56,28 @@ pub(crate) fn confine_to(cpus: &[usize]) -> std::io::Result<()> {
     }
 }
 
+/// Confines the calling thread to `cpus` (`[server] background_cpus`,
+/// checked at start with [`check_cpus`]), or warns: the thread still works
+/// where it is.
+pub(crate) fn confine_or_warn(cpus: &[usize], what: &str) {
+    if let Err(e) = confine_to(cpus) {
+        tracing::warn!(error = %e, thread = what, ?cpus, "could not move a background thread to its CPUs");
+    }
+}
+
+/// Whether the kernel lets a thread run on `cpus` (`[login] hash_cpus`,
+/// `[server] background_cpus`), found out on a short-lived thread of its
+/// own: what `sessiongate check` asks, so that it refuses what the start
+/// would refuse.
+pub fn check_cpus(cpus: &[usize]) -> std::io::Result<()> {
+    let cpus = cpus.to_vec();
+    std::thread::Builder::new()
+        .name("sg-cpu-check".into())
+        .spawn(move || confine_to(&cpus))?
+        .join()
+        .map_err(|_| std::io::Error::other("the CPU check panicked"))?
+}
+
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn confine_to(cpus: &[usize]) -> std::io::Result<()> {
     if cpus.is_empty() {

@@ -69,6 +69,13 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// `[server] background_cpus` names CPUs the kernel refuses: a configuration error.
+    #[error("key `server.background_cpus`: cannot run the background threads on CPUs {cpus:?}: {source}")]
+    BackgroundCpus {
+        cpus: Vec<usize>,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot start worker {index}: {source}")]
     Worker {
         index: usize,
@@ -125,6 +132,12 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartE
 impl Gateway {
     /// Loads certificates, opens the session store and binds every listener.
     pub async fn bind(config: Config) -> Result<Gateway, StartError> {
+        // Before the store starts its commit thread there.
+        let cpus = &config.server.background_cpus;
+        crate::priority::check_cpus(cpus).map_err(|source| StartError::BackgroundCpus {
+            cpus: cpus.clone(),
+            source,
+        })?;
         let config = Arc::new(config);
         let tls = crate::tls::Reloadable::load(&config.tls.cert, &config.tls.key)?;
         let metrics = Arc::new(Metrics::new());
@@ -211,7 +224,11 @@ impl Gateway {
         for index in 0..self.config.server.workers.get() {
             let rt = worker_runtime().map_err(|source| StartError::Worker { index, source })?;
             handles.push(rt.handle().clone());
-            let idle = async { crate::priority::become_idle("TLS handshakes") };
+            let cpus = self.config.server.background_cpus.clone();
+            let idle = async move {
+                crate::priority::confine_or_warn(&cpus, "TLS handshakes");
+                crate::priority::become_idle("TLS handshakes");
+            };
             let thread = spawn_loop(format!("sg-tls-{index}"), rt, drained.clone(), idle)
                 .map_err(|source| StartError::Worker { index, source })?;
             threads.push(thread);

@@ -109,18 +109,6 @@ impl Hasher {
     }
 }
 
-/// Whether the kernel lets a thread run on `cpus` (`[login] hash_cpus`),
-/// found out on a short-lived thread of its own: what `sessiongate check`
-/// asks, so that it refuses what the start would refuse.
-pub fn check_cpus(cpus: &[usize]) -> std::io::Result<()> {
-    let cpus = cpus.to_vec();
-    std::thread::Builder::new()
-        .name("sg-cpu-check".into())
-        .spawn(move || crate::priority::confine_to(&cpus))?
-        .join()
-        .map_err(|_| std::io::Error::other("the CPU check panicked"))?
-}
-
 fn run(rx: &Mutex<mpsc::Receiver<Job>>) {
     crate::priority::become_idle("password hashing");
     let mut memory = Memory::default();

@@ -110,6 +110,11 @@ pub struct ServerConfig {
     pub upstream_pool_idle_timeout: Duration,
     pub upstream_pool_max_idle_per_host: usize,
     pub tls_handshakes: Handshakes,
+    /// CPUs the TLS handshake threads and the embedded store's commit
+    /// thread are confined to, each listed once; empty: wherever the process
+    /// may run. Work that requests on established connections should not
+    /// share a CPU with (see `priority`).
+    pub background_cpus: Vec<usize>,
 }
 
 /// Where TLS handshakes run (`[server] tls_handshakes`).
@@ -285,8 +290,9 @@ pub struct LoginConfig {
     pub hash_cpus: Vec<usize>,
 }
 
-/// The highest CPU number `[login] hash_cpus` accepts, plus one: the size of
-/// the kernel's `cpu_set_t`, which `sched_setaffinity` takes.
+/// The highest CPU number `[login] hash_cpus` and `[server] background_cpus`
+/// accept, plus one: the size of the kernel's `cpu_set_t`, which
+/// `sched_setaffinity` takes.
 pub const MAX_CPUS: usize = 1024;
 
 /// A user of the built-in login. `password_hash` is an argon2id PHC string.
@@ -545,6 +551,7 @@ impl Validator<'_> {
                     ))
                 }
             },
+            background_cpus: self.cpus("server.background_cpus", &s.background_cpus)?,
         })
     }
 

@@ -70,6 +70,8 @@ pub struct RawServer {
     pub upstream_pool_max_idle_per_host: usize,
     #[serde(default = "d_tls_handshakes")]
     pub tls_handshakes: String,
+    #[serde(default)]
+    pub background_cpus: Vec<usize>,
 }
 
 impl Default for RawServer {
@@ -95,6 +97,7 @@ impl Default for RawServer {
             upstream_pool_idle_timeout: d_upstream_pool_idle(),
             upstream_pool_max_idle_per_host: d_upstream_pool_max_idle(),
             tls_handshakes: d_tls_handshakes(),
+            background_cpus: Vec::new(),
         }
     }
 }

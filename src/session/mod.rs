@@ -151,7 +151,8 @@ impl Sessions {
             StoreKind::Embedded { path, page_cache_bytes } => {
                 let path = path.clone();
                 let cache = *page_cache_bytes;
-                let s = tokio::task::spawn_blocking(move || store::embedded::EmbeddedStore::open(&path, cache))
+                let cpus = config.server.background_cpus.clone();
+                let s = tokio::task::spawn_blocking(move || store::embedded::EmbeddedStore::open(&path, cache, &cpus))
                     .await
                     .map_err(|e| StoreError::Join(e.to_string()))??;
                 Arc::new(s)

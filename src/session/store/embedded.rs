@@ -200,11 +200,19 @@ struct GroupCommit {
 const MAX_BATCH: usize = 512;
 
 impl GroupCommit {
-    fn start(db: Arc<Database>) -> Result<GroupCommit, StoreError> {
+    /// `cpus`: where the thread may run (`[server] background_cpus`; empty:
+    /// anywhere the process may). Its commits run at normal priority (a
+    /// login's writes cost it 1-2 ms of CPU in `bench/login-burst.sh`, the
+    /// fsyncs' kernel work included): on a worker's CPU, requests wait
+    /// behind them.
+    fn start(db: Arc<Database>, cpus: Vec<usize>) -> Result<GroupCommit, StoreError> {
         let (queue, rx) = mpsc::channel::<Pending>();
         let thread = std::thread::Builder::new()
             .name("sg-store-commit".into())
-            .spawn(move || commit_until_closed(&db, &rx))
+            .spawn(move || {
+                crate::priority::confine_or_warn(&cpus, "store commits");
+                commit_until_closed(&db, &rx);
+            })
             .map_err(backend)?;
         Ok(GroupCommit {
             queue,
@@ -281,7 +289,8 @@ impl EmbeddedStore {
     /// Opens (or creates) the database file and its table, with a page
     /// cache of at most `page_cache_bytes` (redb's default, 1 GiB, would be
     /// filled and kept by a large table).
-    pub fn open(path: &Path, page_cache_bytes: usize) -> Result<EmbeddedStore, StoreError> {
+    /// `commit_cpus`: the CPUs of its commit thread (`[server] background_cpus`).
+    pub fn open(path: &Path, page_cache_bytes: usize, commit_cpus: &[usize]) -> Result<EmbeddedStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(backend)?;
         }
@@ -293,7 +302,7 @@ impl EmbeddedStore {
         index_users_once(&tx)?;
         tx.commit().map_err(backend)?;
         let db = Arc::new(db);
-        let commits = GroupCommit::start(db.clone())?;
+        let commits = GroupCommit::start(db.clone(), commit_cpus.to_vec())?;
         Ok(EmbeddedStore {
             db,
             commits: Some(commits),
@@ -685,7 +694,7 @@ mod tests {
     }
 
     fn open(dir: &tempfile::TempDir) -> EmbeddedStore {
-        EmbeddedStore::open(&dir.path().join("s.redb"), 1 << 20).unwrap_or_else(|e| panic!("open: {e}"))
+        EmbeddedStore::open(&dir.path().join("s.redb"), 1 << 20, &[]).unwrap_or_else(|e| panic!("open: {e}"))
     }
 
     /// Rows in the `last_seen` table.

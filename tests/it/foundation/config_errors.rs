@@ -133,6 +133,8 @@ fn hash_cpus_listed_twice_or_out_of_range_are_named() {
             .section(&format!("[login]\nhash_cpus = {cpus}\n"))
             .prepare();
         assert_rejected(&prepared, &["login.hash_cpus", reason]);
+        let prepared = valid_config().server("background_cpus", cpus).prepare();
+        assert_rejected(&prepared, &["server.background_cpus", reason]);
     }
 }
 
@@ -161,6 +163,22 @@ fn hash_cpus_the_machine_lacks_are_refused_with_the_key_named() {
         .expect("the key is in the file")
         + 1;
     let file_and_line = format!("{}:{line}: key `login.hash_cpus`", path_text(&prepared.path));
+    assert_rejected(&prepared, &[&file_and_line, "1023"]);
+}
+
+/// The same for `[server] background_cpus`: refused by `check`, and a start stops before the
+/// store's commit thread or a listener exists.
+#[cfg(target_os = "linux")]
+#[test]
+fn background_cpus_the_machine_lacks_are_refused_with_the_key_named() {
+    let prepared = valid_config().server("background_cpus", "[0, 1023]").prepare();
+    let line = prepared
+        .text
+        .lines()
+        .position(|l| l.starts_with("background_cpus"))
+        .expect("the key is in the file")
+        + 1;
+    let file_and_line = format!("{}:{line}: key `server.background_cpus`", path_text(&prepared.path));
     assert_rejected(&prepared, &[&file_and_line, "1023"]);
 }
 

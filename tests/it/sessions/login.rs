@@ -608,3 +608,48 @@ async fn hashing_threads_run_only_on_the_configured_cpus() {
         );
     }
 }
+
+/// `[server] background_cpus`: the TLS handshake threads (one per worker) and the embedded
+/// store's commit thread run on the listed CPUs only, the workers and the hashes where the
+/// process was started; logins (handshakes, commits) work as before.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_threads_run_only_on_the_configured_cpus() {
+    let upstream = TestUpstream::start().await;
+    let responder = Responder::start().await;
+    let config = site_config(&upstream, &responder)
+        .server("background_cpus", "[0]")
+        .server_str("tls_handshakes", "background")
+        .store_section(Some("[store]\nkind = \"embedded\"\npath = \"sessions.redb\"\n"));
+    let gw = BinaryGateway::start(config).await;
+    let mut browser = Browser::new(&gw, gw.client_builder().build());
+    browser.login("alice").await;
+    assert_eq!(
+        browser.upstream_user("/app/after-login").await.as_deref(),
+        Some("alice")
+    );
+
+    let threads = cpus_allowed(&gw);
+    let is_background = |name: &str| name.starts_with("sg-tls-") || name == "sg-store-commit";
+    let background: Vec<(&str, &str)> = threads
+        .iter()
+        .filter(|(name, _)| is_background(name))
+        .map(|(name, cpus)| (name.as_str(), cpus.as_str()))
+        .collect();
+    // Two workers, so two handshake threads; and one commit thread.
+    let mut names: Vec<&str> = background.iter().map(|(name, _)| *name).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["sg-store-commit", "sg-tls-0", "sg-tls-1"], "{threads:?}");
+    assert!(background.iter().all(|(_, cpus)| *cpus == "0"), "{threads:?}");
+    let own = status_field(
+        &std::fs::read_to_string("/proc/self/status").expect("own status"),
+        "Cpus_allowed_list",
+    );
+    for (name, cpus) in threads.iter().filter(|(name, _)| !is_background(name)) {
+        assert_eq!(
+            Some(cpus),
+            own.as_ref(),
+            "{name} should keep the process's CPUs: {threads:?}"
+        );
+    }
+}
