@@ -40,6 +40,21 @@
 #                           run on these CPUs instead of beside the worker on $SUT_CPUS (unset:
 #                           the default, where the process runs)
 #   LATENCY_CORRECTION=0    1 = oha --latency-correction (count time behind schedule)
+#   INTERLEAVE=S            instead of alternating quiet and storm phases of DURATION s, one oha
+#                           run of DURATION s per round in which quiet and storm slots of S s
+#                           alternate (the storm client starts logins only in every second slot;
+#                           each request counts in the slot it started in, the first GUARD=0.5 s
+#                           of each slot left out); reports p99 pooled over all storm slots ÷ all
+#                           quiet slots, and the median of per-slot-pair ratios. Host noise that
+#                           lasts longer than a slot then falls on both alike. E.g. INTERLEAVE=2
+#                           DURATION=60 ROUNDS=3. Needs oha's csv output (oha 1.x).
+#   SPIN=0                  1 = a busy loop in SCHED_IDLE on each CPU ($SUT_CPUS and $LG_CPUS)
+#                           for the whole measurement, so that no CPU ever idles. A control for
+#                           virtual machines whose idle vCPUs halt (cpuidle haltpoll with
+#                           guest_halt_poll_ns=0 here): waking a halted vCPU goes through the
+#                           hypervisor, so an idle CPU answers slower than a busy one, and a storm
+#                           that keeps the CPUs busy (the hashes) can make the storm phase look
+#                           faster than the quiet one. Every other thread preempts the loops at once.
 #   OHA_SCHED=normal        fifo = oha runs in SCHED_FIFO (chrt -f 1; needs root or CAP_SYS_NICE):
 #                           it then preempts at once whatever else runs on CPU $LG_CPUS, so the
 #                           gateway's threads placed there ([login] hash_cpus, [server]
@@ -192,8 +207,32 @@ echo "# layout: sessiongate (workers = 1) + nginx upstream on CPU $SUT_CPUS; oha
 echo "# load:   oha -q $RATE -c $CONNS -z ${DURATION}s, logged-in session on an auth = required route, user-agent $UA"
 [[ ${STORM:-logins} == hashes ]] && echo "# storm:  CONTROL: no logins, only their $LOGIN_RATE hashes/s, on a SCHED_IDLE hashing thread of a process of its own on CPU $SUT_CPUS"
 echo "# storm:  $LOGIN_RATE logins/s (GET form + POST, 303), argon2id $(echo "$HASH" | cut -d'$' -f4), [login] max_concurrent = ${MAX_CONCURRENT:-default}, client ${STORM_SCHED:-idle}${STORM_RESUME:+, resumed handshakes}"
-echo "# gateway: tls_handshakes = ${SG_HANDSHAKES:-default}, store ${STORE:-embedded}, hash_cpus = [${HASH_CPUS:-}]${SG_SERVER_EXTRA:+, [server] $SG_SERVER_EXTRA}; oha ${OHA_SCHED:-normal}"
+echo "# gateway: tls_handshakes = ${SG_HANDSHAKES:-default}, store ${STORE:-embedded}, hash_cpus = [${HASH_CPUS:-}]${SG_SERVER_EXTRA:+, [server] $SG_SERVER_EXTRA}; oha ${OHA_SCHED:-normal}${SPIN:+, spin $SPIN}"
 
+SPINNERS=()
+if [[ ${SPIN:-0} == 1 ]]; then
+  # SCHED_IDLE orders threads only within one scheduling group, and with autogroups on
+  # (kernel.sched_autogroup_enabled) each session (setsid) is a group of its own, weighted as
+  # any other: a busy loop there would take half the gateway's CPU. So the loops run in a CPU
+  # cgroup marked idle (cpu.idle = 1), which the kernel schedules as SCHED_IDLE as a whole.
+  SPIN_CG=""
+  for cg in /sys/fs/cgroup/cpu /sys/fs/cgroup; do
+    [[ -e $cg/cpu.idle || ( -e $cg/cgroup.controllers && $(cat "$cg/cgroup.subtree_control" 2>/dev/null) == *cpu* ) ]] &&
+      { SPIN_CG=$cg/sg-bench-spin; break; }
+  done
+  [[ -n $SPIN_CG ]] && mkdir -p "$SPIN_CG" && echo 1 >"$SPIN_CG/cpu.idle" ||
+    { echo "SPIN=1 needs a CPU cgroup with cpu.idle (cgroup v1 cpu controller or v2 with +cpu), as root" >&2; exit 1; }
+  for cpu in $(echo "$SUT_CPUS,$LG_CPUS" | tr ',' ' ' | sort -u); do
+    start "$cpu" "$TMP/spin-$cpu.out" sh -c "echo \$\$ >$SPIN_CG/cgroup.procs && exec chrt --idle 0 sh -c 'while :; do :; done'"
+    SPINNERS+=("$LAST")
+  done
+fi
+settle() {                # wait_quiet with the busy loops stopped (they would count as load)
+  local pid
+  for pid in "${SPINNERS[@]}"; do kill -STOP "$pid"; done
+  wait_quiet
+  for pid in "${SPINNERS[@]}"; do kill -CONT "$pid"; done
+}
 OHA_PRIO=()
 [[ ${OHA_SCHED:-normal} == fifo ]] && OHA_PRIO=(chrt -f 1)
 RES=$TMP/results.tsv
@@ -201,7 +240,7 @@ RES=$TMP/results.tsv
 phase() {                 # phase ROUND quiet|storm -> a row in $RES
   local r=$1 mode=$2 out=$TMP/oha-$1-$2.json spid="" sline="-"
   local -a lc=(); [[ ${LATENCY_CORRECTION:-0} == 1 ]] && lc=(--latency-correction)
-  wait_quiet
+  settle
   if [[ $mode == storm ]]; then
     storm "$LOGIN_RATE" $((DURATION + 2)) >"$TMP/storm-$r.out" 2>&1 &
     spid=$!
@@ -218,7 +257,7 @@ phase() {                 # phase ROUND quiet|storm -> a row in $RES
     # Logins that fail (503 once a login waited 5 s for a hashing slot) are
     # reported in the table, not fatal: they mean the CPU cannot hash that fast.
     wait "$spid" || echo "warning: not every login succeeded: $(cat "$TMP/storm-$r.out")" >&2
-    sline=$(grep '^STORM' "$TMP/storm-$r.out" || echo -)
+    sline=$(grep '^STORM ' "$TMP/storm-$r.out" || echo -)
   fi
   python3 - "$out" "$r" "$mode" "$sline" "$run" "$wait" >>"$RES" <<'PY'
 import json, sys
@@ -238,6 +277,88 @@ PY
     "$(awk -F'\t' -v r="$r" -v m="$mode" '$1 == r && $2 == m { print $7 + $8 }' "$RES")" >>"$TMP/groups.tsv"
 }
 
+# --- INTERLEAVE=S: storm and quiet slots alternate every S seconds within one oha run ------
+# One oha run of DURATION s per round, its per-request log (oha --output-format csv: start
+# offset and duration of every request); the storm client starts logins only in odd slots of
+# S s (login-storm.py --on-off). Each request is put in the slot it started in, by wall clock
+# (the storm client prints its start; this script notes oha's); requests in the first GUARD s
+# of a slot are left out (logins of the slot before are still finishing). Host noise that
+# lasts longer than a slot then falls on storm and quiet slots alike.
+interleaved() {           # interleaved ROUND -> $TMP/il-ROUND.csv, $TMP/il-ROUND.times
+  local r=$1 spid t_oha
+  settle
+  storm_slots "$LOGIN_RATE" "$DURATION" "$INTERLEAVE" >"$TMP/storm-$r.out" 2>"$TMP/storm-$r.err" &
+  spid=$!
+  for _ in $(seq 1000); do grep -q '^STORM_START' "$TMP/storm-$r.err" 2>/dev/null && break; sleep 0.01; done
+  grep -q '^STORM_START' "$TMP/storm-$r.err" || { echo "FAILED: the storm client did not start:" >&2; cat "$TMP/storm-$r.err" >&2; exit 1; }
+  t_oha=$(date +%s.%N)
+  "${OHA_PRIO[@]}" taskset -c "$LG_CPUS" "$OHA" --no-tui --output-format csv -z "${DURATION}s" -q "$RATE" -c "$CONNS" \
+    --insecure -H "Cookie: $COOKIE" -H "User-Agent: $UA" "$URL" >"$TMP/il-$r.csv" 2>"$TMP/oha-$r.err" ||
+    { echo "FAILED: oha:" >&2; cat "$TMP/oha-$r.err" >&2; exit 1; }
+  wait "$spid" || echo "warning: not every login succeeded: $(cat "$TMP/storm-$r.out")" >&2
+  echo "$(awk '/^STORM_START/ { print $2 }' "$TMP/storm-$r.err") $t_oha $(grep '^STORM ' "$TMP/storm-$r.out" || echo -)" \
+    >"$TMP/il-$r.times"
+}
+storm_slots() {           # storm_slots RATE DURATION SLOT
+  local -a sched=(nice -n "${STORM_NICE:-0}")
+  [[ ${STORM_SCHED:-idle} == idle ]] && sched=(chrt --idle 0)
+  "${sched[@]}" taskset -c "$LG_CPUS" python3 "$ROOT/bench/login-storm.py" --url "https://127.0.0.1:$SG_PORT" \
+    --user "$LOGIN_USER" --password "$LOGIN_PASSWORD" --rate "$1" --duration "$2" --on-off "$3" ${STORM_RESUME:+--resume}
+}
+interleaved_report() {
+  python3 - "$TMP" "$ROUNDS" "$INTERLEAVE" "${GUARD:-0.5}" <<'PY'
+import statistics, sys
+tmp, rounds, slot, guard = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+def p(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+pooled = {0: [], 1: []}
+pairs = []   # (quiet slot, the storm slot after it): p99 ratio
+rows = []
+bad = 0
+for r in range(1, rounds + 1):
+    times = open(f"{tmp}/il-{r}.times").read().split()
+    t_storm, t_oha, storm = float(times[0]), float(times[1]), " ".join(times[2:])
+    slots = {}
+    for line in open(f"{tmp}/il-{r}.csv").read().splitlines()[1:]:
+        f = line.split(",")
+        if f[6] != "200":
+            bad += 1
+            continue
+        t = t_oha + float(f[0]) - t_storm
+        if t < 0:
+            continue
+        k = int(t // slot)
+        if t - k * slot < guard:
+            continue
+        slots.setdefault(k, []).append(float(f[4]) * 1000)
+    per = {0: [], 1: []}
+    for k, lat in slots.items():
+        per[k % 2] += lat
+        pooled[k % 2] += lat
+        if k % 2 == 0 and k + 1 in slots and len(lat) > 100 and len(slots[k + 1]) > 100:
+            pairs.append(p(slots[k + 1], 0.99) / p(lat, 0.99))
+    rows.append((r, len(per[0]), len(per[1]), p(per[0], 0.5), p(per[1], 0.5), p(per[0], 0.99), p(per[1], 0.99), storm))
+print(f"\n{'round':<5} {'n_quiet':>8} {'n_storm':>8} {'p50_quiet':>10} {'p50_storm':>10} {'p99_quiet':>10} {'p99_storm':>10} {'p99_x':>7}  storm")
+for r, nq, ns, a, b, c, d, storm in rows:
+    print(f"{r:<5} {nq:>8} {ns:>8} {a:>10.3f} {b:>10.3f} {c:>10.3f} {d:>10.3f} {d / c:>7.3f}  {storm}")
+q99, s99 = p(pooled[0], 0.99), p(pooled[1], 0.99)
+print(f"\n(latencies in ms; slots of {slot:g} s alternate quiet/storm, the first {guard:g} s of each left out; "
+      f"non-200 requests: {bad})")
+print(f"p99 storm ÷ quiet, pooled over {rounds} rounds ({len(pooled[0])} / {len(pooled[1])} requests): "
+      f"{s99 / q99:.3f} ({q99:.3f} → {s99:.3f} ms)   (target ≤ 1.20: {'met' if s99 / q99 <= 1.2 else 'NOT met'})")
+print(f"p50 storm ÷ quiet, pooled: {p(pooled[1], 0.5) / p(pooled[0], 0.5):.3f}")
+if pairs:
+    qs = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else [pairs[0]] * 3
+    print(f"p99 ratio per slot pair (quiet slot, the storm slot after it), median over {len(pairs)} pairs: "
+          f"{statistics.median(pairs):.3f} [quartiles {qs[0]:.3f}-{qs[2]:.3f}]")
+PY
+}
+
+if [[ -n ${INTERLEAVE:-} ]]; then
+  for ((r = 1; r <= ROUNDS; r++)); do echo "round $r/$ROUNDS: interleaved" >&2; interleaved "$r"; done
+  interleaved_report
+else
 for ((r = 1; r <= ROUNDS; r++)); do
   if ((r % 2)); then order="quiet storm"; else order="storm quiet"; fi
   for m in $order; do echo "round $r/$ROUNDS: $m" >&2; phase "$r" "$m"; done
@@ -279,6 +400,7 @@ awk -F'\t' '
                                 split("", a); for (i = 1; i <= n[k]; i++) a[i] = W[k, i]; wm[m] = n[k] ? med(a, n[k]) : 0 }
       printf "%s %12.2f %12.2f %13.2f %13.2f\n", line, cm[0], cm[1], wm[0], wm[1] }
   }' "$TMP/groups.tsv" | { read -r head; echo "$head"; sort; }
+fi
 # Where the handshakes ran (sessiongate_tls_handshakes_total; older builds have no such metric).
 hs=$(curl -fsS "http://$SG_ADMIN/metrics" 2>/dev/null | awk '/^sessiongate_tls_handshakes_total/ { printf "%s ", $0 }')
 [[ -z $hs ]] || echo "handshakes: $hs"

@@ -12,6 +12,13 @@ thread, so the offered rate is the rate asked for.
     bench/login-storm.py --url https://127.0.0.1:8443 --user demo --password demo \
         --rate 20 --duration 30
 
+With --on-off S, logins start only in every second slot of S seconds
+(slots 1, 3, 5, ... counted from 0 at the start; the rate applies within
+them), so that a client measuring other users' latency throughout can
+compare storm slots with quiet ones that alternate every S seconds
+(bench/login-burst.sh, INTERLEAVE). The start time (Unix seconds) is printed
+on stderr as `STORM_START t`, before the first login.
+
 Prints one summary line on stdout:
     STORM offered=N ok=N failed=N rate=R/s p50_ms=X p99_ms=Y statuses={...}
 and exits 1 if any login did not answer 303. Standard library only; the
@@ -98,6 +105,8 @@ def main():
     p.add_argument("--user-agent", default="login-storm/1")
     p.add_argument("--sni", default=None, help="TLS server name (default: the URL's host)")
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
+    p.add_argument("--on-off", type=float, default=0.0, metavar="S",
+                   help="start logins only in odd slots of S seconds (default: always)")
     p.add_argument("--resume", action="store_true",
                    help="resume one earlier TLS session on every login connection (abbreviated handshakes)")
     args = p.parse_args()
@@ -125,9 +134,13 @@ def main():
 
     threads = []
     start = time.monotonic()
-    n = int(args.rate * args.duration)
-    for i in range(n):
-        due = start + i / args.rate
+    print(f"STORM_START {time.time():.6f}", file=sys.stderr, flush=True)
+    due_times = [i / args.rate for i in range(int(args.rate * args.duration))]
+    if args.on_off > 0:
+        due_times = [t for t in due_times if int(t // args.on_off) % 2 == 1]
+    n = len(due_times)
+    for offset in due_times:
+        due = start + offset
         delay = due - time.monotonic()
         if delay > 0:
             time.sleep(delay)
@@ -142,13 +155,15 @@ def main():
     for s, _ in results:
         statuses[s] = statuses.get(s, 0) + 1
     ok = statuses.get("303", 0)
+    # Seconds in which logins were started (half of them with --on-off).
+    active = args.duration / 2 if args.on_off > 0 else args.duration
     lat = sorted(dt for s, dt in results if s == "303")
 
     def pct(q):
         return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else 0.0
 
     print(
-        f"STORM offered={n} ok={ok} failed={n - ok} rate={ok / args.duration:.1f}/s "
+        f"STORM offered={n} ok={ok} failed={n - ok} rate={ok / active:.1f}/s "
         f"p50_ms={pct(0.50):.1f} p99_ms={pct(0.99):.1f} statuses={statuses}"
         + (f" resumed={ResumingConnection.reused}" if args.resume else ""),
         flush=True,
