@@ -201,10 +201,13 @@ const MAX_BATCH: usize = 512;
 
 impl GroupCommit {
     /// `cpus`: where the thread may run (`[server] background_cpus`; empty:
-    /// anywhere the process may). Its commits run at normal priority (a
-    /// login's writes cost it 1-2 ms of CPU in `bench/login-burst.sh`, the
-    /// fsyncs' kernel work included): on a worker's CPU, requests wait
-    /// behind them.
+    /// anywhere the process may). Each commit ends in an fsync, kernel work
+    /// that a kernel built without preemption (`PREEMPT_NONE`, common on
+    /// servers) does not interrupt for a woken worker: on a worker's CPU,
+    /// requests waited up to a scheduler tick behind it, and a lower nice
+    /// value for this thread made no difference (docs/benchmarks.md,
+    /// session 21). It stays at normal priority: new sessions and logins
+    /// wait for it, so it must not starve.
     fn start(db: Arc<Database>, cpus: Vec<usize>) -> Result<GroupCommit, StoreError> {
         let (queue, rx) = mpsc::channel::<Pending>();
         let thread = std::thread::Builder::new()
