@@ -156,14 +156,21 @@ fn a_per_user_session_limit_of_zero_or_an_unknown_action_is_named() {
 #[test]
 fn hash_cpus_the_machine_lacks_are_refused_with_the_key_named() {
     let prepared = valid_config().section("[login]\nhash_cpus = [0, 1023]\n").prepare();
+    assert_rejected_at_key(&prepared, "login.hash_cpus", "1023");
+}
+
+/// Rejected as [`assert_rejected`], and the error names the file, the line of `key` (its
+/// last dotted part starts the line) and the key, then says `mention`.
+fn assert_rejected_at_key(prepared: &PreparedConfig, key: &str, mention: &str) {
+    let name = key.rsplit('.').next().unwrap_or(key);
     let line = prepared
         .text
         .lines()
-        .position(|l| l.starts_with("hash_cpus"))
+        .position(|l| l.starts_with(name))
         .expect("the key is in the file")
         + 1;
-    let file_and_line = format!("{}:{line}: key `login.hash_cpus`", path_text(&prepared.path));
-    assert_rejected(&prepared, &[&file_and_line, "1023"]);
+    let file_and_line = format!("{}:{line}: key `{key}`", path_text(&prepared.path));
+    assert_rejected(prepared, &[&file_and_line, mention]);
 }
 
 /// The same for `[server] background_cpus`: refused by `check`, and a start stops before the
@@ -172,14 +179,7 @@ fn hash_cpus_the_machine_lacks_are_refused_with_the_key_named() {
 #[test]
 fn background_cpus_the_machine_lacks_are_refused_with_the_key_named() {
     let prepared = valid_config().server("background_cpus", "[0, 1023]").prepare();
-    let line = prepared
-        .text
-        .lines()
-        .position(|l| l.starts_with("background_cpus"))
-        .expect("the key is in the file")
-        + 1;
-    let file_and_line = format!("{}:{line}: key `server.background_cpus`", path_text(&prepared.path));
-    assert_rejected(&prepared, &[&file_and_line, "1023"]);
+    assert_rejected_at_key(&prepared, "server.background_cpus", "1023");
 }
 
 #[test]

@@ -581,6 +581,20 @@ async fn hashing_threads_run_only_on_the_configured_cpus() {
     let upstream = TestUpstream::start().await;
     let responder = Responder::start().await;
     let config = site_config(&upstream, &responder).section("[login]\nhash_cpus = [0]\n");
+    let threads = threads_after_a_login(config).await;
+    let hashing: Vec<&str> = threads
+        .iter()
+        .filter(|(name, _)| name.starts_with("sg-argon2"))
+        .map(|(_, cpus)| cpus.as_str())
+        .collect();
+    assert_eq!(hashing, ["0"], "{threads:?}");
+    assert_others_keep_the_process_cpus(&threads, |name| name.starts_with("sg-argon2"));
+}
+
+/// Starts the binary with `config`, logs alice in (a hash, a handshake and commits) and
+/// returns `Cpus_allowed_list` of each of its threads, by name.
+#[cfg(target_os = "linux")]
+async fn threads_after_a_login(config: crate::kit::GatewayConfig) -> Vec<(String, String)> {
     let gw = BinaryGateway::start(config).await;
     let mut browser = Browser::new(&gw, gw.client_builder().build());
     browser.login("alice").await;
@@ -588,19 +602,17 @@ async fn hashing_threads_run_only_on_the_configured_cpus() {
         browser.upstream_user("/app/after-login").await.as_deref(),
         Some("alice")
     );
+    cpus_allowed(&gw)
+}
 
-    let threads = cpus_allowed(&gw);
-    let hashing: Vec<&str> = threads
-        .iter()
-        .filter(|(name, _)| name.starts_with("sg-argon2"))
-        .map(|(_, cpus)| cpus.as_str())
-        .collect();
-    assert_eq!(hashing, ["0"], "{threads:?}");
+/// Every thread that `placed` does not name may run where this test process may.
+#[cfg(target_os = "linux")]
+fn assert_others_keep_the_process_cpus(threads: &[(String, String)], placed: impl Fn(&str) -> bool) {
     let own = status_field(
         &std::fs::read_to_string("/proc/self/status").expect("own status"),
         "Cpus_allowed_list",
     );
-    for (name, cpus) in threads.iter().filter(|(name, _)| !name.starts_with("sg-argon2")) {
+    for (name, cpus) in threads.iter().filter(|(name, _)| !placed(name)) {
         assert_eq!(
             Some(cpus),
             own.as_ref(),
@@ -621,15 +633,7 @@ async fn background_threads_run_only_on_the_configured_cpus() {
         .server("background_cpus", "[0]")
         .server_str("tls_handshakes", "background")
         .store_section(Some("[store]\nkind = \"embedded\"\npath = \"sessions.redb\"\n"));
-    let gw = BinaryGateway::start(config).await;
-    let mut browser = Browser::new(&gw, gw.client_builder().build());
-    browser.login("alice").await;
-    assert_eq!(
-        browser.upstream_user("/app/after-login").await.as_deref(),
-        Some("alice")
-    );
-
-    let threads = cpus_allowed(&gw);
+    let threads = threads_after_a_login(config).await;
     let is_background = |name: &str| name.starts_with("sg-tls-") || name == "sg-store-commit";
     let background: Vec<(&str, &str)> = threads
         .iter()
@@ -641,15 +645,5 @@ async fn background_threads_run_only_on_the_configured_cpus() {
     names.sort_unstable();
     assert_eq!(names, ["sg-store-commit", "sg-tls-0", "sg-tls-1"], "{threads:?}");
     assert!(background.iter().all(|(_, cpus)| *cpus == "0"), "{threads:?}");
-    let own = status_field(
-        &std::fs::read_to_string("/proc/self/status").expect("own status"),
-        "Cpus_allowed_list",
-    );
-    for (name, cpus) in threads.iter().filter(|(name, _)| !is_background(name)) {
-        assert_eq!(
-            Some(cpus),
-            own.as_ref(),
-            "{name} should keep the process's CPUs: {threads:?}"
-        );
-    }
+    assert_others_keep_the_process_cpus(&threads, is_background);
 }
