@@ -225,11 +225,11 @@ impl Gateway {
             let rt = worker_runtime().map_err(|source| StartError::Worker { index, source })?;
             handles.push(rt.handle().clone());
             let cpus = self.config.server.background_cpus.clone();
-            let idle = async move {
+            let placed = async move {
                 crate::priority::confine_or_warn(&cpus, "TLS handshakes");
                 crate::priority::become_idle("TLS handshakes");
             };
-            let thread = spawn_loop(format!("sg-tls-{index}"), rt, drained.clone(), idle)
+            let thread = spawn_loop(format!("sg-tls-{index}"), rt, drained.clone(), placed)
                 .map_err(|source| StartError::Worker { index, source })?;
             threads.push(thread);
         }

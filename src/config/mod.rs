@@ -112,8 +112,8 @@ pub struct ServerConfig {
     pub tls_handshakes: Handshakes,
     /// CPUs the TLS handshake threads and the embedded store's commit
     /// thread are confined to, each listed once; empty: wherever the process
-    /// may run. Work that requests on established connections should not
-    /// share a CPU with (see `priority`).
+    /// may run. Listing CPUs that serve no requests keeps their work from
+    /// delaying the workers (see `priority`).
     pub background_cpus: Vec<usize>,
 }
 
