@@ -987,7 +987,7 @@ mod tests {
             Ok(StoreKind::Embedded { page_cache_bytes, .. }) => Some(page_cache_bytes),
             _ => None,
         };
-        assert_eq!(page_cache(""), Some(32 * 1024 * 1024));
+        assert_eq!(page_cache(""), Some(16 * 1024 * 1024));
         assert_eq!(page_cache("page_cache_bytes = 1048576\n"), Some(1024 * 1024));
         let err = cfg("page_cache_bytes = 1048575\n")
             .err()
