@@ -189,12 +189,12 @@ URL=https://127.0.0.1:$SG_PORT/
 out=$(curl -sk --max-time 3 -o "$TMP/probe.body" -w '%{http_code}' -H "Cookie: $COOKIE" -A "$UA" "$URL" || true)
 [[ $out == 200 && $(cat "$TMP/probe.body") == "$UP_BODY" ]] ||
   { echo "FAILED: logged-in request answered $out, not 200 with the upstream body" >&2; tail "$TMP/sessiongate.out" >&2; exit 1; }
-storm() {                 # storm RATE DURATION -> STORM line on stdout
-  [[ ${STORM:-logins} == hashes ]] && { hash_storm "$@"; return; }
+storm() {                 # storm RATE DURATION [login-storm.py options] -> STORM line on stdout
+  [[ ${STORM:-logins} == hashes ]] && { hash_storm "$1" "$2"; return; }
   local -a sched=(nice -n "${STORM_NICE:-0}")
   [[ ${STORM_SCHED:-idle} == idle ]] && sched=(chrt --idle 0)
   "${sched[@]}" taskset -c "$LG_CPUS" python3 "$ROOT/bench/login-storm.py" --url "https://127.0.0.1:$SG_PORT" \
-    --user "$LOGIN_USER" --password "$LOGIN_PASSWORD" --rate "$1" --duration "$2" ${STORM_RESUME:+--resume}
+    --user "$LOGIN_USER" --password "$LOGIN_PASSWORD" --rate "$1" --duration "$2" ${STORM_RESUME:+--resume} "${@:3}"
 }
 hash_storm() {            # hash_storm RATE DURATION: the hashes alone (STORM=hashes), no login traffic
   chrt --idle 0 taskset -c "$SUT_CPUS" "$HASH_LOAD_BIN" "$HASH" "$LOGIN_PASSWORD" "$1" "$2"
@@ -287,7 +287,7 @@ PY
 interleaved() {           # interleaved ROUND -> $TMP/il-ROUND.csv, $TMP/il-ROUND.times
   local r=$1 spid t_oha
   settle
-  storm_slots "$LOGIN_RATE" "$DURATION" "$INTERLEAVE" >"$TMP/storm-$r.out" 2>"$TMP/storm-$r.err" &
+  storm "$LOGIN_RATE" "$DURATION" --on-off "$INTERLEAVE" >"$TMP/storm-$r.out" 2>"$TMP/storm-$r.err" &
   spid=$!
   for _ in $(seq 1000); do grep -q '^STORM_START' "$TMP/storm-$r.err" 2>/dev/null && break; sleep 0.01; done
   grep -q '^STORM_START' "$TMP/storm-$r.err" || { echo "FAILED: the storm client did not start:" >&2; cat "$TMP/storm-$r.err" >&2; exit 1; }
@@ -298,12 +298,6 @@ interleaved() {           # interleaved ROUND -> $TMP/il-ROUND.csv, $TMP/il-ROUN
   wait "$spid" || echo "warning: not every login succeeded: $(cat "$TMP/storm-$r.out")" >&2
   echo "$(awk '/^STORM_START/ { print $2 }' "$TMP/storm-$r.err") $t_oha $(grep '^STORM ' "$TMP/storm-$r.out" || echo -)" \
     >"$TMP/il-$r.times"
-}
-storm_slots() {           # storm_slots RATE DURATION SLOT
-  local -a sched=(nice -n "${STORM_NICE:-0}")
-  [[ ${STORM_SCHED:-idle} == idle ]] && sched=(chrt --idle 0)
-  "${sched[@]}" taskset -c "$LG_CPUS" python3 "$ROOT/bench/login-storm.py" --url "https://127.0.0.1:$SG_PORT" \
-    --user "$LOGIN_USER" --password "$LOGIN_PASSWORD" --rate "$1" --duration "$2" --on-off "$3" ${STORM_RESUME:+--resume}
 }
 interleaved_report() {
   python3 - "$TMP" "$ROUNDS" "$INTERLEAVE" "${GUARD:-0.5}" <<'PY'

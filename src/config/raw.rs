@@ -374,12 +374,11 @@ fn d_sweep_interval() -> String {
 }
 /// The embedded store's page cache. Lookups hit the sessions' own cache
 /// first, so redb's cache only serves misses, writes and the sweeper: it
-/// needs the B-tree's branch pages, not the whole table.
-/// 16 MiB: lookups are served by the session cache, so redb's page cache
-/// serves writes. A flush of 140,000 touches into a million rows took
-/// 308-471 ms with 16 MiB and 305-402 ms with 32 MiB (session 21), and at a
-/// million sessions the 16 MiB saved kept the gateway under 512 MiB once the
-/// writes had filled the cache (docs/benchmarks.md).
+/// needs the B-tree's branch pages, not the whole table. A flush of 140,000
+/// touches into a million rows took 308-471 ms with 16 MiB and 305-402 ms
+/// with 32 MiB, and at a million sessions the 16 MiB saved kept the gateway
+/// under 512 MiB once the writes had filled the cache (docs/benchmarks.md,
+/// session 21).
 fn d_page_cache_bytes() -> u64 {
     16 * 1024 * 1024
 }
