@@ -55,6 +55,17 @@
 #                           hypervisor, so an idle CPU answers slower than a busy one, and a storm
 #                           that keeps the CPUs busy (the hashes) can make the storm phase look
 #                           faster than the quiet one. Every other thread preempts the loops at once.
+#                           FLAWED as a control, kept to reproduce session 21's figures: a
+#                           scheduler trace (perf sched, session 22) shows the worker waiting up to a
+#                           tick behind the loop whenever a thread of the gateway that woke it then
+#                           blocks on the same CPU (the store's commit thread after each commit):
+#                           between groups the kernel may pick the idle group's loop first, and the
+#                           loop then runs until the next tick. Use NO_HALT=1 instead.
+#   NO_HALT=0               1 = hold /dev/cpu_dma_latency at 0 for the whole run (needs root), so
+#                           that idle CPUs poll instead of halting (the cpuidle POLL state), without
+#                           anything runnable that the scheduler could pick instead of the gateway.
+#                           The control SPIN=1 meant to be; what latency benchmarks such as
+#                           cyclictest do. The request ends when the holder exits.
 #   OHA_SCHED=normal        fifo = oha runs in SCHED_FIFO (chrt -f 1; needs root or CAP_SYS_NICE):
 #                           it then preempts at once whatever else runs on CPU $LG_CPUS, so the
 #                           gateway's threads placed there ([login] hash_cpus, [server]
@@ -207,7 +218,7 @@ echo "# layout: sessiongate (workers = 1) + nginx upstream on CPU $SUT_CPUS; oha
 echo "# load:   oha -q $RATE -c $CONNS -z ${DURATION}s, logged-in session on an auth = required route, user-agent $UA"
 [[ ${STORM:-logins} == hashes ]] && echo "# storm:  CONTROL: no logins, only their $LOGIN_RATE hashes/s, on a SCHED_IDLE hashing thread of a process of its own on CPU $SUT_CPUS"
 echo "# storm:  $LOGIN_RATE logins/s (GET form + POST, 303), argon2id $(echo "$HASH" | cut -d'$' -f4), [login] max_concurrent = ${MAX_CONCURRENT:-default}, client ${STORM_SCHED:-idle}${STORM_RESUME:+, resumed handshakes}"
-echo "# gateway: tls_handshakes = ${SG_HANDSHAKES:-default}, store ${STORE:-embedded}, hash_cpus = [${HASH_CPUS:-}]${SG_SERVER_EXTRA:+, [server] $SG_SERVER_EXTRA}; oha ${OHA_SCHED:-normal}${SPIN:+, spin $SPIN}"
+echo "# gateway: tls_handshakes = ${SG_HANDSHAKES:-default}, store ${STORE:-embedded}, hash_cpus = [${HASH_CPUS:-}]${SG_SERVER_EXTRA:+, [server] $SG_SERVER_EXTRA}; oha ${OHA_SCHED:-normal}${SPIN:+, spin $SPIN}${NO_HALT:+, no_halt $NO_HALT}"
 
 SPINNERS=()
 if [[ ${SPIN:-0} == 1 ]]; then
@@ -226,6 +237,15 @@ if [[ ${SPIN:-0} == 1 ]]; then
     start "$cpu" "$TMP/spin-$cpu.out" sh -c "echo \$\$ >$SPIN_CG/cgroup.procs && exec chrt --idle 0 sh -c 'while :; do :; done'"
     SPINNERS+=("$LAST")
   done
+fi
+if [[ ${NO_HALT:-0} == 1 ]]; then
+  # The request holds while the file is open: a process of its own holds it, so that no child
+  # of this script inherits the descriptor and keeps it after the run.
+  [[ -w /dev/cpu_dma_latency ]] || { echo "NO_HALT=1 needs a writable /dev/cpu_dma_latency (root)" >&2; exit 1; }
+  start "$SUT_CPUS,$LG_CPUS" "$TMP/no-halt.out" python3 -c 'import os, signal
+fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+os.write(fd, (0).to_bytes(4, "little"))
+signal.pause()'
 fi
 settle() {                # wait_quiet with the busy loops stopped (they would count as load)
   local pid

@@ -201,13 +201,10 @@ const MAX_BATCH: usize = 512;
 
 impl GroupCommit {
     /// `cpus`: where the thread may run (`[server] background_cpus`; empty:
-    /// anywhere the process may). Each commit ends in an fsync, kernel work
-    /// that a kernel built without preemption (`PREEMPT_NONE`, common on
-    /// servers) does not interrupt for a woken worker: on a worker's CPU,
-    /// requests waited up to a scheduler tick behind it, and a lower nice
-    /// value for this thread made no difference (docs/benchmarks.md,
-    /// session 21). It stays at normal priority: new sessions and logins
-    /// wait for it, so it must not starve.
+    /// anywhere the process may). Beside a worker, a login storm's commits
+    /// (two per login) cost that worker's other requests a little p99
+    /// (docs/benchmarks.md, session 22). It stays at normal priority: new
+    /// sessions and logins wait for it, so it must not starve.
     fn start(db: Arc<Database>, cpus: Vec<usize>) -> Result<GroupCommit, StoreError> {
         let (queue, rx) = mpsc::channel::<Pending>();
         let thread = std::thread::Builder::new()
