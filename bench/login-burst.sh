@@ -61,6 +61,9 @@
 #                           blocks on the same CPU (the store's commit thread after each commit):
 #                           between groups the kernel may pick the idle group's loop first, and the
 #                           loop then runs until the next tick. Use NO_HALT=1 instead.
+#                           SPIN=lg: the loop on $LG_CPUS only, where oha (with OHA_SCHED=fifo)
+#                           is above it anyway: a control that keeps the load tools' CPU busy in
+#                           both phases, as the hashes placed there keep it busy in the storm.
 #   NO_HALT=0               1 = hold /dev/cpu_dma_latency at 0 for the whole run (needs root), so
 #                           that idle CPUs poll instead of halting (the cpuidle POLL state), without
 #                           anything runnable that the scheduler could pick instead of the gateway.
@@ -221,7 +224,7 @@ echo "# storm:  $LOGIN_RATE logins/s (GET form + POST, 303), argon2id $(echo "$H
 echo "# gateway: tls_handshakes = ${SG_HANDSHAKES:-default}, store ${STORE:-embedded}, hash_cpus = [${HASH_CPUS:-}]${SG_SERVER_EXTRA:+, [server] $SG_SERVER_EXTRA}; oha ${OHA_SCHED:-normal}${SPIN:+, spin $SPIN}${NO_HALT:+, no_halt $NO_HALT}"
 
 SPINNERS=()
-if [[ ${SPIN:-0} == 1 ]]; then
+if [[ ${SPIN:-0} == 1 || ${SPIN:-0} == lg ]]; then
   # SCHED_IDLE orders threads only within one scheduling group, and with autogroups on
   # (kernel.sched_autogroup_enabled) each session (setsid) is a group of its own, weighted as
   # any other: a busy loop there would take half the gateway's CPU. So the loops run in a CPU
@@ -233,7 +236,9 @@ if [[ ${SPIN:-0} == 1 ]]; then
   done
   [[ -n $SPIN_CG ]] && mkdir -p "$SPIN_CG" && echo 1 >"$SPIN_CG/cpu.idle" ||
     { echo "SPIN=1 needs a CPU cgroup with cpu.idle (cgroup v1 cpu controller or v2 with +cpu), as root" >&2; exit 1; }
-  for cpu in $(echo "$SUT_CPUS,$LG_CPUS" | tr ',' ' ' | sort -u); do
+  spin_cpus=$SUT_CPUS,$LG_CPUS
+  [[ $SPIN == lg ]] && spin_cpus=$LG_CPUS
+  for cpu in $(echo "$spin_cpus" | tr ',' ' ' | sort -u); do
     start "$cpu" "$TMP/spin-$cpu.out" sh -c "echo \$\$ >$SPIN_CG/cgroup.procs && exec chrt --idle 0 sh -c 'while :; do :; done'"
     SPINNERS+=("$LAST")
   done
