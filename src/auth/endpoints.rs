@@ -9,13 +9,12 @@ use super::{pages, throttle::Throttle, LoginError, Users};
 use crate::error::GatewayError;
 use crate::proxy::body::{self, Body};
 use crate::session::record::Identity;
-use crate::session::{Live, Lookup, SessionError, Sessions};
+use crate::session::{Lookup, SessionError, Sessions};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 pub const PREFIX: &str = "/.sessiongate/";
 /// Largest login or logout form we read.
@@ -79,27 +78,31 @@ pub async fn handle(
     }
 }
 
-/// The current session, or a fresh anonymous one (with its cookie to set).
-async fn current_or_new(
+/// The CSRF secret of the current session, or of a fresh anonymous one
+/// (with its cookie to set). The secret is kept in the store, not in the
+/// session cache: a current session's is read from there, a new one's is
+/// in hand.
+async fn form_session(
     ep: &EndpointRequest<'_>,
     headers: &HeaderMap,
-) -> Result<(Arc<Live>, Option<HeaderValue>), GatewayError> {
+) -> Result<(String, Option<HeaderValue>), GatewayError> {
     match ep.sessions.lookup(headers, ep.client_ip).await? {
-        Lookup::Valid(live) => Ok((live, None)),
+        Lookup::Valid(live) => {
+            let csrf = ep.sessions.stored(&live).await?.map(|r| r.csrf).unwrap_or_default();
+            Ok((csrf, None))
+        }
         Lookup::None { .. } => {
-            let (token, live) = ep.sessions.issue(ep.client_ip, headers).await?;
-            Ok((live, Some(ep.sessions.set_cookie(&token))))
+            let (token, _, csrf) = ep.sessions.issue_with_csrf(ep.client_ip, headers).await?;
+            Ok((csrf, Some(ep.sessions.set_cookie(&token))))
         }
     }
 }
 
 async fn login_form(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
-    let (live, cookie) = current_or_new(ep, req.headers()).await?;
+    let (csrf, cookie) = form_session(ep, req.headers()).await?;
     let rd = query_param(req.uri().query(), "rd")
         .map(|r| safe_redirect(&r))
         .unwrap_or_else(|| "/".into());
-    // The CSRF secret is kept in the store, not in the session cache.
-    let csrf = ep.sessions.stored(&live).await?.map(|r| r.csrf).unwrap_or_default();
     let mut resp = html(StatusCode::OK, pages::login(&csrf, &rd, None));
     if let Some(c) = cookie {
         resp.headers_mut().append(header::SET_COOKIE, c);

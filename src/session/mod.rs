@@ -639,11 +639,24 @@ impl Sessions {
         client_ip: IpAddr,
         headers: &HeaderMap,
     ) -> Result<(SessionToken, Arc<Live>), SessionError> {
+        let (token, live, _) = self.issue_with_csrf(client_ip, headers).await?;
+        Ok((token, live))
+    }
+
+    /// [`Sessions::issue`], with the new session's CSRF secret: a login form
+    /// needs it, and the cache does not hold it, so without it the form
+    /// would read back from the store the record it has just written.
+    pub async fn issue_with_csrf(
+        &self,
+        client_ip: IpAddr,
+        headers: &HeaderMap,
+    ) -> Result<(SessionToken, Arc<Live>, String), SessionError> {
         self.admit_new(client_ip)?;
         let record = self.new_record(client_ip, headers, None)?;
-        let out = self.insert(record).await?;
-        tracing::debug!(event = "session_created", session_id = %out.1.record.id);
-        Ok(out)
+        let csrf = record.csrf.clone();
+        let (token, live) = self.insert(record).await?;
+        tracing::debug!(event = "session_created", session_id = %live.record.id);
+        Ok((token, live, csrf))
     }
 
     /// Takes one anonymous session from the client address's allowance
