@@ -204,7 +204,7 @@ impl GroupCommit {
     /// anywhere the process may). With this thread and the handshake
     /// threads beside the worker, a storm of 20 logins/s (two commits each)
     /// raised the worker's other requests' p99 ×1.34-1.77, against
-    /// ×1.15-1.23 with them on another CPU (docs/benchmarks.md, session
+    /// ×1.09-1.34 with them on another CPU (docs/benchmarks.md, session
     /// 22). It stays at normal priority: new sessions and logins wait for
     /// it, so it must not starve.
     fn start(db: Arc<Database>, cpus: Vec<usize>) -> Result<GroupCommit, StoreError> {
