@@ -48,6 +48,12 @@
 #                           quiet slots, and the median of per-slot-pair ratios. Host noise that
 #                           lasts longer than a slot then falls on both alike. E.g. INTERLEAVE=2
 #                           DURATION=60 ROUNDS=3. Needs oha's csv output (oha 1.x).
+#   WIRE=0                  1 (with INTERLEAVE) = also capture the gateway port's data segments
+#                           on loopback (tcpdump, on $LG_CPUS) and report the same ratios for the
+#                           latency at the gateway's socket, from a request's arrival to the
+#                           first segment of its answer (bench/wire-latency.py): without the
+#                           load tool's own time, which a storm on the load tool's CPU (the
+#                           hashes, with HASH_CPUS=$LG_CPUS) lengthens as well
 #   SPIN=0                  1 = a busy loop in SCHED_IDLE on each CPU ($SUT_CPUS and $LG_CPUS)
 #                           for the whole measurement, so that no CPU ever idles. A control for
 #                           virtual machines whose idle vCPUs halt (cpuidle haltpoll with
@@ -101,6 +107,8 @@
 #                           of its own on CPU $SUT_CPUS (examples/hash_load.rs, HASH_LOAD_BIN; built
 #                           if unset): what the hashes alone cost the other users when they share
 #                           the gateway's core
+#   HASH_LOAD_CPUS=$SUT_CPUS   where STORM=hashes runs its hashes; $LG_CPUS: what they cost when they
+#                           run where hash_cpus = [$LG_CPUS] would put them, beside the load tools
 #   STORM_HASH, LOGIN_PASSWORD   the storm user's PHC string and its password (set
 #                           both; default: a fresh default-cost hash of a random password).
 #                           A control: the same successful logins with a near-free hash
@@ -116,7 +124,7 @@ QUIET_PCT=${QUIET_PCT:-15} QUIET_MAX=${QUIET_MAX:-30}
 UP_BODY='{"ok":true,"from":"bench-upstream","pad":"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRST"}'
 LOGIN_USER=storm LOGIN_PASSWORD=${LOGIN_PASSWORD:-storm-password-$RANDOM}
 
-for tool in nginx "$OHA" python3 curl openssl taskset setsid awk; do
+for tool in nginx "$OHA" python3 curl openssl taskset setsid awk $( [[ ${WIRE:-0} == 1 ]] && echo tcpdump ); do
   command -v "$tool" >/dev/null || { echo "missing tool: $tool (oha: cargo install oha --locked)" >&2; exit 1; }
 done
 for p in "$UP_PORT" "$SG_PORT" "${SG_ADMIN##*:}"; do
@@ -204,14 +212,14 @@ out=$(curl -sk --max-time 3 -o "$TMP/probe.body" -w '%{http_code}' -H "Cookie: $
 [[ $out == 200 && $(cat "$TMP/probe.body") == "$UP_BODY" ]] ||
   { echo "FAILED: logged-in request answered $out, not 200 with the upstream body" >&2; tail "$TMP/sessiongate.out" >&2; exit 1; }
 storm() {                 # storm RATE DURATION [login-storm.py options] -> STORM line on stdout
-  [[ ${STORM:-logins} == hashes ]] && { hash_storm "$1" "$2"; return; }
+  [[ ${STORM:-logins} == hashes ]] && { hash_storm "$@"; return; }
   local -a sched=(nice -n "${STORM_NICE:-0}")
   [[ ${STORM_SCHED:-idle} == idle ]] && sched=(chrt --idle 0)
   "${sched[@]}" taskset -c "$LG_CPUS" python3 "$ROOT/bench/login-storm.py" --url "https://127.0.0.1:$SG_PORT" \
     --user "$LOGIN_USER" --password "$LOGIN_PASSWORD" --rate "$1" --duration "$2" ${STORM_RESUME:+--resume} "${@:3}"
 }
-hash_storm() {            # hash_storm RATE DURATION: the hashes alone (STORM=hashes), no login traffic
-  chrt --idle 0 taskset -c "$SUT_CPUS" "$HASH_LOAD_BIN" "$HASH" "$LOGIN_PASSWORD" "$1" "$2"
+hash_storm() {            # hash_storm RATE DURATION [--on-off S]: the hashes alone (STORM=hashes), no login traffic
+  chrt --idle 0 taskset -c "${HASH_LOAD_CPUS:-$SUT_CPUS}" "$HASH_LOAD_BIN" "$HASH" "$LOGIN_PASSWORD" "$@"
 }
 storm 2 1 >"$TMP/storm-check.out" 2>&1 ||
   { echo "FAILED: test logins did not answer 303:" >&2; cat "$TMP/storm-check.out" >&2; tail "$TMP/sessiongate.out" >&2; exit 1; }
@@ -219,7 +227,7 @@ storm 2 1 >"$TMP/storm-check.out" 2>&1 ||
 echo "# $(date -u +%FT%TZ)  $($OHA --version 2>/dev/null | head -1)  sessiongate: $SG_BIN"
 echo "# layout: sessiongate (workers = 1) + nginx upstream on CPU $SUT_CPUS; oha and the login storm on CPU $LG_CPUS"
 echo "# load:   oha -q $RATE -c $CONNS -z ${DURATION}s, logged-in session on an auth = required route, user-agent $UA"
-[[ ${STORM:-logins} == hashes ]] && echo "# storm:  CONTROL: no logins, only their $LOGIN_RATE hashes/s, on a SCHED_IDLE hashing thread of a process of its own on CPU $SUT_CPUS"
+[[ ${STORM:-logins} == hashes ]] && echo "# storm:  CONTROL: no logins, only their $LOGIN_RATE hashes/s, on a SCHED_IDLE hashing thread of a process of its own on CPU ${HASH_LOAD_CPUS:-$SUT_CPUS}"
 echo "# storm:  $LOGIN_RATE logins/s (GET form + POST, 303), argon2id $(echo "$HASH" | cut -d'$' -f4), [login] max_concurrent = ${MAX_CONCURRENT:-default}, client ${STORM_SCHED:-idle}${STORM_RESUME:+, resumed handshakes}"
 echo "# gateway: tls_handshakes = ${SG_HANDSHAKES:-default}, store ${STORE:-embedded}, hash_cpus = [${HASH_CPUS:-}]${SG_SERVER_EXTRA:+, [server] $SG_SERVER_EXTRA}; oha ${OHA_SCHED:-normal}${SPIN:+, spin $SPIN}${NO_HALT:+, no_halt $NO_HALT}"
 
@@ -282,6 +290,11 @@ phase() {                 # phase ROUND quiet|storm -> a row in $RES
     # Logins that fail (503 once a login waited 5 s for a hashing slot) are
     # reported in the table, not fatal: they mean the CPU cannot hash that fast.
     wait "$spid" || echo "warning: not every login succeeded: $(cat "$TMP/storm-$r.out")" >&2
+  if [[ -n $wpid ]]; then
+    kill -INT "$wpid"; wait "$wpid" || true
+    grep -q ' dropped by kernel' "$TMP/wire-$r.err" && ! grep -q '^0 packets dropped by kernel' "$TMP/wire-$r.err" &&
+      echo "warning: tcpdump dropped packets in round $r: $(grep dropped "$TMP/wire-$r.err" | tr '\n' ' ')" >&2
+  fi
     sline=$(grep '^STORM ' "$TMP/storm-$r.out" || echo -)
   fi
   python3 - "$out" "$r" "$mode" "$sline" "$run" "$wait" >>"$RES" <<'PY'
@@ -312,6 +325,15 @@ PY
 interleaved() {           # interleaved ROUND -> $TMP/il-ROUND.csv, $TMP/il-ROUND.times
   local r=$1 spid t_oha
   settle
+  local wpid=""
+  if [[ ${WIRE:-0} == 1 ]]; then
+    # Data segments only (PSH set), headers only: about 100 bytes per segment.
+    taskset -c "$LG_CPUS" tcpdump -i lo -n -s 96 -B 32768 -w "$TMP/wire-$r.pcap" \
+      "tcp port $SG_PORT and (tcp[tcpflags] & tcp-push != 0)" 2>"$TMP/wire-$r.err" &
+    wpid=$!
+    for _ in $(seq 500); do grep -q 'listening on' "$TMP/wire-$r.err" 2>/dev/null && break; sleep 0.01; done
+    grep -q 'listening on' "$TMP/wire-$r.err" || { echo "FAILED: tcpdump did not start:" >&2; cat "$TMP/wire-$r.err" >&2; exit 1; }
+  fi
   storm "$LOGIN_RATE" "$DURATION" --on-off "$INTERLEAVE" >"$TMP/storm-$r.out" 2>"$TMP/storm-$r.err" &
   spid=$!
   for _ in $(seq 1000); do grep -q '^STORM_START' "$TMP/storm-$r.err" 2>/dev/null && break; sleep 0.01; done
@@ -321,6 +343,11 @@ interleaved() {           # interleaved ROUND -> $TMP/il-ROUND.csv, $TMP/il-ROUN
     --insecure -H "Cookie: $COOKIE" -H "User-Agent: $UA" "$URL" >"$TMP/il-$r.csv" 2>"$TMP/oha-$r.err" ||
     { echo "FAILED: oha:" >&2; cat "$TMP/oha-$r.err" >&2; exit 1; }
   wait "$spid" || echo "warning: not every login succeeded: $(cat "$TMP/storm-$r.out")" >&2
+  if [[ -n $wpid ]]; then
+    kill -INT "$wpid"; wait "$wpid" || true
+    grep -q ' dropped by kernel' "$TMP/wire-$r.err" && ! grep -q '^0 packets dropped by kernel' "$TMP/wire-$r.err" &&
+      echo "warning: tcpdump dropped packets in round $r: $(grep dropped "$TMP/wire-$r.err" | tr '\n' ' ')" >&2
+  fi
   echo "$(awk '/^STORM_START/ { print $2 }' "$TMP/storm-$r.err") $t_oha $(grep '^STORM ' "$TMP/storm-$r.out" || echo -)" \
     >"$TMP/il-$r.times"
 }
@@ -377,6 +404,12 @@ PY
 if [[ -n ${INTERLEAVE:-} ]]; then
   for ((r = 1; r <= ROUNDS; r++)); do echo "round $r/$ROUNDS: interleaved" >&2; interleaved "$r"; done
   interleaved_report
+  if [[ ${WIRE:-0} == 1 ]]; then
+    wire_args=()
+    for ((r = 1; r <= ROUNDS; r++)); do wire_args+=("$TMP/il-$r.times" "$TMP/wire-$r.pcap"); done
+    echo
+    python3 "$ROOT/bench/wire-latency.py" "$SG_PORT" "$INTERLEAVE" "${GUARD:-0.5}" "${wire_args[@]}"
+  fi
 else
 for ((r = 1; r <= ROUNDS; r++)); do
   if ((r % 2)); then order="quiet storm"; else order="storm quiet"; fi
