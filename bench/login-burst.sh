@@ -124,6 +124,7 @@ QUIET_PCT=${QUIET_PCT:-15} QUIET_MAX=${QUIET_MAX:-30}
 UP_BODY='{"ok":true,"from":"bench-upstream","pad":"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRST"}'
 LOGIN_USER=storm LOGIN_PASSWORD=${LOGIN_PASSWORD:-storm-password-$RANDOM}
 
+[[ ${WIRE:-0} == 1 && -z ${INTERLEAVE:-} ]] && { echo "WIRE=1 needs INTERLEAVE (e.g. INTERLEAVE=2)" >&2; exit 1; }
 for tool in nginx "$OHA" python3 curl openssl taskset setsid awk $( [[ ${WIRE:-0} == 1 ]] && echo tcpdump ); do
   command -v "$tool" >/dev/null || { echo "missing tool: $tool (oha: cargo install oha --locked)" >&2; exit 1; }
 done
@@ -290,11 +291,6 @@ phase() {                 # phase ROUND quiet|storm -> a row in $RES
     # Logins that fail (503 once a login waited 5 s for a hashing slot) are
     # reported in the table, not fatal: they mean the CPU cannot hash that fast.
     wait "$spid" || echo "warning: not every login succeeded: $(cat "$TMP/storm-$r.out")" >&2
-  if [[ -n $wpid ]]; then
-    kill -INT "$wpid"; wait "$wpid" || true
-    grep -q ' dropped by kernel' "$TMP/wire-$r.err" && ! grep -q '^0 packets dropped by kernel' "$TMP/wire-$r.err" &&
-      echo "warning: tcpdump dropped packets in round $r: $(grep dropped "$TMP/wire-$r.err" | tr '\n' ' ')" >&2
-  fi
     sline=$(grep '^STORM ' "$TMP/storm-$r.out" || echo -)
   fi
   python3 - "$out" "$r" "$mode" "$sline" "$run" "$wait" >>"$RES" <<'PY'
