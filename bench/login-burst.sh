@@ -348,12 +348,14 @@ interleaved() {           # interleaved ROUND -> $TMP/il-ROUND.csv, $TMP/il-ROUN
     >"$TMP/il-$r.times"
 }
 interleaved_report() {
-  python3 - "$TMP" "$ROUNDS" "$INTERLEAVE" "${GUARD:-0.5}" <<'PY'
-import statistics, sys
+  python3 - "$TMP" "$ROUNDS" "$INTERLEAVE" "${GUARD:-0.5}" "$ROOT/bench/wire-latency.py" <<'PY'
+import importlib.util, statistics, sys
 tmp, rounds, slot, guard = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-def p(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+# The slot arithmetic is shared with the wire's report (WIRE=1).
+spec = importlib.util.spec_from_file_location("wire_latency", sys.argv[5])
+wl = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(wl)
+p = wl.p
 pooled = {0: [], 1: []}
 pairs = []   # (quiet slot, the storm slot after it): p99 ratio
 rows = []
@@ -361,25 +363,19 @@ bad = 0
 for r in range(1, rounds + 1):
     times = open(f"{tmp}/il-{r}.times").read().split()
     t_storm, t_oha, storm = float(times[0]), float(times[1]), " ".join(times[2:])
-    slots = {}
+    samples = []
     for line in open(f"{tmp}/il-{r}.csv").read().splitlines()[1:]:
         f = line.split(",")
         if f[6] != "200":
             bad += 1
             continue
-        t = t_oha + float(f[0]) - t_storm
-        if t < 0:
-            continue
-        k = int(t // slot)
-        if t - k * slot < guard:
-            continue
-        slots.setdefault(k, []).append(float(f[4]) * 1000)
+        samples.append((t_oha + float(f[0]), float(f[4]) * 1000))
+    slots = wl.by_slot(samples, t_storm, slot, guard)
     per = {0: [], 1: []}
     for k, lat in slots.items():
         per[k % 2] += lat
         pooled[k % 2] += lat
-        if k % 2 == 0 and k + 1 in slots and len(lat) > 100 and len(slots[k + 1]) > 100:
-            pairs.append(p(slots[k + 1], 0.99) / p(lat, 0.99))
+    pairs += wl.pair_ratios(slots)
     rows.append((r, len(per[0]), len(per[1]), p(per[0], 0.5), p(per[1], 0.5), p(per[0], 0.99), p(per[1], 0.99), storm))
 print(f"\n{'round':<5} {'n_quiet':>8} {'n_storm':>8} {'p50_quiet':>10} {'p50_storm':>10} {'p99_quiet':>10} {'p99_storm':>10} {'p99_x':>7}  storm")
 for r, nq, ns, a, b, c, d, storm in rows:

@@ -95,6 +95,28 @@ def p(xs, q):
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
+def by_slot(samples, t_storm, slot, guard):
+    """Latencies by slot number, from (start time, latency) pairs: slots of
+    `slot` s from `t_storm` (even quiet, odd storm), the first `guard` s of
+    each left out. login-burst.sh's own report uses this too."""
+    slots = {}
+    for t, ms in samples:
+        rel = t - t_storm
+        if rel < 0:
+            continue
+        k = int(rel // slot)
+        if rel - k * slot < guard:
+            continue
+        slots.setdefault(k, []).append(ms)
+    return slots
+
+
+def pair_ratios(slots):
+    """p99 of each storm slot ÷ p99 of the quiet slot before it."""
+    return [p(slots[k + 1], 0.99) / p(lat, 0.99) for k, lat in slots.items()
+            if k % 2 == 0 and k + 1 in slots and len(lat) > 100 and len(slots[k + 1]) > 100]
+
+
 def main():
     if len(sys.argv) < 6 or (len(sys.argv) - 4) % 2:
         raise SystemExit(__doc__)
@@ -104,21 +126,12 @@ def main():
     pairs = []
     for r, (times, pcap) in enumerate(rounds, 1):
         t_storm = float(open(times).read().split()[0])
-        slots = {}
-        for t, ms in exchanges(pcap, port):
-            rel = t - t_storm
-            if rel < 0:
-                continue
-            k = int(rel // slot)
-            if rel - k * slot < guard:
-                continue
-            slots.setdefault(k, []).append(ms)
+        slots = by_slot(exchanges(pcap, port), t_storm, slot, guard)
         per = {0: [], 1: []}
         for k, lat in slots.items():
             per[k % 2] += lat
             pooled[k % 2] += lat
-            if k % 2 == 0 and k + 1 in slots and len(lat) > 100 and len(slots[k + 1]) > 100:
-                pairs.append(p(slots[k + 1], 0.99) / p(lat, 0.99))
+        pairs += pair_ratios(slots)
         print(f"wire round {r}: {len(per[0])} / {len(per[1])} exchanges, p50 {p(per[0], 0.5):.3f} → {p(per[1], 0.5):.3f} ms, "
               f"p99 {p(per[0], 0.99):.3f} → {p(per[1], 0.99):.3f} ms ({p(per[1], 0.99) / p(per[0], 0.99):.3f})")
     q99, s99 = p(pooled[0], 0.99), p(pooled[1], 0.99)
