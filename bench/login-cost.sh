@@ -14,11 +14,23 @@
 #   proc_cpu_ms   user+system CPU of the whole gateway process
 #   tlb_shootdown machine-wide TLB shootdown interrupts (/proc/interrupts "TLB"), noisy
 #   rss_mib       gateway VmRSS after the logins
+# and, from the kernel's per-thread scheduler counters (schedstat, ns), the
+# CPU time per login in microseconds of each group of the gateway's threads:
+#   worker_us     the worker (the main thread, with one worker)
+#   blocking_us   tokio's blocking pool (sg-blocking; tokio-rt-worker in
+#                 builds before session 24): the embedded store's reads
+#   commit_us     the embedded store's commit thread (sg-store-commit)
+#   tls_us        the handshake threads (sg-tls-*)
+# Every login is the same user's, so from the 11th on each one also ends
+# that user's least recently used session ([session] max_per_user = 10).
 #
 #   SG_BINS="/tmp/before/sessiongate /tmp/after/sessiongate" bench/login-cost.sh
 #
 # Knobs (environment): SG_BINS (required, space-separated), ROUNDS=3,
 # LOGINS=100, WARMUP=16, LOGIN_RATE=5, SUT_CPUS=0, LG_CPUS=1,
+# STORE=memory (or embedded: a redb file in the scratch dir),
+# HASH_CPUS ([login] hash_cpus), SG_SERVER_EXTRA (lines for [server], e.g.
+# 'background_cpus = [1]'),
 # SG_PORT=18646 SG_ADMIN=127.0.0.1:18993, KEEP_TMP=1 keeps the scratch dir.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -50,7 +62,8 @@ cat >>"$TMP/sessiongate.toml" <<TOML
 # Every login's form makes an anonymous session, all from one address.
 new_per_ip_per_minute = 60000000
 [store]
-kind = "memory"
+$( if [[ ${STORE:-memory} == embedded ]]; then printf 'kind = "embedded"\npath = "%s"\n' "$TMP/sessions.redb"; else echo 'kind = "memory"'; fi )
+$( [[ -n ${HASH_CPUS:-} ]] && printf '[login]\nhash_cpus = [%s]\n' "$HASH_CPUS" )
 [[users]]
 name = "cost"
 password_hash = "$HASH"
@@ -82,25 +95,52 @@ counters() {
   echo "$hm $hu $hs $pm $pu $ps ${tlb:-0}"
 }
 
-printf '%-5s %-40s %11s %11s %12s %11s %11s %13s %8s\n' round binary hash_minflt hash_cpu_ms hash_sys_ms proc_minflt proc_cpu_ms tlb_shootdown rss_mib
+# groups PID -> "worker blocking commit tls" CPU ns (schedstat) summed per thread group
+groups() {
+  local t comm run rest
+  for t in /proc/"$1"/task/*; do
+    comm=$(cat "$t/comm" 2>/dev/null) || continue
+    read -r run rest <"$t/schedstat" 2>/dev/null || continue
+    [[ ${t##*/} == "$1" ]] && comm=main   # the main thread has the binary's name
+    echo "${t##*/} $run $comm"
+  done
+}
+# group_delta BEFORE AFTER LOGINS -> "worker_us blocking_us commit_us tls_us" per login (a thread
+# that started between the snapshots counts from zero; one that ended is left out)
+group_delta() {
+  awk -v n="$3" 'NR == FNR { r[$1] = $2; next }
+    { d = $2 - (($1 in r) ? r[$1] : 0); g = $3
+      if (g == "main") w += d
+      else if (g ~ /^(sg-blocking|tokio-r)/) b += d
+      else if (g == "sg-store-commit") c += d
+      else if (g ~ /^sg-tls-/) t += d }
+    END { printf "%.1f %.1f %.1f %.1f\n", w / 1000 / n, b / 1000 / n, c / 1000 / n, t / 1000 / n }' "$1" "$2"
+}
+
+printf '%-5s %-40s %11s %11s %12s %11s %11s %13s %8s %10s %12s %10s %8s\n' round binary hash_minflt hash_cpu_ms hash_sys_ms proc_minflt proc_cpu_ms tlb_shootdown rss_mib worker_us blocking_us commit_us tls_us
 for ((r = 1; r <= ROUNDS; r++)); do
   # Alternate the order of the binaries between rounds.
   if ((r % 2)); then order=("${BINS[@]}"); else order=(); for ((i = ${#BINS[@]} - 1; i >= 0; i--)); do order+=("${BINS[i]}"); done; fi
   for bin in "${order[@]}"; do
+    rm -f "$TMP/sessions.redb"   # each gateway starts from an empty store
     taskset -c "$SUT_CPUS" "$bin" --config "$TMP/sessiongate.toml" >"$TMP/gateway.out" 2>&1 &
     SG_PID=$!
     for _ in $(seq 100); do curl -fsS "http://$SG_ADMIN/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
     logins "$WARMUP"
     read -r a0 a1 a2 a3 a4 a5 a6 <<<"$(counters "$SG_PID")"
+    groups "$SG_PID" >"$TMP/groups.before"
     logins "$LOGINS"
+    groups "$SG_PID" >"$TMP/groups.after"
     read -r b0 b1 b2 b3 b4 b5 b6 <<<"$(counters "$SG_PID")"
+    per_group=$(group_delta "$TMP/groups.before" "$TMP/groups.after" "$LOGINS")
     rss=$(awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' /proc/"$SG_PID"/status)
     stop_gateway
     awk -v n="$LOGINS" -v hz="$CLK_TCK" -v r="$r" -v bin="$bin" -v rss="$rss" \
       -v hm=$((b0 - a0)) -v hc=$((b1 - a1 + b2 - a2)) -v hs=$((b2 - a2)) \
-      -v pm=$((b3 - a3)) -v pc=$((b4 - a4 + b5 - a5)) -v tlb=$((b6 - a6)) 'BEGIN {
-      printf "%-5d %-40s %11.1f %11.2f %12.2f %11.1f %11.2f %13.1f %8s\n", r, bin, hm / n, hc * 1000 / hz / n,
-             hs * 1000 / hz / n, pm / n, pc * 1000 / hz / n, tlb / n, rss }'
+      -v pm=$((b3 - a3)) -v pc=$((b4 - a4 + b5 - a5)) -v tlb=$((b6 - a6)) -v g="$per_group" 'BEGIN {
+      split(g, u, " ")
+      printf "%-5d %-40s %11.1f %11.2f %12.2f %11.1f %11.2f %13.1f %8s %10s %12s %10s %8s\n", r, bin, hm / n, hc * 1000 / hz / n,
+             hs * 1000 / hz / n, pm / n, pc * 1000 / hz / n, tlb / n, rss, u[1], u[2], u[3], u[4] }'
   done
 done
 echo "(per login, after $WARMUP warm-up logins; $LOGINS logins at $LOGIN_RATE/s per row; CPU in ms from $CLK_TCK Hz ticks)"

@@ -121,7 +121,7 @@ fn main() -> ExitCode {
                 client_ip,
                 headers: &headers,
             };
-            report(runtime().and_then(|rt| rt.block_on(mint(&request, count))))
+            report(runtime(&[]).and_then(|rt| rt.block_on(mint(&request, count))))
         }
     }
 }
@@ -159,13 +159,12 @@ fn config_error(e: &ConfigError) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// `background`: the CPUs of the runtime's blocking pool (`[server]
+/// background_cpus`; empty for the command-line clients).
+fn runtime(background: &[usize]) -> anyhow::Result<tokio::runtime::Runtime> {
     // The first HTTPS worker and the admin listener run here; the gateway
     // starts the other workers (`[server] workers`) on threads of their own.
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")
+    sessiongate::priority::current_thread_runtime(background).context("cannot start the tokio runtime")
 }
 
 /// `[login] hash_cpus` or `[server] background_cpus` (`key`) names CPUs the
@@ -248,7 +247,7 @@ fn run_gateway(path: &Path, demo: Option<std::net::TcpListener>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
-    let rt = match runtime() {
+    let rt = match runtime(&config.server.background_cpus) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e:#}");

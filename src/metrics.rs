@@ -8,14 +8,24 @@
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
 
+/// Upper bounds (seconds) of the latency buckets: steps of about 1.5× below
+/// 10 ms, where a proxied request's time lies (a p99 of 0.3-0.5 ms on our
+/// bench host), so that a 20 % rise shows as a move between buckets; then
+/// coarser, up to 10 s. Powers of two from 0.25 ms put a whole 0.3-0.45 ms
+/// p99 in one bucket. `observe` scans from the smallest, so a fast request
+/// meets few of them.
+const LATENCY_BUCKETS: [f64; 24] = [
+    0.0001, 0.00015, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 fn latency_histogram() -> Histogram {
-    // 0.25 ms .. ~8 s
-    Histogram::new(exponential_buckets(0.00025, 2.0, 16))
+    Histogram::new(LATENCY_BUCKETS)
 }
 
 /// Every metric the gateway exports.

@@ -12,6 +12,23 @@
 //! (`[login] hash_cpus`): `SCHED_IDLE` decides who runs first, but a hash
 //! that shares a core with the proxy still evicts its caches.
 
+/// A single-threaded tokio runtime (a worker's, a handshake thread's, the
+/// main thread's) whose blocking pool runs on `background` (`[server]
+/// background_cpus`; empty: wherever the process may). That pool does the
+/// embedded store's reads: a login's two, and any lookup the session cache
+/// misses. Beside a pinned worker they took its CPU for tens of
+/// microseconds each; they stay at normal priority, as requests wait for
+/// them.
+pub fn current_thread_runtime(background: &[usize]) -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = background.to_vec();
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all().thread_name("sg-blocking");
+    if !cpus.is_empty() {
+        builder.on_thread_start(move || confine_or_warn(&cpus, "blocking pool"));
+    }
+    builder.build()
+}
+
 /// Moves the calling thread to `SCHED_IDLE` (allowed without privileges);
 /// `what` names the thread's work in the warning if the kernel refuses.
 #[cfg(target_os = "linux")]

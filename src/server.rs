@@ -199,7 +199,9 @@ impl Gateway {
     ) -> Result<Vec<std::thread::JoinHandle<()>>, StartError> {
         let mut threads = Vec::new();
         for index in 1..self.config.server.workers.get() {
-            match dup_listener(&self.https).and_then(|l| worker(index).spawn(l, drained.clone())) {
+            match dup_listener(&self.https)
+                .and_then(|l| worker(index).spawn(l, drained.clone(), &self.config.server.background_cpus))
+            {
                 Ok(thread) => threads.push(thread),
                 Err(source) => {
                     // The workers already running stop with the gateway.
@@ -222,7 +224,8 @@ impl Gateway {
             return Ok((threads, handles));
         }
         for index in 0..self.config.server.workers.get() {
-            let rt = worker_runtime().map_err(|source| StartError::Worker { index, source })?;
+            let rt = crate::priority::current_thread_runtime(&self.config.server.background_cpus)
+                .map_err(|source| StartError::Worker { index, source })?;
             handles.push(rt.handle().clone());
             let cpus = self.config.server.background_cpus.clone();
             let placed = async move {
@@ -390,11 +393,6 @@ struct Worker {
     kept_alive: Arc<AtomicUsize>,
 }
 
-/// A single-threaded runtime for a worker or a handshake thread.
-fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()
-}
-
 /// Runs `task` on a thread of its own in `rt`, then keeps `rt` (and the
 /// connections on it) going until the gateway has drained (or given up).
 fn spawn_loop(
@@ -418,6 +416,7 @@ impl Worker {
         self,
         listener: std::net::TcpListener,
         drained: watch::Receiver<bool>,
+        background_cpus: &[usize],
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let name = format!("sessiongate-worker-{}", self.index);
         let task = async move {
@@ -426,7 +425,12 @@ impl Worker {
                 Err(e) => tracing::error!(worker = self.index, error = %e, "worker cannot use the listener"),
             }
         };
-        spawn_loop(name, worker_runtime()?, drained, task)
+        spawn_loop(
+            name,
+            crate::priority::current_thread_runtime(background_cpus)?,
+            drained,
+            task,
+        )
     }
 
     /// Where the next connection's handshake runs: on the handshake

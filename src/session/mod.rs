@@ -691,9 +691,10 @@ impl Sessions {
             .await?;
         let user = identity.user.clone();
         let record = self.new_record(client_ip, headers, Some(identity))?;
+        let ending = self.to_end(&user, None, record.created_at).await;
         let out = self.insert(record).await?;
         tracing::info!(event = "session_minted", session_id = %out.1.record.id);
-        self.trim_user(&user, out.1.hash, out.1.last_seen()).await;
+        self.end_now(&user, ending).await;
         Ok(out)
     }
 
@@ -767,16 +768,27 @@ impl Sessions {
         };
         let hash = token.hash();
         let live = self.live(hash, &record);
+        let ending = self.to_end(&user, Some(old.hash), now).await;
         self.revoked.insert(old.hash, ());
-        self.store
-            .rotate(old.hash, hash, record)
+        for (h, _) in &ending {
+            self.revoked.insert(*h, ());
+        }
+        let ended = self
+            .store
+            .rotate_ending(old.hash, hash, record, ending.iter().map(|(h, _)| *h).collect())
             .await
-            .inspect_err(|_| self.store_failed())?;
+            .inspect_err(|_| {
+                self.store_failed();
+                // Nothing was deleted: the sessions to end go on.
+                for (h, _) in &ending {
+                    self.revoked.invalidate(h);
+                }
+            })?;
         self.uncache(&old.hash).await;
         self.cache.insert(hash.prefix(), live.clone()).await;
         self.metrics.sessions_rotated.inc();
         tracing::info!(event = "session_rotated", session_id = %live.record.id, user = %user);
-        self.trim_user(&user, hash, now).await;
+        self.record_ended(&user, ending, ended).await;
         Ok((token, live))
     }
 
@@ -784,7 +796,7 @@ impl Sessions {
     /// `[session] max_per_user`, not counting `replacing` (the session a
     /// login rotates: it becomes the new one rather than adding to them).
     /// With `end_least_recent` only more than the limit at once is refused;
-    /// the others make room afterwards ([`Sessions::trim_user`]).
+    /// the others make room ([`Sessions::to_end`]).
     /// Concurrent logins of one user are not serialised: with `refuse`, the
     /// user can pass the limit by as many logins as ran at the same moment.
     async fn admit(
@@ -821,12 +833,17 @@ impl Sessions {
         }
         // The count is an upper bound (it may hold ended sessions): under
         // the limit, nothing to list.
-        if self.store.count_user(user.to_string()).await?.saturating_add(adding) <= limit.max {
+        let Some(listed) = self
+            .store
+            .user_sessions_over(user.to_string(), limit.max - adding)
+            .await
+            .inspect_err(|_| self.store_failed())?
+        else {
             return Ok(());
-        }
+        };
         let active = self
-            .user_sessions(user)
-            .await?
+            .freshened(listed)
+            .await
             .iter()
             .filter(|(h, _)| Some(*h) != replacing)
             .count();
@@ -836,52 +853,101 @@ impl Sessions {
         Ok(())
     }
 
-    /// With `on_user_limit = "end_least_recent"`: ends `user`'s sessions
-    /// unused the longest until at most `max_per_user` remain, never `made`
-    /// (the one just made, at `made_at`) and never one used since
-    /// `made_at`: two logins of one user at once, each over the limit, then
-    /// end the earlier one's session at most, not each other's. A store
-    /// failure here is logged and leaves the sessions in place (the login
-    /// has happened; the next one trims again).
-    async fn trim_user(&self, user: &str, made: TokenHash, made_at: u64) {
+    /// With `on_user_limit = "end_least_recent"`: the sessions of `user` to
+    /// end so that, with one more made at `made_at`, at most `max_per_user`
+    /// remain: those unused the longest, never `keeping` (the session a login
+    /// turns into the new one) and never one used since `made_at`: two
+    /// logins of one user at once, each over the limit, then end the earlier
+    /// one's session at most, not each other's. Chosen before the new
+    /// session is written, so that a login ends them in its rotation's
+    /// commit. A store failure here is logged and ends nothing (the login
+    /// goes on; the next one trims again).
+    async fn to_end(&self, user: &str, keeping: Option<TokenHash>, made_at: u64) -> Vec<(TokenHash, SessionRecord)> {
         let limit = self.config.session.per_user;
         if limit.on_limit != OnUserLimit::EndLeastRecent {
-            return;
+            return Vec::new();
         }
-        if let Err(e) = self.end_least_recent(user, made, made_at, limit.max).await {
-            self.metrics.store_errors.inc();
-            tracing::warn!(error = %e, user, "could not end sessions beyond [session] max_per_user");
+        match self
+            .least_recent(user, keeping, made_at, limit.max.saturating_sub(1))
+            .await
+        {
+            Ok(ending) => ending,
+            Err(e) => {
+                self.store_failed();
+                tracing::warn!(error = %e, user, "could not end sessions beyond [session] max_per_user");
+                Vec::new()
+            }
         }
     }
 
-    async fn end_least_recent(&self, user: &str, made: TokenHash, made_at: u64, max: usize) -> Result<(), StoreError> {
-        if self.store.count_user(user.to_string()).await? <= max {
-            return Ok(());
-        }
+    /// `user`'s sessions beyond the `room` most recently used (other than
+    /// `keeping`), least recent first, up to the first one used since
+    /// `made_at`.
+    async fn least_recent(
+        &self,
+        user: &str,
+        keeping: Option<TokenHash>,
+        made_at: u64,
+        room: usize,
+    ) -> Result<Vec<(TokenHash, SessionRecord)>, StoreError> {
+        let Some(listed) = self.store.user_sessions_over(user.to_string(), room).await? else {
+            return Ok(Vec::new());
+        };
         let mut others: Vec<(TokenHash, SessionRecord)> = self
-            .user_sessions(user)
-            .await?
+            .freshened(listed)
+            .await
             .into_iter()
-            .filter(|(h, _)| *h != made)
+            .filter(|(h, _)| Some(*h) != keeping)
             .collect();
-        let room = max.saturating_sub(1);
         if others.len() <= room {
-            return Ok(());
+            return Ok(Vec::new());
         }
         others.sort_by_key(|(_, r)| r.last_seen);
         let excess = others.len() - room;
-        let older = others
+        Ok(others
             .into_iter()
             .take(excess)
-            .take_while(|(_, r)| r.last_seen < made_at);
-        for (h, r) in older {
-            if self.remove(h).await? {
-                self.metrics.session_revoked("user_limit");
-                self.metrics.user_limit("ended_least_recent");
-                tracing::warn!(event = "session_limit", user, session_id = %r.id, max, action = "ended_least_recent");
+            .take_while(|(_, r)| r.last_seen < made_at)
+            .collect())
+    }
+
+    /// Ends the sessions [`Sessions::to_end`] chose, each on its own
+    /// (outside a rotation: an admin mint).
+    async fn end_now(&self, user: &str, ending: Vec<(TokenHash, SessionRecord)>) {
+        let mut ended = Vec::with_capacity(ending.len());
+        for (h, _) in &ending {
+            self.revoked.insert(*h, ());
+            ended.push(self.store.delete(*h).await);
+        }
+        self.record_ended(user, ending, ended).await;
+    }
+
+    /// After the store has deleted (or failed to delete) the sessions the
+    /// limit ends: takes them out of the cache, counts and logs each. A
+    /// failed deletion leaves that session in place, as it was.
+    async fn record_ended(
+        &self,
+        user: &str,
+        ending: Vec<(TokenHash, SessionRecord)>,
+        ended: Vec<Result<bool, StoreError>>,
+    ) {
+        let max = self.config.session.per_user.max;
+        for ((h, r), outcome) in ending.into_iter().zip(ended) {
+            match outcome {
+                Ok(existed) => {
+                    self.uncache(&h).await;
+                    if existed {
+                        self.metrics.session_revoked("user_limit");
+                        self.metrics.user_limit("ended_least_recent");
+                        tracing::warn!(event = "session_limit", user, session_id = %r.id, max, action = "ended_least_recent");
+                    }
+                }
+                Err(e) => {
+                    self.store_failed();
+                    tracing::warn!(error = %e, user, session_id = %r.id, "could not end a session beyond [session] max_per_user");
+                }
             }
         }
-        Ok(())
     }
 
     /// Ends a session (logout or admin revocation).
@@ -931,17 +997,19 @@ impl Sessions {
         Ok(out)
     }
 
-    /// `user`'s live sessions, with their hashes.
-    async fn user_sessions(&self, user: &str) -> Result<Vec<(TokenHash, SessionRecord)>, StoreError> {
-        self.live_records(Some(user.to_string())).await
-    }
-
     /// The store's unexpired records (all, or one user's), each with the
     /// cache's fresher `last_seen` (the store's is written behind).
     async fn live_records(&self, user: Option<String>) -> Result<Vec<(TokenHash, SessionRecord)>, StoreError> {
+        let listed = self.store.list(user).await.inspect_err(|_| self.store_failed())?;
+        Ok(self.freshened(listed).await)
+    }
+
+    /// The unexpired ones of `listed` (records as the store has them), each
+    /// with the cache's fresher `last_seen`.
+    async fn freshened(&self, listed: Vec<(TokenHash, SessionRecord)>) -> Vec<(TokenHash, SessionRecord)> {
         let now = now_ms();
-        let mut out = Vec::new();
-        for (h, mut r) in self.store.list(user).await.inspect_err(|_| self.store_failed())? {
+        let mut out = Vec::with_capacity(listed.len());
+        for (h, mut r) in listed {
             if let Some(live) = self.cache.get(&h.prefix()).await.filter(|l| l.hash == h) {
                 r.last_seen = r.last_seen.max(live.last_seen());
             }
@@ -949,7 +1017,7 @@ impl Sessions {
                 out.push((h, r));
             }
         }
-        Ok(out)
+        out
     }
 
     /// Revokes the session with this id. Returns whether one existed.
@@ -1038,7 +1106,7 @@ mod tests {
     #[tokio::test]
     async fn the_limit_never_ends_a_session_used_since_the_new_one_was_made() {
         // As after two logins of one user at once, with max_per_user = 1: the
-        // trim of the login made 2 s ago sees a session last used 3 s ago and
+        // login made 2 s ago (rotating hashes[2]) sees a session last used 3 s ago and
         // one used 1 s ago (the other login's); it ends only the first.
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let s = sessions_with(dir.path(), "[session]\nmax_per_user = 1\n");
@@ -1059,7 +1127,8 @@ mod tests {
             s.store.put(h, r).await.unwrap_or_else(|e| panic!("{e}"));
             hashes.push(h);
         }
-        s.trim_user("alice", hashes[2], now - 2_000).await;
+        let ending = s.to_end("alice", Some(hashes[2]), now - 2_000).await;
+        s.end_now("alice", ending).await;
         let left: std::collections::HashSet<TokenHash> = s
             .store
             .list(Some("alice".into()))

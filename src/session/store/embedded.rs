@@ -464,6 +464,33 @@ impl SessionStore for EmbeddedStore {
         })
     }
 
+    fn rotate_ending(
+        &self,
+        old: TokenHash,
+        new: TokenHash,
+        record: SessionRecord,
+        end: Vec<TokenHash>,
+    ) -> StoreFuture<'_, Vec<Result<bool, StoreError>>> {
+        // The rotation and the endings in one transaction: a login past the
+        // limit costs one commit (and one wait on the commit thread), not two.
+        let (tell, told) = oneshot::channel();
+        let committed = self.queued_unit(move |t| {
+            t.remove(&old)?;
+            t.put(&new, &record)?;
+            let ended = end.iter().map(|h| t.remove(h)).collect::<Result<Vec<bool>, _>>()?;
+            // Read only once the batch has committed; dropped if it failed.
+            let _ = tell.send(ended);
+            Ok(())
+        });
+        Box::pin(async move {
+            committed.await?;
+            let ended = told
+                .await
+                .map_err(|_| StoreError::Join("the rotation's commit gave no answer".into()))?;
+            Ok(ended.into_iter().map(Ok).collect())
+        })
+    }
+
     fn delete(&self, hash: TokenHash) -> StoreFuture<'_, bool> {
         self.queued(move |t| t.remove(&hash))
     }
@@ -498,17 +525,22 @@ impl SessionStore for EmbeddedStore {
     fn list(&self, user: Option<String>) -> StoreFuture<'_, Vec<(TokenHash, SessionRecord)>> {
         match user {
             None => self.scan(|h, r| Some((h, r))),
-            Some(user) => self.blocking(move |db| user_sessions(db, &user)),
+            Some(user) => self.blocking(move |db| user_sessions(&db.begin_read().map_err(backend)?, &user)),
         }
     }
 
-    fn count_user(&self, user: String) -> StoreFuture<'_, usize> {
+    fn user_sessions_over(&self, user: String, max: usize) -> StoreFuture<'_, Option<Vec<(TokenHash, SessionRecord)>>> {
         self.blocking(move |db| {
             let tx = db.begin_read().map_err(backend)?;
-            let counts = tx.open_table(USER_COUNTS).map_err(backend)?;
-            let n = counts.get(user.as_str()).map_err(backend)?.map_or(0, |v| v.value());
-            Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            if user_count(&tx, &user)? <= max {
+                return Ok(None);
+            }
+            user_sessions(&tx, &user).map(Some)
         })
+    }
+
+    fn count_user(&self, user: String) -> StoreFuture<'_, usize> {
+        self.blocking(move |db| user_count(&db.begin_read().map_err(backend)?, &user))
     }
 
     fn find_id(&self, id: SessionId) -> StoreFuture<'_, Option<(TokenHash, SessionRecord)>> {
@@ -539,8 +571,7 @@ impl SessionStore for EmbeddedStore {
 /// `user`'s sessions, through the index. An entry whose record is gone or
 /// names someone else (it cannot, while every write keeps the index) is
 /// skipped, never believed.
-fn user_sessions(db: &Database, user: &str) -> Result<Vec<(TokenHash, SessionRecord)>, StoreError> {
-    let tx = db.begin_read().map_err(backend)?;
+fn user_sessions(tx: &redb::ReadTransaction, user: &str) -> Result<Vec<(TokenHash, SessionRecord)>, StoreError> {
     let users = tx.open_table(USERS).map_err(backend)?;
     let sessions = tx.open_table(SESSIONS).map_err(backend)?;
     let seen = tx.open_table(LAST_SEEN).map_err(backend)?;
@@ -561,6 +592,13 @@ fn user_sessions(db: &Database, user: &str) -> Result<Vec<(TokenHash, SessionRec
         }
     }
     Ok(out)
+}
+
+/// How many entries the user index holds for `user`.
+fn user_count(tx: &redb::ReadTransaction, user: &str) -> Result<usize, StoreError> {
+    let counts = tx.open_table(USER_COUNTS).map_err(backend)?;
+    let n = counts.get(user).map_err(backend)?.map_or(0, |v| v.value());
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 /// Creates the tables, and indexes the logged-in sessions of a file written
@@ -938,6 +976,39 @@ mod tests {
         assert_eq!(users(&store, "bob").await, (0, vec![]));
         drop(store);
         assert_eq!(users(&open(&dir), "alice").await, (1, vec![h(6)]));
+    }
+
+    #[tokio::test]
+    async fn a_login_past_the_limit_lists_once_and_ends_sessions_in_its_rotation() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = open(&dir);
+        let h = |n: u8| TokenHash([n; 32]);
+        let batch = vec![
+            (h(1), of("alice", 1_000)),
+            (h(2), of("alice", 2_000)),
+            (h(3), of("alice", 3_000)),
+            (h(4), record(4_000)),
+        ];
+        store.put_many(batch).await.unwrap_or_else(|e| panic!("{e}"));
+        let over = |max| store.user_sessions_over("alice".into(), max);
+        assert!(over(3).await.unwrap_or_else(|e| panic!("{e}")).is_none());
+        let listed = over(2).await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_default();
+        let mut hashes: Vec<TokenHash> = listed.into_iter().map(|(h, _)| h).collect();
+        hashes.sort_by_key(|h| h.0);
+        assert_eq!(hashes, vec![h(1), h(2), h(3)]);
+
+        // The anonymous h(4) logs in as alice and ends h(1) (and h(9),
+        // already gone) in the same commit.
+        let ended = store
+            .rotate_ending(h(4), h(5), of("alice", 5_000), vec![h(1), h(9)])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ended: Vec<Option<bool>> = ended.into_iter().map(Result::ok).collect();
+        assert_eq!(ended, vec![Some(true), Some(false)]);
+        assert!(store.get(h(4)).await.unwrap_or_else(|e| panic!("{e}")).is_none());
+        assert_eq!(users(&store, "alice").await, (3, vec![h(2), h(3), h(5)]));
+        drop(store);
+        assert_eq!(users(&open(&dir), "alice").await, (3, vec![h(2), h(3), h(5)]));
     }
 
     #[tokio::test]

@@ -105,3 +105,65 @@ impl SessionStore for MemoryStore {
         Box::pin(async move { Ok(dead) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::record::{ClientBinding, Fingerprint, Identity};
+
+    fn of(user: &str) -> SessionRecord {
+        SessionRecord {
+            id: SessionId([7; 16]),
+            identity: Some(Identity {
+                user: user.into(),
+                email: None,
+                groups: Vec::new(),
+            }),
+            binding: ClientBinding {
+                ip: None,
+                fingerprint: Fingerprint([0; 32]),
+            },
+            created_at: 1,
+            authenticated_at: 1,
+            last_seen: 1,
+            expires_at: u64::MAX,
+            data: String::new(),
+            csrf: "c".into(),
+            login_entry: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_default_rotation_with_endings_rotates_then_deletes_each() {
+        let store = MemoryStore::default();
+        let h = |n: u8| TokenHash([n; 32]);
+        for n in 1..=3 {
+            store.put(h(n), of("alice")).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert!(store
+            .user_sessions_over("alice".into(), 3)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none());
+        let listed = store
+            .user_sessions_over("alice".into(), 2)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(listed.map(|l| l.len()), Some(3));
+        let ended = store
+            .rotate_ending(h(3), h(4), of("alice"), vec![h(1), h(9)])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ended: Vec<Option<bool>> = ended.into_iter().map(Result::ok).collect();
+        assert_eq!(ended, vec![Some(true), Some(false)]);
+        let mut left: Vec<TokenHash> = store
+            .list(Some("alice".into()))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|(h, _)| h)
+            .collect();
+        left.sort_by_key(|h| h.0);
+        assert_eq!(left, vec![h(2), h(4)]);
+    }
+}

@@ -65,6 +65,28 @@ pub trait SessionStore: Send + Sync + 'static {
     fn replace(&self, hash: TokenHash, record: SessionRecord) -> StoreFuture<'_, bool>;
     /// Atomically removes `old` and stores `record` under `new`.
     fn rotate(&self, old: TokenHash, new: TokenHash, record: SessionRecord) -> StoreFuture<'_, ()>;
+    /// [`SessionStore::rotate`], then deletes `end` (the sessions a login
+    /// ends under the per-user limit). Fails only if the rotation did; then
+    /// nothing is deleted. Returns, for each of `end`, whether it existed, or
+    /// the error that kept it. The default makes a round trip per session;
+    /// the embedded store overrides it to commit everything in the
+    /// rotation's transaction (one fsync per login instead of two).
+    fn rotate_ending(
+        &self,
+        old: TokenHash,
+        new: TokenHash,
+        record: SessionRecord,
+        end: Vec<TokenHash>,
+    ) -> StoreFuture<'_, Vec<Result<bool, StoreError>>> {
+        Box::pin(async move {
+            self.rotate(old, new, record).await?;
+            let mut ended = Vec::with_capacity(end.len());
+            for hash in end {
+                ended.push(self.delete(hash).await);
+            }
+            Ok(ended)
+        })
+    }
     /// Removes the record under `hash`, durably. Returns whether it existed.
     fn delete(&self, hash: TokenHash) -> StoreFuture<'_, bool>;
     /// Write-behind `last_seen` updates. A touch for a record that no longer
@@ -79,6 +101,18 @@ pub trait SessionStore: Send + Sync + 'static {
     fn count_user(&self, user: String) -> StoreFuture<'_, usize> {
         let listed = self.list(Some(user));
         Box::pin(async move { Ok(listed.await?.len()) })
+    }
+    /// `user`'s sessions if [`SessionStore::count_user`] is over `max`,
+    /// `None` if it is not: the per-user limit's check and the list it
+    /// needs when over, which the embedded store reads in one transaction
+    /// (one hand-off to the blocking pool per login instead of two).
+    fn user_sessions_over(&self, user: String, max: usize) -> StoreFuture<'_, Option<Vec<(TokenHash, SessionRecord)>>> {
+        Box::pin(async move {
+            if self.count_user(user.clone()).await? <= max {
+                return Ok(None);
+            }
+            self.list(Some(user)).await.map(Some)
+        })
     }
     /// The session with this id.
     fn find_id(&self, id: SessionId) -> StoreFuture<'_, Option<(TokenHash, SessionRecord)>>;
