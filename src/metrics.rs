@@ -16,7 +16,7 @@ type Labels = Vec<(&'static str, String)>;
 /// Upper bounds (seconds) of the latency buckets: steps of about 1.5× below
 /// 10 ms, where a proxied request's time lies (a p99 of 0.3-0.5 ms on our
 /// bench host), so that a 20 % rise shows as a move between buckets; then
-/// coarser, up to 10 s. Powers of two from 0.25 ms put a whole 0.3-0.45 ms
+/// coarser, up to 30 s. Powers of two from 0.25 ms put a whole 0.3-0.45 ms
 /// p99 in one bucket. `observe` scans from the smallest, so a fast request
 /// meets few of them.
 const LATENCY_BUCKETS: [f64; 24] = [
