@@ -13,12 +13,27 @@ use super::support::{fetch, Browser, Site, USER_AGENT};
 
 /// The standard site with `max_per_user` and, when given, `on_user_limit`.
 async fn site(max: usize, on_limit: Option<&str>) -> Site {
+    site_on(max, on_limit, None).await
+}
+
+/// [`site`] on the given `[store]` section (`None`: the kit's memory store).
+async fn site_on(max: usize, on_limit: Option<&str>, store: Option<&'static str>) -> Site {
     let mut section = format!("[session]\nmax_per_user = {max}\n");
     if let Some(mode) = on_limit {
         section.push_str(&format!("on_user_limit = \"{mode}\"\n"));
     }
-    Site::with(|c| c.section(&section)).await
+    Site::with(|c| {
+        let c = c.section(&section);
+        match store {
+            Some(store) => c.store_section(Some(store)),
+            None => c,
+        }
+    })
+    .await
 }
+
+/// The embedded store ends the least recent session in the login's own rotation commit.
+const EMBEDDED: &str = "[store]\nkind = \"embedded\"\npath = \"sessions.redb\"\n";
 
 async fn logged_in(site: &Site, user: &str) -> Browser {
     let mut browser = site.browser();
@@ -38,7 +53,16 @@ async fn next_millisecond() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_past_the_limit_ends_the_users_least_recently_used_session() {
-    let site = site(2, None).await;
+    ends_the_least_recently_used_session(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_past_the_limit_ends_the_least_recent_session_on_the_embedded_store_too() {
+    ends_the_least_recently_used_session(Some(EMBEDDED)).await;
+}
+
+async fn ends_the_least_recently_used_session(store: Option<&'static str>) {
+    let site = site_on(2, None, store).await;
     let mut first = logged_in(&site, "alice").await;
     let mut second = logged_in(&site, "alice").await;
     let mut bob = logged_in(&site, "bob").await;
