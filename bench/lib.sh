@@ -87,6 +87,25 @@ token_file = "$3/admin-token"
 TOML
 }
 
+# login_cost_toml HASH: the end of a gateway config for benchmarks that only
+# log in (login-cost.sh, login-instructions.sh): one user, "cost", with
+# password hash HASH, and a required route whose upstream is never reached.
+# Printed last, after the [store] and any [login] table.
+login_cost_toml() {
+  cat <<TOML
+[session]
+# Every login's form makes an anonymous session, all from one address.
+new_per_ip_per_minute = 60000000
+[[users]]
+name = "cost"
+password_hash = "$1"
+[[routes]]
+path_prefix = "/"
+upstream = "http://127.0.0.1:9"
+auth = "required"
+TOML
+}
+
 busy_ticks() {
   local c u n sy id io irq sirq st rest
   read -r c u n sy id io irq sirq st rest </proc/stat

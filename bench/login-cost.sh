@@ -58,20 +58,11 @@ head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$TMP/admin-token"
 HASH=$(printf '%s' "$PASSWORD" | "${BINS[0]}" hash-password)
 gateway_head "$SG_PORT" "$SG_ADMIN" "$TMP" >"$TMP/sessiongate.toml"
 cat >>"$TMP/sessiongate.toml" <<TOML
-[session]
-# Every login's form makes an anonymous session, all from one address.
-new_per_ip_per_minute = 60000000
 [store]
 $( if [[ ${STORE:-memory} == embedded ]]; then printf 'kind = "embedded"\npath = "%s"\n' "$TMP/sessions.redb"; else echo 'kind = "memory"'; fi )
 $( [[ -n ${HASH_CPUS:-} ]] && printf '[login]\nhash_cpus = [%s]\n' "$HASH_CPUS" )
-[[users]]
-name = "cost"
-password_hash = "$HASH"
-[[routes]]
-path_prefix = "/"
-upstream = "http://127.0.0.1:9"
-auth = "required"
 TOML
+login_cost_toml "$HASH" >>"$TMP/sessiongate.toml"
 
 logins() {                # logins COUNT
   local rate=$LOGIN_RATE

@@ -51,21 +51,8 @@ HASH='$argon2id$v=19$m=8,t=1,p=1$WMJC2FFrh0j0VyHB/tAhQA$7uuOJpCfWNcgGrny8wDtG8J6
 head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$TMP/admin-token"
 {
   gateway_head "$SG_PORT" "$SG_ADMIN" "$TMP"
-  cat <<TOML
-[session]
-# Every login's form makes an anonymous session, all from one address.
-new_per_ip_per_minute = 60000000
-[store]
-kind = "embedded"
-path = "$TMP/sessions.redb"
-[[users]]
-name = "cost"
-password_hash = "$HASH"
-[[routes]]
-path_prefix = "/"
-upstream = "http://127.0.0.1:9"
-auth = "required"
-TOML
+  printf '[store]\nkind = "embedded"\npath = "%s"\n' "$TMP/sessions.redb"
+  login_cost_toml "$HASH"
 } >"$TMP/sessiongate.toml"
 
 valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$TMP/cg.out" \
@@ -83,6 +70,7 @@ logins "$WARMUP"
 callgrind_control -z "$VG_PID" >/dev/null 2>&1
 logins "$LOGINS"
 ok=$(sed -n 's/.* ok=\([0-9]*\) .*/\1/p' "$TMP/storm.out")
+(( ${ok:-0} > 0 )) || { echo "no login counted: $(cat "$TMP/storm.out")" >&2; exit 1; }
 callgrind_control -d "$VG_PID" >/dev/null 2>&1
 for _ in $(seq 50); do compgen -G "$TMP/cg.out.1-*" >/dev/null && break; sleep 0.2; done
 sleep 1   # the dump writes one file per thread
