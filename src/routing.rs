@@ -6,6 +6,11 @@
 //! upstream (a climb above the root, encoded `/` or `\` used to climb, NUL,
 //! `..;` path parameters) is refused with 400. Matching never looks at the
 //! query string.
+//!
+//! Upstreams then read a normal path in different ways: Express and IIS
+//! ignore case, WSGI servers decode `%2F`, servlet containers drop `;`
+//! parameters. A path is routed only when every such reading picks the
+//! route its literal text picks (see [`Router::route`]).
 
 use crate::config::{AuthMode, RouteConfig, Upstream};
 use std::borrow::Cow;
@@ -26,6 +31,8 @@ pub enum PathError {
     BadEscape,
     #[error("path contains an ambiguous dot segment with parameters")]
     DotParams,
+    #[error("path picks another route once its case is folded, `%2F` decoded or `;` parameters dropped")]
+    AmbiguousRoute,
 }
 
 /// Normalises an origin-form request path (without query). Borrowed when
@@ -164,10 +171,12 @@ pub struct Route {
 #[derive(Debug)]
 pub struct Router {
     routes: Vec<Arc<Route>>,
+    fold_case: bool,
 }
 
 impl Router {
-    pub fn new(config: &[RouteConfig], origins: &crate::proxy::upstream::Origins) -> Router {
+    /// `fold_case`: also read paths case-folded (see [`Router::route`]).
+    pub fn new(config: &[RouteConfig], origins: &crate::proxy::upstream::Origins, fold_case: bool) -> Router {
         let mut routes: Vec<Route> = config
             .iter()
             .map(|r| Route {
@@ -196,14 +205,44 @@ impl Router {
             .enumerate()
             .map(|(index, r)| Arc::new(Route { index, ..r }))
             .collect();
-        Router { routes }
+        Router { routes, fold_case }
     }
 
-    /// The route for a lowercased host (no port) and a normalised path.
+    /// The route for a lowercased host (no port) and a normalised path,
+    /// read literally.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        self.find_by(host, path, false)
+    }
+
+    /// The route for a lowercased host (no port) and a normalised path, or
+    /// `AmbiguousRoute` when a reading of the path that some upstream makes
+    /// (case folded, `%2F` decoded, `;` parameters dropped, in any order)
+    /// picks a different one. Were `/Admin/keys` routed by its literal text
+    /// to a public catch-all while an Express upstream served it as
+    /// `/admin/keys`, an `auth = "required"` route would be skipped
+    /// (SECURITY.md rule 5). The literal route is the one used and the
+    /// literal path the one forwarded.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Result<Option<&Arc<Route>>, PathError> {
+        let literal = self.find(host, path);
+        let same = |other: Option<&Arc<Route>>| other.map(|r| r.index) == literal.map(|r| r.index);
+        let fold = self.fold_case && path.bytes().any(|b| b.is_ascii_uppercase());
+        if fold && !same(self.find_by(host, path, true)) {
+            return Err(PathError::AmbiguousRoute);
+        }
+        for reading in other_readings(path)? {
+            if !same(self.find_by(host, &reading, false))
+                || (self.fold_case && !same(self.find_by(host, &reading, true)))
+            {
+                return Err(PathError::AmbiguousRoute);
+            }
+        }
+        Ok(literal)
+    }
+
+    fn find_by(&self, host: Option<&str>, path: &str, fold: bool) -> Option<&Arc<Route>> {
         self.routes
             .iter()
-            .find(|r| r.host.as_deref().is_none_or(|h| Some(h) == host) && prefix_matches(&r.path_prefix, path))
+            .find(|r| r.host.as_deref().is_none_or(|h| Some(h) == host) && prefix_matches(&r.path_prefix, path, fold))
     }
 
     pub fn routes(&self) -> &[Arc<Route>] {
@@ -212,12 +251,70 @@ impl Router {
 }
 
 /// `/api` matches `/api` and `/api/x` but not `/apiary`; `/api/` and `/`
-/// match everything below them.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
-        None => false,
+/// match everything below them. `fold`: ASCII case is ignored.
+fn prefix_matches(prefix: &str, path: &str, fold: bool) -> bool {
+    let (prefix, path) = (prefix.as_bytes(), path.as_bytes());
+    let Some((head, rest)) = path.split_at_checked(prefix.len()) else {
+        return false;
+    };
+    let equal = if fold {
+        head.eq_ignore_ascii_case(prefix)
+    } else {
+        head == prefix
+    };
+    equal && (prefix.ends_with(b"/") || rest.is_empty() || rest[0] == b'/')
+}
+
+/// Whether an upstream could read `path` as another path: `;` parameters
+/// to drop, or an escaped `/` or `;` to decode. Escapes are upper-case once
+/// normalised.
+pub fn has_reading_marks(path: &str) -> bool {
+    path.contains(';') || path.contains("%2F") || path.contains("%3B")
+}
+
+/// The readings of a normalised path, other than the literal one and the
+/// case-folded one, that some upstream makes: `%2F` decoded, parameters
+/// dropped at `;` (or at `;` and `%3B`), and both in either order. Each is
+/// dot-resolved again, since decoding or dropping can expose a `..`.
+/// Empty, without allocating, for nearly every path.
+fn other_readings(path: &str) -> Result<Vec<String>, PathError> {
+    if !has_reading_marks(path) {
+        return Ok(Vec::new());
     }
+    let decode = |p: &str| p.replace("%2F", "/");
+    let mut readings = vec![decode(path)];
+    for at_escaped in [false, true] {
+        let dropped = drop_params(path, at_escaped);
+        readings.push(decode(&dropped));
+        readings.push(drop_params(&decode(path), at_escaped));
+        readings.push(dropped);
+    }
+    readings.sort_unstable();
+    readings.dedup();
+    readings.retain(|r| r != path);
+    readings.iter().map(|r| resolve_segments(r)).collect()
+}
+
+/// Each segment cut at its first `;` (and at `%3B` when `at_escaped`), as a
+/// servlet container drops path parameters.
+fn drop_params(path: &str, at_escaped: bool) -> String {
+    let cut = |seg: &str| {
+        let semi = seg.find(';').unwrap_or(seg.len());
+        let escaped = if at_escaped {
+            seg.find("%3B").unwrap_or(seg.len())
+        } else {
+            seg.len()
+        };
+        semi.min(escaped)
+    };
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(&seg[..cut(seg)]);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -251,10 +348,83 @@ mod tests {
 
     #[test]
     fn prefix_matching_respects_segments() {
-        assert!(prefix_matches("/api", "/api"));
-        assert!(prefix_matches("/api", "/api/x"));
-        assert!(!prefix_matches("/api", "/apiary"));
-        assert!(prefix_matches("/", "/anything"));
-        assert!(prefix_matches("/api/", "/api/x"));
+        assert!(prefix_matches("/api", "/api", false));
+        assert!(prefix_matches("/api", "/api/x", false));
+        assert!(!prefix_matches("/api", "/apiary", false));
+        assert!(prefix_matches("/", "/anything", false));
+        assert!(prefix_matches("/api/", "/api/x", false));
+        assert!(!prefix_matches("/api", "/API/x", false));
+        assert!(prefix_matches("/api", "/API/x", true));
+        assert!(prefix_matches("/Api", "/aPI", true));
+        assert!(!prefix_matches("/api", "/APIary", true));
+        assert!(!prefix_matches("/api/x", "/api", true));
+    }
+
+    fn router(prefixes: &[&str], fold_case: bool) -> Router {
+        let routes: Vec<RouteConfig> = prefixes
+            .iter()
+            .map(|p| RouteConfig {
+                path_prefix: (*p).to_owned(),
+                host: None,
+                upstream: Upstream {
+                    scheme: http::uri::Scheme::HTTP,
+                    authority: http::uri::Authority::from_static("127.0.0.1:9"),
+                },
+                auth: AuthMode::None,
+                groups: Vec::new(),
+                max_body_bytes: None,
+            })
+            .collect();
+        Router::new(&routes, &crate::proxy::upstream::Origins::new(&routes), fold_case)
+    }
+
+    fn routed<'a>(router: &'a Router, path: &str) -> Result<Option<&'a str>, PathError> {
+        router.route(None, path).map(|r| r.map(|r| r.path_prefix.as_str()))
+    }
+
+    #[test]
+    fn every_reading_of_a_path_must_pick_the_same_route() {
+        let r = router(&["/", "/admin"], true);
+        // One route under every reading.
+        for path in [
+            "/x",
+            "/admin/x",
+            "/Docs;x",
+            "/docs/a%2Fb",
+            "/cart;jsessionid=1",
+            "/admin/ORDERS;jsessionid=A",
+        ] {
+            assert!(routed(&r, path).is_ok(), "{path}: {:?}", routed(&r, path));
+        }
+        assert_eq!(routed(&r, "/admin;x/y"), Err(PathError::AmbiguousRoute));
+        assert_eq!(routed(&r, "/ADMIN/keys"), Err(PathError::AmbiguousRoute));
+        assert_eq!(routed(&r, "/admin%2Fkeys"), Err(PathError::AmbiguousRoute));
+        assert_eq!(routed(&r, "/admin%3Bx/keys"), Err(PathError::AmbiguousRoute));
+        assert_eq!(routed(&r, "/x%2F..%2Fadmin"), Err(PathError::AmbiguousRoute));
+        // Case folded and parameters dropped, `%2F` left alone: `/admin`.
+        assert_eq!(routed(&r, "/ADMIN;x%2F.."), Err(PathError::AmbiguousRoute));
+        // A reading that climbs out is refused like a literal climb.
+        assert_eq!(routed(&r, "/a%2F..%2F..%2Fx"), Err(PathError::ClimbsOut));
+        assert_eq!(routed(&r, "/a/..;x%2F"), Err(PathError::DotParams));
+    }
+
+    #[test]
+    fn case_sensitive_upstreams_route_case_literally() {
+        let r = router(&["/", "/admin"], false);
+        assert_eq!(routed(&r, "/ADMIN/keys"), Ok(Some("/")));
+        assert_eq!(routed(&r, "/admin;x/y"), Err(PathError::AmbiguousRoute));
+        // Without a route for every reading, the answer is the literal one.
+        let only_admin = router(&["/admin"], true);
+        assert_eq!(routed(&only_admin, "/admin/x"), Ok(Some("/admin")));
+        assert_eq!(routed(&only_admin, "/other"), Ok(None));
+        assert_eq!(routed(&only_admin, "/Admin/x"), Err(PathError::AmbiguousRoute));
+    }
+
+    #[test]
+    fn drops_parameters_per_segment() {
+        assert_eq!(drop_params("/a;x/b;y=1/c", false), "/a/b/c");
+        assert_eq!(drop_params("/a%3Bx/b", false), "/a%3Bx/b");
+        assert_eq!(drop_params("/a%3Bx;y/b", true), "/a/b");
+        assert_eq!(drop_params("/a;x/", false), "/a/");
     }
 }

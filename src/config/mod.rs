@@ -115,6 +115,10 @@ pub struct ServerConfig {
     /// may run. Listing CPUs that serve no requests keeps their work from
     /// delaying the workers (see `priority`).
     pub background_cpus: Vec<usize>,
+    /// Every upstream matches paths case-sensitively, so `/Admin` is not
+    /// `/admin` to any of them: routing skips the case-folded reading of a
+    /// path (see `routing::Router::route`).
+    pub upstream_paths_case_sensitive: bool,
 }
 
 /// Where TLS handshakes run (`[server] tls_handshakes`).
@@ -443,6 +447,9 @@ impl Validator<'_> {
             .enumerate()
             .map(|(i, r)| self.route(i, r))
             .collect::<Result<Vec<_>, _>>()?;
+        if !server.upstream_paths_case_sensitive {
+            self.no_case_twins(&routes)?;
+        }
         let session = self.session(&raw.session)?;
         let store = self.store(&raw.store)?;
         let headers = self.headers(&raw.headers)?;
@@ -552,6 +559,7 @@ impl Validator<'_> {
                 }
             },
             background_cpus: self.cpus("server.background_cpus", &s.background_cpus)?,
+            upstream_paths_case_sensitive: s.upstream_paths_case_sensitive,
         })
     }
 
@@ -591,6 +599,29 @@ impl Validator<'_> {
         })
     }
 
+    /// Routing reads a path case-folded as well as literally and refuses a
+    /// path whose readings pick different routes, so two prefixes that
+    /// differ only in case would make every path below them refused.
+    fn no_case_twins(&self, routes: &[RouteConfig]) -> Result<(), ConfigError> {
+        for (j, later) in routes.iter().enumerate() {
+            let twin = routes[..j].iter().position(|earlier| {
+                earlier.host == later.host
+                    && earlier.path_prefix != later.path_prefix
+                    && earlier.path_prefix.eq_ignore_ascii_case(&later.path_prefix)
+            });
+            if let Some(i) = twin {
+                return Err(self.err(
+                    &format!("routes[{j}].path_prefix"),
+                    format!(
+                        "differs from routes[{i}].path_prefix only in case; set \
+                         [server] upstream_paths_case_sensitive = true if every upstream tells them apart"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn route(&self, i: usize, r: &raw::RawRoute) -> Result<RouteConfig, ConfigError> {
         let key = |k: &str| format!("routes[{i}].{k}");
         if !r.path_prefix.starts_with('/') {
@@ -600,6 +631,12 @@ impl Validator<'_> {
             return Err(self.err(
                 &key("path_prefix"),
                 "must be a normalised path (no `.`/`..` segments, `//`, `%` escapes or `\\`)",
+            ));
+        }
+        if crate::routing::has_reading_marks(&r.path_prefix) {
+            return Err(self.err(
+                &key("path_prefix"),
+                "must not contain `;`, `%2F` or `%3B`: upstreams read them in different ways",
             ));
         }
         let upstream = parse_upstream(&r.upstream)

@@ -72,6 +72,8 @@ pub struct RawServer {
     pub tls_handshakes: String,
     #[serde(default)]
     pub background_cpus: Vec<usize>,
+    #[serde(default)]
+    pub upstream_paths_case_sensitive: bool,
 }
 
 impl Default for RawServer {
@@ -98,6 +100,7 @@ impl Default for RawServer {
             upstream_pool_max_idle_per_host: d_upstream_pool_max_idle(),
             tls_handshakes: d_tls_handshakes(),
             background_cpus: Vec::new(),
+            upstream_paths_case_sensitive: false,
         }
     }
 }

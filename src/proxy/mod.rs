@@ -49,7 +49,7 @@ impl Shared {
     /// Fails if the password-hashing threads cannot be placed on `[login] hash_cpus`.
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, sessions: Arc<Sessions>) -> Result<Shared, StartError> {
         let origins = upstream::Origins::new(&config.routes);
-        let router = Router::new(&config.routes, &origins);
+        let router = Router::new(&config.routes, &origins, !config.server.upstream_paths_case_sensitive);
         let route_metrics = router.routes().iter().map(|r| metrics.route(&r.label)).collect();
         let auth = Auth::new(&config).map_err(|source| StartError::HashCpus {
             cpus: config.login.hash_cpus.clone(),
@@ -244,7 +244,7 @@ async fn pipeline<'s>(
 
     let route: &'s Route = shared
         .router
-        .find(host.as_ref().map(|h| &*h.name), path)
+        .route(host.as_ref().map(|h| &*h.name), path)?
         .ok_or(GatewayError::NoRoute)?;
     ctx.route = Some(route);
     let forwarded_host = host.and_then(|h| h.forwarded());

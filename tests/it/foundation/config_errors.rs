@@ -182,6 +182,30 @@ fn background_cpus_the_machine_lacks_are_refused_with_the_key_named() {
     assert_rejected_at_key(&prepared, "server.background_cpus", "1023");
 }
 
+/// Routing reads each path case-folded, with `%2F` decoded and with `;` parameters dropped as
+/// well as literally (`Router::route`): prefixes that differ only in case would refuse every
+/// path below them, and a prefix holding `;`, `%2F` or `%3B` would match no such reading.
+#[test]
+fn route_prefixes_that_upstreams_read_alike_are_named() {
+    let upstream = format!("http://127.0.0.1:{}", closed_port());
+    let twins = valid_config()
+        .route(RouteSpec::new("/API/", upstream.clone()))
+        .prepare();
+    assert_rejected(&twins, &["routes[1].path_prefix", "routes[0].path_prefix only in case"]);
+
+    let relaxed = valid_config()
+        .route(RouteSpec::new("/API/", upstream.clone()))
+        .server("upstream_paths_case_sensitive", "true")
+        .prepare();
+    let out = run_cli([OsStr::new("check"), OsStr::new("--config"), relaxed.path.as_os_str()]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+
+    for prefix in ["/a;b/", "/a%2Fb/", "/a%3Bb/"] {
+        let prepared = valid_config().route(RouteSpec::new(prefix, upstream.clone())).prepare();
+        assert_rejected(&prepared, &["routes[1].path_prefix", "`;`, `%2F` or `%3B`"]);
+    }
+}
+
 #[test]
 fn bad_duration_is_named() {
     let prepared = valid_config().server_str("upstream_timeout", "soon").prepare();

@@ -121,6 +121,71 @@ async fn paths_that_cannot_be_normalised_safely_are_400() {
     );
 }
 
+/// Each upstream reads a path its own way: Express and IIS ignore case, WSGI servers decode
+/// `%2F`, servlet containers drop `;` parameters. A path whose route changes under any such
+/// reading is refused, so that no upstream serves `/admin/...` that the gateway routed as
+/// public; a path that every reading routes alike is forwarded exactly as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_that_another_reading_routes_elsewhere_are_400() {
+    let public = TestUpstream::named("public").await;
+    let admin = TestUpstream::named("admin").await;
+    let routes = |config: GatewayConfig| {
+        config
+            .route(RouteSpec::new("/", public.url()))
+            .route(RouteSpec::new("/admin", admin.url()).set("auth", "\"required\""))
+    };
+    let gw = TestGateway::start(routes(GatewayConfig::new())).await;
+    let host = gw.host_header();
+
+    for target in [
+        "/ADMIN/keys",
+        "/Admin",
+        "/admin;jsessionid=1/keys",
+        "/admin%3Bx/keys",
+        "/admin%2Fkeys",
+        "/x%2F..%2Fadmin/keys",
+        "/ADMIN;x%2F..",
+    ] {
+        let mut conn = gw.raw().await;
+        let response = within(secs(5), "response", conn.roundtrip(get_request(target, &host)))
+            .await
+            .unwrap_or_else(|e| panic!("GET {target}: {e}"));
+        assert_eq!(response.status, 400, "GET {target}: {}", response.text());
+    }
+    assert_eq!(
+        public.targets(),
+        Vec::<String>::new(),
+        "ambiguous paths reached the public upstream"
+    );
+    assert_eq!(admin.targets(), Vec::<String>::new());
+
+    // Every reading routes these alike: forwarded untouched, parameters and escapes included.
+    let mut conn = gw.raw().await;
+    for target in ["/Docs/a%2Fb", "/cart;jsessionid=1", "/Shop;x/Cart"] {
+        let response = within(secs(5), "response", conn.roundtrip(get_request(target, &host)))
+            .await
+            .unwrap_or_else(|e| panic!("GET {target}: {e}"));
+        assert_eq!(response.status, 200, "GET {target}: {}", response.text());
+        assert_eq!(response.echo().path(), target);
+    }
+
+    // Upstreams that all tell `/ADMIN` from `/admin`: the literal route, no refusal. Dropped
+    // parameters still count.
+    let strict = TestGateway::start(routes(GatewayConfig::new()).server("upstream_paths_case_sensitive", "true")).await;
+    let host = strict.host_header();
+    let mut conn = strict.raw().await;
+    let response = within(secs(5), "response", conn.roundtrip(get_request("/ADMIN/keys", &host)))
+        .await
+        .expect("GET /ADMIN/keys");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.echo().upstream(), "public");
+    let mut conn = strict.raw().await;
+    let response = within(secs(5), "response", conn.roundtrip(get_request("/admin;x/keys", &host)))
+        .await
+        .expect("GET /admin;x/keys");
+    assert_eq!(response.status, 400, "{}", response.text());
+}
+
 /// Upstreams named by address and by host name, one of them behind two routes: each request
 /// reaches its own upstream, which sees the client's `Host`, never the name the gateway's
 /// connection pool files the upstream under.
