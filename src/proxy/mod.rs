@@ -317,14 +317,16 @@ async fn pipeline<'s>(
     if let Some(live) = &session {
         identity::apply(req.headers_mut(), &shared.config.headers, live);
     }
-    if req.version() != Version::HTTP_11 || !req.headers().contains_key(header::HOST) {
-        if let Some(h) = req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            req.headers_mut().insert(header::HOST, h);
-        }
+    // The target's authority (HTTP/2's `:authority`, an HTTP/1.1
+    // absolute-form target) overrides `Host` (RFC 9112 section 3.2.2): it
+    // picked the route, so it is the host the upstream is told, without
+    // any userinfo.
+    if let Some(h) = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str().rsplit('@').next().unwrap_or_default()).ok())
+    {
+        req.headers_mut().insert(header::HOST, h);
     }
     if let Some(proto) = &upgrade_proto {
         let h = req.headers_mut();

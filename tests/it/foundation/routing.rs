@@ -186,6 +186,51 @@ async fn paths_that_another_reading_routes_elsewhere_are_400() {
     assert_eq!(response.status, 400, "{}", response.text());
 }
 
+/// An absolute-form request target names the host (RFC 9112 section 3.2.2: its authority
+/// overrides `Host`). The host that picked the route is the one the upstream is told: a
+/// `Host` naming another site, whose route requires a login, never reaches an upstream that
+/// serves both sites.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_target_names_the_host_routed_and_forwarded() {
+    let shared = TestUpstream::named("shared").await;
+    let gw = TestGateway::start(
+        GatewayConfig::new().route(RouteSpec::new("/", shared.url())).route(
+            RouteSpec::new("/", shared.url())
+                .host("secure.test")
+                .set("auth", "\"required\""),
+        ),
+    )
+    .await;
+    let port = gw.https.port();
+
+    let mut conn = gw.raw().await;
+    let target = format!("https://public.test:{port}/x");
+    let response = within(secs(5), "response", conn.roundtrip(get_request(&target, "secure.test")))
+        .await
+        .expect("absolute-form GET");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let echo = response.echo();
+    assert_eq!(echo.path(), "/x");
+    assert_eq!(echo.header("host"), [format!("public.test:{port}")]);
+    assert_eq!(echo.header("x-forwarded-host"), ["public.test"]);
+
+    // Userinfo in the target never becomes part of `Host`.
+    let target = format!("https://someone@public.test:{port}/y");
+    let response = within(secs(5), "response", conn.roundtrip(get_request(&target, "secure.test")))
+        .await
+        .expect("absolute-form GET with userinfo");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.echo().header("host"), [format!("public.test:{port}")]);
+
+    // The same `Host` in origin form picks the site's own route, which wants a login.
+    let mut conn = gw.raw().await;
+    let response = within(secs(5), "response", conn.roundtrip(get_request("/x", "secure.test")))
+        .await
+        .expect("origin-form GET");
+    assert_eq!(response.status, 401, "{}", response.text());
+    assert_eq!(shared.request_count(), 2);
+}
+
 /// Upstreams named by address and by host name, one of them behind two routes: each request
 /// reaches its own upstream, which sees the client's `Host`, never the name the gateway's
 /// connection pool files the upstream under.
