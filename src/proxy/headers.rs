@@ -98,14 +98,35 @@ fn named_in_connection(value: &HeaderValue, doomed: &mut SmallVec<[HeaderName; 4
 }
 
 /// Whether a request header is client-typed forwarding information that is
-/// never believed from an untrusted peer (`X-Forwarded-*`, `Forwarded`, ...).
+/// never believed from an untrusted peer (`X-Forwarded-*`, `Forwarded`, ...),
+/// in any spelling that folds to one of those names (see [`fold`]): an
+/// upstream behind WSGI or PHP reads `X_Forwarded_For` as `X-Forwarded-For`.
 pub fn is_client_forwarding(name: &HeaderName) -> bool {
-    let name = name.as_str();
-    name.starts_with("x-forwarded-")
-        || matches!(
-            name,
-            "forwarded" | "x-real-ip" | "true-client-ip" | "x-client-ip" | "x-original-forwarded-for"
-        )
+    let name = name.as_str().as_bytes();
+    name.get(..12).is_some_and(|head| folds_to(head, b"x-forwarded-"))
+        || [
+            &b"forwarded"[..],
+            b"x-real-ip",
+            b"true-client-ip",
+            b"x-client-ip",
+            b"x-original-forwarded-for",
+        ]
+        .iter()
+        .any(|ours| folds_to(name, ours))
+}
+
+/// A header name byte as upstream frameworks compare names: lowercase, with
+/// `_` and `.` read as `-` (SECURITY.md rule 3).
+pub fn fold(b: u8) -> u8 {
+    match b {
+        b'_' | b'.' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
+}
+
+/// Whether `name` folds to `ours` (already folded).
+pub fn folds_to(name: &[u8], ours: &[u8]) -> bool {
+    name.len() == ours.len() && name.iter().zip(ours).all(|(n, o)| fold(*n) == *o)
 }
 
 /// Whether `ip` lies inside one of the trusted proxy networks.
@@ -285,13 +306,16 @@ mod tests {
             ("x-forwarded-proto", "http"),
             ("forwarded", "for=1.2.3.4"),
             ("x-real-ip", "1.2.3.4"),
+            ("x_forwarded_host", "evil.test"),
+            ("true_client.ip", "1.2.3.4"),
+            ("x-forwarded", "kept: not the prefix"),
             ("tee", "kept"),
             ("x-kept", "1"),
         ]);
         let upgrade = strip(&mut h, is_client_forwarding);
         assert!(upgrade, "`UPGRADE` in the second Connection value");
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        assert_eq!(left, ["tee", "x-kept"]);
+        assert_eq!(left, ["tee", "x-kept", "x-forwarded"]);
 
         let mut h = map(&[("connection", "keep-alive"), ("upgrade", "websocket")]);
         assert!(!strip_hop_by_hop(&mut h), "no upgrade token, no upgrade");

@@ -8,6 +8,7 @@
 //! (`headers::strip` with [`OwnedHeaders::collides`]); then, for a session,
 //! our values are set.
 
+use super::headers::{fold, folds_to};
 use crate::config::HeaderNames;
 use crate::session::Live;
 use http::header::{HeaderMap, HeaderName};
@@ -15,13 +16,6 @@ use http::header::{HeaderMap, HeaderName};
 /// The folded forms of the names we own.
 pub struct OwnedHeaders {
     folded: Vec<Vec<u8>>,
-}
-
-fn fold(b: u8) -> u8 {
-    match b {
-        b'_' | b'.' => b'-',
-        b => b.to_ascii_lowercase(),
-    }
 }
 
 impl OwnedHeaders {
@@ -41,10 +35,7 @@ impl OwnedHeaders {
 
     /// Whether `name` folds to one of ours.
     pub fn collides(&self, name: &HeaderName) -> bool {
-        let b = name.as_str().as_bytes();
-        self.folded
-            .iter()
-            .any(|f| f.len() == b.len() && f.iter().zip(b).all(|(x, y)| *x == fold(*y)))
+        self.folded.iter().any(|f| folds_to(name.as_str().as_bytes(), f))
     }
 }
 

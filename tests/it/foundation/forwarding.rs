@@ -150,6 +150,12 @@ async fn client_supplied_forwarding_headers_are_not_trusted_by_default() {
         .header("x-forwarded-proto", "http")
         .header("forwarded", "for=203.0.113.7;host=evil.test;proto=http")
         .header("x-real-ip", "203.0.113.7")
+        // Spellings that frameworks fold into the same names (SECURITY.md rule 3).
+        .header("x_forwarded_for", "203.0.113.8")
+        .header("x.forwarded.host", "evil.test")
+        .header("X_Forwarded_Proto", "http")
+        .header("x_real_ip", "203.0.113.8")
+        .header("true_client_ip", "203.0.113.8")
         .send()
         .await
         .expect("request");
@@ -172,6 +178,19 @@ async fn client_supplied_forwarding_headers_are_not_trusted_by_default() {
         "client's X-Real-IP reached the upstream: {:?}",
         echo.header("x-real-ip")
     );
+    for name in [
+        "x_forwarded_for",
+        "x.forwarded.host",
+        "x_forwarded_proto",
+        "x_real_ip",
+        "true_client_ip",
+    ] {
+        assert!(
+            !echo.has_header(name),
+            "client's {name} reached the upstream: {:?}",
+            echo.header(name)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
