@@ -227,7 +227,7 @@ async fn pipeline<'s>(
     let path = ctx.normalized.as_deref().unwrap_or(req.uri().path());
     let client = conn.peer.client(req.headers(), &shared.config.server.trusted_proxies);
     ctx.client_ip = client.ip;
-    let host = request_host(&req);
+    let host = request_host(&req)?;
 
     if path.starts_with(endpoints::PREFIX) {
         let ep = EndpointRequest {
@@ -582,13 +582,28 @@ impl RequestHost<'_> {
     }
 }
 
-fn request_host(req: &Request<Incoming>) -> Option<RequestHost<'_>> {
-    let (raw, header) = match req.uri().authority() {
-        Some(a) => (a.host(), None),
-        None => {
-            let h = req.headers().get(header::HOST)?;
-            (h.to_str().ok()?, Some(h))
-        }
+/// RFC 9112 section 3.2: an HTTP/1.1 request carries exactly one `Host`,
+/// and any `Host` is a bare `host[:port]`; a target's authority (HTTP/2's
+/// `:authority`, an absolute-form target) wins over it. Anything else is
+/// refused: the gateway could route by one host while the upstream reads
+/// another.
+fn request_host(req: &Request<Incoming>) -> Result<Option<RequestHost<'_>>, GatewayError> {
+    let mut all = req.headers().get_all(header::HOST).iter();
+    let header = all.next();
+    if all.next().is_some() {
+        return Err(GatewayError::BadRequest("more than one Host header"));
+    }
+    if header.is_none() && req.version() == Version::HTTP_11 {
+        return Err(GatewayError::BadRequest("HTTP/1.1 request without Host"));
+    }
+    if header.is_some_and(|h| !is_bare_authority(h.as_bytes())) {
+        return Err(GatewayError::BadRequest("malformed Host header"));
+    }
+    let (raw, header) = match (req.uri().authority(), header) {
+        (Some(a), _) => (a.host(), None),
+        // Checked above: ASCII.
+        (None, Some(h)) => (h.to_str().unwrap_or_default(), Some(h)),
+        (None, None) => return Ok(None),
     };
     let host = match raw.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(v6),
@@ -602,5 +617,61 @@ fn request_host(req: &Request<Incoming>) -> Option<RequestHost<'_>> {
     } else {
         Cow::Borrowed(host)
     };
-    Some(RequestHost { name, header })
+    Ok(Some(RequestHost { name, header }))
+}
+
+/// `host[:port]` with a registered name, an IPv4 address or a bracketed IPv6
+/// literal: no userinfo, path, list or space. A byte scan rather than
+/// `Authority`'s parser, which would copy the value on every request.
+fn is_bare_authority(v: &[u8]) -> bool {
+    let (host_ok, port) = match v.strip_prefix(b"[") {
+        Some(rest) => match rest.iter().position(|&b| b == b']') {
+            Some(end) => (
+                end > 0 && rest[..end].iter().all(|b| b.is_ascii_hexdigit() || b":.".contains(b)),
+                &rest[end + 1..],
+            ),
+            None => return false,
+        },
+        None => {
+            let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
+            (
+                end > 0
+                    && v[..end]
+                        .iter()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(b)),
+                &v[end..],
+            )
+        }
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    host_ok && port_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_bare_authority;
+
+    #[test]
+    fn a_host_value_is_a_bare_host_and_port() {
+        for ok in [
+            "localhost",
+            "a.example:8443",
+            "127.0.0.1:1",
+            "[::1]:443",
+            "[::ffff:10.0.0.1]",
+            "x:",
+        ] {
+            assert!(is_bare_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "", ":443", "a b", "a,b", "user@a", "a/b", "a:443:1", "a:123456", "a:x", "[::1", "[]", "[::1]x", "[g::1]",
+            "a\tb",
+        ] {
+            assert!(!is_bare_authority(bad.as_bytes()), "{bad:?}");
+        }
+    }
 }

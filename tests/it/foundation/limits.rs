@@ -529,3 +529,47 @@ async fn cancelled_http2_stream_leaves_its_connection_idle() {
     response.abort();
     let _ = within(secs(3), "idle HTTP/2 connection to be closed", conn).await;
 }
+
+/// `Content-Length` beside `Transfer-Encoding: chunked` (RFC 9112 section 6.1: chunked wins,
+/// and the length must not be passed on). Were the gateway to forward the client's length with
+/// the chunked body re-framed, the upstream would cut the body short and parse its rest, here
+/// a request, as the next one on the pooled connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_length_beside_chunked_framing_never_reaches_the_upstream() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(GatewayConfig::proxy_all_to(&upstream)).await;
+    let host = gw.host_header();
+
+    let inner = format!("GET /smuggled HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let body = format!("hello{inner}");
+    let request = format!(
+        "POST /upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+         {:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let mut conn = gw.raw().await;
+    let response = within(secs(5), "response", conn.roundtrip(request)).await;
+    if let Ok(response) = &response {
+        if response.status == 200 {
+            let echo = response.echo();
+            assert_eq!(echo.body_len(), body.len() as u64, "the upstream got another body");
+            assert!(echo
+                .header("content-length")
+                .iter()
+                .all(|l| *l == body.len().to_string()));
+        } else {
+            assert_eq!(response.status, 400, "{}", response.text());
+        }
+    }
+    // A later request on another connection shares the upstream pool.
+    let mut conn = gw.raw().await;
+    let next = within(secs(5), "next response", conn.roundtrip(get_request("/after", &host)))
+        .await
+        .expect("next response");
+    assert_eq!(next.echo().path(), "/after");
+    assert!(
+        !upstream.targets().iter().any(|t| t.starts_with("/smuggled")),
+        "the body was parsed as a request: {:?}",
+        upstream.targets()
+    );
+}

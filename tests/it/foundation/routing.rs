@@ -231,6 +231,42 @@ async fn an_absolute_target_names_the_host_routed_and_forwarded() {
     assert_eq!(shared.request_count(), 2);
 }
 
+/// RFC 9112 section 3.2: an HTTP/1.1 request carries exactly one valid `Host`. With two, the
+/// gateway would route by one while the upstream might read the other; without one, a
+/// host-specific route could never be told apart. HTTP/1.0 may still leave it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http11_request_without_exactly_one_valid_host_is_400() {
+    let shared = TestUpstream::named("shared").await;
+    let gw = TestGateway::start(
+        GatewayConfig::new().route(RouteSpec::new("/", shared.url())).route(
+            RouteSpec::new("/", shared.url())
+                .host("secure.test")
+                .set("auth", "\"required\""),
+        ),
+    )
+    .await;
+
+    for request in [
+        "GET /x HTTP/1.1\r\nHost: public.test\r\nHost: secure.test\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: public.test, secure.test\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: public.test/x\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: user@secure.test\r\n\r\n",
+        "GET /x HTTP/1.1\r\n\r\n",
+    ] {
+        let mut conn = gw.raw().await;
+        let response = within(secs(5), "response", conn.roundtrip(request)).await;
+        let status = response.as_ref().map(|r| r.status).ok();
+        assert_eq!(status, Some(400), "{request:?}: {:?}", response.map(|r| r.text()));
+    }
+    assert_eq!(shared.request_count(), 0, "{:?}", shared.targets());
+
+    let mut conn = gw.raw().await;
+    let response = within(secs(5), "response", conn.roundtrip("GET /ten HTTP/1.0\r\n\r\n"))
+        .await
+        .expect("HTTP/1.0 without Host");
+    assert_eq!(response.status, 200, "{}", response.text());
+}
+
 /// Upstreams named by address and by host name, one of them behind two routes: each request
 /// reaches its own upstream, which sees the client's `Host`, never the name the gateway's
 /// connection pool files the upstream under.
