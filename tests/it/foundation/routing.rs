@@ -95,25 +95,21 @@ async fn dot_segments_are_resolved_before_routing_and_forwarding() {
 async fn paths_that_cannot_be_normalised_safely_are_400() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(GatewayConfig::proxy_all_to(&upstream)).await;
-    let host = gw.host_header();
 
-    for target in [
-        "/../etc/passwd",
-        "/%2e%2e/x",
-        "/%2E%2E/x",
-        "/a/%2f..%2f..",
-        "/a/%2F..%2F..",
-        "/a%00b",
-        "/a/%5c..%5cb",
-        "/a%5Cb",
-    ] {
-        // A fresh connection each time: a 400 may close the connection.
-        let mut conn = gw.raw().await;
-        let response = within(secs(5), "response", conn.roundtrip(get_request(target, &host)))
-            .await
-            .unwrap_or_else(|e| panic!("GET {target}: {e}"));
-        assert_eq!(response.status, 400, "GET {target}: {}", response.text());
-    }
+    assert_each_is_400(
+        &gw,
+        &[
+            "/../etc/passwd",
+            "/%2e%2e/x",
+            "/%2E%2E/x",
+            "/a/%2f..%2f..",
+            "/a/%2F..%2F..",
+            "/a%00b",
+            "/a/%5c..%5cb",
+            "/a%5Cb",
+        ],
+    )
+    .await;
     assert_eq!(
         upstream.targets(),
         Vec::<String>::new(),
@@ -137,21 +133,19 @@ async fn paths_that_another_reading_routes_elsewhere_are_400() {
     let gw = TestGateway::start(routes(GatewayConfig::new())).await;
     let host = gw.host_header();
 
-    for target in [
-        "/ADMIN/keys",
-        "/Admin",
-        "/admin;jsessionid=1/keys",
-        "/admin%3Bx/keys",
-        "/admin%2Fkeys",
-        "/x%2F..%2Fadmin/keys",
-        "/ADMIN;x%2F..",
-    ] {
-        let mut conn = gw.raw().await;
-        let response = within(secs(5), "response", conn.roundtrip(get_request(target, &host)))
-            .await
-            .unwrap_or_else(|e| panic!("GET {target}: {e}"));
-        assert_eq!(response.status, 400, "GET {target}: {}", response.text());
-    }
+    assert_each_is_400(
+        &gw,
+        &[
+            "/ADMIN/keys",
+            "/Admin",
+            "/admin;jsessionid=1/keys",
+            "/admin%3Bx/keys",
+            "/admin%2Fkeys",
+            "/x%2F..%2Fadmin/keys",
+            "/ADMIN;x%2F..",
+        ],
+    )
+    .await;
     assert_eq!(
         public.targets(),
         Vec::<String>::new(),
@@ -193,14 +187,7 @@ async fn paths_that_another_reading_routes_elsewhere_are_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absolute_target_names_the_host_routed_and_forwarded() {
     let shared = TestUpstream::named("shared").await;
-    let gw = TestGateway::start(
-        GatewayConfig::new().route(RouteSpec::new("/", shared.url())).route(
-            RouteSpec::new("/", shared.url())
-                .host("secure.test")
-                .set("auth", "\"required\""),
-        ),
-    )
-    .await;
+    let gw = TestGateway::start(two_sites_one_upstream(&shared)).await;
     let port = gw.https.port();
 
     let mut conn = gw.raw().await;
@@ -237,14 +224,7 @@ async fn an_absolute_target_names_the_host_routed_and_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http11_request_without_exactly_one_valid_host_is_400() {
     let shared = TestUpstream::named("shared").await;
-    let gw = TestGateway::start(
-        GatewayConfig::new().route(RouteSpec::new("/", shared.url())).route(
-            RouteSpec::new("/", shared.url())
-                .host("secure.test")
-                .set("auth", "\"required\""),
-        ),
-    )
-    .await;
+    let gw = TestGateway::start(two_sites_one_upstream(&shared)).await;
 
     for request in [
         "GET /x HTTP/1.1\r\nHost: public.test\r\nHost: secure.test\r\n\r\n",
@@ -306,4 +286,26 @@ async fn upstreams_by_address_and_by_host_name_see_the_clients_host() {
     }
     assert_eq!(by_address.targets(), ["/a/1", "/c/3"]);
     assert_eq!(by_name.targets(), ["/b/2", "/b/4"]);
+}
+
+/// GETs each target on a fresh connection (a 400 may close it) and expects 400.
+async fn assert_each_is_400(gw: &TestGateway, targets: &[&str]) {
+    let host = gw.host_header();
+    for target in targets {
+        let mut conn = gw.raw().await;
+        let response = within(secs(5), "response", conn.roundtrip(get_request(target, &host)))
+            .await
+            .unwrap_or_else(|e| panic!("GET {target}: {e}"));
+        assert_eq!(response.status, 400, "GET {target}: {}", response.text());
+    }
+}
+
+/// A public catch-all and, for `secure.test`, a route that requires a login, both served by
+/// `shared`, as one app server hosting two sites would be.
+fn two_sites_one_upstream(shared: &TestUpstream) -> GatewayConfig {
+    GatewayConfig::new().route(RouteSpec::new("/", shared.url())).route(
+        RouteSpec::new("/", shared.url())
+            .host("secure.test")
+            .set("auth", "\"required\""),
+    )
 }
