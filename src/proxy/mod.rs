@@ -593,23 +593,27 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<RequestHost<'_>>, Gate
     if all.next().is_some() {
         return Err(GatewayError::BadRequest("more than one Host header"));
     }
-    if header.is_none() && req.version() == Version::HTTP_11 {
-        return Err(GatewayError::BadRequest("HTTP/1.1 request without Host"));
-    }
-    if header.is_some_and(|h| !is_bare_authority(h.as_bytes())) {
-        return Err(GatewayError::BadRequest("malformed Host header"));
-    }
-    let (raw, header) = match (req.uri().authority(), header) {
-        (Some(a), _) => (a.host(), None),
-        // Checked above: ASCII.
-        (None, Some(h)) => (h.to_str().unwrap_or_default(), Some(h)),
-        (None, None) => return Ok(None),
+    let from_header = match header {
+        Some(h) => Some(
+            bare_host(h.as_bytes())
+                .and_then(|range| std::str::from_utf8(&h.as_bytes()[range]).ok())
+                .ok_or(GatewayError::BadRequest("malformed Host header"))?,
+        ),
+        None if req.version() == Version::HTTP_11 => {
+            return Err(GatewayError::BadRequest("HTTP/1.1 request without Host"))
+        }
+        None => None,
     };
-    let host = match raw.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        // A byte scan: `rsplit_once`'s searcher costs more than the few
-        // bytes of a host and port.
-        None => raw.bytes().rposition(|b| b == b':').map_or(raw, |i| &raw[..i]),
+    let (host, header) = match (req.uri().authority(), from_header) {
+        (Some(a), _) => {
+            let h = a.host();
+            (
+                h.strip_prefix('[').and_then(|v6| v6.strip_suffix(']')).unwrap_or(h),
+                None,
+            )
+        }
+        (None, Some(h)) => (h, header),
+        (None, None) => return Ok(None),
     };
     // Hosts almost always arrive lowercase: borrow them then.
     let name = if host.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -620,27 +624,32 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<RequestHost<'_>>, Gate
     Ok(Some(RequestHost { name, header }))
 }
 
-/// `host[:port]` with a registered name, an IPv4 address or a bracketed IPv6
-/// literal: no userinfo, path, list or space. A byte scan rather than
-/// `Authority`'s parser, which would copy the value on every request.
-fn is_bare_authority(v: &[u8]) -> bool {
-    let (host_ok, port) = match v.strip_prefix(b"[") {
-        Some(rest) => match rest.iter().position(|&b| b == b']') {
-            Some(end) => (
-                end > 0 && rest[..end].iter().all(|b| b.is_ascii_hexdigit() || b":.".contains(b)),
-                &rest[end + 1..],
-            ),
-            None => return false,
-        },
+/// Bytes of a registered name or an IPv4 address in a `Host`.
+const REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        i += 1;
+    }
+    table
+};
+
+/// Where the host lies in a bare `host[:port]` (inside the brackets of an
+/// IPv6 literal); `None` for anything else: userinfo, a path, a list, a
+/// space. A byte scan rather than `Authority`'s parser, which would copy the
+/// value on every request.
+fn bare_host(v: &[u8]) -> Option<std::ops::Range<usize>> {
+    let (host, port) = match v.strip_prefix(b"[") {
+        Some(rest) => {
+            let end = 1 + rest.iter().position(|&b| b == b']')?;
+            let literal = v[1..end].iter().all(|b| b.is_ascii_hexdigit() || b":.".contains(b));
+            (literal.then_some(1..end)?, &v[end + 1..])
+        }
         None => {
-            let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
-            (
-                end > 0
-                    && v[..end]
-                        .iter()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(b)),
-                &v[end..],
-            )
+            let end = v.iter().position(|&b| !REG_NAME[usize::from(b)]).unwrap_or(v.len());
+            (0..end, &v[end..])
         }
     };
     let port_ok = match port.split_first() {
@@ -648,30 +657,30 @@ fn is_bare_authority(v: &[u8]) -> bool {
         Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
         Some(_) => false,
     };
-    host_ok && port_ok
+    (!host.is_empty() && port_ok).then_some(host)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_bare_authority;
+    use super::bare_host;
 
     #[test]
     fn a_host_value_is_a_bare_host_and_port() {
-        for ok in [
-            "localhost",
-            "a.example:8443",
-            "127.0.0.1:1",
-            "[::1]:443",
-            "[::ffff:10.0.0.1]",
-            "x:",
+        for (ok, host) in [
+            ("localhost", "localhost"),
+            ("a.example:8443", "a.example"),
+            ("127.0.0.1:1", "127.0.0.1"),
+            ("[::1]:443", "::1"),
+            ("[::ffff:10.0.0.1]", "::ffff:10.0.0.1"),
+            ("x:", "x"),
         ] {
-            assert!(is_bare_authority(ok.as_bytes()), "{ok}");
+            assert_eq!(bare_host(ok.as_bytes()).map(|r| &ok[r]), Some(host), "{ok}");
         }
         for bad in [
             "", ":443", "a b", "a,b", "user@a", "a/b", "a:443:1", "a:123456", "a:x", "[::1", "[]", "[::1]x", "[g::1]",
             "a\tb",
         ] {
-            assert!(!is_bare_authority(bad.as_bytes()), "{bad:?}");
+            assert_eq!(bare_host(bad.as_bytes()), None, "{bad:?}");
         }
     }
 }
