@@ -662,6 +662,12 @@ impl Validator<'_> {
                     format!("`{h}` is not a host name (no port, scheme or path)"),
                 ))
             }
+            Some(h) if h.ends_with('.') => {
+                return Err(self.err(
+                    &key("host"),
+                    format!("`{h}`: write the name without its final dot (requests naming it with one match it)"),
+                ))
+            }
             Some(h) => Some(h.to_ascii_lowercase()),
             None => None,
         };

@@ -615,6 +615,9 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<RequestHost<'_>>, Gate
         (None, Some(h)) => (h, header),
         (None, None) => return Ok(None),
     };
+    // `secure.test.` is `secure.test` to DNS and to name-based virtual
+    // hosts (nginx drops the dot): it must pick that host's routes.
+    let host = host.strip_suffix('.').unwrap_or(host);
     // Hosts almost always arrive lowercase: borrow them then.
     let name = if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())

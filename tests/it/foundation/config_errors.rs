@@ -184,9 +184,10 @@ fn background_cpus_the_machine_lacks_are_refused_with_the_key_named() {
 
 /// Routing reads each path case-folded, with `%2F` decoded and with `;` parameters dropped as
 /// well as literally (`Router::route`): prefixes that differ only in case would refuse every
-/// path below them, and a prefix holding `;`, `%2F` or `%3B` would match no such reading.
+/// path below them, and a prefix holding `;`, `%2F` or `%3B` would match no such reading. A
+/// host with a final dot would match nothing, since requests' hosts lose theirs.
 #[test]
-fn route_prefixes_that_upstreams_read_alike_are_named() {
+fn route_prefixes_and_hosts_that_upstreams_read_alike_are_named() {
     let upstream = format!("http://127.0.0.1:{}", closed_port());
     let twins = valid_config()
         .route(RouteSpec::new("/API/", upstream.clone()))
@@ -199,6 +200,11 @@ fn route_prefixes_that_upstreams_read_alike_are_named() {
         .prepare();
     let out = run_cli([OsStr::new("check"), OsStr::new("--config"), relaxed.path.as_os_str()]);
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
+
+    let dotted = valid_config()
+        .route(RouteSpec::new("/", upstream.clone()).host("secure.test."))
+        .prepare();
+    assert_rejected(&dotted, &["routes[1].host", "final dot"]);
 
     for prefix in ["/a;b/", "/a%2Fb/", "/a%3Bb/"] {
         let prepared = valid_config().route(RouteSpec::new(prefix, upstream.clone())).prepare();

@@ -247,6 +247,28 @@ async fn an_http11_request_without_exactly_one_valid_host_is_400() {
     assert_eq!(response.status, 200, "{}", response.text());
 }
 
+/// `secure.test.` names `secure.test` (DNS, and virtual hosts such as nginx's, drop the final
+/// dot): it picks that host's routes, in `Host` and in an absolute-form target alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_a_final_dot_picks_that_hosts_routes() {
+    let shared = TestUpstream::named("shared").await;
+    let gw = TestGateway::start(two_sites_one_upstream(&shared)).await;
+    let port = gw.https.port();
+
+    for request in [
+        "GET /x HTTP/1.1\r\nHost: secure.test.\r\n\r\n".to_owned(),
+        format!("GET /x HTTP/1.1\r\nHost: SECURE.test.:{port}\r\n\r\n"),
+        format!("GET https://secure.test.:{port}/x HTTP/1.1\r\nHost: public.test\r\n\r\n"),
+    ] {
+        let mut conn = gw.raw().await;
+        let response = within(secs(5), "response", conn.roundtrip(&request))
+            .await
+            .unwrap_or_else(|e| panic!("{request:?}: {e}"));
+        assert_eq!(response.status, 401, "{request:?}: {}", response.text());
+    }
+    assert_eq!(shared.request_count(), 0, "{:?}", shared.targets());
+}
+
 /// Upstreams named by address and by host name, one of them behind two routes: each request
 /// reaches its own upstream, which sees the client's `Host`, never the name the gateway's
 /// connection pool files the upstream under.
