@@ -15,6 +15,9 @@ pub enum GatewayError {
     BadRequest(&'static str),
     #[error("unsafe path: {0}")]
     BadPath(#[from] crate::routing::PathError),
+    /// `Host` missing, repeated or not a bare `host[:port]` (RFC 9112 section 3.2).
+    #[error("bad host: {0}")]
+    BadHost(&'static str),
     #[error("no route")]
     NoRoute,
     #[error("request headers too large")]
@@ -50,7 +53,9 @@ impl From<crate::session::store::StoreError> for GatewayError {
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::BadRequest(_) | GatewayError::BadPath(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BadRequest(_) | GatewayError::BadPath(_) | GatewayError::BadHost(_) => {
+                StatusCode::BAD_REQUEST
+            }
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -60,6 +65,22 @@ impl GatewayError {
             GatewayError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::TooManySessions(_) | GatewayError::NewSessionLimit(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `reason` label of `sessiongate_requests_refused_total` for an
+    /// error that can end a request before a route is chosen.
+    pub fn refusal(&self) -> &'static str {
+        use crate::routing::PathError;
+        match self {
+            GatewayError::BadPath(PathError::AmbiguousRoute) => "ambiguous_path",
+            GatewayError::BadPath(_) => "unsafe_path",
+            GatewayError::BadHost(_) => "bad_host",
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::NoRoute => "no_route",
+            GatewayError::HeadersTooLarge => "headers_too_large",
+            GatewayError::UriTooLong => "uri_too_long",
+            _ => "other",
         }
     }
 

@@ -34,6 +34,7 @@ pub struct Metrics {
     requests: Family<Labels, Counter>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
     upstream_errors: Family<Labels, Counter>,
+    requests_refused: Family<Labels, Counter>,
     pub open_connections: Gauge,
     connections_accepted: Family<Labels, Counter>,
     tls_handshakes: Family<Labels, Counter>,
@@ -111,6 +112,7 @@ impl Metrics {
         let requests = Family::<Labels, Counter>::default();
         let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let upstream_errors = Family::<Labels, Counter>::default();
+        let requests_refused = Family::<Labels, Counter>::default();
         let open_connections = Gauge::default();
         let connections_accepted = Family::<Labels, Counter>::default();
         let tls_handshakes = Family::<Labels, Counter>::default();
@@ -228,6 +230,12 @@ impl Metrics {
             store_errors.clone(),
         );
         registry.register(
+            "requests_refused",
+            "Requests answered before a route was chosen, by reason (ambiguous_path, unsafe_path, bad_host, \
+             no_route, ...); requests_total counts routed ones",
+            requests_refused.clone(),
+        );
+        registry.register(
             "header_timeouts",
             "HTTP/1 connections cut because a request head was not complete within header_read_timeout",
             header_timeouts.clone(),
@@ -237,6 +245,7 @@ impl Metrics {
             requests,
             latency,
             upstream_errors,
+            requests_refused,
             open_connections,
             connections_accepted,
             tls_handshakes,
@@ -293,6 +302,14 @@ impl Metrics {
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.upstream_errors
             .get_or_create(&vec![("kind", kind.as_str().to_string())])
+            .inc();
+    }
+
+    /// A request answered before any route was chosen (see
+    /// `GatewayError::refusal`).
+    pub fn request_refused(&self, reason: &'static str) {
+        self.requests_refused
+            .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
     }
 

@@ -171,6 +171,8 @@ fn error_response(shared: &Shared, ctx: &RequestCtx<'_>, err: GatewayError) -> R
             shared.metrics.upstream_error(kind);
         }
         GatewayError::UpstreamTimeout => shared.metrics.upstream_error(UpstreamErrorKind::Timeout),
+        // Routed requests are counted by route in `finish`.
+        _ if ctx.route.is_none() => shared.metrics.request_refused(err.refusal()),
         _ => {}
     }
     err.into_response()
@@ -591,16 +593,16 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<RequestHost<'_>>, Gate
     let mut all = req.headers().get_all(header::HOST).iter();
     let header = all.next();
     if all.next().is_some() {
-        return Err(GatewayError::BadRequest("more than one Host header"));
+        return Err(GatewayError::BadHost("more than one Host header"));
     }
     let from_header = match header {
         Some(h) => Some(
             bare_host(h.as_bytes())
                 .and_then(|range| std::str::from_utf8(&h.as_bytes()[range]).ok())
-                .ok_or(GatewayError::BadRequest("malformed Host header"))?,
+                .ok_or(GatewayError::BadHost("malformed Host header"))?,
         ),
         None if req.version() == Version::HTTP_11 => {
-            return Err(GatewayError::BadRequest("HTTP/1.1 request without Host"))
+            return Err(GatewayError::BadHost("HTTP/1.1 request without Host"))
         }
         None => None,
     };

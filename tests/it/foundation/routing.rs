@@ -51,6 +51,7 @@ async fn no_matching_route_is_404_and_reaches_no_upstream() {
     let response = client.get(gw.url("/elsewhere")).send().await.expect("request");
     assert_eq!(response.status(), 404);
     assert_eq!(api.request_count() + on_host.request_count(), 0);
+    assert_refused(&gw, "no_route", 1).await;
 
     // The host-specific catch-all still serves its own host.
     let response = client
@@ -110,6 +111,7 @@ async fn paths_that_cannot_be_normalised_safely_are_400() {
         ],
     )
     .await;
+    assert_refused(&gw, "unsafe_path", 8).await;
     assert_eq!(
         upstream.targets(),
         Vec::<String>::new(),
@@ -146,6 +148,7 @@ async fn paths_that_another_reading_routes_elsewhere_are_400() {
         ],
     )
     .await;
+    assert_refused(&gw, "ambiguous_path", 7).await;
     assert_eq!(
         public.targets(),
         Vec::<String>::new(),
@@ -239,6 +242,7 @@ async fn an_http11_request_without_exactly_one_valid_host_is_400() {
         assert_eq!(status, Some(400), "{request:?}: {:?}", response.map(|r| r.text()));
     }
     assert_eq!(shared.request_count(), 0, "{:?}", shared.targets());
+    assert_refused(&gw, "bad_host", 5).await;
 
     let mut conn = gw.raw().await;
     let response = within(secs(5), "response", conn.roundtrip("GET /ten HTTP/1.0\r\n\r\n"))
@@ -330,4 +334,12 @@ fn two_sites_one_upstream(shared: &TestUpstream) -> GatewayConfig {
             .host("secure.test")
             .set("auth", "\"required\""),
     )
+}
+
+/// `sessiongate_requests_refused_total{reason}` reads `n`: operators see refusals that no
+/// route's counters hold.
+async fn assert_refused(gw: &TestGateway, reason: &str, n: u32) {
+    let metrics = gw.metrics_text().await;
+    let line = format!("sessiongate_requests_refused_total{{reason=\"{reason}\"}} {n}");
+    assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
 }
