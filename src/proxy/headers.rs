@@ -101,6 +101,10 @@ fn named_in_connection(value: &HeaderValue, doomed: &mut SmallVec<[HeaderName; 4
 /// never believed from an untrusted peer (`X-Forwarded-*`, `Forwarded`, ...),
 /// in any spelling that folds to one of those names (see [`fold`]): an
 /// upstream behind WSGI or PHP reads `X_Forwarded_For` as `X-Forwarded-For`.
+/// `X-Original-URL` and `X-Rewrite-URL` are among them: Symfony, Zend and
+/// IIS's URL Rewrite serve the path they name instead of the request's, so
+/// a client could have the route of `/public` authorise `/admin` (SECURITY.md
+/// rule 5).
 pub fn is_client_forwarding(name: &HeaderName) -> bool {
     let name = name.as_str().as_bytes();
     name.get(..12).is_some_and(|head| folds_to(head, b"x-forwarded-"))
@@ -110,6 +114,9 @@ pub fn is_client_forwarding(name: &HeaderName) -> bool {
             b"true-client-ip",
             b"x-client-ip",
             b"x-original-forwarded-for",
+            b"x-original-url",
+            b"x-original-uri",
+            b"x-rewrite-url",
         ]
         .iter()
         .any(|ours| folds_to(name, ours))
@@ -308,6 +315,8 @@ mod tests {
             ("x-real-ip", "1.2.3.4"),
             ("x_forwarded_host", "evil.test"),
             ("true_client.ip", "1.2.3.4"),
+            ("x-original-url", "/admin"),
+            ("x_rewrite_url", "/admin"),
             ("x-forwarded", "kept: not the prefix"),
             ("tee", "kept"),
             ("x-kept", "1"),

@@ -156,6 +156,10 @@ async fn client_supplied_forwarding_headers_are_not_trusted_by_default() {
         .header("X_Forwarded_Proto", "http")
         .header("x_real_ip", "203.0.113.8")
         .header("true_client_ip", "203.0.113.8")
+        // Path overrides that Symfony, Zend and IIS's URL Rewrite serve instead of the path.
+        .header("x-original-url", "/admin")
+        .header("X-Rewrite-URL", "/admin")
+        .header("x_original_uri", "/admin")
         .send()
         .await
         .expect("request");
@@ -184,6 +188,9 @@ async fn client_supplied_forwarding_headers_are_not_trusted_by_default() {
         "x_forwarded_proto",
         "x_real_ip",
         "true_client_ip",
+        "x-original-url",
+        "x-rewrite-url",
+        "x_original_uri",
     ] {
         assert!(
             !echo.has_header(name),
