@@ -225,9 +225,15 @@ impl Router {
     pub fn route(&self, host: Option<&str>, path: &str) -> Result<Option<&Arc<Route>>, PathError> {
         let literal = self.find(host, path);
         let same = |other: Option<&Arc<Route>>| other.map(|r| r.index) == literal.map(|r| r.index);
-        let fold = self.fold_case && path.bytes().any(|b| b.is_ascii_uppercase());
-        if fold && !same(self.find_by(host, path, true)) {
+        // One pass over the path; nearly every one has neither.
+        let (upper, marks) = path.bytes().fold((false, false), |(upper, marks), b| {
+            (upper || b.is_ascii_uppercase(), marks || b == b';' || b == b'%')
+        });
+        if self.fold_case && upper && !same(self.find_by(host, path, true)) {
             return Err(PathError::AmbiguousRoute);
+        }
+        if !marks {
+            return Ok(literal);
         }
         for reading in other_readings(path)? {
             if !same(self.find_by(host, &reading, false))
@@ -276,7 +282,6 @@ pub fn has_reading_marks(path: &str) -> bool {
 /// case-folded one, that some upstream makes: `%2F` decoded, parameters
 /// dropped at `;` (or at `;` and `%3B`), and both in either order. Each is
 /// dot-resolved again, since decoding or dropping can expose a `..`.
-/// Empty, without allocating, for nearly every path.
 fn other_readings(path: &str) -> Result<Vec<String>, PathError> {
     if !has_reading_marks(path) {
         return Ok(Vec::new());
