@@ -3,7 +3,10 @@
 //!
 //! Paths go over raw TLS: reqwest would normalise them before the gateway ever saw them.
 
-use crate::kit::{raw::get_request, secs, within, Echo, GatewayConfig, RouteSpec, TestGateway, TestUpstream};
+use crate::kit::{
+    raw::get_request, secs, within, Echo, GatewayAddrs, GatewayConfig, RawResponse, RouteSpec, TestGateway,
+    TestUpstream,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn longest_prefix_and_host_specific_routes_win() {
@@ -170,16 +173,10 @@ async fn paths_that_another_reading_routes_elsewhere_are_400() {
     // parameters still count.
     let strict = TestGateway::start(routes(GatewayConfig::new()).server("upstream_paths_case_sensitive", "true")).await;
     let host = strict.host_header();
-    let mut conn = strict.raw().await;
-    let response = within(secs(5), "response", conn.roundtrip(get_request("/ADMIN/keys", &host)))
-        .await
-        .expect("GET /ADMIN/keys");
+    let response = fresh_exchange(&strict, &get_request("/ADMIN/keys", &host)).await;
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.echo().upstream(), "public");
-    let mut conn = strict.raw().await;
-    let response = within(secs(5), "response", conn.roundtrip(get_request("/admin;x/keys", &host)))
-        .await
-        .expect("GET /admin;x/keys");
+    let response = fresh_exchange(&strict, &get_request("/admin;x/keys", &host)).await;
     assert_eq!(response.status, 400, "{}", response.text());
 }
 
@@ -236,18 +233,13 @@ async fn an_http11_request_without_exactly_one_valid_host_is_400() {
         "GET /x HTTP/1.1\r\nHost: user@secure.test\r\n\r\n",
         "GET /x HTTP/1.1\r\n\r\n",
     ] {
-        let mut conn = gw.raw().await;
-        let response = within(secs(5), "response", conn.roundtrip(request)).await;
-        let status = response.as_ref().map(|r| r.status).ok();
-        assert_eq!(status, Some(400), "{request:?}: {:?}", response.map(|r| r.text()));
+        let response = fresh_exchange(&gw, request).await;
+        assert_eq!(response.status, 400, "{request:?}: {}", response.text());
     }
     assert_eq!(shared.request_count(), 0, "{:?}", shared.targets());
     assert_refused(&gw, "bad_host", 5).await;
 
-    let mut conn = gw.raw().await;
-    let response = within(secs(5), "response", conn.roundtrip("GET /ten HTTP/1.0\r\n\r\n"))
-        .await
-        .expect("HTTP/1.0 without Host");
+    let response = fresh_exchange(&gw, "GET /ten HTTP/1.0\r\n\r\n").await;
     assert_eq!(response.status, 200, "{}", response.text());
 }
 
@@ -264,10 +256,7 @@ async fn a_host_with_a_final_dot_picks_that_hosts_routes() {
         format!("GET /x HTTP/1.1\r\nHost: SECURE.test.:{port}\r\n\r\n"),
         format!("GET https://secure.test.:{port}/x HTTP/1.1\r\nHost: public.test\r\n\r\n"),
     ] {
-        let mut conn = gw.raw().await;
-        let response = within(secs(5), "response", conn.roundtrip(&request))
-            .await
-            .unwrap_or_else(|e| panic!("{request:?}: {e}"));
+        let response = fresh_exchange(&gw, &request).await;
         assert_eq!(response.status, 401, "{request:?}: {}", response.text());
     }
     assert_eq!(shared.request_count(), 0, "{:?}", shared.targets());
@@ -318,12 +307,17 @@ async fn upstreams_by_address_and_by_host_name_see_the_clients_host() {
 async fn assert_each_is_400(gw: &TestGateway, targets: &[&str]) {
     let host = gw.host_header();
     for target in targets {
-        let mut conn = gw.raw().await;
-        let response = within(secs(5), "response", conn.roundtrip(get_request(target, &host)))
-            .await
-            .unwrap_or_else(|e| panic!("GET {target}: {e}"));
+        let response = fresh_exchange(gw, &get_request(target, &host)).await;
         assert_eq!(response.status, 400, "GET {target}: {}", response.text());
     }
+}
+
+/// `request` on a fresh connection (a refusal may close the one before), answered in 5 s.
+async fn fresh_exchange(gw: &GatewayAddrs, request: &str) -> RawResponse {
+    let mut conn = gw.raw().await;
+    within(secs(5), "response", conn.roundtrip(request))
+        .await
+        .unwrap_or_else(|e| panic!("{request:?}: {e}"))
 }
 
 /// A public catch-all and, for `secure.test`, a route that requires a login, both served by
