@@ -9,8 +9,10 @@
 //!
 //! Upstreams then read a normal path in different ways: Express and IIS
 //! ignore case, WSGI servers decode `%2F`, servlet containers drop `;`
-//! parameters. A path is routed only when every such reading picks the
-//! route its literal text picks (see [`Router::route`]).
+//! parameters, and Windows drops the dots and spaces that end a file or
+//! directory name, so IIS serves `/admin./x` as `/admin/x`. A path is
+//! routed only when every such reading picks the route its literal text
+//! picks (see [`Router::route`]).
 
 use crate::config::{AuthMode, RouteConfig, Upstream};
 use std::borrow::Cow;
@@ -31,7 +33,10 @@ pub enum PathError {
     BadEscape,
     #[error("path contains an ambiguous dot segment with parameters")]
     DotParams,
-    #[error("path picks another route once its case is folded, `%2F` decoded or `;` parameters dropped")]
+    #[error(
+        "path picks another route once its case is folded, `%2F` decoded, `;` parameters dropped \
+         or the dots and spaces that end its segments dropped"
+    )]
     AmbiguousRoute,
 }
 
@@ -216,8 +221,8 @@ impl Router {
 
     /// The route for a lowercased host (no port) and a normalised path, or
     /// `AmbiguousRoute` when a reading of the path that some upstream makes
-    /// (case folded, `%2F` decoded, `;` parameters dropped, in any order)
-    /// picks a different one. Were `/Admin/keys` routed by its literal text
+    /// (case folded, `%2F` decoded, `;` parameters dropped, in any order,
+    /// then segments' final dots and spaces dropped) picks a different one. Were `/Admin/keys` routed by its literal text
     /// to a public catch-all while an Express upstream served it as
     /// `/admin/keys`, an `auth = "required"` route would be skipped
     /// (SECURITY.md rule 5). The literal route is the one used and the
@@ -225,10 +230,15 @@ impl Router {
     pub fn route(&self, host: Option<&str>, path: &str) -> Result<Option<&Arc<Route>>, PathError> {
         let literal = self.find(host, path);
         let same = |other: Option<&Arc<Route>>| other.map(|r| r.index) == literal.map(|r| r.index);
-        // One pass over the path; nearly every one has neither.
-        let (upper, marks) = path.bytes().fold((false, false), |(upper, marks), b| {
-            (upper || b.is_ascii_uppercase(), marks || b == b';' || b == b'%')
-        });
+        // One pass over the path; nearly every one has no upper case, no
+        // `;` or escape, and no segment that ends in a dot.
+        let (mut upper, mut marks, mut prev) = (false, false, 0u8);
+        for b in path.bytes() {
+            upper |= b.is_ascii_uppercase();
+            marks |= b == b';' || b == b'%' || (b == b'/' && prev == b'.');
+            prev = b;
+        }
+        marks |= prev == b'.';
         if self.fold_case && upper && !same(self.find_by(host, path, true)) {
             return Err(PathError::AmbiguousRoute);
         }
@@ -278,26 +288,67 @@ pub fn has_reading_marks(path: &str) -> bool {
     path.contains(';') || path.contains("%2F") || path.contains("%3B")
 }
 
+/// Whether a segment of `path` ends in a dot or an escaped space, which
+/// Windows drops from file and directory names. A route prefix with one
+/// would be refused for every path below it, so config refuses it too.
+pub fn has_alias_marks(path: &str) -> bool {
+    path.split('/').any(|seg| seg.ends_with('.') || seg.ends_with("%20"))
+}
+
 /// The readings of a normalised path, other than the literal one and the
 /// case-folded one, that some upstream makes: `%2F` decoded, parameters
-/// dropped at `;` (or at `;` and `%3B`), and both in either order. Each is
-/// dot-resolved again, since decoding or dropping can expose a `..`.
+/// dropped at `;` (or at `;` and `%3B`), and both in either order; then,
+/// of each of these and of the literal path, the Windows readings (see
+/// [`strip_segment_ends`]). Each is dot-resolved again, since decoding or
+/// dropping can expose a `..`.
 fn other_readings(path: &str) -> Result<Vec<String>, PathError> {
-    if !has_reading_marks(path) {
-        return Ok(Vec::new());
+    let mut readings = vec![path.to_owned()];
+    if has_reading_marks(path) {
+        let decode = |p: &str| p.replace("%2F", "/");
+        readings.push(decode(path));
+        for at_escaped in [false, true] {
+            let dropped = drop_params(path, at_escaped);
+            readings.push(decode(&dropped));
+            readings.push(drop_params(&decode(path), at_escaped));
+            readings.push(dropped);
+        }
     }
-    let decode = |p: &str| p.replace("%2F", "/");
-    let mut readings = vec![decode(path)];
-    for at_escaped in [false, true] {
-        let dropped = drop_params(path, at_escaped);
-        readings.push(decode(&dropped));
-        readings.push(drop_params(&decode(path), at_escaped));
-        readings.push(dropped);
-    }
+    let windows: Vec<String> = readings
+        .iter()
+        .filter(|r| has_alias_marks(r))
+        .flat_map(|r| [strip_segment_ends(r, false), strip_segment_ends(r, true)])
+        .collect();
+    readings.extend(windows);
     readings.sort_unstable();
     readings.dedup();
     readings.retain(|r| r != path);
     readings.iter().map(|r| resolve_segments(r)).collect()
+}
+
+/// Each segment without the escaped spaces (and, with `dots`, the dots)
+/// that end it, as Windows maps a name to a file: IIS serves `/admin./x`
+/// and `/admin%20/x` as `/admin/x`. Both readings are made because a
+/// segment such as `..%20` reads as `..` once its spaces alone are gone; a
+/// segment left empty merges with its neighbours.
+fn strip_segment_ends(path: &str, dots: bool) -> String {
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(strip_end(seg, dots));
+    }
+    out
+}
+
+fn strip_end(mut seg: &str, dots: bool) -> &str {
+    while let Some(shorter) = seg
+        .strip_suffix("%20")
+        .or_else(|| seg.strip_suffix('.').filter(|_| dots))
+    {
+        seg = shorter;
+    }
+    seg
 }
 
 /// Each segment cut at its first `;` (and at `%3B` when `at_escaped`), as a
@@ -414,6 +465,32 @@ mod tests {
     }
 
     #[test]
+    fn windows_readings_drop_the_dots_and_spaces_that_end_segments() {
+        let r = router(&["/", "/admin"], true);
+        for path in [
+            "/admin./keys",
+            "/admin%20/keys",
+            "/admin.%20./keys",
+            "/ADMIN./keys",
+            "/admin.",
+        ] {
+            assert_eq!(routed(&r, path), Err(PathError::AmbiguousRoute), "{path}");
+        }
+        // `..%20` is `..` once its space is gone; `...` an empty segment.
+        assert_eq!(routed(&r, "/x/..%20/admin/keys"), Err(PathError::AmbiguousRoute));
+        assert_eq!(routed(&r, "/..%20/x"), Err(PathError::ClimbsOut));
+        assert_eq!(routed(&r, "/admin/.../x"), Ok(Some("/admin")));
+        // Composed with the other readings: parameters dropped, then the dot.
+        assert_eq!(routed(&r, "/admin.;x/keys"), Err(PathError::AmbiguousRoute));
+        // Dots that end a segment but pick the same route, and dots inside.
+        for path in ["/docs./x", "/v1.2/x", "/admin/a./b", "/admin/file.txt", "/x%20y"] {
+            assert!(routed(&r, path).is_ok(), "{path}: {:?}", routed(&r, path));
+        }
+        assert_eq!(strip_segment_ends("/a.%20/..%20/b.c", false), "/a./../b.c");
+        assert_eq!(strip_segment_ends("/a.%20/..%20/b.c", true), "/a//b.c");
+    }
+
+    #[test]
     fn case_sensitive_upstreams_route_case_literally() {
         let r = router(&["/", "/admin"], false);
         assert_eq!(routed(&r, "/ADMIN/keys"), Ok(Some("/")));
@@ -439,8 +516,8 @@ mod tests {
     /// itself; routing it either picks a route or refuses it.
     #[test]
     fn random_paths_normalise_to_fixed_points_and_route_without_panicking() {
-        const PIECES: [&str; 16] = [
-            "/", "/", "a", "A", ".", "..", "%2e", "%2E", "%2F", "%2f", ";", "%3B", "%", "%zz", "\\", "é",
+        const PIECES: [&str; 17] = [
+            "/", "/", "a", "A", ".", "..", "%2e", "%2E", "%2F", "%2f", ";", "%3B", "%", "%zz", "\\", "é", "%20",
         ];
         let r = router(&["/", "/a", "/a/b"], true);
         let mut state: u64 = 0x9E37_79B9_7F4A_7C15;

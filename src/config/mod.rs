@@ -639,6 +639,13 @@ impl Validator<'_> {
                 "must not contain `;`, `%2F` or `%3B`: upstreams read them in different ways",
             ));
         }
+        if crate::routing::has_alias_marks(&r.path_prefix) {
+            return Err(self.err(
+                &key("path_prefix"),
+                "no segment may end in `.` or `%20`: Windows upstreams drop them, so every path below \
+                 would be refused",
+            ));
+        }
         let upstream = parse_upstream(&r.upstream)
             .map_err(|reason| self.err(&key("upstream"), format!("`{}`: {reason}", r.upstream)))?;
         let auth = match r.auth.as_str() {

@@ -184,7 +184,8 @@ fn background_cpus_the_machine_lacks_are_refused_with_the_key_named() {
 
 /// Routing reads each path case-folded, with `%2F` decoded and with `;` parameters dropped as
 /// well as literally (`Router::route`): prefixes that differ only in case would refuse every
-/// path below them, and a prefix holding `;`, `%2F` or `%3B` would match no such reading. A
+/// path below them, and a prefix holding `;`, `%2F` or `%3B`, or a segment ending in `.` or
+/// `%20` (which Windows drops), would match no such reading. A
 /// host with a final dot would match nothing, since requests' hosts lose theirs.
 #[test]
 fn route_prefixes_and_hosts_that_upstreams_read_alike_are_named() {
@@ -209,6 +210,10 @@ fn route_prefixes_and_hosts_that_upstreams_read_alike_are_named() {
     for prefix in ["/a;b/", "/a%2Fb/", "/a%3Bb/"] {
         let prepared = valid_config().route(RouteSpec::new(prefix, upstream.clone())).prepare();
         assert_rejected(&prepared, &["routes[1].path_prefix", "`;`, `%2F` or `%3B`"]);
+    }
+    for prefix in ["/files./", "/a%20/b", "/a/b."] {
+        let prepared = valid_config().route(RouteSpec::new(prefix, upstream.clone())).prepare();
+        assert_rejected(&prepared, &["routes[1].path_prefix", "`.` or `%20`"]);
     }
 }
 
