@@ -8,6 +8,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod session_cli;
+
 #[derive(Parser)]
 #[command(
     name = "sessiongate",
@@ -57,34 +59,7 @@ enum Command {
     /// Session automation through the admin API.
     Session {
         #[command(subcommand)]
-        command: SessionCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum SessionCommand {
-    /// Mint a logged-in session and print its `Cookie:` header value
-    /// (with --count, that many sessions, one value per line).
-    Mint {
-        /// Admin listener URL, e.g. http://127.0.0.1:9090
-        #[arg(long)]
-        admin: String,
-        /// File holding the admin bearer token.
-        #[arg(long)]
-        token_file: PathBuf,
-        #[arg(long)]
-        user: String,
-        /// Client IP the session is bound to (the load tool's address).
-        #[arg(long)]
-        client_ip: Option<std::net::IpAddr>,
-        /// A fingerprint header the load tool sends, as 'Name: value'; repeatable.
-        #[arg(long = "header")]
-        headers: Vec<String>,
-        /// Mint this many sessions (batches of 10000 per request)
-        /// and print one `Cookie:` value per line, for load tests that need
-        /// many distinct sessions.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-        count: Option<u64>,
+        command: session_cli::SessionCommand,
     },
 }
 
@@ -103,25 +78,8 @@ fn main() -> ExitCode {
         Some(Command::GenCert { out_dir, hosts }) => report(gen_cert(&out_dir, &hosts)),
         Some(Command::HashPassword) => report(hash_password()),
         Some(Command::Demo { config }) => demo(&config),
-        Some(Command::Session {
-            command:
-                SessionCommand::Mint {
-                    admin,
-                    token_file,
-                    user,
-                    client_ip,
-                    headers,
-                    count,
-                },
-        }) => {
-            let request = MintArgs {
-                admin: &admin,
-                token_file: &token_file,
-                user: &user,
-                client_ip,
-                headers: &headers,
-            };
-            report(runtime(&[]).and_then(|rt| rt.block_on(mint(&request, count))))
+        Some(Command::Session { command }) => {
+            report(runtime(&[]).and_then(|rt| rt.block_on(session_cli::run(command))))
         }
     }
 }
@@ -405,113 +363,4 @@ fn demo(path: &Path) -> ExitCode {
     };
     eprintln!("demo upstream on http://{addr}; open https://localhost:8443/ and sign in as demo / demo");
     run_gateway(path, Some(listener))
-}
-
-/// What every mint request of one `session mint` run shares.
-struct MintArgs<'a> {
-    admin: &'a str,
-    token_file: &'a Path,
-    user: &'a str,
-    client_ip: Option<std::net::IpAddr>,
-    headers: &'a [String],
-}
-
-/// Sessions per admin request. The server takes up to 100,000; smaller
-/// batches keep the gateway's transient memory (the batch's records, the
-/// store transaction's dirty pages, the answer) small, which matters when
-/// its resident memory is being measured, and cost only a few more commits.
-const MINT_BATCH: u64 = 10_000;
-
-/// Without `count`, one session and its cookie (the original output);
-/// with it, batches until `count` cookies are printed, one per line.
-async fn mint(args: &MintArgs<'_>, count: Option<u64>) -> anyhow::Result<()> {
-    let token = std::fs::read_to_string(args.token_file)
-        .with_context(|| format!("cannot read {}", args.token_file.display()))?;
-    let mut header_map = serde_json::Map::new();
-    for h in args.headers {
-        let (k, v) = h
-            .split_once(':')
-            .with_context(|| format!("--header `{h}` is not 'Name: value'"))?;
-        header_map.insert(
-            k.trim().to_ascii_lowercase(),
-            serde_json::Value::String(v.trim().to_string()),
-        );
-    }
-    let mut body = serde_json::json!({"user": args.user, "headers": header_map});
-    if let Some(ip) = args.client_ip {
-        body["client_ip"] = serde_json::Value::String(ip.to_string());
-    }
-    let uri: http::Uri = format!("{}/sessions", args.admin.trim_end_matches('/'))
-        .parse()
-        .context("bad --admin URL")?;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let post = |body: &serde_json::Value| {
-        let req = http::Request::post(uri.clone())
-            .header(http::header::AUTHORIZATION, format!("Bearer {}", token.trim()))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())));
-        let client = client.clone();
-        async move { admin_post(&client, req?).await }
-    };
-    let Some(total) = count else {
-        let v = post(&body).await?;
-        let cookie = v
-            .get("cookie")
-            .and_then(|c| c.as_str())
-            .context("admin answer has no cookie")?;
-        println!("{cookie}");
-        return Ok(());
-    };
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut left = total;
-    while left > 0 {
-        let n = left.min(MINT_BATCH);
-        body["count"] = serde_json::Value::from(n);
-        let v = post(&body).await?;
-        let sessions = v
-            .get("sessions")
-            .and_then(|s| s.as_array())
-            .context("admin answer has no sessions")?;
-        anyhow::ensure!(
-            sessions.len() as u64 == n,
-            "asked for {n} sessions, got {}",
-            sessions.len()
-        );
-        for s in sessions {
-            let cookie = s
-                .get("cookie")
-                .and_then(|c| c.as_str())
-                .context("admin answer has a session without a cookie")?;
-            std::io::Write::write_all(&mut out, cookie.as_bytes())?;
-            std::io::Write::write_all(&mut out, b"\n")?;
-        }
-        left -= n;
-    }
-    std::io::Write::flush(&mut out).context("writing the cookies")?;
-    Ok(())
-}
-
-/// One `POST /sessions`; anything but 201 with a JSON body is an error.
-async fn admin_post(
-    client: &hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        http_body_util::Full<bytes::Bytes>,
-    >,
-    req: http::Request<http_body_util::Full<bytes::Bytes>>,
-) -> anyhow::Result<serde_json::Value> {
-    use http_body_util::BodyExt;
-    let resp = client.request(req).await.context("cannot reach the admin listener")?;
-    let status = resp.status();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .context("reading the admin answer")?
-        .to_bytes();
-    anyhow::ensure!(
-        status == http::StatusCode::CREATED,
-        "admin API answered {status}: {}",
-        String::from_utf8_lossy(&bytes)
-    );
-    serde_json::from_slice(&bytes).context("admin answer is not JSON")
 }

@@ -16,6 +16,7 @@
 //! - `durability`: the embedded store across SIGTERM and SIGKILL restarts of the binary.
 //! - `admin_api`: minting, listing and revoking sessions, and the session metrics.
 //! - `batch_mint`: minting many sessions in one admin request (`"count": N`).
+//! - `cli`: `sessiongate session mint | list | revoke`, the binary against the admin API.
 //! - `user_limit`: `[session] max_per_user`, ending the least recent or refusing.
 //! - `new_limit`: `[session] new_per_ip_per_minute`, anonymous sessions per client address.
 //! - `recent`: one kept-alive connection presenting the same session again and again.
@@ -24,6 +25,7 @@
 mod admin_api;
 mod batch_mint;
 mod binding;
+mod cli;
 mod cookie;
 mod durability;
 mod expiry;
