@@ -123,6 +123,24 @@ pub struct Gateway {
     admin_state: Arc<crate::admin::AdminState>,
 }
 
+/// Warns an operator who pinned the gateway (`taskset -c 0`) and left other
+/// CPUs free that logins' password hashes will share the workers' CPUs.
+fn advise_placement(config: &Config) {
+    if !config.login.hash_cpus.is_empty() || config.users.is_empty() {
+        return;
+    }
+    let spare = crate::priority::spare_cpus();
+    let advice = crate::priority::placement_advice(
+        &config.login.hash_cpus,
+        &config.server.background_cpus,
+        !config.users.is_empty(),
+        &spare,
+    );
+    if let Some(advice) = advice {
+        tracing::warn!(spare_cpus = ?spare, "{advice}");
+    }
+}
+
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -138,6 +156,7 @@ impl Gateway {
             cpus: cpus.clone(),
             source,
         })?;
+        advise_placement(&config);
         let config = Arc::new(config);
         let tls = crate::tls::Reloadable::load(&config.tls.cert, &config.tls.key)?;
         let metrics = Arc::new(Metrics::new());

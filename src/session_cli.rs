@@ -89,8 +89,7 @@ pub async fn run(command: SessionCommand) -> anyhow::Result<()> {
         SessionCommand::Revoke { admin, user, id } => {
             let path = match (user, id) {
                 (Some(user), _) => format!("/sessions?{}", user_query(&user)),
-                (None, Some(id)) => format!("/sessions/{}", session_id(&id)?),
-                (None, None) => unreachable!("clap requires --user or --id"),
+                (None, id) => format!("/sessions/{}", session_id(&id.context("--user or --id is required")?)?),
             };
             let answer = AdminClient::new(&admin)?
                 .call(Method::DELETE, &path, None, StatusCode::OK)

@@ -54,10 +54,22 @@ pub struct BinaryGateway {
 impl BinaryGateway {
     /// Writes `config`, starts the binary and waits for its listeners to be announced.
     pub async fn start(config: GatewayConfig) -> Self {
+        Self::start_command(config, Command::new(BIN)).await
+    }
+
+    /// As [`BinaryGateway::start`], with the process confined to `cpus` (`taskset -c`), as
+    /// an operator pins it.
+    pub async fn start_pinned(config: GatewayConfig, cpus: &str) -> Self {
+        let mut command = Command::new("taskset");
+        command.args(["-c", cpus]).arg(BIN);
+        Self::start_command(config, command).await
+    }
+
+    async fn start_command(config: GatewayConfig, mut command: Command) -> Self {
         let want_redirect = config.has_redirect_listener();
         let prepared = config.prepare();
         let mut child = ChildGuard(
-            Command::new(BIN)
+            command
                 .arg("--config")
                 .arg(&prepared.path)
                 .args(["--log-format", "json"])

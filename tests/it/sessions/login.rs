@@ -591,6 +591,48 @@ async fn hashing_threads_run_only_on_the_configured_cpus() {
     assert_others_keep_the_process_cpus(&threads, |name| name.starts_with("sg-argon2"));
 }
 
+/// Pinned to one CPU while others are free to it (`taskset -c`), the binary warns at start
+/// that logins' password hashes will share the worker's CPU and names the keys that move
+/// them, with a free CPU filled in; with `[login] hash_cpus` set it says nothing of it. On a
+/// machine that gives this test one CPU there is nothing to advise, and nothing is said.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_pinned_beside_free_cpus_names_the_placement_keys() {
+    let own = status_field(
+        &std::fs::read_to_string("/proc/self/status").expect("own status"),
+        "Cpus_allowed_list",
+    )
+    .expect("Cpus_allowed_list");
+    let allowed: Vec<usize> = own
+        .split(',')
+        .flat_map(|part| {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let (a, b): (usize, usize) = (a.parse().expect("a CPU"), b.parse().expect("a CPU"));
+            a..=b
+        })
+        .collect();
+    let pinned = allowed[0].to_string();
+    let upstream = TestUpstream::start().await;
+    let responder = Responder::start().await;
+    let advice = "hash_cpus = [";
+
+    let gw = BinaryGateway::start_pinned(site_config(&upstream, &responder), &pinned).await;
+    let log = gw.stderr_text();
+    match allowed.get(1) {
+        Some(free) => {
+            let named = format!("[login] hash_cpus = [{free}] and [server] background_cpus = [{free}]");
+            assert!(log.contains(&named), "no advice naming CPU {free}:\n{log}");
+        }
+        None => assert!(!log.contains(advice), "{log}"),
+    }
+    drop(gw);
+
+    let keyed = site_config(&upstream, &responder).section(&format!("[login]\nhash_cpus = [{pinned}]\n"));
+    let gw = BinaryGateway::start_pinned(keyed, &pinned).await;
+    let log = gw.stderr_text();
+    assert!(!log.contains(advice), "advice although hash_cpus is set:\n{log}");
+}
+
 /// Starts the binary with `config`, logs alice in (a hash, a handshake and commits) and
 /// returns `Cpus_allowed_list` of each of its threads, by name.
 #[cfg(target_os = "linux")]
