@@ -222,7 +222,8 @@ impl Router {
     /// The route for a lowercased host (no port) and a normalised path, or
     /// `AmbiguousRoute` when a reading of the path that some upstream makes
     /// (case folded, `%2F` decoded, `;` parameters dropped, in any order,
-    /// then segments' final dots and spaces dropped) picks a different one. Were `/Admin/keys` routed by its literal text
+    /// then segments' final dots and spaces dropped) picks a different
+    /// one. Were `/Admin/keys` routed by its literal text
     /// to a public catch-all while an Express upstream served it as
     /// `/admin/keys`, an `auth = "required"` route would be skipped
     /// (SECURITY.md rule 5). The literal route is the one used and the
@@ -302,8 +303,12 @@ pub fn has_alias_marks(path: &str) -> bool {
 /// [`strip_segment_ends`]). Each is dot-resolved again, since decoding or
 /// dropping can expose a `..`.
 fn other_readings(path: &str) -> Result<Vec<String>, PathError> {
+    let params = has_reading_marks(path);
+    if !params && !has_alias_marks(path) {
+        return Ok(Vec::new());
+    }
     let mut readings = vec![path.to_owned()];
-    if has_reading_marks(path) {
+    if params {
         let decode = |p: &str| p.replace("%2F", "/");
         readings.push(decode(path));
         for at_escaped in [false, true] {
