@@ -393,10 +393,20 @@ async fn sessions_api(
     let s = &state.sessions;
     Ok(
         match (req.method().clone(), path.strip_prefix("/sessions").unwrap_or("")) {
-            (Method::GET, "") => {
-                let list: Vec<_> = s.list(user).await?.iter().map(describe).collect();
-                json(StatusCode::OK, &json!({"count": list.len(), "sessions": list}))
-            }
+            (Method::GET, "") => match query_limit(req.uri().query()) {
+                Ok(limit) => {
+                    let listing = s.list(user, limit).await?;
+                    let sessions: Vec<Described> = listing.sessions.iter().map(Described::of).collect();
+                    let answer = Listed {
+                        count: sessions.len(),
+                        total: listing.matched,
+                        truncated: listing.matched > limit,
+                        sessions,
+                    };
+                    json_serialized(StatusCode::OK, &answer)
+                }
+                Err(e) => json(StatusCode::BAD_REQUEST, &json!({"error": e})),
+            },
             (Method::DELETE, "") => match user {
                 Some(u) => {
                     let n = s.revoke_user(&u).await?;
@@ -535,19 +545,66 @@ fn json_serialized(status: StatusCode, value: &impl Serialize) -> Response<Body>
     }
 }
 
+/// Sessions one `GET /sessions` lists unless `?limit=` says otherwise.
+pub const DEFAULT_LIST_LIMIT: usize = 1_000;
+/// The most one `GET /sessions` lists: about 2 MB of answer. The gateway
+/// keeps only these while its store scans the rest; listing 100,000 of a
+/// million raised its resident memory by 118 MB, 10,000 by 28 MB
+/// (docs/benchmarks.md, session 27).
+pub const MAX_LIST_LIMIT: usize = 10_000;
+
+/// `?limit=N` (1..=[`MAX_LIST_LIMIT`]), or the default.
+fn query_limit(query: Option<&str>) -> Result<usize, String> {
+    let given = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "limit")
+            .map(|(_, v)| v.into_owned())
+    });
+    let Some(text) = given else {
+        return Ok(DEFAULT_LIST_LIMIT);
+    };
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
+        _ => Err(format!("limit must be between 1 and {MAX_LIST_LIMIT}")),
+    }
+}
+
 fn query_user(query: Option<&str>) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == "user")
         .map(|(_, v)| v.into_owned())
 }
 
-fn describe(r: &SessionRecord) -> serde_json::Value {
-    json!({
-        "id": r.id.to_string(),
-        "user": r.identity.as_ref().map(|i| i.user.as_str()),
-        "ip_prefix": r.binding.ip.map(|n| n.to_string()),
-        "created_at": rfc3339(r.created_at),
-        "last_seen": rfc3339(r.last_seen),
-        "expires_at": rfc3339(r.expires_at),
-    })
+/// The answer to `GET /sessions`. Typed, as [`MintedBatch`] is, so that a
+/// listing of many sessions is not a `serde_json::Value` tree first.
+#[derive(Serialize)]
+struct Listed<'a> {
+    count: usize,
+    total: usize,
+    truncated: bool,
+    sessions: Vec<Described<'a>>,
+}
+
+/// One listed session: never its token, hash or CSRF secret.
+#[derive(Serialize)]
+struct Described<'a> {
+    id: String,
+    user: Option<&'a str>,
+    ip_prefix: Option<String>,
+    created_at: String,
+    last_seen: String,
+    expires_at: String,
+}
+
+impl<'a> Described<'a> {
+    fn of(r: &'a SessionRecord) -> Described<'a> {
+        Described {
+            id: r.id.to_string(),
+            user: r.identity.as_ref().map(|i| i.user.as_str()),
+            ip_prefix: r.binding.ip.map(|n| n.to_string()),
+            created_at: rfc3339(r.created_at),
+            last_seen: rfc3339(r.last_seen),
+            expires_at: rfc3339(r.expires_at),
+        }
+    }
 }

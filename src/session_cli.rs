@@ -54,6 +54,10 @@ pub enum SessionCommand {
         /// Only this user's sessions (required with a Redis Cluster store).
         #[arg(long)]
         user: Option<String>,
+        /// The newest this many (the admin API's default: 1000; at most
+        /// 10000). When more match, a note on stderr says how many.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
         /// Print the admin API's answer as it is.
         #[arg(long)]
         json: bool,
@@ -85,7 +89,12 @@ pub async fn run(command: SessionCommand) -> anyhow::Result<()> {
             let body = mint_body(&user, client_ip, &headers)?;
             mint(&AdminClient::new(&admin)?, body, count).await
         }
-        SessionCommand::List { admin, user, json } => list(&AdminClient::new(&admin)?, user.as_deref(), json).await,
+        SessionCommand::List {
+            admin,
+            user,
+            limit,
+            json,
+        } => list(&AdminClient::new(&admin)?, user.as_deref(), limit, json).await,
         SessionCommand::Revoke { admin, user, id } => {
             let path = match (user, id) {
                 (Some(user), _) => format!("/sessions?{}", user_query(&user)),
@@ -235,11 +244,8 @@ async fn mint(admin: &AdminClient, mut body: Value, count: Option<u64>) -> anyho
 /// The columns of `session list`, as the admin API names its fields.
 const LIST_COLUMNS: [&str; 6] = ["id", "user", "ip_prefix", "created_at", "last_seen", "expires_at"];
 
-async fn list(admin: &AdminClient, user: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let path = match user {
-        Some(user) => format!("/sessions?{}", user_query(user)),
-        None => "/sessions".to_owned(),
-    };
+async fn list(admin: &AdminClient, user: Option<&str>, limit: Option<u64>, json: bool) -> anyhow::Result<()> {
+    let path = format!("/sessions?{}", list_query(user, limit));
     let answer = admin.call(Method::GET, &path, None, StatusCode::OK).await?;
     if json {
         println!("{answer}");
@@ -249,6 +255,13 @@ async fn list(admin: &AdminClient, user: Option<&str>, json: bool) -> anyhow::Re
         .get("sessions")
         .and_then(Value::as_array)
         .context("admin answer has no sessions")?;
+    if answer.get("truncated").and_then(Value::as_bool) == Some(true) {
+        let total = answer.get("total").and_then(Value::as_u64).unwrap_or_default();
+        eprintln!(
+            "note: the newest {} of {total} sessions; --limit (up to 10000) lists more",
+            sessions.len()
+        );
+    }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut line = LIST_COLUMNS.join("\t");
     for s in sessions {
@@ -273,9 +286,18 @@ fn list_row(session: &Value) -> String {
 }
 
 fn user_query(user: &str) -> String {
-    form_urlencoded::Serializer::new(String::new())
-        .append_pair("user", user)
-        .finish()
+    list_query(Some(user), None)
+}
+
+fn list_query(user: Option<&str>, limit: Option<u64>) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    if let Some(user) = user {
+        query.append_pair("user", user);
+    }
+    if let Some(limit) = limit {
+        query.append_pair("limit", &limit.to_string());
+    }
+    query.finish()
 }
 
 /// A session id as `list` prints it: refused here, before it is put in a
@@ -304,6 +326,8 @@ mod tests {
     #[test]
     fn user_names_are_query_encoded_and_ids_must_be_hex() {
         assert_eq!(user_query("a b&c=d"), "user=a+b%26c%3Dd");
+        assert_eq!(list_query(Some("a"), Some(5)), "user=a&limit=5");
+        assert_eq!(list_query(None, None), "");
         assert!(session_id("0123abcdEF").is_ok());
         assert!(session_id("../reload").is_err());
         assert!(session_id("").is_err());

@@ -105,6 +105,13 @@ fn entry_gone(entries: &HashMap<String, record::EntryDigest>, rec: &SessionRecor
     }
 }
 
+/// What the admin's listing answers: the newest sessions asked for, and how
+/// many matched.
+pub struct Listing {
+    pub matched: usize,
+    pub sessions: Vec<SessionRecord>,
+}
+
 /// The session manager shared by the pipeline, the login endpoints and the
 /// admin API.
 pub struct Sessions {
@@ -990,18 +997,24 @@ impl Sessions {
         Ok(())
     }
 
-    /// All sessions, or one user's (admin API), newest first.
-    pub async fn list(&self, user: Option<String>) -> Result<Vec<SessionRecord>, StoreError> {
-        let mut out: Vec<SessionRecord> = self.live_records(user).await?.into_iter().map(|(_, r)| r).collect();
-        out.sort_by_key(|r| std::cmp::Reverse(r.created_at));
-        Ok(out)
-    }
-
-    /// The store's unexpired records (all, or one user's), each with the
-    /// cache's fresher `last_seen` (the store's is written behind).
-    async fn live_records(&self, user: Option<String>) -> Result<Vec<(TokenHash, SessionRecord)>, StoreError> {
-        let listed = self.store.list(user).await.inspect_err(|_| self.store_failed())?;
-        Ok(self.freshened(listed).await)
+    /// The newest `limit` live sessions, of all or of one user (admin API),
+    /// newest first, and how many there are. The count includes sessions
+    /// idle past their timeout that the sweep has not removed yet; the
+    /// listing leaves them out.
+    pub async fn list(&self, user: Option<String>, limit: usize) -> Result<Listing, StoreError> {
+        let newest = self
+            .store
+            .newest(user, limit, now_ms())
+            .await
+            .inspect_err(|_| self.store_failed())?;
+        let matched = newest.matched();
+        let sessions = self
+            .freshened(newest.into_sorted())
+            .await
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        Ok(Listing { matched, sessions })
     }
 
     /// The unexpired ones of `listed` (records as the store has them), each

@@ -20,7 +20,7 @@
 //! thousand (docs/benchmarks.md, "Scale"). A record's `last_seen` is the
 //! larger of the two.
 
-use super::{is_dead, matches_user, SessionStore, StoreError, StoreFuture};
+use super::{is_dead, matches_user, Newest, SessionStore, StoreError, StoreFuture};
 use crate::session::record::SessionRecord;
 use crate::session::token::{SessionId, TokenHash};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -375,21 +375,28 @@ impl EmbeddedStore {
         &self,
         mut f: impl FnMut(TokenHash, SessionRecord) -> Option<T> + Send + 'static,
     ) -> StoreFuture<'_, Vec<T>> {
+        self.scan_into(Vec::new(), move |out, h, r| out.extend(f(h, r)))
+    }
+
+    /// Every record, decoded one at a time into `sink`, in one read
+    /// transaction on the blocking pool; `acc` is what the sink keeps.
+    fn scan_into<A: Send + 'static>(
+        &self,
+        mut acc: A,
+        mut sink: impl FnMut(&mut A, TokenHash, SessionRecord) + Send + 'static,
+    ) -> StoreFuture<'_, A> {
         self.blocking(move |db| {
             let tx = db.begin_read().map_err(backend)?;
             let table = tx.open_table(SESSIONS).map_err(backend)?;
             let seen = tx.open_table(LAST_SEEN).map_err(backend)?;
-            let mut out = Vec::new();
             for item in table.iter().map_err(backend)? {
                 let (k, v) = item.map_err(backend)?;
                 let (Some(h), Ok(r)) = (hash_of(k.value()), decode(v.value())) else {
                     continue;
                 };
-                if let Some(x) = f(h, with_seen(r, seen_of(&seen, k.value())?)) {
-                    out.push(x);
-                }
+                sink(&mut acc, h, with_seen(r, seen_of(&seen, k.value())?));
             }
-            Ok(out)
+            Ok(acc)
         })
     }
 }
@@ -526,6 +533,13 @@ impl SessionStore for EmbeddedStore {
         match user {
             None => self.scan(|h, r| Some((h, r))),
             Some(user) => self.blocking(move |db| user_sessions(&db.begin_read().map_err(backend)?, &user)),
+        }
+    }
+
+    fn newest(&self, user: Option<String>, limit: usize, now: u64) -> StoreFuture<'_, Newest> {
+        match user {
+            None => self.scan_into(Newest::new(limit, now), |newest, h, r| newest.offer(h, r)),
+            Some(user) => super::newest_of(self.list(Some(user)), limit, now),
         }
     }
 

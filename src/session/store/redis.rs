@@ -16,7 +16,7 @@
 //!   is published as `<instance>:gone|changed:<hash>`; every other instance evicts the
 //!   entry from its cache (see [`super::CacheEvent`]).
 
-use super::{matches_user, CacheEvent, SessionStore, StoreError, StoreFuture};
+use super::{matches_user, CacheEvent, Newest, SessionStore, StoreError, StoreFuture};
 use crate::config::RedisConfig;
 use crate::session::record::SessionRecord;
 use crate::session::token::{hex, SessionId, TokenHash};
@@ -355,6 +355,13 @@ impl RedisStore {
     /// Every session: SCAN over the session keys. Single-node only; on a
     /// cluster the admin lists by user.
     async fn scan_all(&self) -> Result<Vec<(TokenHash, SessionRecord)>, StoreError> {
+        let mut out = Vec::new();
+        self.scan_all_into(|h, r| out.push((h, r))).await?;
+        Ok(out)
+    }
+
+    /// Every session, read one at a time into `sink` (see [`Self::scan_all`]).
+    async fn scan_all_into(&self, mut sink: impl FnMut(TokenHash, SessionRecord)) -> Result<(), StoreError> {
         let Conn::Single(cm) = &self.conn else {
             return Err(StoreError::Backend(
                 "listing every session needs ?user= on a Redis cluster".into(),
@@ -363,7 +370,6 @@ impl RedisStore {
         let mut c = cm.clone();
         let pattern = format!("{}s:*", self.prefix);
         let mut cursor: u64 = 0;
-        let mut out = Vec::new();
         loop {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
@@ -377,12 +383,12 @@ impl RedisStore {
             for k in keys {
                 if let Some(hash) = k.rsplit(':').next().and_then(parse_hash) {
                     if let Some(r) = self.read(hash).await? {
-                        out.push((hash, r));
+                        sink(hash, r);
                     }
                 }
             }
             if next == 0 {
-                return Ok(out);
+                return Ok(());
             }
             cursor = next;
         }
@@ -558,6 +564,17 @@ impl SessionStore for RedisStore {
 
     fn list(&self, user: Option<String>) -> StoreFuture<'_, Vec<(TokenHash, SessionRecord)>> {
         Box::pin(self.list_inner(user))
+    }
+
+    fn newest(&self, user: Option<String>, limit: usize, now: u64) -> StoreFuture<'_, Newest> {
+        match user {
+            None => Box::pin(async move {
+                let mut newest = Newest::new(limit, now);
+                self.scan_all_into(|h, r| newest.offer(h, r)).await?;
+                Ok(newest)
+            }),
+            Some(user) => super::newest_of(self.list(Some(user)), limit, now),
+        }
     }
 
     fn count_user(&self, user: String) -> StoreFuture<'_, usize> {

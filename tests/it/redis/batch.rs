@@ -2,8 +2,12 @@
 //! Redis (hash-tag groups, one MULTI/EXEC each) with its indexes, so another instance serves
 //! all of them, on a single node and across a cluster's slots.
 
+use reqwest::Method;
+use serde_json::json;
+
 use super::support::{
-    channel, cluster_store, redis_missing, single_store, Pair, RedisCluster, RedisServer, PREFIX, SUBSCRIBE_LIMIT,
+    channel, cluster_store, fetch, redis_missing, single_store, Pair, RedisCluster, RedisServer, PREFIX,
+    SUBSCRIBE_LIMIT,
 };
 
 /// A batch must fit under `[session] max_per_user` (default 10); appended after `[store]`.
@@ -32,6 +36,14 @@ async fn a_batch_minted_on_one_instance_is_served_by_the_other_with_its_indexes(
     let keys = redis.keys().await;
     let sessions = keys.iter().filter(|k| k.starts_with(&format!("{PREFIX}s:"))).count();
     assert_eq!(sessions, 40, "{keys:?}");
+
+    // Listed from B by a scan of the store, bounded: the newest five of forty.
+    let listed = fetch(b.admin().authed(Method::GET, "/sessions?limit=5")).await.json();
+    assert_eq!(
+        (&listed["count"], &listed["total"], &listed["truncated"]),
+        (&json!(5), &json!(40), &json!(true)),
+        "{listed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -190,3 +190,68 @@ async fn metrics_count_the_session_lifecycle() {
     assert!(delta("sessiongate_session_cache_hits_total", &[]) >= 3.0, "{}", after.0);
     assert!(!after.0.contains("__Host-"), "a cookie in the metrics");
 }
+
+/// `GET /sessions` answers the newest `limit` sessions (1000 unless `?limit=` says otherwise,
+/// at most 10,000), newest first, with how many match (`total`) and whether more did
+/// (`truncated`): a listing never grows with the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listing_is_bounded_newest_first_and_says_how_many_match() {
+    let site = Site::with(|config| config.section("[session]\nmax_per_user = 2000\n")).await;
+    assert_bounded_listing(&site).await;
+}
+
+/// The same on the embedded store, which keeps only the newest while it scans its table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_lists_the_same_bounded_way() {
+    let site = Site::with(|config| {
+        config
+            .section("[session]\nmax_per_user = 2000\n")
+            .store_section(Some("[store]\nkind = \"embedded\"\npath = \"sessions.redb\"\n"))
+    })
+    .await;
+    assert_bounded_listing(&site).await;
+}
+
+async fn assert_bounded_listing(site: &Site) {
+    let admin = site.admin();
+    admin.mint_batch("alice", 1001).await;
+    admin.mint_for("bob").await;
+    let list = |query: &str| fetch(admin.authed(Method::GET, &format!("/sessions{query}")));
+
+    let default = list("").await.json();
+    assert_eq!(default["count"], 1000, "{}", default["total"]);
+    assert_eq!(default["sessions"].as_array().map(Vec::len), Some(1000));
+    assert_eq!(default["total"], 1002);
+    assert_eq!(default["truncated"], true);
+
+    let all = list("?limit=2000").await.json();
+    assert_eq!(
+        (&all["count"], &all["total"], &all["truncated"]),
+        (&json!(1002), &json!(1002), &json!(false))
+    );
+    let created: Vec<&str> = all["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|s| s["created_at"].as_str().expect("created_at"))
+        .collect();
+    // RFC 3339 in UTC with a fixed width: text order is time order.
+    assert!(created.windows(2).all(|w| w[0] >= w[1]), "not newest first");
+    let newest = list("?limit=1").await.json();
+    assert_eq!(newest["sessions"][0]["created_at"].as_str(), created.first().copied());
+    assert_eq!(newest["truncated"], true);
+
+    let alice = list("?user=alice&limit=10").await.json();
+    assert_eq!((&alice["count"], &alice["total"]), (&json!(10), &json!(1001)));
+    let bob = list("?user=bob").await.json();
+    assert_eq!(
+        (&bob["count"], &bob["total"], &bob["truncated"]),
+        (&json!(1), &json!(1), &json!(false))
+    );
+
+    for bad in ["?limit=0", "?limit=10001", "?limit=many", "?limit="] {
+        let reply = list(bad).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}: {}", reply.text());
+        assert!(reply.text().contains("limit must be between 1 and 10000"), "{bad}");
+    }
+}

@@ -122,6 +122,16 @@ async fn list_and_revoke_end_a_users_sessions_by_id_or_all_at_once() {
         );
     }
 
+    // The newest only, with a note on stderr that there are more.
+    let out = admin.run("list", &["--user", "alice", "--limit", "1"]).await;
+    succeeded(&out);
+    assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("the newest 1 of 2 sessions"),
+        "stderr: {}",
+        out.stderr
+    );
+
     let out = admin.run("list", &["--user", "bob", "--json"]).await;
     succeeded(&out);
     let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("--json prints JSON");
