@@ -239,6 +239,9 @@ async fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> 
             }
             match sessions_api(state, peer, req).await {
                 Ok(r) => r,
+                Err(crate::session::SessionError::Store(crate::session::store::StoreError::Unsupported(why))) => {
+                    json(StatusCode::BAD_REQUEST, &json!({"error": why}))
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "admin session API failed");
                     let mut r = json(

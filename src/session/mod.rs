@@ -1002,11 +1002,11 @@ impl Sessions {
     /// idle past their timeout that the sweep has not removed yet; the
     /// listing leaves them out.
     pub async fn list(&self, user: Option<String>, limit: usize) -> Result<Listing, StoreError> {
-        let newest = self
-            .store
-            .newest(user, limit, now_ms())
-            .await
-            .inspect_err(|_| self.store_failed())?;
+        let newest = self.store.newest(user, limit, now_ms()).await.inspect_err(|e| {
+            if !matches!(e, StoreError::Unsupported(_)) {
+                self.store_failed();
+            }
+        })?;
         let matched = newest.matched();
         let sessions = self
             .freshened(newest.into_sorted())

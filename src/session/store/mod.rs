@@ -130,6 +130,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("blocking task failed: {0}")]
     Join(String),
+    /// The store cannot do this at all (listing every session of a Redis
+    /// Cluster): the request's fault, not the store's health.
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// Cache coherence news from a store shared with other instances.

@@ -363,8 +363,8 @@ impl RedisStore {
     /// Every session, read one at a time into `sink` (see [`Self::scan_all`]).
     async fn scan_all_into(&self, mut sink: impl FnMut(TokenHash, SessionRecord)) -> Result<(), StoreError> {
         let Conn::Single(cm) = &self.conn else {
-            return Err(StoreError::Backend(
-                "listing every session needs ?user= on a Redis cluster".into(),
+            return Err(StoreError::Unsupported(
+                "listing every session needs ?user= on a Redis cluster",
             ));
         };
         let mut c = cm.clone();

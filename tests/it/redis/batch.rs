@@ -2,7 +2,7 @@
 //! Redis (hash-tag groups, one MULTI/EXEC each) with its indexes, so another instance serves
 //! all of them, on a single node and across a cluster's slots.
 
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use super::support::{
@@ -66,4 +66,24 @@ async fn a_batch_spans_the_slots_of_a_cluster() {
         }
     }
     assert!(nodes_with_sessions > 1, "the batch landed on one node only");
+
+    // Every session at once is not listed on a cluster: a 400 that says why, not a store
+    // failure (no 503, no store error counted); by user it is.
+    let metrics = a.admin().metrics().await;
+    assert!(metrics.0.contains("sessiongate_store_errors_total"), "{}", metrics.0);
+    let errors = metrics.value("sessiongate_store_errors_total", &[]);
+    let reply = fetch(a.admin().authed(Method::GET, "/sessions")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    assert!(
+        reply.text().contains("needs ?user= on a Redis cluster"),
+        "{}",
+        reply.text()
+    );
+    let after = a.admin().metrics().await.value("sessiongate_store_errors_total", &[]);
+    assert_eq!(
+        after, errors,
+        "a listing the store cannot do was counted as a store error"
+    );
+    let bob = fetch(a.admin().authed(Method::GET, "/sessions?user=bob")).await.json();
+    assert_eq!((&bob["count"], &bob["total"]), (&json!(30), &json!(30)), "{bob}");
 }
