@@ -105,6 +105,10 @@ fn entry_gone(entries: &HashMap<String, record::EntryDigest>, rec: &SessionRecor
     }
 }
 
+/// Revocations of one user's sessions in flight at once
+/// ([`Sessions::revoke_user_because`]).
+const REVOKE_CONCURRENCY: usize = 64;
+
 /// What the admin's listing answers: the newest sessions asked for, and how
 /// many matched.
 pub struct Listing {
@@ -1046,15 +1050,29 @@ impl Sessions {
         self.revoke_user_because(user, "admin").await
     }
 
-    /// Revokes every session of `user`, counted under `reason`. Returns how many.
+    /// Revokes every session of `user`, counted under `reason`. Returns how
+    /// many, or the first error once every other revocation was tried (a
+    /// failure leaves no more sessions alive than it must).
+    ///
+    /// [`REVOKE_CONCURRENCY`] at a time, so that the embedded store commits
+    /// them in batches and Redis pipelines them: one after the other, 10,000
+    /// sessions of one user took 4.1 s to end, one fsync each.
     pub async fn revoke_user_because(&self, user: &str, reason: &'static str) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for (h, _) in self.store.list(Some(user.to_string())).await? {
-            if self.revoke(h, reason).await? {
-                n += 1;
+        use futures_util::StreamExt;
+        let listed = self.store.list(Some(user.to_string())).await?;
+        let mut results = futures_util::stream::iter(listed.into_iter().map(|(h, _)| self.revoke(h, reason)))
+            .buffer_unordered(REVOKE_CONCURRENCY);
+        let (mut n, mut first_error) = (0, None);
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(true) => n += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        Ok(n)
+        first_error.map_or(Ok(n), Err)
     }
 
     /// `Set-Cookie` value carrying `token`.
