@@ -171,17 +171,31 @@ pub struct Route {
     pub index: usize,
 }
 
+/// The readings of a path that [`Router::route`] makes besides the ones it
+/// always makes (`%2F` decoded, `;` parameters dropped, Windows names).
+#[derive(Debug, Clone, Copy)]
+pub struct Readings {
+    /// Case folded (`[server] upstream_paths_case_sensitive = false`).
+    pub fold_case: bool,
+    /// Without the extension of the last segment (`[server]
+    /// upstream_paths_format_suffix`): Rails serves `/admin.json` as
+    /// `/admin` in JSON, Spring MVC before 5.3 matches `/admin` for
+    /// `/admin.anything`.
+    pub format_suffix: bool,
+}
+
 /// The route table, ordered for first-match lookup: host-specific routes
 /// before host-less ones, longer prefixes before shorter ones.
 #[derive(Debug)]
 pub struct Router {
     routes: Vec<Arc<Route>>,
-    fold_case: bool,
+    readings: Readings,
 }
 
 impl Router {
-    /// `fold_case`: also read paths case-folded (see [`Router::route`]).
-    pub fn new(config: &[RouteConfig], origins: &crate::proxy::upstream::Origins, fold_case: bool) -> Router {
+    /// `readings`: which readings of a path besides the literal one must
+    /// pick its route (see [`Router::route`]).
+    pub fn new(config: &[RouteConfig], origins: &crate::proxy::upstream::Origins, readings: Readings) -> Router {
         let mut routes: Vec<Route> = config
             .iter()
             .map(|r| Route {
@@ -210,7 +224,7 @@ impl Router {
             .enumerate()
             .map(|(index, r)| Arc::new(Route { index, ..r }))
             .collect();
-        Router { routes, fold_case }
+        Router { routes, readings }
     }
 
     /// The route for a lowercased host (no port) and a normalised path,
@@ -231,6 +245,12 @@ impl Router {
     pub fn route(&self, host: Option<&str>, path: &str) -> Result<Option<&Arc<Route>>, PathError> {
         let literal = self.find(host, path);
         let same = |other: Option<&Arc<Route>>| other.map(|r| r.index) == literal.map(|r| r.index);
+        let fold = self.readings.fold_case;
+        // A reading picks the literal route read as it is and, for an
+        // upstream that folds case, folded too.
+        let agrees = |reading: &str| {
+            same(self.find_by(host, reading, false)) && (!fold || same(self.find_by(host, reading, true)))
+        };
         // One pass over the path; nearly every one has no upper case, no
         // `;` or escape, and no segment that ends in a dot.
         let (mut upper, mut marks, mut prev) = (false, false, 0u8);
@@ -240,16 +260,18 @@ impl Router {
             prev = b;
         }
         marks |= prev == b'.';
-        if self.fold_case && upper && !same(self.find_by(host, path, true)) {
+        if fold && upper && !same(self.find_by(host, path, true)) {
+            return Err(PathError::AmbiguousRoute);
+        }
+        let stem_agrees = |reading: &str| !self.readings.format_suffix || format_stem(reading).is_none_or(&agrees);
+        if !stem_agrees(path) {
             return Err(PathError::AmbiguousRoute);
         }
         if !marks {
             return Ok(literal);
         }
         for reading in other_readings(path)? {
-            if !same(self.find_by(host, &reading, false))
-                || (self.fold_case && !same(self.find_by(host, &reading, true)))
-            {
+            if !agrees(&reading) || !stem_agrees(&reading) {
                 return Err(PathError::AmbiguousRoute);
             }
         }
@@ -287,6 +309,16 @@ fn prefix_matches(prefix: &str, path: &str, fold: bool) -> bool {
 /// normalised.
 pub fn has_reading_marks(path: &str) -> bool {
     path.contains(';') || path.contains("%2F") || path.contains("%3B")
+}
+
+/// `path` without the extension of its last segment, from the segment's
+/// first dot (`/admin.json` → `/admin`, `/a/b.tar.gz` → `/a/b`), as an
+/// upstream that reads a format suffix serves it; `None` without one. A
+/// segment that starts with its dot (`/.well-known`) has no stem.
+pub fn format_stem(path: &str) -> Option<&str> {
+    let start = path.rfind('/').map_or(0, |i| i + 1);
+    let dot = path[start..].find('.').filter(|&i| i > 0)?;
+    Some(&path[..start + dot])
 }
 
 /// Whether a segment of `path` ends in a dot or an escaped space, which
@@ -422,6 +454,16 @@ mod tests {
     }
 
     fn router(prefixes: &[&str], fold_case: bool) -> Router {
+        router_with(
+            prefixes,
+            Readings {
+                fold_case,
+                format_suffix: false,
+            },
+        )
+    }
+
+    fn router_with(prefixes: &[&str], readings: Readings) -> Router {
         let routes: Vec<RouteConfig> = prefixes
             .iter()
             .map(|p| RouteConfig {
@@ -436,7 +478,7 @@ mod tests {
                 max_body_bytes: None,
             })
             .collect();
-        Router::new(&routes, &crate::proxy::upstream::Origins::new(&routes), fold_case)
+        Router::new(&routes, &crate::proxy::upstream::Origins::new(&routes), readings)
     }
 
     fn routed<'a>(router: &'a Router, path: &str) -> Result<Option<&'a str>, PathError> {
@@ -496,6 +538,44 @@ mod tests {
     }
 
     #[test]
+    fn format_suffixes_must_not_pick_another_route() {
+        let both = Readings {
+            fold_case: true,
+            format_suffix: true,
+        };
+        let r = router_with(&["/", "/admin", "/api/"], both);
+        for path in ["/admin.json", "/admin.tar.gz", "/ADMIN.json", "/admin.json;x"] {
+            assert_eq!(routed(&r, path), Err(PathError::AmbiguousRoute), "{path}");
+        }
+        // An escaped dot is a dot once normalised.
+        let normal = normalize_path("/admin%2Ejson").map(|p| p.into_owned());
+        assert_eq!(normal.as_deref(), Ok("/admin.json"));
+        // The stem routes alike: static files, dotted directories, a leading dot.
+        for path in [
+            "/app.js",
+            "/admin/logo.png",
+            "/api/v1.2/x",
+            "/api/x.json",
+            "/.well-known/x",
+            "/a.b/",
+        ] {
+            assert!(routed(&r, path).is_ok(), "{path}: {:?}", routed(&r, path));
+        }
+        // Without the reading, the literal route.
+        let literal = router_with(
+            &["/", "/admin"],
+            Readings {
+                fold_case: true,
+                format_suffix: false,
+            },
+        );
+        assert_eq!(routed(&literal, "/admin.json"), Ok(Some("/")));
+        assert_eq!(format_stem("/a/b.tar.gz"), Some("/a/b"));
+        assert_eq!(format_stem("/a.b/c"), None);
+        assert_eq!(format_stem("/x/.env"), None);
+    }
+
+    #[test]
     fn case_sensitive_upstreams_route_case_literally() {
         let r = router(&["/", "/admin"], false);
         assert_eq!(routed(&r, "/ADMIN/keys"), Ok(Some("/")));
@@ -524,7 +604,13 @@ mod tests {
         const PIECES: [&str; 17] = [
             "/", "/", "a", "A", ".", "..", "%2e", "%2E", "%2F", "%2f", ";", "%3B", "%", "%zz", "\\", "é", "%20",
         ];
-        let r = router(&["/", "/a", "/a/b"], true);
+        let r = router_with(
+            &["/", "/a", "/a/b"],
+            Readings {
+                fold_case: true,
+                format_suffix: true,
+            },
+        );
         let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut next = || {
             state ^= state << 13;

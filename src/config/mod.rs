@@ -119,6 +119,11 @@ pub struct ServerConfig {
     /// `/admin` to any of them: routing skips the case-folded reading of a
     /// path (see `routing::Router::route`).
     pub upstream_paths_case_sensitive: bool,
+    /// An upstream may serve `/admin.json` as `/admin` (Rails' formats,
+    /// Spring MVC's suffix patterns before 5.3): routing also reads a path
+    /// without the extension of its last segment (see
+    /// `routing::Router::route`). Default true.
+    pub upstream_paths_format_suffix: bool,
 }
 
 /// Where TLS handshakes run (`[server] tls_handshakes`).
@@ -450,6 +455,9 @@ impl Validator<'_> {
         if !server.upstream_paths_case_sensitive {
             self.no_case_twins(&routes)?;
         }
+        if server.upstream_paths_format_suffix {
+            self.no_format_suffixes(&routes)?;
+        }
         let session = self.session(&raw.session)?;
         let store = self.store(&raw.store)?;
         let headers = self.headers(&raw.headers)?;
@@ -560,6 +568,7 @@ impl Validator<'_> {
             },
             background_cpus: self.cpus("server.background_cpus", &s.background_cpus)?,
             upstream_paths_case_sensitive: s.upstream_paths_case_sensitive,
+            upstream_paths_format_suffix: s.upstream_paths_format_suffix,
         })
     }
 
@@ -620,6 +629,27 @@ impl Validator<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Routing reads a path without the extension of its last segment as
+    /// well, so a prefix whose last segment has one (`/login.php`) would
+    /// make every request for it refused: its stem routes elsewhere.
+    fn no_format_suffixes(&self, routes: &[RouteConfig]) -> Result<(), ConfigError> {
+        match routes
+            .iter()
+            .position(|r| crate::routing::format_stem(&r.path_prefix).is_some())
+        {
+            Some(i) => Err(self.err(
+                &format!("routes[{i}].path_prefix"),
+                format!(
+                    "`{}`: upstreams that read a format suffix (Rails, Spring MVC before 5.3) serve it \
+                     without its extension, so requests for it would be refused; set [server] \
+                     upstream_paths_format_suffix = false if no upstream does",
+                    routes[i].path_prefix
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     fn route(&self, i: usize, r: &raw::RawRoute) -> Result<RouteConfig, ConfigError> {

@@ -74,6 +74,8 @@ pub struct RawServer {
     pub background_cpus: Vec<usize>,
     #[serde(default)]
     pub upstream_paths_case_sensitive: bool,
+    #[serde(default = "d_true")]
+    pub upstream_paths_format_suffix: bool,
 }
 
 impl Default for RawServer {
@@ -101,6 +103,7 @@ impl Default for RawServer {
             tls_handshakes: d_tls_handshakes(),
             background_cpus: Vec::new(),
             upstream_paths_case_sensitive: false,
+            upstream_paths_format_suffix: true,
         }
     }
 }

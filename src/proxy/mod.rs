@@ -49,7 +49,11 @@ impl Shared {
     /// Fails if the password-hashing threads cannot be placed on `[login] hash_cpus`.
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, sessions: Arc<Sessions>) -> Result<Shared, StartError> {
         let origins = upstream::Origins::new(&config.routes);
-        let router = Router::new(&config.routes, &origins, !config.server.upstream_paths_case_sensitive);
+        let readings = crate::routing::Readings {
+            fold_case: !config.server.upstream_paths_case_sensitive,
+            format_suffix: config.server.upstream_paths_format_suffix,
+        };
+        let router = Router::new(&config.routes, &origins, readings);
         let route_metrics = router.routes().iter().map(|r| metrics.route(&r.label)).collect();
         let auth = Auth::new(&config).map_err(|source| StartError::HashCpus {
             cpus: config.login.hash_cpus.clone(),

@@ -215,6 +215,20 @@ fn route_prefixes_and_hosts_that_upstreams_read_alike_are_named() {
         let prepared = valid_config().route(RouteSpec::new(prefix, upstream.clone())).prepare();
         assert_rejected(&prepared, &["routes[1].path_prefix", "`.` or `%20`"]);
     }
+
+    // A prefix with an extension: refused while upstreams may read format suffixes.
+    let dotted = valid_config().route(RouteSpec::new("/login.php", upstream.clone()));
+    assert_rejected(
+        &dotted.clone().prepare(),
+        &[
+            "routes[1].path_prefix",
+            "/login.php",
+            "upstream_paths_format_suffix = false",
+        ],
+    );
+    let relaxed = dotted.server("upstream_paths_format_suffix", "false").prepare();
+    let out = run_cli([OsStr::new("check"), OsStr::new("--config"), relaxed.path.as_os_str()]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
 }
 
 #[test]

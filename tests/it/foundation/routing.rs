@@ -173,6 +173,16 @@ async fn paths_that_another_reading_routes_elsewhere_are_400() {
         assert_eq!(response.echo().path(), target);
     }
 
+    // A format suffix: Rails serves `/admin.json` as `/admin`, so it is refused; with
+    // `upstream_paths_format_suffix = false` it is the public route's file.
+    let response = fresh_exchange(&gw, &get_request("/admin.json", &host)).await;
+    assert_eq!(response.status, 400, "{}", response.text());
+    let files = TestGateway::start(routes(GatewayConfig::new()).server("upstream_paths_format_suffix", "false")).await;
+    let response = fresh_exchange(&files, &get_request("/admin.json", &files.host_header())).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.echo().upstream(), "public");
+    assert_eq!(response.echo().path(), "/admin.json");
+
     // Upstreams that all tell `/ADMIN` from `/admin`: the literal route, no refusal. Dropped
     // parameters still count.
     let strict = TestGateway::start(routes(GatewayConfig::new()).server("upstream_paths_case_sensitive", "true")).await;
