@@ -20,6 +20,11 @@ pub enum GatewayError {
     BadHost(&'static str),
     #[error("no route")]
     NoRoute,
+    /// The path is a route's prefix without its final `/`: redirected to
+    /// `location` (the path with the slash, and the query), 301 for `GET`
+    /// and `HEAD`, 308 (method and body kept) otherwise.
+    #[error("redirect to the route's prefix")]
+    MissingSlash { location: HeaderValue, status: StatusCode },
     #[error("request headers too large")]
     HeadersTooLarge,
     #[error("request target too long")]
@@ -57,6 +62,7 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST
             }
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::MissingSlash { status, .. } => *status,
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
             GatewayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -78,6 +84,7 @@ impl GatewayError {
             GatewayError::BadHost(_) => "bad_host",
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::NoRoute => "no_route",
+            GatewayError::MissingSlash { .. } => "missing_slash",
             GatewayError::HeadersTooLarge => "headers_too_large",
             GatewayError::UriTooLong => "uri_too_long",
             _ => "other",
@@ -97,6 +104,9 @@ impl GatewayError {
             GatewayError::StoreUnavailable(_) => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            GatewayError::MissingSlash { location, .. } => {
+                resp.headers_mut().insert(header::LOCATION, location);
             }
             GatewayError::NewSessionLimit(wait) => {
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

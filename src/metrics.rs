@@ -232,7 +232,7 @@ impl Metrics {
         registry.register(
             "requests_refused",
             "Requests answered before a route was chosen, by reason (ambiguous_path, unsafe_path, bad_host, \
-             no_route, ...); requests_total counts routed ones",
+             no_route, missing_slash, ...); requests_total counts routed ones",
             requests_refused.clone(),
         );
         registry.register(

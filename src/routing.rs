@@ -38,6 +38,11 @@ pub enum PathError {
          or the dots and spaces that end its segments dropped"
     )]
     AmbiguousRoute,
+    /// The path is a route's prefix without its final `/` (`/admin` for a
+    /// route `/admin/`), which frameworks serve as that prefix: the client
+    /// is sent there (as nginx does for such a location).
+    #[error("path is a route's prefix without its final slash")]
+    MissingSlash,
 }
 
 /// Normalises an origin-form request path (without query). Borrowed when
@@ -267,6 +272,15 @@ impl Router {
         if !stem_agrees(path) {
             return Err(PathError::AmbiguousRoute);
         }
+        if self.has_slash_twin(path, fold) {
+            let slashed = format!("{path}/");
+            if !same(self.find_by(host, &slashed, false)) {
+                return Err(PathError::MissingSlash);
+            }
+            if fold && !same(self.find_by(host, &slashed, true)) {
+                return Err(PathError::AmbiguousRoute);
+            }
+        }
         if !marks {
             return Ok(literal);
         }
@@ -276,6 +290,20 @@ impl Router {
             }
         }
         Ok(literal)
+    }
+
+    /// Whether some route's prefix is `path` and a final `/` (`/admin/` for
+    /// `/admin`). Express, Rails and Spring serve `/admin` as `/admin/`, so
+    /// routing it by its literal text to a public catch-all would skip the
+    /// route. A scan of the prefixes' lengths for nearly every path.
+    fn has_slash_twin(&self, path: &str, fold: bool) -> bool {
+        !path.ends_with('/')
+            && self.routes.iter().any(|r| {
+                let prefix = r.path_prefix.as_bytes();
+                prefix.len() == path.len() + 1
+                    && prefix.ends_with(b"/")
+                    && prefix_matches(&r.path_prefix[..path.len()], path, fold)
+            })
     }
 
     fn find_by(&self, host: Option<&str>, path: &str, fold: bool) -> Option<&Arc<Route>> {
@@ -535,6 +563,23 @@ mod tests {
         }
         assert_eq!(strip_segment_ends("/a.%20/..%20/b.c", false), "/a./../b.c");
         assert_eq!(strip_segment_ends("/a.%20/..%20/b.c", true), "/a//b.c");
+    }
+
+    #[test]
+    fn a_prefix_without_its_final_slash_is_sent_there() {
+        let r = router(&["/", "/admin/"], true);
+        assert_eq!(routed(&r, "/admin"), Err(PathError::MissingSlash));
+        assert_eq!(routed(&r, "/admin/"), Ok(Some("/admin/")));
+        assert_eq!(routed(&r, "/adminx"), Ok(Some("/")));
+        assert_eq!(routed(&r, "/ADMIN"), Err(PathError::AmbiguousRoute));
+        // Without a catch-all it would be no route at all: sent there too.
+        assert_eq!(
+            routed(&router(&["/admin/"], false), "/admin"),
+            Err(PathError::MissingSlash)
+        );
+        // A route for the path itself, or one above both: nothing to send.
+        assert_eq!(routed(&router(&["/", "/docs"], true), "/docs"), Ok(Some("/docs")));
+        assert_eq!(routed(&router(&["/"], true), "/admin"), Ok(Some("/")));
     }
 
     #[test]

@@ -458,6 +458,7 @@ impl Validator<'_> {
         if server.upstream_paths_format_suffix {
             self.no_format_suffixes(&routes)?;
         }
+        self.no_slash_twins(&routes)?;
         let session = self.session(&raw.session)?;
         let store = self.store(&raw.store)?;
         let headers = self.headers(&raw.headers)?;
@@ -624,6 +625,34 @@ impl Validator<'_> {
                     format!(
                         "differs from routes[{i}].path_prefix only in case; set \
                          [server] upstream_paths_case_sensitive = true if every upstream tells them apart"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A path that is a prefix without its final `/` is redirected to the
+    /// prefix with it (`routing::PathError::MissingSlash`), and everything
+    /// below goes to the longer prefix, so `/admin` beside `/admin/` (same
+    /// host) would serve nothing.
+    fn no_slash_twins(&self, routes: &[RouteConfig]) -> Result<(), ConfigError> {
+        for (j, later) in routes.iter().enumerate() {
+            let twin = routes[..j].iter().position(|earlier| {
+                let (short, long) = if earlier.path_prefix.len() < later.path_prefix.len() {
+                    (&earlier.path_prefix, &later.path_prefix)
+                } else {
+                    (&later.path_prefix, &earlier.path_prefix)
+                };
+                earlier.host == later.host && long.strip_suffix('/') == Some(short.as_str())
+            });
+            if let Some(i) = twin {
+                return Err(self.err(
+                    &format!("routes[{j}].path_prefix"),
+                    format!(
+                        "differs from routes[{i}].path_prefix only by a final `/`; `{}` is redirected to \
+                         the prefix with the slash, so keep one of them",
+                        routes[j].path_prefix.trim_end_matches('/')
                     ),
                 ));
             }

@@ -17,7 +17,7 @@ use crate::auth::endpoints::{self, Auth, EndpointRequest};
 use crate::config::{AuthMode, Config};
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, RouteMetrics, UpstreamErrorKind};
-use crate::routing::{normalize_path, Route, Router};
+use crate::routing::{normalize_path, PathError, Route, Router};
 use crate::server::StartError;
 use crate::session::{Live, Lookup, SessionError, Sessions};
 use body::{Body, UploadHook};
@@ -248,10 +248,11 @@ async fn pipeline<'s>(
         return Box::pin(endpoints::handle(ep, &path, req)).await;
     }
 
-    let route: &'s Route = shared
-        .router
-        .route(host.as_ref().map(|h| &*h.name), path)?
-        .ok_or(GatewayError::NoRoute)?;
+    let route: &'s Route = match shared.router.route(host.as_ref().map(|h| &*h.name), path) {
+        Ok(route) => route.ok_or(GatewayError::NoRoute)?,
+        Err(PathError::MissingSlash) => return Err(missing_slash(path, &req)),
+        Err(e) => return Err(e.into()),
+    };
     ctx.route = Some(route);
     let forwarded_host = host.and_then(|h| h.forwarded());
 
@@ -359,6 +360,25 @@ async fn pipeline<'s>(
 
 /// Decides whether a session may use an `auth = "required"` route; `Some`
 /// is the answer when it may not.
+/// The redirect for a path that is a route's prefix without its final `/`:
+/// to the normal path with the slash and the query, 301 for `GET` and
+/// `HEAD` (what nginx answers), 308 otherwise so that the method and body
+/// are sent again. Same-origin and relative, like every redirect of ours.
+fn missing_slash(path: &str, req: &Request<Incoming>) -> GatewayError {
+    let location = match req.uri().query() {
+        Some(query) => format!("{path}/?{query}"),
+        None => format!("{path}/"),
+    };
+    let status = match *req.method() {
+        Method::GET | Method::HEAD => StatusCode::MOVED_PERMANENTLY,
+        _ => StatusCode::PERMANENT_REDIRECT,
+    };
+    match HeaderValue::from_str(&location) {
+        Ok(location) => GatewayError::MissingSlash { location, status },
+        Err(_) => GatewayError::BadPath(PathError::MissingSlash),
+    }
+}
+
 fn authorize(route: &Route, live: &Live, req: &Request<Incoming>) -> Option<Response<Body>> {
     let Some(identity) = &live.record.identity else {
         return Some(unauthenticated(req));

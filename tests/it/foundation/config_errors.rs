@@ -216,6 +216,13 @@ fn route_prefixes_and_hosts_that_upstreams_read_alike_are_named() {
         assert_rejected(&prepared, &["routes[1].path_prefix", "`.` or `%20`"]);
     }
 
+    // `/x` beside `/x/`: the first would serve nothing (redirected to the second).
+    let twins = valid_config()
+        .route(RouteSpec::new("/x", upstream.clone()))
+        .route(RouteSpec::new("/x/", upstream.clone()))
+        .prepare();
+    assert_rejected(&twins, &["routes[2].path_prefix", "only by a final `/`"]);
+
     // A prefix with an extension: refused while upstreams may read format suffixes.
     let dotted = valid_config().route(RouteSpec::new("/login.php", upstream.clone()));
     assert_rejected(

@@ -194,6 +194,41 @@ async fn paths_that_another_reading_routes_elsewhere_are_400() {
     assert_eq!(response.status, 400, "{}", response.text());
 }
 
+/// Express, Rails and Spring serve `/admin` as `/admin/`, so a path that is a route's prefix
+/// without its final slash is not routed by its literal text (to a public catch-all): the
+/// client is redirected to the prefix, with its query, 301 for `GET` (and `HEAD`) and 308 for
+/// other methods (the body is sent again), and no upstream sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_without_its_final_slash_is_redirected_to_it() {
+    let public = TestUpstream::named("public").await;
+    let admin = TestUpstream::named("admin").await;
+    let config = GatewayConfig::new()
+        .route(RouteSpec::new("/", public.url()))
+        .route(RouteSpec::new("/admin/", admin.url()).set("auth", "\"required\""));
+    let gw = TestGateway::start(config).await;
+    let host = gw.host_header();
+
+    let response = fresh_exchange(&gw, &get_request("/admin?tab=keys", &host)).await;
+    assert_eq!(response.status, 301, "{}", response.text());
+    assert_eq!(response.header("location"), Some("/admin/?tab=keys"));
+    let post = format!("POST /admin HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n\r\nhi");
+    let response = fresh_exchange(&gw, &post).await;
+    assert_eq!(response.status, 308, "{}", response.text());
+    assert_eq!(response.header("location"), Some("/admin/"));
+    assert_refused(&gw, "missing_slash", 2).await;
+    assert_eq!(
+        public.targets(),
+        Vec::<String>::new(),
+        "the public upstream served /admin"
+    );
+    assert_eq!(admin.targets(), Vec::<String>::new());
+
+    // Other paths route as before.
+    let response = fresh_exchange(&gw, &get_request("/administrator", &host)).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.echo().upstream(), "public");
+}
+
 /// An absolute-form request target names the host (RFC 9112 section 3.2.2: its authority
 /// overrides `Host`). The host that picked the route is the one the upstream is told: a
 /// `Host` naming another site, whose route requires a login, never reaches an upstream that
