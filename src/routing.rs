@@ -256,6 +256,10 @@ impl Router {
         let agrees = |reading: &str| {
             same(self.find_by(host, reading, false)) && (!fold || same(self.find_by(host, reading, true)))
         };
+        // ... and so does the reading with a final `/`, where a route's
+        // prefix is that (`/admin.json` read as `/admin`, served as `/admin/`).
+        let reads_alike =
+            |reading: &str| agrees(reading) && (!self.has_slash_twin(reading, fold) || agrees(&format!("{reading}/")));
         // One pass over the path; nearly every one has no upper case, no
         // `;` or escape, and no segment that ends in a dot.
         let (mut upper, mut marks, mut prev) = (false, false, 0u8);
@@ -268,7 +272,7 @@ impl Router {
         if fold && upper && !same(self.find_by(host, path, true)) {
             return Err(PathError::AmbiguousRoute);
         }
-        let stem_agrees = |reading: &str| !self.readings.format_suffix || format_stem(reading).is_none_or(&agrees);
+        let stem_agrees = |reading: &str| !self.readings.format_suffix || format_stem(reading).is_none_or(&reads_alike);
         if !stem_agrees(path) {
             return Err(PathError::AmbiguousRoute);
         }
@@ -285,7 +289,7 @@ impl Router {
             return Ok(literal);
         }
         for reading in other_readings(path)? {
-            if !agrees(&reading) || !stem_agrees(&reading) {
+            if !reads_alike(&reading) || !stem_agrees(&reading) {
                 return Err(PathError::AmbiguousRoute);
             }
         }
@@ -580,6 +584,15 @@ mod tests {
         // A route for the path itself, or one above both: nothing to send.
         assert_eq!(routed(&router(&["/", "/docs"], true), "/docs"), Ok(Some("/docs")));
         assert_eq!(routed(&router(&["/"], true), "/admin"), Ok(Some("/")));
+        // Other readings that land on the prefix without its slash: ambiguous.
+        let both = Readings {
+            fold_case: true,
+            format_suffix: true,
+        };
+        let r = router_with(&["/", "/admin/"], both);
+        for path in ["/admin.json", "/admin;x", "/admin%3Bx", "/admin."] {
+            assert_eq!(routed(&r, path), Err(PathError::AmbiguousRoute), "{path}");
+        }
     }
 
     #[test]
