@@ -196,7 +196,7 @@ async fn paths_that_another_reading_routes_elsewhere_are_400() {
 
 /// Express, Rails and Spring serve `/admin` as `/admin/`, so a path that is a route's prefix
 /// without its final slash is not routed by its literal text (to a public catch-all): the
-/// client is redirected to the prefix, with its query, 301 for `GET` (and `HEAD`) and 308 for
+/// client is redirected to the prefix, with its query, 301 for `GET` and `HEAD` and 308 for
 /// other methods (the body is sent again), and no upstream sees it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefix_without_its_final_slash_is_redirected_to_it() {
@@ -215,7 +215,18 @@ async fn a_prefix_without_its_final_slash_is_redirected_to_it() {
     let response = fresh_exchange(&gw, &post).await;
     assert_eq!(response.status, 308, "{}", response.text());
     assert_eq!(response.header("location"), Some("/admin/"));
-    assert_refused(&gw, "missing_slash", 2).await;
+    // HEAD, and HTTP/2.
+    for client in [gw.client_builder().build(), gw.client_builder().http2().build()] {
+        let response = within(secs(5), "HEAD /admin", client.head(gw.url("/admin")).send())
+            .await
+            .expect("HEAD /admin");
+        assert_eq!(response.status(), 301);
+        assert_eq!(
+            response.headers().get("location").and_then(|v| v.to_str().ok()),
+            Some("/admin/")
+        );
+    }
+    assert_refused(&gw, "missing_slash", 4).await;
     assert_eq!(
         public.targets(),
         Vec::<String>::new(),
