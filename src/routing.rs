@@ -261,30 +261,24 @@ impl Router {
         let reads_alike =
             |reading: &str| agrees(reading) && (!self.has_slash_twin(reading, fold) || agrees(&format!("{reading}/")));
         // One pass over the path; nearly every one has no upper case, no
-        // `;` or escape, and no segment that ends in a dot. It also finds
-        // the last segment's first dot (its format suffix, see `format_stem`).
-        let (mut upper, mut marks, mut prev) = (false, false, 0u8);
-        let (mut segment, mut dot) = (0, None);
-        for (i, b) in path.bytes().enumerate() {
+        // `;` or escape, no segment that ends in a dot, and no dot in its
+        // last segment (a format suffix: `format_stem`, an `rfind` and a
+        // `find` that cost 249 instructions per request when run on every
+        // path).
+        let (mut upper, mut marks, mut dotted, mut prev) = (false, false, false, 0u8);
+        for b in path.bytes() {
             upper |= b.is_ascii_uppercase();
             marks |= b == b';' || b == b'%' || (b == b'/' && prev == b'.');
-            match b {
-                b'/' => (segment, dot) = (i + 1, None),
-                b'.' if dot.is_none() => dot = Some(i),
-                _ => {}
-            }
+            dotted = b == b'.' || (dotted && b != b'/');
             prev = b;
         }
         marks |= prev == b'.';
         if fold && upper && !same(self.find_by(host, path, true)) {
             return Err(PathError::AmbiguousRoute);
         }
-        let suffixes = self.readings.format_suffix;
-        let stem_agrees = |reading: &str| !suffixes || format_stem(reading).is_none_or(&reads_alike);
-        if let Some(stem) = dot.filter(|&d| suffixes && d > segment).map(|d| &path[..d]) {
-            if !reads_alike(stem) {
-                return Err(PathError::AmbiguousRoute);
-            }
+        let stem_agrees = |reading: &str| !self.readings.format_suffix || format_stem(reading).is_none_or(&reads_alike);
+        if dotted && !stem_agrees(path) {
+            return Err(PathError::AmbiguousRoute);
         }
         if self.has_slash_twin(path, fold) {
             let slashed = format!("{path}/");

@@ -126,9 +126,7 @@ pub struct Gateway {
 /// Warns an operator who pinned the gateway (`taskset -c 0`) and left other
 /// CPUs free that logins' password hashes will share the workers' CPUs.
 fn advise_placement(config: &Config) {
-    if !config.login.hash_cpus.is_empty() || config.users.is_empty() {
-        return;
-    }
+    // Probes only the online CPUs outside the affinity: none, unpinned.
     let spare = crate::priority::spare_cpus();
     let advice = crate::priority::placement_advice(
         &config.login.hash_cpus,

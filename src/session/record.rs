@@ -284,6 +284,27 @@ impl SessionRecord {
     pub fn expiry(&self, now: u64, last_seen: u64, idle_ms: u64) -> Option<Expiry> {
         expiry(self.expires_at, now, last_seen, idle_ms)
     }
+
+    /// An anonymous, unbound record made at `created_at` (also its last
+    /// use) whose absolute lifetime ends at `expires_at`: the stores' tests.
+    #[cfg(test)]
+    pub fn anonymous_at(created_at: u64, expires_at: u64) -> SessionRecord {
+        SessionRecord {
+            id: crate::session::token::SessionId([7; 16]),
+            identity: None,
+            binding: ClientBinding {
+                ip: None,
+                fingerprint: Fingerprint([0; 32]),
+            },
+            created_at,
+            authenticated_at: created_at,
+            last_seen: created_at,
+            expires_at,
+            data: String::new(),
+            csrf: "c".into(),
+            login_entry: None,
+        }
+    }
 }
 
 /// The absolute limit first, then the idle one.

@@ -726,25 +726,10 @@ impl EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::record::{ClientBinding, Fingerprint};
     use redb::ReadableTableMetadata;
 
     fn record(last_seen: u64) -> SessionRecord {
-        SessionRecord {
-            id: SessionId([7; 16]),
-            identity: None,
-            binding: ClientBinding {
-                ip: None,
-                fingerprint: Fingerprint([0; 32]),
-            },
-            created_at: last_seen,
-            authenticated_at: last_seen,
-            last_seen,
-            expires_at: u64::MAX,
-            data: String::new(),
-            csrf: "c".into(),
-            login_entry: None,
-        }
+        SessionRecord::anonymous_at(last_seen, u64::MAX)
     }
 
     fn open(dir: &tempfile::TempDir) -> EmbeddedStore {

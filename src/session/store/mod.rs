@@ -284,24 +284,8 @@ pub(super) async fn in_key_order(batch: Vec<(TokenHash, u64)>) -> Result<Vec<(To
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::record::{ClientBinding, Fingerprint};
-
     fn record(created_at: u64, expires_at: u64) -> SessionRecord {
-        SessionRecord {
-            id: SessionId([7; 16]),
-            identity: None,
-            binding: ClientBinding {
-                ip: None,
-                fingerprint: Fingerprint([3; 32]),
-            },
-            created_at,
-            authenticated_at: created_at,
-            last_seen: created_at,
-            expires_at,
-            data: String::new(),
-            csrf: String::new(),
-            login_entry: None,
-        }
+        SessionRecord::anonymous_at(created_at, expires_at)
     }
 
     /// Offered in a scrambled order, the newest `limit` come out newest
