@@ -40,7 +40,8 @@ impl PortableTcp {
         PortableTcp(Some(tcp))
     }
 
-    fn socket(&mut self) -> io::Result<&mut TcpStream> {
+    /// The socket, for reading what precedes TLS (a PROXY header).
+    pub(crate) fn socket(&mut self) -> io::Result<&mut TcpStream> {
         self.0
             .as_mut()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "connection is in transit"))

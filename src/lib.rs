@@ -7,6 +7,7 @@
 //! - [`config`]: TOML file → validated runtime [`config::Config`].
 //! - [`tls`]: certificates, the rustls server config, development certificates.
 //! - [`server`]: listeners, connection limits, handshakes, graceful shutdown.
+//! - [`proxy_protocol`]: client addresses from a TCP load balancer's PROXY header.
 //! - [`routing`]: path normalisation and the route table.
 //! - [`proxy`]: the request pipeline, header rules, upstream client, upgrades.
 //! - [`session`]: tokens, records, binding, the cache and the stores.
@@ -26,6 +27,7 @@ mod handshake;
 pub mod metrics;
 pub mod priority;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod redirect;
 pub mod routing;
 pub mod server;

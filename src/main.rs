@@ -167,6 +167,15 @@ fn check(path: &Path) -> ExitCode {
         println!("  redirect  {r}");
     }
     println!("  admin     {}", config.admin.listen);
+    if !config.server.proxy_protocol_from.is_empty() {
+        let from: Vec<String> = config
+            .server
+            .proxy_protocol_from
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        println!("  PROXY header required from {}", from.join(", "));
+    }
     for r in &config.routes {
         let host = r.host.as_deref().unwrap_or("*");
         let groups = if r.groups.is_empty() {

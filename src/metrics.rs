@@ -55,6 +55,7 @@ pub struct Metrics {
     logins: Family<Labels, Counter>,
     pub store_errors: Counter,
     pub header_timeouts: Counter,
+    pub proxy_protocol_errors: Counter,
 }
 
 /// Status classes in the order of `StatusCode::as_u16() / 100 - 1`.
@@ -132,6 +133,7 @@ impl Metrics {
         let logins = Family::<Labels, Counter>::default();
         let store_errors = Counter::default();
         let header_timeouts = Counter::default();
+        let proxy_protocol_errors = Counter::default();
         registry.register(
             "requests",
             "Requests answered, by route and status class",
@@ -240,6 +242,12 @@ impl Metrics {
             "HTTP/1 connections cut because a request head was not complete within header_read_timeout",
             header_timeouts.clone(),
         );
+        registry.register(
+            "proxy_protocol_errors",
+            "Connections from a server.proxy_protocol_from peer closed because their PROXY header was missing, \
+             malformed or late",
+            proxy_protocol_errors.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -265,6 +273,7 @@ impl Metrics {
             logins,
             store_errors,
             header_timeouts,
+            proxy_protocol_errors,
         }
     }
 

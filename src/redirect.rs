@@ -6,14 +6,24 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use ipnet::IpNet;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub async fn serve(listener: TcpListener, https_port: u16, mut shutdown: watch::Receiver<bool>) {
+/// How long a client has to send its request head (and a balancer its
+/// PROXY header).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves redirects until shutdown. Connections from `balancers` begin with
+/// a PROXY header (as on the HTTPS listener), which is read and dropped: a
+/// redirect needs no client address.
+pub async fn serve(listener: TcpListener, https_port: u16, balancers: Vec<IpNet>, mut shutdown: watch::Receiver<bool>) {
+    let balancers: Arc<[IpNet]> = balancers.into();
     loop {
-        let (tcp, _) = tokio::select! {
+        let (mut tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -24,11 +34,18 @@ pub async fn serve(listener: TcpListener, https_port: u16, mut shutdown: watch::
             },
             _ = crate::server::stopped(&mut shutdown) => return,
         };
+        let balancers = balancers.clone();
         tokio::spawn(async move {
+            if crate::proxy_protocol::expected_from(peer.ip(), &balancers) {
+                let header = tokio::time::timeout(HEAD_TIMEOUT, crate::proxy_protocol::read_header(&mut tcp)).await;
+                if !matches!(header, Ok(Ok(_))) {
+                    return tracing::debug!(%peer, "redirect: no valid PROXY header from a proxy_protocol_from peer");
+                }
+            }
             let svc = service_fn(move |req| async move { Ok::<_, Infallible>(redirect(&req, https_port)) });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(HEAD_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         });

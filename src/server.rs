@@ -296,7 +296,8 @@ impl Gateway {
         ));
         let redirect_task = self.redirect.map(|l| {
             let port = self.config.server.public_https_port.unwrap_or(https_addr.port());
-            tokio::spawn(crate::redirect::serve(l, port, shutdown_rx.clone()))
+            let balancers = self.config.server.proxy_protocol_from.clone();
+            tokio::spawn(crate::redirect::serve(l, port, balancers, shutdown_rx.clone()))
         });
         worker(0).accept_loop(self.https).await;
 
@@ -503,8 +504,8 @@ impl Worker {
                 None => {
                     self.handshake_counts.on_worker.inc();
                     tokio::spawn(async move {
-                        if let Some(tls) = conn.handshake(PortableTcp::new(tcp), peer).await {
-                            conn.serve(tls, peer, admitted).await;
+                        if let Some((tls, client)) = conn.handshake(PortableTcp::new(tcp), peer).await {
+                            conn.serve(tls, client, admitted).await;
                         }
                     });
                 }
@@ -553,10 +554,15 @@ impl Drop for OpenGuard {
 }
 
 impl Connection {
-    /// The TLS handshake under `tls_handshake_timeout`; `None` if it failed.
-    async fn handshake(&self, tcp: PortableTcp, peer: SocketAddr) -> Option<Tls> {
-        match tokio::time::timeout(self.settings.handshake_timeout, self.tls.accept(tcp)).await {
-            Ok(Ok(s)) => Some(s),
+    /// The client's address and the TLS handshake, together under
+    /// `tls_handshake_timeout`; `None` if either failed. The address is the
+    /// socket's peer, or what a PROXY header declares when the peer is in
+    /// `[server] proxy_protocol_from`.
+    async fn handshake(&self, mut tcp: PortableTcp, peer: SocketAddr) -> Option<(Tls, SocketAddr)> {
+        let deadline = tokio::time::Instant::now() + self.settings.handshake_timeout;
+        let client = self.client_addr(&mut tcp, peer, deadline).await?;
+        match tokio::time::timeout_at(deadline, self.tls.accept(tcp)).await {
+            Ok(Ok(s)) => Some((s, client)),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 None
@@ -566,6 +572,38 @@ impl Connection {
                 None
             }
         }
+    }
+
+    /// Reads the PROXY header of a connection from a listed balancer.
+    async fn client_addr(
+        &self,
+        tcp: &mut PortableTcp,
+        peer: SocketAddr,
+        deadline: tokio::time::Instant,
+    ) -> Option<SocketAddr> {
+        let from = &self.shared.config.server.proxy_protocol_from;
+        if from.is_empty() || !crate::proxy_protocol::expected_from(peer.ip(), from) {
+            return Some(peer);
+        }
+        let socket = match tcp.socket() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection lost before its PROXY header");
+                return None;
+            }
+        };
+        let error = match tokio::time::timeout_at(deadline, crate::proxy_protocol::client_of(socket, peer)).await {
+            Ok(Ok(client)) => return Some(client),
+            Ok(Err(crate::proxy_protocol::ProxyHeaderError::Empty)) => {
+                tracing::debug!(%peer, "balancer connection closed without a PROXY header (a health check?)");
+                return None;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no complete PROXY header within tls_handshake_timeout".to_string(),
+        };
+        self.shared.metrics.proxy_protocol_errors.inc();
+        tracing::warn!(%peer, error = %error, "connection from a proxy_protocol_from peer closed");
+        None
     }
 
     /// Runs the handshake on `handshakes`' thread, then serves the
@@ -581,7 +619,7 @@ impl Connection {
                 Ok(tcp) => tcp,
                 Err(e) => return tracing::debug!(%peer, error = %e, "connection could not join the handshake thread"),
             };
-            let Some(tls) = self.handshake(tcp, peer).await else {
+            let Some((tls, client)) = self.handshake(tcp, peer).await else {
                 return;
             };
             let tls = match InTransit::tls(tls) {
@@ -590,13 +628,15 @@ impl Connection {
             };
             worker.spawn(async move {
                 match tls.arrive() {
-                    Ok(tls) => self.serve(tls, peer, admitted).await,
+                    Ok(tls) => self.serve(tls, client, admitted).await,
                     Err(e) => tracing::debug!(%peer, error = %e, "connection could not rejoin its worker"),
                 }
             });
         });
     }
 
+    /// Serves HTTP on `tls`; `peer` is the client's address (the socket's
+    /// peer, or what its balancer's PROXY header declared).
     async fn serve(mut self, tls: Tls, peer: SocketAddr, _admitted: Admitted) {
         // HTTP/2 only when negotiated by ALPN (RFC 9113 §3.2); a client that
         // sends no ALPN speaks HTTP/1.x, so no protocol sniffing per connection.

@@ -88,6 +88,10 @@ pub struct ServerConfig {
     /// One log line per request at `info` (target `sessiongate::access`).
     pub access_log: bool,
     pub trusted_proxies: Vec<IpNet>,
+    /// TCP load balancers whose connections begin with a PROXY protocol
+    /// header (v1 or v2) declaring the client's address (see
+    /// `proxy_protocol`); empty: none do.
+    pub proxy_protocol_from: Vec<IpNet>,
     pub upstream_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     pub tls_handshake_timeout: Duration,
@@ -488,19 +492,19 @@ impl Validator<'_> {
         })
     }
 
-    fn server(&self, s: &raw::RawServer) -> Result<ServerConfig, ConfigError> {
-        let trusted_proxies = s
-            .trusted_proxies
-            .iter()
+    /// A list of CIDRs (or bare addresses) under `key`.
+    fn cidrs(&self, key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+        list.iter()
             .map(|c| {
-                parse_cidr(c).ok_or_else(|| {
-                    self.err(
-                        "server.trusted_proxies",
-                        format!("`{c}` is not a CIDR like \"10.0.0.0/8\" or an IP address"),
-                    )
-                })
+                parse_cidr(c)
+                    .ok_or_else(|| self.err(key, format!("`{c}` is not a CIDR like \"10.0.0.0/8\" or an IP address")))
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect()
+    }
+
+    fn server(&self, s: &raw::RawServer) -> Result<ServerConfig, ConfigError> {
+        let trusted_proxies = self.cidrs("server.trusted_proxies", &s.trusted_proxies)?;
+        let proxy_protocol_from = self.cidrs("server.proxy_protocol_from", &s.proxy_protocol_from)?;
         if s.max_header_bytes < 1024 {
             return Err(self.err("server.max_header_bytes", "must be at least 1024"));
         }
@@ -541,6 +545,7 @@ impl Validator<'_> {
             public_https_port: s.public_https_port,
             access_log: s.access_log,
             trusted_proxies,
+            proxy_protocol_from,
             upstream_timeout: self.duration("server.upstream_timeout", &s.upstream_timeout)?,
             upstream_connect_timeout: self.duration("server.upstream_connect_timeout", &s.upstream_connect_timeout)?,
             tls_handshake_timeout: self.duration("server.tls_handshake_timeout", &s.tls_handshake_timeout)?,

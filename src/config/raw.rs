@@ -40,6 +40,8 @@ pub struct RawServer {
     pub access_log: bool,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<String>,
     #[serde(default = "d_upstream_timeout")]
     pub upstream_timeout: String,
     #[serde(default = "d_upstream_connect_timeout")]
@@ -86,6 +88,7 @@ impl Default for RawServer {
             public_https_port: None,
             access_log: true,
             trusted_proxies: Vec::new(),
+            proxy_protocol_from: Vec::new(),
             upstream_timeout: d_upstream_timeout(),
             upstream_connect_timeout: d_upstream_connect_timeout(),
             tls_handshake_timeout: d_tls_handshake_timeout(),

@@ -4,6 +4,7 @@
 //! Modules by concern:
 //! - `protocol`: HTTP/1.1 and HTTP/2 on one port, ALPN, HTTP/1.0, plaintext on the TLS port.
 //! - `redirect`: the plain-HTTP redirect listener.
+//! - `proxy_protocol`: client addresses from a TCP load balancer's PROXY header.
 //! - `routing`: route choice, path normalisation, paths refused with 400.
 //! - `forwarding`: what the upstream receives and what the client gets back (headers).
 //! - `upstream_errors`: 502 and 504 without leaking the upstream.
@@ -23,6 +24,7 @@ mod forwarding;
 mod large_bodies;
 mod limits;
 mod protocol;
+mod proxy_protocol;
 mod redirect;
 mod routing;
 mod shutdown;

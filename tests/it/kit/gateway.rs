@@ -1,7 +1,13 @@
 //! `TestGateway`: the library's `Gateway` running in-process on the test's runtime, and
 //! `GatewayAddrs`, what every way of running a gateway exposes (addresses, clients).
 
-use std::{io, net::SocketAddr, ops::Deref, path::PathBuf, time::Duration};
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    ops::Deref,
+    path::PathBuf,
+    time::Duration,
+};
 
 use tokio::{net::TcpStream, task::JoinHandle};
 use tokio_rustls::client::TlsStream;
@@ -75,6 +81,28 @@ impl GatewayAddrs {
     /// A TLS connection to the HTTPS listener offering `alpn`.
     pub async fn tls_connect(&self, alpn: &[&[u8]]) -> io::Result<TlsStream<TcpStream>> {
         client::tls_connect(self.https, &self.cert, alpn).await
+    }
+
+    /// A TCP connection to `to` from the local address `from` (any
+    /// 127.0.0.0/8 address works on loopback), as a load balancer opens one.
+    pub async fn tcp_from(from: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(from, 0))?;
+        socket.connect(to).await
+    }
+
+    /// A TLS connection from `from` whose first bytes are `preface` (a PROXY
+    /// header, as a TCP load balancer sends), then a raw HTTP/1.1 one.
+    pub async fn raw_via(&self, from: IpAddr, preface: &[u8]) -> io::Result<RawConn<TlsStream<TcpStream>>> {
+        let mut tcp = Self::tcp_from(from, self.https).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, preface).await?;
+        let tls = within(
+            Duration::from_secs(5),
+            "TLS handshake after a preface",
+            client::tls_handshake(tcp, &self.cert, client::ALPN_H1),
+        )
+        .await?;
+        Ok(RawConn::new(tls))
     }
 
     /// A raw HTTP/1.1 connection over TLS; fails the test if it cannot be opened in 5 s.

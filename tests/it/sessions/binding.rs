@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use reqwest::StatusCode;
 
-use super::support::{Browser, Site};
+use super::support::{Browser, Site, USER_AGENT};
 use crate::kit::GatewayConfig;
 
 fn browser_from(site: &Site, ip: [u8; 4]) -> Browser {
@@ -126,4 +126,44 @@ async fn ip_binding_off_ignores_the_address_but_not_the_user_agent() {
     assert_eq!(elsewhere.upstream_user("/app/x").await.as_deref(), Some("alice"));
     let mut other_ua = elsewhere.with_user_agent("Another Browser");
     assert_eq!(other_ua.get("/app/x").await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_balancer_the_session_is_bound_to_the_client_its_proxy_header_names() {
+    let site = Site::with(|c| c.server("proxy_protocol_from", "[\"127.0.0.2\"]")).await;
+    let (_, cookie) = site
+        .admin()
+        .mint(serde_json::json!({
+            "user": "alice",
+            "client_ip": "203.0.113.7",
+            "headers": {"user-agent": USER_AGENT},
+        }))
+        .await;
+    let balancer = IpAddr::from([127, 0, 0, 2]);
+    let via = |client: &str| format!("PROXY TCP4 {client} 127.0.0.1 50000 443\r\n");
+    let request = format!(
+        "GET /app/x HTTP/1.1\r\nHost: {}\r\nUser-Agent: {USER_AGENT}\r\nCookie: {cookie}\r\n\r\n",
+        site.gw.host_header()
+    );
+
+    let mut owner = site
+        .gw
+        .raw_via(balancer, via("203.0.113.7").as_bytes())
+        .await
+        .expect("connect");
+    let served = owner.roundtrip(&request).await.expect("response");
+    assert_eq!(served.echo().header("x-forwarded-user"), ["alice"]);
+
+    let mut elsewhere = site
+        .gw
+        .raw_via(balancer, via("198.51.100.7").as_bytes())
+        .await
+        .expect("connect");
+    let refused = elsewhere.roundtrip(&request).await.expect("response");
+    assert_eq!(refused.status, 401, "{}", refused.text());
+    let metrics = site.admin().metrics().await;
+    assert_eq!(
+        metrics.value("sessiongate_binding_mismatches_total", &[("kind", "ip")]),
+        1.0
+    );
 }

@@ -1,0 +1,228 @@
+//! `[server] proxy_protocol_from`: a TCP load balancer's PROXY header (v1 and v2) names the
+//! client, only from the listed peers, on both listeners. Loopback stands in for the network:
+//! 127.0.0.2 is the balancer, 127.0.0.3 a client connecting directly.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use ppp::v2::{Builder, Command, Protocol, Version};
+use tokio::io::AsyncWriteExt;
+
+use crate::kit::{
+    get_request, millis, quoted, secs, within, GatewayAddrs, GatewayConfig, RawConn, TestGateway, TestUpstream,
+};
+
+const BALANCER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+const STRANGER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+
+fn behind_balancer(upstream: &TestUpstream) -> GatewayConfig {
+    GatewayConfig::proxy_all_to(upstream)
+        .server("proxy_protocol_from", format!("[{}]", quoted("127.0.0.2/32")))
+        .server("tls_handshake_timeout", quoted("2s"))
+}
+
+fn v2_header(command: Command, client: &str, gateway: SocketAddr) -> Vec<u8> {
+    let client: SocketAddr = client.parse().expect("client address");
+    let gateway = match (client, gateway) {
+        (SocketAddr::V6(_), SocketAddr::V4(g)) => SocketAddr::new(g.ip().to_ipv6_mapped().into(), g.port()),
+        _ => gateway,
+    };
+    Builder::with_addresses(Version::Two | command, Protocol::Stream, (client, gateway))
+        .build()
+        .expect("v2 header")
+}
+
+/// The `X-Forwarded-For` the upstream saw for one request on a connection from `from`
+/// that began with `preface`.
+async fn forwarded_for(gw: &GatewayAddrs, from: IpAddr, preface: &[u8]) -> String {
+    let mut conn = gw
+        .raw_via(from, preface)
+        .await
+        .expect("connection through the balancer");
+    let response = within(
+        secs(5),
+        "response",
+        conn.roundtrip(get_request("/who", &gw.host_header())),
+    )
+    .await
+    .expect("response");
+    response.echo().header_joined("x-forwarded-for")
+}
+
+async fn proxy_protocol_errors(gw: &GatewayAddrs) -> String {
+    gw.metrics_text()
+        .await
+        .lines()
+        .find(|l| l.starts_with("sessiongate_proxy_protocol_errors_total "))
+        .map(str::to_owned)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_header_from_the_balancer_names_the_client() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(behind_balancer(&upstream)).await;
+
+    let line = format!("PROXY TCP4 203.0.113.7 127.0.0.1 51000 {}\r\n", gw.https.port());
+    assert_eq!(forwarded_for(&gw, BALANCER, line.as_bytes()).await, "203.0.113.7");
+    let six = format!("PROXY TCP6 2001:db8::7 ::1 51000 {}\r\n", gw.https.port());
+    assert_eq!(forwarded_for(&gw, BALANCER, six.as_bytes()).await, "2001:db8::7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v2_header_names_the_client_and_local_means_the_balancer_itself() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(behind_balancer(&upstream)).await;
+
+    let v4 = v2_header(Command::Proxy, "198.51.100.9:40000", gw.https);
+    assert_eq!(forwarded_for(&gw, BALANCER, &v4).await, "198.51.100.9");
+    let v6 = v2_header(Command::Proxy, "[2001:db8::9]:40000", gw.https);
+    assert_eq!(forwarded_for(&gw, BALANCER, &v6).await, "2001:db8::9");
+    // LOCAL: the balancer's own connection (a health check that speaks TLS).
+    let local = v2_header(Command::Local, "198.51.100.9:40000", gw.https);
+    assert_eq!(forwarded_for(&gw, BALANCER, &local).await, "127.0.0.2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_in_pieces_is_read_to_its_end_and_no_further() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(behind_balancer(&upstream)).await;
+    let header = v2_header(Command::Proxy, "198.51.100.10:40000", gw.https);
+
+    let mut tcp = GatewayAddrs::tcp_from(BALANCER, gw.https).await.expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    let (first, rest) = header.split_at(10);
+    tcp.write_all(first).await.expect("first piece");
+    tcp.flush().await.expect("flush");
+    tokio::task::yield_now().await;
+    tcp.write_all(rest).await.expect("rest");
+    let tls = within(
+        secs(5),
+        "TLS after a split header",
+        crate::kit::client::tls_handshake(tcp, &gw.cert, crate::kit::ALPN_H1),
+    )
+    .await
+    .expect("TLS handshake after the header");
+    let mut conn = RawConn::new(tls);
+    let response = conn
+        .roundtrip(get_request("/who", &gw.host_header()))
+        .await
+        .expect("response");
+    assert_eq!(response.echo().header_joined("x-forwarded-for"), "198.51.100.10");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_balancer_must_send_a_header_and_nobody_else_may() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(behind_balancer(&upstream)).await;
+
+    // The balancer without a header: its TLS ClientHello is not a PROXY header.
+    let bare = gw.raw_via(BALANCER, b"").await;
+    assert!(bare.is_err(), "a listed balancer was served without a PROXY header");
+    assert_eq!(
+        proxy_protocol_errors(&gw).await,
+        "sessiongate_proxy_protocol_errors_total 1"
+    );
+
+    // A direct client typing a header is not believed: the header is no TLS.
+    let line = format!("PROXY TCP4 203.0.113.7 127.0.0.1 51000 {}\r\n", gw.https.port());
+    let forged = gw.raw_via(STRANGER, line.as_bytes()).await;
+    assert!(forged.is_err(), "a PROXY header from an unlisted peer was accepted");
+    // Without one it is served as itself.
+    assert_eq!(forwarded_for(&gw, STRANGER, b"").await, "127.0.0.3");
+    assert_eq!(
+        upstream.request_count(),
+        1,
+        "only the direct client's request went through"
+    );
+
+    // Garbage from the balancer is refused and counted.
+    let garbage = gw.raw_via(BALANCER, b"PROXY TCP4 nonsense\r\n").await;
+    assert!(garbage.is_err(), "a malformed PROXY header was accepted");
+    assert_eq!(
+        proxy_protocol_errors(&gw).await,
+        "sessiongate_proxy_protocol_errors_total 2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancer_that_sends_nothing_is_cut_at_the_handshake_timeout() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(
+        GatewayConfig::proxy_all_to(&upstream)
+            .server("proxy_protocol_from", format!("[{}]", quoted("127.0.0.2")))
+            .server("tls_handshake_timeout", quoted("200ms")),
+    )
+    .await;
+
+    let tcp = GatewayAddrs::tcp_from(BALANCER, gw.https).await.expect("connect");
+    let mut conn = RawConn::new(tcp);
+    let rest = within(secs(5), "connection cut", conn.read_until_closed()).await;
+    assert!(rest.is_empty(), "the gateway answered a connection without a header");
+    assert_eq!(
+        proxy_protocol_errors(&gw).await,
+        "sessiongate_proxy_protocol_errors_total 1"
+    );
+    // A health check that connects and closes at once is no error.
+    drop(GatewayAddrs::tcp_from(BALANCER, gw.https).await.expect("connect"));
+    within(secs(5), "the health check's connection to end", async {
+        while !gw
+            .metrics_text()
+            .await
+            .lines()
+            .any(|l| l == "sessiongate_open_connections 0")
+        {
+            tokio::time::sleep(millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        proxy_protocol_errors(&gw).await,
+        "sessiongate_proxy_protocol_errors_total 1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redirect_listener_reads_the_balancers_header_too() {
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::start(behind_balancer(&upstream).redirect_listener()).await;
+    let addr = gw.redirect.expect("redirect listener");
+
+    let mut tcp = GatewayAddrs::tcp_from(BALANCER, addr).await.expect("connect");
+    tcp.write_all(format!("PROXY TCP4 203.0.113.7 127.0.0.1 51000 {}\r\n", addr.port()).as_bytes())
+        .await
+        .expect("header");
+    let mut conn = RawConn::new(tcp);
+    let response = within(
+        secs(5),
+        "redirect",
+        conn.roundtrip("GET /a HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+    .expect("redirect response");
+    assert_eq!(response.status, 308, "{}", response.text());
+
+    // Without the header, the balancer's request is not answered.
+    let tcp = GatewayAddrs::tcp_from(BALANCER, addr).await.expect("connect");
+    let mut conn = RawConn::new(tcp);
+    let answer = within(
+        secs(15),
+        "refusal",
+        conn.roundtrip("GET /a HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(
+        answer.is_err(),
+        "redirect listener answered a balancer without a header: {answer:?}"
+    );
+}
+
+#[test]
+fn a_bad_address_in_proxy_protocol_from_is_named() {
+    let prepared = GatewayConfig::new()
+        .server("proxy_protocol_from", format!("[{}]", quoted("10.0.0.0/40")))
+        .prepare();
+    let out = crate::kit::run_cli(["check", "--config", prepared.path.to_str().expect("utf-8 path")]);
+    assert_eq!(out.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains("server.proxy_protocol_from"), "{}", out.stderr);
+    assert!(out.stderr.contains("10.0.0.0/40"), "{}", out.stderr);
+}
