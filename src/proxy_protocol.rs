@@ -29,6 +29,10 @@ use tokio::net::TcpStream;
 /// add a few TLVs (AWS its endpoint id, GCP its connection id), well within.
 pub const MAX_HEADER_BYTES: usize = 4096;
 
+/// The first byte of a TLS record carrying a handshake message: what a
+/// client that sends no PROXY header starts with.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
 /// Why a connection's PROXY header was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyHeaderError {
@@ -39,6 +43,10 @@ pub enum ProxyHeaderError {
     Closed,
     #[error("PROXY header longer than {MAX_HEADER_BYTES} bytes")]
     TooLong,
+    #[error(
+        "no PROXY header: the connection starts with a TLS handshake (is the balancer set to send the PROXY protocol?)"
+    )]
+    Missing,
     #[error("no valid PROXY header: {0}")]
     Invalid(String),
     #[error("PROXY header declares a datagram (UDP) connection")]
@@ -144,6 +152,9 @@ fn parse(input: &[u8]) -> Result<Step, ProxyHeaderError> {
             }
         }
         return Ok(Step::More);
+    }
+    if input.first() == Some(&TLS_HANDSHAKE_RECORD) {
+        return Err(ProxyHeaderError::Missing);
     }
     match parsed {
         HeaderResult::V1(Ok(h)) => Ok(Step::Done {
@@ -275,7 +286,10 @@ mod tests {
     fn anything_else_is_refused() {
         // A TLS ClientHello, an HTTP request, a v1 line with a bad address,
         // a v1 line that never ends.
-        assert!(parse(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).is_err());
+        assert!(matches!(
+            parse(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]),
+            Err(ProxyHeaderError::Missing)
+        ));
         assert!(parse(b"GET / HTTP/1.1\r\n").is_err());
         assert!(parse(b"PROXY TCP4 203.0.113.999 10.0.0.1 1 2\r\n").is_err());
         assert!(parse(&[b'P'; 200]).is_err());

@@ -226,3 +226,101 @@ fn a_bad_address_in_proxy_protocol_from_is_named() {
     assert!(out.stderr.contains("server.proxy_protocol_from"), "{}", out.stderr);
     assert!(out.stderr.contains("10.0.0.0/40"), "{}", out.stderr);
 }
+
+/// Set to `1` (CI does) to make a missing `haproxy` a failure instead of a skip.
+const REQUIRE_HAPROXY: &str = "SESSIONGATE_REQUIRE_HAPROXY";
+
+/// A real balancer: `haproxy` in TCP mode on a free port, relaying to `to` with
+/// `send-proxy-v2`; killed on drop. `None` (after saying why) when haproxy is not installed.
+struct Haproxy {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Haproxy {
+    async fn start(to: SocketAddr) -> Option<Haproxy> {
+        let installed = std::process::Command::new("haproxy")
+            .arg("-v")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            if std::env::var(REQUIRE_HAPROXY).is_ok_and(|v| v == "1") {
+                panic!("{REQUIRE_HAPROXY}=1 but haproxy is not on PATH (Debian: apt-get install haproxy)");
+            }
+            eprintln!("skipping: haproxy not installed");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let config = dir.path().join("haproxy.cfg");
+        std::fs::write(
+            &config,
+            format!(
+                "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
+                 frontend f\n  bind {addr}\n  default_backend gw\n\
+                 backend gw\n  server gw {to} send-proxy-v2\n"
+            ),
+        )
+        .expect("write haproxy.cfg");
+        let child = std::process::Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start haproxy");
+        let proxy = Haproxy { child, addr, _dir: dir };
+        within(secs(10), "haproxy to listen", async {
+            while tokio::net::TcpStream::connect(addr).await.is_err() {
+                tokio::time::sleep(millis(10)).await;
+            }
+        })
+        .await;
+        Some(proxy)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_haproxy_with_send_proxy_v2_the_upstream_is_told_the_real_client() {
+    let upstream = TestUpstream::start().await;
+    // haproxy connects from 127.0.0.1.
+    let gw = TestGateway::start(
+        GatewayConfig::proxy_all_to(&upstream).server("proxy_protocol_from", format!("[{}]", quoted("127.0.0.1"))),
+    )
+    .await;
+    let Some(haproxy) = Haproxy::start(gw.https).await else {
+        return;
+    };
+
+    for version in [crate::kit::HttpVersion::Http1, crate::kit::HttpVersion::Http2] {
+        let client = crate::kit::client::ClientBuilder::new(&gw.cert, haproxy.addr)
+            .version(version)
+            .local_address(IpAddr::from([127, 0, 0, 9]))
+            .build();
+        let response = client
+            .get(format!("https://localhost:{}/who", haproxy.addr.port()))
+            .send()
+            .await
+            .expect("request through haproxy");
+        let echo = crate::kit::Echo::from_response(response).await;
+        assert_eq!(echo.header_joined("x-forwarded-for"), "127.0.0.9", "{version:?}");
+    }
+    assert_eq!(
+        proxy_protocol_errors(&gw).await,
+        "sessiongate_proxy_protocol_errors_total 0"
+    );
+}
