@@ -167,6 +167,10 @@ fn check(path: &Path) -> ExitCode {
         println!("  redirect  {r}");
     }
     println!("  admin     {}", config.admin.listen);
+    match &config.tls.hsts {
+        Some(v) => println!("  hsts      {}", v.to_str().unwrap_or("?")),
+        None => println!("  hsts      off (the upstream's header, if any, is passed on)"),
+    }
     if !config.server.proxy_protocol_from.is_empty() {
         let from: Vec<String> = config
             .server

@@ -737,7 +737,11 @@ impl Handler {
         let in_flight = InFlight::begin(self);
         let state = &*in_flight.0 .0;
         let upload = |body: Body| Body::boxed(Uploading::new(body, Upload::begin(&in_flight.0)));
-        let resp = proxy::handle(&state.shared, &state.conn, req, &upload).await;
+        let mut resp = proxy::handle(&state.shared, &state.conn, req, &upload).await;
+        if let Some(hsts) = &state.shared.config.tls.hsts {
+            resp.headers_mut()
+                .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
         Ok(resp.map(|body| Tracked {
             body,
             _in_flight: in_flight,

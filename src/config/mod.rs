@@ -149,7 +149,14 @@ pub enum Handshakes {
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// `Strict-Transport-Security` on every response of the HTTPS listener,
+    /// replacing an upstream's; `None` with `hsts = false`.
+    pub hsts: Option<http::HeaderValue>,
 }
+
+/// HSTS preload lists take a site only with a max-age of a year or more
+/// (hstspreload.org).
+const HSTS_PRELOAD_MIN: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The admin bearer token. Its `Debug` never prints the secret.
 #[derive(Clone)]
@@ -586,7 +593,43 @@ impl Validator<'_> {
                 return Err(self.err(k, format!("cannot read {}: {e}", p.display())));
             }
         }
-        Ok(TlsConfig { cert, key })
+        Ok(TlsConfig {
+            cert,
+            key,
+            hsts: self.hsts(t)?,
+        })
+    }
+
+    /// The `Strict-Transport-Security` value. The gateway owns the site's
+    /// TLS, so it owns this promise too: a legacy upstream rarely makes it.
+    fn hsts(&self, t: &raw::RawTls) -> Result<Option<http::HeaderValue>, ConfigError> {
+        if !t.hsts {
+            return Ok(None);
+        }
+        // Zero is allowed: `max-age=0` tells browsers to forget the promise.
+        let max_age = humantime::parse_duration(t.hsts_max_age.trim()).map_err(|e| {
+            self.err(
+                "tls.hsts_max_age",
+                format!("`{}` is not a duration ({e}); write e.g. \"365d\"", t.hsts_max_age),
+            )
+        })?;
+        if t.hsts_preload && !(t.hsts_include_subdomains && max_age >= HSTS_PRELOAD_MIN) {
+            return Err(self.err(
+                "tls.hsts_preload",
+                "preload lists need hsts_include_subdomains = true and hsts_max_age of at least \"365d\"",
+            ));
+        }
+        let mut value = format!("max-age={}", max_age.as_secs());
+        if t.hsts_include_subdomains {
+            value.push_str("; includeSubDomains");
+        }
+        if t.hsts_preload {
+            value.push_str("; preload");
+        }
+        // Leaked once per load of the file (a start, a reload): each
+        // response's copy is then a pointer copy, not a reference count
+        // that every worker's CPU would write.
+        Ok(Some(http::HeaderValue::from_static(Box::leak(value.into_boxed_str()))))
     }
 
     fn admin(&self, a: &raw::RawAdmin) -> Result<AdminConfig, ConfigError> {

@@ -162,6 +162,18 @@ fn d_upstream_pool_max_idle() -> usize {
 pub struct RawTls {
     pub cert: String,
     pub key: String,
+    #[serde(default = "d_true")]
+    pub hsts: bool,
+    #[serde(default = "d_hsts_max_age")]
+    pub hsts_max_age: String,
+    #[serde(default)]
+    pub hsts_include_subdomains: bool,
+    #[serde(default)]
+    pub hsts_preload: bool,
+}
+
+fn d_hsts_max_age() -> String {
+    "365d".into()
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,7 @@
 //! - `proxy_protocol`: client addresses from a TCP load balancer's PROXY header.
 //! - `routing`: route choice, path normalisation, paths refused with 400.
 //! - `forwarding`: what the upstream receives and what the client gets back (headers).
+//! - `hsts`: `Strict-Transport-Security` on every HTTPS response.
 //! - `upstream_errors`: 502 and 504 without leaking the upstream.
 //! - `limits`: body and header limits, slow clients, the connection limit.
 //! - `websocket`: upgrades through the gateway.
@@ -21,6 +22,7 @@ mod access_log;
 mod admin;
 mod config_errors;
 mod forwarding;
+mod hsts;
 mod large_bodies;
 mod limits;
 mod protocol;

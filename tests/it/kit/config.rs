@@ -100,6 +100,8 @@ pub struct GatewayConfig {
     server: Vec<(String, String)>,
     /// `[admin]` keys, same form.
     admin: Vec<(String, String)>,
+    /// `[tls]` keys besides `cert` and `key`, same form.
+    tls: Vec<(String, String)>,
     /// The `[store]` section, verbatim; `None` leaves it out.
     store: Option<String>,
     /// Further sections (`[session]`, `[[users]]`, ...), verbatim, before the routes.
@@ -127,6 +129,7 @@ impl GatewayConfig {
                 ("workers".to_owned(), "2".to_owned()),
             ],
             admin: vec![("listen".to_owned(), quoted("127.0.0.1:0"))],
+            tls: Vec::new(),
             store: Some(MEMORY_STORE.to_owned()),
             sections: Vec::new(),
             routes: Vec::new(),
@@ -155,6 +158,12 @@ impl GatewayConfig {
     /// Sets a `[server]` key to a string (durations, addresses).
     pub fn server_str(self, key: &str, value: &str) -> Self {
         self.server(key, quoted(value))
+    }
+
+    /// Sets a `[tls]` key (other than `cert` and `key`) to a raw TOML value.
+    pub fn tls(mut self, key: &str, raw_value: impl Into<String>) -> Self {
+        set_key(&mut self.tls, key, raw_value.into());
+        self
     }
 
     /// Sets an `[admin]` key to a raw TOML value.
@@ -206,6 +215,9 @@ impl GatewayConfig {
         out.push_str("\n[tls]\n");
         push_kv(&mut out, "cert", &quoted(cert));
         push_kv(&mut out, "key", &quoted(key));
+        for (k, v) in &self.tls {
+            push_kv(&mut out, k, v);
+        }
         out.push_str("\n[admin]\n");
         for (k, v) in &self.admin {
             push_kv(&mut out, k, v);

@@ -8,7 +8,7 @@
 //! | `/bytes/{n}` | streams `n` bytes in 64 KiB chunks (never built whole) |
 //! | `/delay/{ms}` | waits `ms` before sending anything, then echoes |
 //! | `/slow-body/{ms}` | sends headers at once and [`SLOW_BODY`] after `ms` |
-//! | `/resp-headers` | answers with hop-by-hop response headers and `X-End-To-End: kept` |
+//! | `/resp-headers` | answers with hop-by-hop response headers, `X-End-To-End: kept` and [`UPSTREAM_HSTS`] |
 //! | `/many-headers/{n}` | answers 200 with `n` response headers `X-Many-{i}: {i}` |
 //! | `/ws` | WebSocket echo (text and binary messages come back unchanged) |
 //!
@@ -42,6 +42,9 @@ use tokio_tungstenite::{
     tungstenite::{handshake::derive_accept_key, protocol::Role},
     WebSocketStream,
 };
+
+/// The `Strict-Transport-Security` that `/resp-headers` sends, as a legacy app might.
+pub const UPSTREAM_HSTS: &str = "max-age=60";
 
 /// The body `/slow-body/{ms}` sends once its delay has passed.
 pub const SLOW_BODY: &[u8] = b"slow body complete\n";
@@ -260,6 +263,7 @@ fn hop_by_hop_response() -> Response<Body> {
         .header("keep-alive", "timeout=5")
         .header("proxy-connection", "x")
         .header("x-end-to-end", "kept")
+        .header(header::STRICT_TRANSPORT_SECURITY, UPSTREAM_HSTS)
         .body(full("hop-by-hop headers attached"))
         .expect("hop-by-hop response")
 }
