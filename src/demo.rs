@@ -104,7 +104,7 @@ fn page(path: &str, headers: &HeaderMap, cart: &[String]) -> Response<Body> {
     let items: String = cart.iter().map(|i| format!("<li>{}</li>", escape(i))).collect();
     let who = match user {
         Some(u) => format!(
-            "Signed in as <b>{}</b>. <form method=\"post\" action=\"/.sessiongate/logout\" style=\"display:inline\"><button>Sign out</button></form>",
+            "Signed in as <b>{}</b>. <form method=\"post\" action=\"/.sessiongate/logout\" style=\"display:inline\"><button>Sign out</button></form> <form method=\"post\" action=\"/.sessiongate/logout\" style=\"display:inline\"><input type=\"hidden\" name=\"everywhere\" value=\"1\"><button>Sign out everywhere</button></form>",
             escape(u)
         ),
         None => "Anonymous visitor. <a href=\"/.sessiongate/login?rd=/\">Sign in</a> (demo / demo)".to_string(),

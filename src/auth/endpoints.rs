@@ -242,14 +242,32 @@ async fn sign_out(
         return Ok(forbidden("Sign-out must come from this site."));
     }
     if let Some(live) = live {
-        ep.sessions.revoke(live.hash, "logout").await?;
-        tracing::info!(event = "logout", session_id = %live.record.id);
+        let user = live.record.identity.as_ref().map(|i| i.user.as_str());
+        match user.filter(|_| wants_everywhere(form)) {
+            // Every session of the user, on every instance sharing the
+            // store: the "sign out of all devices" a user reaches for when a
+            // device is lost.
+            Some(user) => {
+                let ended = ep.sessions.revoke_user_because(user, "logout_everywhere").await?;
+                tracing::info!(event = "logout", everywhere = true, session_id = %live.record.id, user, ended);
+            }
+            None => {
+                ep.sessions.revoke(live.hash, "logout").await?;
+                tracing::info!(event = "logout", session_id = %live.record.id);
+            }
+        }
     }
     let mut resp = redirect(StatusCode::SEE_OTHER, "/");
     let h = resp.headers_mut();
     h.append(header::SET_COOKIE, ep.sessions.clear_cookie());
     h.insert(HeaderName::CLEAR_SITE_DATA, HeaderValue::from_static("\"cookies\""));
     Ok(resp)
+}
+
+/// The form field `everywhere` set to `1`, `true` or `on` (a checkbox).
+fn wants_everywhere(form: &[(String, String)]) -> bool {
+    form.iter()
+        .any(|(k, v)| k == "everywhere" && matches!(v.as_str(), "1" | "true" | "on"))
 }
 
 struct HeaderName;

@@ -164,3 +164,37 @@ async fn a_response_arriving_after_logout_cannot_bring_the_session_back() {
         "the session is back in the store: {all}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_everywhere_ends_every_session_of_the_user_and_no_one_elses() {
+    let site = Site::start().await;
+    let mut laptop = site.browser();
+    laptop.login("alice").await;
+    let mut phone = site.browser();
+    phone.login("alice").await;
+    let mut other = site.browser();
+    other.login("bob").await;
+    let phone_token = phone.expect_token();
+    let phone_id = session_id(&phone.get("/app/x").await.echo()).expect("session id");
+
+    let request = form_request(
+        laptop
+            .request(Method::POST, "/.sessiongate/logout")
+            .header(reqwest::header::ORIGIN, laptop.origin()),
+        &[("everywhere", "1")],
+    );
+    let reply = laptop.send(request).await;
+    assert_logged_out_answer(&reply);
+    assert_token_dead(&phone, &phone_token, &phone_id).await;
+    assert_eq!(other.upstream_user("/app/x").await.as_deref(), Some("bob"));
+
+    let metrics = site.admin().metrics().await;
+    assert_eq!(
+        metrics.value("sessiongate_sessions_revoked_total", &[("reason", "logout_everywhere")]),
+        2.0
+    );
+    assert_eq!(
+        metrics.value("sessiongate_sessions_revoked_total", &[("reason", "logout")]),
+        0.0
+    );
+}
