@@ -188,8 +188,8 @@ fn check(path: &Path) -> ExitCode {
             format!(" groups={}", r.groups.join(","))
         };
         println!(
-            "  route     {host}{} -> http://{} auth={:?}{groups}",
-            r.path_prefix, r.upstream.authority, r.auth
+            "  route     {host}{} -> {}://{} auth={:?}{groups}",
+            r.path_prefix, r.upstream.scheme, r.upstream.authority, r.auth
         );
     }
     println!("  users     {}", config.users.len());

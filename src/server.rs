@@ -279,7 +279,11 @@ impl Gateway {
             shared: self.shared.clone(),
             settings: conn_settings.clone(),
             permits: permits.clone(),
-            upstream: proxy::upstream::client(&self.config.server, self.shared.origins.clone()),
+            upstream: proxy::upstream::client(
+                &self.config.server,
+                self.shared.origins.clone(),
+                self.config.upstream_tls.as_ref(),
+            ),
             accepted: self.shared.metrics.worker_accepts(index),
             handshake_counts: self.shared.metrics.handshakes(),
             shutdown: shutdown_rx.clone(),

@@ -65,6 +65,90 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
+/// Why the TLS client configuration for `https://` upstreams could not be
+/// built; `key` names the `[upstream_tls]` key at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct UpstreamTlsError {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+fn upstream_error(key: &'static str, reason: impl Into<String>) -> UpstreamTlsError {
+    UpstreamTlsError {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The client configuration for `https://` upstreams: the certificates in
+/// `ca` (PEM) as the only roots, or the system's trust store without one;
+/// a client certificate when `client` (chain and key, PEM) is given, for
+/// upstreams that require mutual TLS. ALPN offers HTTP/1.1, all the
+/// upstream client speaks.
+pub fn upstream_client_config(
+    ca: Option<&Path>,
+    client: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, UpstreamTlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(ca) => {
+            let certs = CertificateDer::pem_file_iter(ca)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| upstream_error("upstream_tls.ca", format!("cannot read {}: {e}", ca.display())))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(upstream_error(
+                    "upstream_tls.ca",
+                    format!("{} holds no usable CERTIFICATE block", ca.display()),
+                ));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(upstream_error(
+                    "upstream_tls.ca",
+                    "the system's trust store is empty or unreadable; name the upstream's CA here",
+                ));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| upstream_error("upstream_tls", e.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    upstream_error(
+                        "upstream_tls.client_cert",
+                        format!("cannot read {}: {e}", cert.display()),
+                    )
+                })?;
+            if chain.is_empty() {
+                return Err(upstream_error(
+                    "upstream_tls.client_cert",
+                    format!("{} holds no CERTIFICATE block", cert.display()),
+                ));
+            }
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                upstream_error("upstream_tls.client_key", format!("cannot read {}: {e}", key.display()))
+            })?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| upstream_error("upstream_tls.client_key", format!("does not fit client_cert: {e}")))?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The server configuration in force, and where to read the next one. New
 /// connections take the configuration current when they are accepted;
 /// connections already open keep theirs.

@@ -11,6 +11,7 @@ mod raw;
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A configuration that could not be loaded. Its `Display` is the one line an
@@ -157,6 +158,25 @@ pub struct TlsConfig {
 /// HSTS preload lists take a site only with a max-age of a year or more
 /// (hstspreload.org).
 const HSTS_PRELOAD_MIN: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// TLS towards `https://` upstreams: the client configuration built from
+/// `[upstream_tls]`, and the files it came from (all `Debug` shows, so that
+/// a reload compares files, not key material).
+#[derive(Clone)]
+pub struct UpstreamTls {
+    pub ca: Option<PathBuf>,
+    pub client: Option<(PathBuf, PathBuf)>,
+    pub config: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("ca", &self.ca)
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
 
 /// The admin bearer token. Its `Debug` never prints the secret.
 #[derive(Clone)]
@@ -343,6 +363,8 @@ pub struct Config {
     pub tls: TlsConfig,
     pub admin: AdminConfig,
     pub routes: Vec<RouteConfig>,
+    /// How `https://` upstreams are spoken to; `None` when no route has one.
+    pub upstream_tls: Option<UpstreamTls>,
     pub session: SessionConfig,
     pub store: StoreConfig,
     pub headers: HeaderNames,
@@ -470,6 +492,7 @@ impl Validator<'_> {
             self.no_format_suffixes(&routes)?;
         }
         self.no_slash_twins(&routes)?;
+        let upstream_tls = self.upstream_tls(&raw.upstream_tls, &routes)?;
         let session = self.session(&raw.session)?;
         let store = self.store(&raw.store)?;
         let headers = self.headers(&raw.headers)?;
@@ -491,12 +514,40 @@ impl Validator<'_> {
             tls,
             admin,
             routes,
+            upstream_tls,
             session,
             store,
             headers,
             login,
             users,
         })
+    }
+
+    /// `[upstream_tls]`, built when a route's upstream is `https://`.
+    fn upstream_tls(
+        &self,
+        t: &raw::RawUpstreamTls,
+        routes: &[RouteConfig],
+    ) -> Result<Option<UpstreamTls>, ConfigError> {
+        let client = match (&t.client_cert, &t.client_key) {
+            (Some(c), Some(k)) => Some((self.path(c), self.path(k))),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(self.err(
+                    "upstream_tls.client_cert",
+                    "needs client_key, the certificate's private key",
+                ))
+            }
+            (None, Some(_)) => return Err(self.err("upstream_tls.client_key", "needs client_cert, its certificate")),
+        };
+        if !routes.iter().any(|r| r.upstream.scheme == http::uri::Scheme::HTTPS) {
+            return Ok(None);
+        }
+        let ca = t.ca.as_deref().map(|c| self.path(c));
+        let client_paths = client.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+        let config =
+            crate::tls::upstream_client_config(ca.as_deref(), client_paths).map_err(|e| self.err(e.key, e.reason))?;
+        Ok(Some(UpstreamTls { ca, client, config }))
     }
 
     /// A list of CIDRs (or bare addresses) under `key`.
@@ -1018,15 +1069,15 @@ fn parse_cidr(s: &str) -> Option<IpNet> {
 fn parse_upstream(s: &str) -> Result<Upstream, String> {
     let uri: http::Uri = s.parse().map_err(|e| format!("not a URL ({e})"))?;
     let scheme = uri.scheme().cloned().ok_or("must start with http://")?;
-    if scheme != http::uri::Scheme::HTTP {
-        return Err("only http:// upstreams are supported".into());
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+        return Err("must start with http:// or https://".into());
     }
     let authority = uri.authority().cloned().ok_or("must name a host")?;
     if authority.as_str().contains('@') {
         return Err("must not contain credentials".into());
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err("must be an origin (`http://host:port`) without a path or query".into());
+        return Err("must be an origin (`http://host:port` or `https://host:port`) without a path or query".into());
     }
     Ok(Upstream { scheme, authority })
 }

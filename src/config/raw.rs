@@ -18,6 +18,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub routes: Vec<RawRoute>,
     #[serde(default)]
+    pub upstream_tls: RawUpstreamTls,
+    #[serde(default)]
     pub session: RawSession,
     #[serde(default)]
     pub store: RawStore,
@@ -174,6 +176,14 @@ pub struct RawTls {
 
 fn d_hsts_max_age() -> String {
     "365d".into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub ca: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,13 +11,14 @@
 //! `bench/ir-per-request.sh`, session 19). The upstream never sees the name: requests
 //! go out in origin form, and `Host` is the client's (set by the pipeline).
 
-use crate::config::{RouteConfig, ServerConfig, Upstream, DEFAULT_MAX_HEADERS};
+use crate::config::{RouteConfig, ServerConfig, Upstream, UpstreamTls, DEFAULT_MAX_HEADERS};
 use crate::proxy::body::Body;
 use http::uri::Authority;
 use http::Uri;
 use hyper_util::client::legacy::connect::{dns::Name, Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -40,6 +41,9 @@ struct Origin {
     upstream: (http::uri::Scheme, Authority),
     /// The host as configured, without IPv6 brackets.
     host: String,
+    /// What an `https://` upstream's certificate must name (sent as SNI
+    /// when it is a DNS name); `None` for `http://` ones.
+    server_name: Option<ServerName<'static>>,
     port: u16,
     /// Set when `host` is an address: no lookup to make.
     addr: Option<SocketAddr>,
@@ -81,11 +85,12 @@ impl Origin {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        // Upstreams are plain HTTP (the config refuses anything else).
-        let port = authority.port_u16().unwrap_or(80);
+        let https = upstream.scheme == http::uri::Scheme::HTTPS;
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         Origin {
             upstream: (upstream.scheme.clone(), authority.clone()),
             addr: host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port)),
+            server_name: https.then(|| ServerName::try_from(host.clone()).ok()).flatten(),
             host,
             port,
         }
@@ -162,69 +167,131 @@ impl tower_service::Service<Name> for Resolver {
 }
 
 /// hyper-util's TCP connector, minus the connection facts it attaches to
-/// every response.
+/// every response, and with TLS for `https://` upstreams.
 ///
-/// Why: a connection from `HttpConnector` carries its addresses
-/// (`HttpInfo`), and the legacy client inserts a copy into the extensions
-/// of every response it returns: an allocation and a map insert per
-/// request (about 350 instructions, with its free) for a value the
+/// Why not `HttpConnector` as it is: a connection from it carries its
+/// addresses (`HttpInfo`), and the legacy client inserts a copy into the
+/// extensions of every response it returns: an allocation and a map insert
+/// per request (about 350 instructions, with its free) for a value the
 /// gateway never reads.
-#[derive(Clone, Debug)]
-pub struct Connector(HttpConnector<Resolver>);
+#[derive(Clone)]
+pub struct Connector {
+    tcp: HttpConnector<Resolver>,
+    /// `None` when no route's upstream is `https://`.
+    tls: Option<tokio_rustls::TlsConnector>,
+    origins: Origins,
+    /// The TLS handshake's bound, as the TCP connect's.
+    timeout: Duration,
+}
 
-type Connecting = Pin<Box<dyn Future<Output = Result<Plain, ConnectError>> + Send>>;
-type ConnectError = <HttpConnector<Resolver> as tower_service::Service<Uri>>::Error;
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+type ConnectError = Box<dyn std::error::Error + Send + Sync>;
+type Connecting = Pin<Box<dyn Future<Output = Result<UpstreamIo, ConnectError>> + Send>>;
+
+impl Connector {
+    /// The TLS connector and the name to verify for `dst`, an `https://`
+    /// pool name.
+    fn tls_for(&self, dst: &Uri) -> Result<(tokio_rustls::TlsConnector, ServerName<'static>), ConnectError> {
+        let origin = dst.host().and_then(|name| self.origins.by_pool_name(name));
+        let name = origin
+            .and_then(|o| o.server_name.clone())
+            .ok_or_else(|| format!("no https upstream named {dst}"))?;
+        let tls = self.tls.clone().ok_or("no [upstream_tls] client configuration")?;
+        Ok((tls, name))
+    }
+}
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = Plain;
+    type Response = UpstreamIo;
     type Error = ConnectError;
     type Future = Connecting;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        self.0.poll_ready(cx)
+        self.tcp.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, dst: Uri) -> Connecting {
-        let connecting = self.0.call(dst);
-        Box::pin(async move { connecting.await.map(Plain) })
+        let tls = (dst.scheme() == Some(&http::uri::Scheme::HTTPS)).then(|| self.tls_for(&dst));
+        let timeout = self.timeout;
+        let connecting = self.tcp.call(dst);
+        Box::pin(async move {
+            let tcp = connecting.await?;
+            let Some(tls) = tls else {
+                return Ok(UpstreamIo::Plain(tcp));
+            };
+            let (connector, name) = tls?;
+            let shown = format!("{name:?}");
+            match tokio::time::timeout(timeout, connector.connect(name, tcp.into_inner())).await {
+                Ok(Ok(stream)) => Ok(UpstreamIo::Tls(Box::new(TokioIo::new(stream)))),
+                Ok(Err(e)) => Err(format!("TLS with the upstream {shown}: {e}").into()),
+                Err(_) => Err(format!("TLS with the upstream {shown}: no handshake within {timeout:?}").into()),
+            }
+        })
     }
 }
 
-/// An upstream TCP connection that reports nothing beyond being one.
+/// An upstream connection that reports nothing beyond being one: plain TCP,
+/// or TLS over it (boxed: the TLS state is large, and most upstreams are
+/// plain).
 #[derive(Debug)]
-pub struct Plain(TokioIo<TcpStream>);
+pub enum UpstreamIo {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
 
-impl Connection for Plain {
+impl Connection for UpstreamIo {
     fn connected(&self) -> Connected {
         Connected::new()
     }
 }
 
-impl hyper::rt::Read for Plain {
+impl hyper::rt::Read for UpstreamIo {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        match self.get_mut() {
+            UpstreamIo::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            UpstreamIo::Tls(io) => Pin::new(&mut **io).poll_read(cx, buf),
+        }
     }
 }
 
-impl hyper::rt::Write for Plain {
+impl hyper::rt::Write for UpstreamIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        match self.get_mut() {
+            UpstreamIo::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            UpstreamIo::Tls(io) => Pin::new(&mut **io).poll_write(cx, buf),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        match self.get_mut() {
+            UpstreamIo::Plain(io) => Pin::new(io).poll_flush(cx),
+            UpstreamIo::Tls(io) => Pin::new(&mut **io).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        match self.get_mut() {
+            UpstreamIo::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            UpstreamIo::Tls(io) => Pin::new(&mut **io).poll_shutdown(cx),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        match self {
+            UpstreamIo::Plain(io) => io.is_write_vectored(),
+            UpstreamIo::Tls(io) => io.is_write_vectored(),
+        }
     }
 
     fn poll_write_vectored(
@@ -232,16 +299,28 @@ impl hyper::rt::Write for Plain {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+        match self.get_mut() {
+            UpstreamIo::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(io) => Pin::new(&mut **io).poll_write_vectored(cx, bufs),
+        }
     }
 }
 
-pub fn client(server: &ServerConfig, origins: Origins) -> UpstreamClient {
-    let resolver = Resolver::new(origins, server.upstream_connect_timeout);
-    let mut connector = HttpConnector::new_with_resolver(resolver);
-    connector.set_connect_timeout(Some(server.upstream_connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
+/// The upstream client of one worker. `tls` is `[upstream_tls]`'s client
+/// configuration, needed when a route's upstream is `https://`.
+pub fn client(server: &ServerConfig, origins: Origins, tls: Option<&UpstreamTls>) -> UpstreamClient {
+    let resolver = Resolver::new(origins.clone(), server.upstream_connect_timeout);
+    let mut tcp = HttpConnector::new_with_resolver(resolver);
+    tcp.set_connect_timeout(Some(server.upstream_connect_timeout));
+    tcp.set_nodelay(true);
+    // `https://` pool names reach the TCP connector too; TLS follows.
+    tcp.enforce_http(false);
+    let connector = Connector {
+        tcp,
+        tls: tls.map(|t| tokio_rustls::TlsConnector::from(t.config.clone())),
+        origins,
+        timeout: server.upstream_connect_timeout,
+    };
     let mut builder = Client::builder(TokioExecutor::new());
     if server.upstream_max_headers != DEFAULT_MAX_HEADERS {
         // Only when asked: with any other count hyper builds its parse
@@ -255,7 +334,7 @@ pub fn client(server: &ServerConfig, origins: Origins) -> UpstreamClient {
         .pool_max_idle_per_host(server.upstream_pool_max_idle_per_host)
         // The Host header is the client's, set by the pipeline.
         .set_host(false)
-        .build(Connector(connector))
+        .build(connector)
 }
 
 /// The timer of `[server] upstream_timeout`, kept by a connection between

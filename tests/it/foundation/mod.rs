@@ -8,6 +8,7 @@
 //! - `routing`: route choice, path normalisation, paths refused with 400.
 //! - `forwarding`: what the upstream receives and what the client gets back (headers).
 //! - `hsts`: `Strict-Transport-Security` on every HTTPS response.
+//! - `upstream_tls`: `https://` upstreams, verified, with an optional client certificate.
 //! - `upstream_errors`: 502 and 504 without leaking the upstream.
 //! - `limits`: body and header limits, slow clients, the connection limit.
 //! - `websocket`: upgrades through the gateway.
@@ -32,5 +33,6 @@ mod routing;
 mod shutdown;
 mod tls_reload;
 mod upstream_errors;
+mod upstream_tls;
 mod websocket;
 mod workers;

@@ -89,6 +89,21 @@ impl TestUpstream {
         }
     }
 
+    /// Starts an upstream that speaks HTTPS with `tls` (its certificate, and
+    /// whether it asks for a client's), echoing as `"upstream": "tls-upstream"`.
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the test upstream");
+        let addr = listener.local_addr().expect("test upstream address");
+        let seen = Arc::new(Seen::default());
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let accept_loop = tokio::spawn(tls_accept_loop(listener, acceptor, seen.clone()));
+        Self {
+            addr,
+            seen,
+            accept_loop,
+        }
+    }
+
     /// The socket address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -137,6 +152,28 @@ async fn accept_loop(listener: TcpListener, name: Arc<str>, seen: Arc<Seen>) {
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(req, name.clone(), seen.clone()));
             // An error here is the gateway hanging up mid-exchange, which some tests cause.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+async fn tls_accept_loop(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, seen: Arc<Seen>) {
+    let name: Arc<str> = Arc::from("tls-upstream");
+    loop {
+        let Ok((stream, _peer)) = listener.accept().await else {
+            continue;
+        };
+        seen.accepts.fetch_add(1, Ordering::SeqCst);
+        let (name, seen, acceptor) = (name.clone(), seen.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            // A failed handshake is what some tests are about; it serves nothing.
+            let Ok(stream) = acceptor.accept(stream).await else {
+                return;
+            };
+            let service = service_fn(move |req| handle(req, name.clone(), seen.clone()));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades()
