@@ -239,7 +239,8 @@ impl tower_service::Service<Uri> for Connector {
 
 /// An upstream connection that reports nothing beyond being one: plain TCP,
 /// or TLS over it (boxed: the TLS state is large, and most upstreams are
-/// plain).
+/// plain). Its IO methods are `#[inline]`: out of line, the match cost a
+/// plain upstream's request about 500 instructions (callgrind, session 28).
 #[derive(Debug)]
 pub enum UpstreamIo {
     Plain(TokioIo<TcpStream>),
@@ -253,6 +254,7 @@ impl Connection for UpstreamIo {
 }
 
 impl hyper::rt::Read for UpstreamIo {
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -266,6 +268,7 @@ impl hyper::rt::Read for UpstreamIo {
 }
 
 impl hyper::rt::Write for UpstreamIo {
+    #[inline]
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             UpstreamIo::Plain(io) => Pin::new(io).poll_write(cx, buf),
@@ -273,6 +276,7 @@ impl hyper::rt::Write for UpstreamIo {
         }
     }
 
+    #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpstreamIo::Plain(io) => Pin::new(io).poll_flush(cx),
@@ -280,6 +284,7 @@ impl hyper::rt::Write for UpstreamIo {
         }
     }
 
+    #[inline]
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpstreamIo::Plain(io) => Pin::new(io).poll_shutdown(cx),
@@ -287,6 +292,7 @@ impl hyper::rt::Write for UpstreamIo {
         }
     }
 
+    #[inline]
     fn is_write_vectored(&self) -> bool {
         match self {
             UpstreamIo::Plain(io) => io.is_write_vectored(),
@@ -294,6 +300,7 @@ impl hyper::rt::Write for UpstreamIo {
         }
     }
 
+    #[inline]
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
