@@ -7,7 +7,9 @@
 # SG_BENCH_REDIS=redis://... selects the Redis store instead of the embedded one;
 # SG_HANDSHAKES=background|inline sets [server] tls_handshakes (unset: the default);
 # SG_RECHECK=1 sets [session] recheck_each_request = true (every request looks its
-# session up from scratch, as issue 5 defines a fully verified request).
+# session up from scratch, as issue 5 defines a fully verified request);
+# SG_HSTS=0 sets [tls] hsts = false (no Strict-Transport-Security on responses,
+# as the nginx peer sends none).
 set -euo pipefail
 : "${GATEWAY_LISTEN:?} ${GATEWAY_UPSTREAM:?} ${GATEWAY_TLS_CERT:?} ${GATEWAY_TLS_KEY:?} ${SG_BENCH_DIR:?}"
 cfg=${BENCH_TMP:-$SG_BENCH_DIR}/sessiongate-bench.toml
@@ -20,6 +22,7 @@ $([[ -z ${SG_HANDSHAKES:-} ]] || printf 'tls_handshakes = "%s"' "$SG_HANDSHAKES"
 [tls]
 cert = "$GATEWAY_TLS_CERT"
 key = "$GATEWAY_TLS_KEY"
+$([[ ${SG_HSTS:-1} != 0 ]] || printf 'hsts = false')
 [admin]
 listen = "${SG_BENCH_ADMIN:-127.0.0.1:18990}"
 token_file = "$SG_BENCH_DIR/admin-token"

@@ -192,6 +192,16 @@ fn check(path: &Path) -> ExitCode {
             r.path_prefix, r.upstream.scheme, r.upstream.authority, r.auth
         );
     }
+    if let Some(t) = &config.upstream_tls {
+        let ca =
+            t.ca.as_ref()
+                .map_or("the system's trust store".to_string(), |p| p.display().to_string());
+        let client = t
+            .client
+            .as_ref()
+            .map_or(String::new(), |(c, _)| format!(", client certificate {}", c.display()));
+        println!("  upstream TLS verified against {ca}{client}");
+    }
     println!("  users     {}", config.users.len());
     let session = &config.session;
     let on_limit = match session.per_user.on_limit {
