@@ -106,6 +106,14 @@ impl AdminState {
                 }
             }
         }
+        let upstream_tls_reloaded = match (&self.config.upstream_tls, &new.upstream_tls) {
+            (Some(running), Some(read)) => {
+                running.config.store(read.config.load_full());
+                tracing::info!(event = "upstream_tls_reloaded", "upstream TLS settings reloaded");
+                true
+            }
+            _ => false,
+        };
         let restart_needed = sections_changed(&self.config, &new);
         if !restart_needed.is_empty() {
             tracing::warn!(sections = ?restart_needed, "config changes outside [[users]] and the certificate files take effect at the next restart");
@@ -129,6 +137,7 @@ impl AdminState {
             users: changes,
             sessions_ended,
             tls,
+            upstream_tls_reloaded,
             restart_needed,
         })
     }
@@ -148,12 +157,16 @@ pub struct ConfigReloaded {
     pub sessions_ended: usize,
     /// The certificate reload's outcome (a failure keeps the one in force).
     pub tls: Result<(), String>,
+    /// Whether `[upstream_tls]`'s files were read again and put in force
+    /// for new upstream connections (when routes have `https://` upstreams).
+    pub upstream_tls_reloaded: bool,
     /// Sections that differ from the running config but need a restart.
     pub restart_needed: Vec<&'static str>,
 }
 
 /// The sections of `new` that differ from `running`, apart from `[[users]]`
-/// (applied) and the certificate files' contents (reloaded).
+/// and `[upstream_tls]` (applied) and the certificate files' contents
+/// (reloaded).
 fn sections_changed(running: &Config, new: &Config) -> Vec<&'static str> {
     let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     let mut out = Vec::new();
@@ -305,6 +318,7 @@ async fn config_reload(state: &AdminState, req: &Request<Incoming>) -> Response<
                 "sessions_ended": r.sessions_ended,
                 "tls_reloaded": r.tls.is_ok(),
                 "tls_error": r.tls.err(),
+                "upstream_tls_reloaded": r.upstream_tls_reloaded,
                 "restart_needed": r.restart_needed,
             }),
         ),

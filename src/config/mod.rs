@@ -160,13 +160,16 @@ pub struct TlsConfig {
 const HSTS_PRELOAD_MIN: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// TLS towards `https://` upstreams: the client configuration built from
-/// `[upstream_tls]`, and the files it came from (all `Debug` shows, so that
-/// a reload compares files, not key material).
+/// `[upstream_tls]`, and the files it came from (all `Debug` shows).
+///
+/// The configuration is swappable: a reload (SIGHUP, `POST /reload`) puts
+/// the one built from the files as they are now in force for new upstream
+/// connections, so a renewed client certificate or CA needs no restart.
 #[derive(Clone)]
 pub struct UpstreamTls {
     pub ca: Option<PathBuf>,
     pub client: Option<(PathBuf, PathBuf)>,
-    pub config: Arc<rustls::ClientConfig>,
+    pub config: Arc<arc_swap::ArcSwap<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for UpstreamTls {
@@ -547,7 +550,11 @@ impl Validator<'_> {
         let client_paths = client.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
         let config =
             crate::tls::upstream_client_config(ca.as_deref(), client_paths).map_err(|e| self.err(e.key, e.reason))?;
-        Ok(Some(UpstreamTls { ca, client, config }))
+        Ok(Some(UpstreamTls {
+            ca,
+            client,
+            config: Arc::new(arc_swap::ArcSwap::new(config)),
+        }))
     }
 
     /// A list of CIDRs (or bare addresses) under `key`.

@@ -177,8 +177,9 @@ impl tower_service::Service<Name> for Resolver {
 #[derive(Clone)]
 pub struct Connector {
     tcp: HttpConnector<Resolver>,
-    /// `None` when no route's upstream is `https://`.
-    tls: Option<tokio_rustls::TlsConnector>,
+    /// `None` when no route's upstream is `https://`; read at every new
+    /// connection, since a reload may replace it.
+    tls: Option<Arc<arc_swap::ArcSwap<rustls::ClientConfig>>>,
     origins: Origins,
     /// The TLS handshake's bound, as the TCP connect's.
     timeout: Duration,
@@ -203,8 +204,8 @@ impl Connector {
         let name = origin
             .and_then(|o| o.server_name.clone())
             .ok_or_else(|| format!("no https upstream named {dst}"))?;
-        let tls = self.tls.clone().ok_or("no [upstream_tls] client configuration")?;
-        Ok((tls, name))
+        let config = self.tls.as_ref().ok_or("no [upstream_tls] client configuration")?;
+        Ok((tokio_rustls::TlsConnector::from(config.load_full()), name))
     }
 }
 
@@ -324,7 +325,7 @@ pub fn client(server: &ServerConfig, origins: Origins, tls: Option<&UpstreamTls>
     tcp.enforce_http(false);
     let connector = Connector {
         tcp,
-        tls: tls.map(|t| tokio_rustls::TlsConnector::from(t.config.clone())),
+        tls: tls.map(|t| t.config.clone()),
         origins,
         timeout: server.upstream_connect_timeout,
     };

@@ -247,3 +247,43 @@ async fn a_websocket_reaches_an_https_upstream() {
         .expect("message");
     assert_eq!(echoed, message);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_client_certificate_is_put_in_force_by_a_reload() {
+    let pair = Pair::new(&["localhost"]);
+    let (old, renewed) = (Pair::new(&["gateway-2025"]), Pair::new(&["gateway-2026"]));
+    // The upstream already trusts only the renewed certificate.
+    let upstream = tls_upstream(&pair, Some(&renewed)).await;
+    let url = format!("https://localhost:{}", upstream.addr().port());
+    let files = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = (files.path().join("client.pem"), files.path().join("client-key.pem"));
+    std::fs::copy(old.cert(), &cert).expect("copy cert");
+    std::fs::copy(old.key(), &key).expect("copy key");
+    let section = format!(
+        "ca = {}\nclient_cert = {}\nclient_key = {}\n",
+        path_str(&pair.cert()),
+        path_str(&cert),
+        path_str(&key)
+    );
+    let token = "upstream-tls-reload-token-0123456789";
+    let gw = TestGateway::start(gateway_to(&url, &section).admin("token", quoted(token))).await;
+    let response = gw.client().get(gw.url("/before")).send().await.expect("request");
+    assert_eq!(response.status(), 502, "the old certificate was accepted");
+
+    std::fs::copy(renewed.cert(), &cert).expect("renew cert");
+    std::fs::copy(renewed.key(), &key).expect("renew key");
+    let reload = crate::kit::client::plain_client()
+        .post(gw.admin_url("/reload"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("POST /reload");
+    assert_eq!(reload.status(), 200);
+    let report: serde_json::Value = reload.json().await.expect("reload report");
+    assert_eq!(report["upstream_tls_reloaded"], true, "{report}");
+    assert_eq!(report["restart_needed"], serde_json::json!([]), "{report}");
+
+    let response = gw.client().get(gw.url("/after")).send().await.expect("request");
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.targets(), ["/after"]);
+}
