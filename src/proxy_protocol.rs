@@ -306,6 +306,28 @@ mod tests {
     }
 
     #[test]
+    fn no_input_makes_it_panic_or_read_past_what_it_was_given() {
+        // Random bytes, and random bytes after each signature (xorshift,
+        // fixed seed: the same inputs every run).
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let prefixes: [&[u8]; 3] = [b"", b"PROXY ", b"\r\n\r\n\0\r\nQUIT\n"];
+        for round in 0..30_000 {
+            let mut input = prefixes[round % 3].to_vec();
+            let extra = (next() % 300) as usize;
+            input.extend((0..extra).map(|_| (next() & 0xff) as u8));
+            if let Ok(Step::Done { len, .. }) = parse(&input) {
+                assert!(len <= input.len(), "{input:?}");
+            }
+        }
+    }
+
+    #[test]
     fn only_listed_peers_must_send_a_header() {
         let from: Vec<IpNet> = vec!["10.0.0.0/24".parse().unwrap_or_else(|_| unreachable!())];
         assert!(expected_from(
