@@ -606,7 +606,7 @@ impl Connection {
             Err(_) => "no complete PROXY header within tls_handshake_timeout".to_string(),
         };
         self.shared.metrics.proxy_protocol_errors.inc();
-        tracing::warn!(%peer, error = %error, "connection from a proxy_protocol_from peer closed");
+        tracing::warn!(event = "proxy_protocol_refused", %peer, error = %error, "connection from a proxy_protocol_from peer closed");
         None
     }
 

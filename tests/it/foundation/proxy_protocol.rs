@@ -259,6 +259,17 @@ impl Haproxy {
             eprintln!("skipping: haproxy not installed");
             return None;
         }
+        // A freshly picked port can be taken before haproxy binds it: then
+        // it exits, and another port is tried.
+        for _ in 0..5 {
+            if let Some(proxy) = Self::spawn(to).await {
+                return Some(proxy);
+            }
+        }
+        panic!("haproxy did not start on any of five free ports");
+    }
+
+    async fn spawn(to: SocketAddr) -> Option<Haproxy> {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -283,14 +294,20 @@ impl Haproxy {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start haproxy");
-        let proxy = Haproxy { child, addr, _dir: dir };
-        within(secs(10), "haproxy to listen", async {
-            while tokio::net::TcpStream::connect(addr).await.is_err() {
+        let mut proxy = Haproxy { child, addr, _dir: dir };
+        let listening = within(secs(10), "haproxy to listen or exit", async {
+            loop {
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    return true;
+                }
+                if matches!(proxy.child.try_wait(), Ok(Some(_))) {
+                    return false;
+                }
                 tokio::time::sleep(millis(10)).await;
             }
         })
         .await;
-        Some(proxy)
+        listening.then_some(proxy)
     }
 }
 
