@@ -48,13 +48,8 @@ async fn forwarded_for(gw: &GatewayAddrs, from: IpAddr, preface: &[u8]) -> Strin
     response.echo().header_joined("x-forwarded-for")
 }
 
-async fn proxy_protocol_errors(gw: &GatewayAddrs) -> String {
-    gw.metrics_text()
-        .await
-        .lines()
-        .find(|l| l.starts_with("sessiongate_proxy_protocol_errors_total "))
-        .map(str::to_owned)
-        .unwrap_or_default()
+async fn proxy_protocol_errors(gw: &GatewayAddrs) -> Option<f64> {
+    gw.metric("sessiongate_proxy_protocol_errors_total").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,10 +113,7 @@ async fn the_balancer_must_send_a_header_and_nobody_else_may() {
     // The balancer without a header: its TLS ClientHello is not a PROXY header.
     let bare = gw.raw_via(BALANCER, b"").await;
     assert!(bare.is_err(), "a listed balancer was served without a PROXY header");
-    assert_eq!(
-        proxy_protocol_errors(&gw).await,
-        "sessiongate_proxy_protocol_errors_total 1"
-    );
+    assert_eq!(proxy_protocol_errors(&gw).await, Some(1.0));
 
     // A direct client typing a header is not believed: the header is no TLS.
     let line = format!("PROXY TCP4 203.0.113.7 127.0.0.1 51000 {}\r\n", gw.https.port());
@@ -138,10 +130,7 @@ async fn the_balancer_must_send_a_header_and_nobody_else_may() {
     // Garbage from the balancer is refused and counted.
     let garbage = gw.raw_via(BALANCER, b"PROXY TCP4 nonsense\r\n").await;
     assert!(garbage.is_err(), "a malformed PROXY header was accepted");
-    assert_eq!(
-        proxy_protocol_errors(&gw).await,
-        "sessiongate_proxy_protocol_errors_total 2"
-    );
+    assert_eq!(proxy_protocol_errors(&gw).await, Some(2.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,27 +147,16 @@ async fn a_balancer_that_sends_nothing_is_cut_at_the_handshake_timeout() {
     let mut conn = RawConn::new(tcp);
     let rest = within(secs(5), "connection cut", conn.read_until_closed()).await;
     assert!(rest.is_empty(), "the gateway answered a connection without a header");
-    assert_eq!(
-        proxy_protocol_errors(&gw).await,
-        "sessiongate_proxy_protocol_errors_total 1"
-    );
+    assert_eq!(proxy_protocol_errors(&gw).await, Some(1.0));
     // A health check that connects and closes at once is no error.
     drop(GatewayAddrs::tcp_from(BALANCER, gw.https).await.expect("connect"));
     within(secs(5), "the health check's connection to end", async {
-        while !gw
-            .metrics_text()
-            .await
-            .lines()
-            .any(|l| l == "sessiongate_open_connections 0")
-        {
+        while gw.metric("sessiongate_open_connections").await != Some(0.0) {
             tokio::time::sleep(millis(10)).await;
         }
     })
     .await;
-    assert_eq!(
-        proxy_protocol_errors(&gw).await,
-        "sessiongate_proxy_protocol_errors_total 1"
-    );
+    assert_eq!(proxy_protocol_errors(&gw).await, Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,8 +314,5 @@ async fn behind_haproxy_with_send_proxy_v2_the_upstream_is_told_the_real_client(
         let echo = crate::kit::Echo::from_response(response).await;
         assert_eq!(echo.header_joined("x-forwarded-for"), "127.0.0.9", "{version:?}");
     }
-    assert_eq!(
-        proxy_protocol_errors(&gw).await,
-        "sessiongate_proxy_protocol_errors_total 0"
-    );
+    assert_eq!(proxy_protocol_errors(&gw).await, Some(0.0));
 }

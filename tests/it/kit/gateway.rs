@@ -63,6 +63,15 @@ impl GatewayAddrs {
         response.text().await.expect("metrics text")
     }
 
+    /// The value of one series on `/metrics`: its name and labels as the
+    /// text shows them (`sessiongate_upstream_errors_total{kind="connect"}`);
+    /// `None` when it is not there.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
     /// An HTTP/1.1-only HTTPS client.
     pub fn client(&self) -> reqwest::Client {
         self.client_builder().build()
