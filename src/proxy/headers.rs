@@ -104,7 +104,9 @@ fn named_in_connection(value: &HeaderValue, doomed: &mut SmallVec<[HeaderName; 4
 /// `X-Original-URL` and `X-Rewrite-URL` are among them: Symfony, Zend and
 /// IIS's URL Rewrite serve the path they name instead of the request's, so
 /// a client could have the route of `/public` authorise `/admin` (SECURITY.md
-/// rule 5).
+/// rule 5). `X-Host` and `X-HTTP-Host-Override` are host overrides that some
+/// frameworks read instead of `Host`, as they read `X-Forwarded-Host`, when
+/// they build absolute links (a password-reset mail pointing elsewhere).
 pub fn is_client_forwarding(name: &HeaderName) -> bool {
     let name = name.as_str().as_bytes();
     name.get(..12).is_some_and(|head| folds_to(head, b"x-forwarded-"))
@@ -117,6 +119,8 @@ pub fn is_client_forwarding(name: &HeaderName) -> bool {
             b"x-original-url",
             b"x-original-uri",
             b"x-rewrite-url",
+            b"x-host",
+            b"x-http-host-override",
         ]
         .iter()
         .any(|ours| folds_to(name, ours))
