@@ -586,7 +586,7 @@ impl Connection {
         deadline: tokio::time::Instant,
     ) -> Option<SocketAddr> {
         let from = &self.shared.config.server.proxy_protocol_from;
-        if from.is_empty() || !crate::proxy_protocol::expected_from(peer.ip(), from) {
+        if !crate::proxy_protocol::expected_from(peer.ip(), from) {
             return Some(peer);
         }
         let socket = match tcp.socket() {

@@ -38,18 +38,10 @@ pub enum TlsError {
 
 /// Loads the PEM chain and key and builds the server configuration.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::Cert {
-            path: cert.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    if chain.is_empty() {
-        return Err(TlsError::Cert {
-            path: cert.to_path_buf(),
-            reason: "no CERTIFICATE block found".into(),
-        });
-    }
+    let chain = read_certs(cert).map_err(|reason| TlsError::Cert {
+        path: cert.to_path_buf(),
+        reason,
+    })?;
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
         path: key.to_path_buf(),
         reason: e.to_string(),
@@ -63,6 +55,18 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(64 * 1024);
     Ok(Arc::new(config))
+}
+
+/// Every certificate in the PEM file at `path`; the reason, for the
+/// caller's own error, when it cannot be read or holds none.
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no CERTIFICATE block found".into());
+    }
+    Ok(certs)
 }
 
 /// Why the TLS client configuration for `https://` upstreams could not be
@@ -93,9 +97,8 @@ pub fn upstream_client_config(
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(ca) => {
-            let certs = CertificateDer::pem_file_iter(ca)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| upstream_error("upstream_tls.ca", format!("cannot read {}: {e}", ca.display())))?;
+            let certs =
+                read_certs(ca).map_err(|e| upstream_error("upstream_tls.ca", format!("{}: {e}", ca.display())))?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
                 return Err(upstream_error(
@@ -123,20 +126,8 @@ pub fn upstream_client_config(
     let mut config = match client {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| {
-                    upstream_error(
-                        "upstream_tls.client_cert",
-                        format!("cannot read {}: {e}", cert.display()),
-                    )
-                })?;
-            if chain.is_empty() {
-                return Err(upstream_error(
-                    "upstream_tls.client_cert",
-                    format!("{} holds no CERTIFICATE block", cert.display()),
-                ));
-            }
+            let chain = read_certs(cert)
+                .map_err(|e| upstream_error("upstream_tls.client_cert", format!("{}: {e}", cert.display())))?;
             let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
                 upstream_error("upstream_tls.client_key", format!("cannot read {}: {e}", key.display()))
             })?;
