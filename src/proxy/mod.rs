@@ -358,8 +358,6 @@ async fn pipeline<'s>(
     Ok(with_cookie(resp, set_cookie))
 }
 
-/// Decides whether a session may use an `auth = "required"` route; `Some`
-/// is the answer when it may not.
 /// The redirect for a path that is a route's prefix without its final `/`:
 /// to the normal path with the slash and the query, 301 for `GET` and
 /// `HEAD` (what nginx answers), 308 otherwise so that the method and body
@@ -379,6 +377,8 @@ fn missing_slash(path: &str, req: &Request<Incoming>) -> GatewayError {
     }
 }
 
+/// Decides whether a session may use an `auth = "required"` route; `Some`
+/// is the answer when it may not.
 fn authorize(route: &Route, live: &Live, req: &Request<Incoming>) -> Option<Response<Body>> {
     let Some(identity) = &live.record.identity else {
         return Some(unauthenticated(req));

@@ -1056,7 +1056,7 @@ impl Sessions {
     ///
     /// [`REVOKE_CONCURRENCY`] at a time, so that the embedded store commits
     /// them in batches and Redis pipelines them: one after the other, 10,000
-    /// sessions of one user took 4.1 s to end, one fsync each.
+    /// sessions of one user took 4.7 s to end, one fsync each (docs/benchmarks.md).
     pub async fn revoke_user_because(&self, user: &str, reason: &'static str) -> Result<usize, StoreError> {
         use futures_util::StreamExt;
         let listed = self.store.list(Some(user.to_string())).await?;
