@@ -170,7 +170,7 @@ pub struct ConfigReloaded {
 fn sections_changed(running: &Config, new: &Config) -> Vec<&'static str> {
     let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     let mut out = Vec::new();
-    let sections: [(&'static str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 8] = [
+    let sections: [(&'static str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 9] = [
         ("server", &running.server, &new.server),
         ("tls", &running.tls, &new.tls),
         ("admin", &running.admin, &new.admin),
@@ -179,6 +179,7 @@ fn sections_changed(running: &Config, new: &Config) -> Vec<&'static str> {
         ("store", &running.store, &new.store),
         ("headers", &running.headers, &new.headers),
         ("login", &running.login, &new.login),
+        ("oidc", &running.oidc, &new.oidc),
     ];
     for (name, a, b) in sections {
         if differs(a, b) {
@@ -187,6 +188,10 @@ fn sections_changed(running: &Config, new: &Config) -> Vec<&'static str> {
     }
     if running.admin.token.as_ref().map(|t| &t.0) != new.admin.token.as_ref().map(|t| &t.0) {
         out.push("admin.token");
+    }
+    let secret = |c: &Config| c.oidc.as_ref().map(|o| o.client_secret.clone());
+    if secret(running) != secret(new) {
+        out.push("oidc.client_secret");
     }
     out
 }

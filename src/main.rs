@@ -203,6 +203,15 @@ fn check(path: &Path) -> ExitCode {
         println!("  upstream TLS verified against {ca}{client}");
     }
     println!("  users     {}", config.users.len());
+    if let Some(o) = &config.oidc {
+        println!(
+            "  oidc      {} as client {}, user from the claim `{}`; register https://<host>{} at the provider",
+            o.issuer,
+            o.client_id,
+            o.username_claim,
+            sessiongate::auth::oidc::CALLBACK_PATH
+        );
+    }
     let session = &config.session;
     let on_limit = match session.per_user.on_limit {
         sessiongate::config::OnUserLimit::EndLeastRecent => "end_least_recent",

@@ -161,6 +161,9 @@ impl Gateway {
         let sessions = Arc::new(crate::session::Sessions::open(config.clone(), metrics.clone()).await?);
         sessions.start_background();
         let shared = Arc::new(Shared::new(config.clone(), metrics.clone(), sessions.clone())?);
+        if let Some(oidc) = shared.auth.oidc.clone() {
+            tokio::spawn(async move { oidc.warm_up().await });
+        }
         let https = bind("server.listen", config.server.listen).await?;
         let admin = bind("admin.listen", config.admin.listen).await?;
         let redirect = match config.server.http_redirect_listen {

@@ -69,40 +69,43 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-/// Why the TLS client configuration for `https://` upstreams could not be
-/// built; `key` names the `[upstream_tls]` key at fault.
+/// Why a TLS client configuration (for `https://` upstreams, or for the
+/// OpenID Connect provider) could not be built; `key` names the key at
+/// fault, such as `upstream_tls.ca`.
 #[derive(Debug, thiserror::Error)]
 #[error("{reason}")]
-pub struct UpstreamTlsError {
-    pub key: &'static str,
+pub struct ClientTlsError {
+    pub key: String,
     pub reason: String,
 }
 
-fn upstream_error(key: &'static str, reason: impl Into<String>) -> UpstreamTlsError {
-    UpstreamTlsError {
-        key,
-        reason: reason.into(),
-    }
-}
-
-/// The client configuration for `https://` upstreams: the certificates in
-/// `ca` (PEM) as the only roots, or the system's trust store without one;
-/// a client certificate when `client` (chain and key, PEM) is given, for
-/// upstreams that require mutual TLS. ALPN offers HTTP/1.1, all the
-/// upstream client speaks.
-pub fn upstream_client_config(
+/// The client configuration for `https://` upstreams (`section` is
+/// `upstream_tls`) and the OpenID Connect provider (`oidc`): the
+/// certificates in `ca` (PEM) as the only roots, or the system's trust store
+/// without one; a client certificate when `client` (chain and key, PEM) is
+/// given, for upstreams that require mutual TLS. ALPN offers HTTP/1.1, all
+/// the gateway's clients speak.
+pub fn client_config(
+    section: &str,
     ca: Option<&Path>,
     client: Option<(&Path, &Path)>,
-) -> Result<Arc<rustls::ClientConfig>, UpstreamTlsError> {
+) -> Result<Arc<rustls::ClientConfig>, ClientTlsError> {
+    let error = |key: &str, reason: String| ClientTlsError {
+        key: if key.is_empty() {
+            section.to_string()
+        } else {
+            format!("{section}.{key}")
+        },
+        reason,
+    };
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(ca) => {
-            let certs =
-                read_certs(ca).map_err(|e| upstream_error("upstream_tls.ca", format!("{}: {e}", ca.display())))?;
+            let certs = read_certs(ca).map_err(|e| error("ca", format!("{}: {e}", ca.display())))?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
-                return Err(upstream_error(
-                    "upstream_tls.ca",
+                return Err(error(
+                    "ca",
                     format!("{} holds no usable CERTIFICATE block", ca.display()),
                 ));
             }
@@ -111,9 +114,9 @@ pub fn upstream_client_config(
             let found = rustls_native_certs::load_native_certs();
             roots.add_parsable_certificates(found.certs);
             if roots.is_empty() {
-                return Err(upstream_error(
-                    "upstream_tls.ca",
-                    "the system's trust store is empty or unreadable; name the upstream's CA here",
+                return Err(error(
+                    "ca",
+                    "the system's trust store is empty or unreadable; name the server's CA here".into(),
                 ));
             }
         }
@@ -121,19 +124,17 @@ pub fn upstream_client_config(
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| upstream_error("upstream_tls", e.to_string()))?
+        .map_err(|e| error("", e.to_string()))?
         .with_root_certificates(roots);
     let mut config = match client {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
-            let chain = read_certs(cert)
-                .map_err(|e| upstream_error("upstream_tls.client_cert", format!("{}: {e}", cert.display())))?;
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                upstream_error("upstream_tls.client_key", format!("cannot read {}: {e}", key.display()))
-            })?;
+            let chain = read_certs(cert).map_err(|e| error("client_cert", format!("{}: {e}", cert.display())))?;
+            let key_der = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| error("client_key", format!("cannot read {}: {e}", key.display())))?;
             builder
                 .with_client_auth_cert(chain, key_der)
-                .map_err(|e| upstream_error("upstream_tls.client_key", format!("does not fit client_cert: {e}")))?
+                .map_err(|e| error("client_key", format!("does not fit client_cert: {e}")))?
         }
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -4,17 +4,21 @@
 //! - `POST /.sessiongate/login`   verify, rotate the token, 303 to a same-origin `rd`
 //! - `POST /.sessiongate/logout`  CSRF-checked; delete the session, clear the cookie
 //! - `GET  /.sessiongate/session` JSON about the current session, for single-page apps
+//! - `GET  /.sessiongate/oidc/start`    with `[oidc]`: off to the provider's sign-in
+//! - `GET  /.sessiongate/oidc/callback` with `[oidc]`: verify, rotate the token, 303 to `rd`
 
+use super::oidc::{self, Oidc, OidcError};
 use super::{pages, throttle::Throttle, LoginError, Users};
 use crate::error::GatewayError;
 use crate::proxy::body::{self, Body};
-use crate::session::record::Identity;
-use crate::session::{Lookup, SessionError, Sessions};
+use crate::session::record::{EntryDigest, Identity, SessionRecord};
+use crate::session::{Live, Lookup, SessionError, Sessions};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 pub const PREFIX: &str = "/.sessiongate/";
 /// Largest login or logout form we read.
@@ -24,6 +28,8 @@ const MAX_FORM_BYTES: usize = 16 * 1024;
 pub struct Auth {
     pub users: Users,
     pub throttle: Throttle,
+    /// Sign-in through an OpenID Connect provider, when `[oidc]` is set.
+    pub oidc: Option<Arc<Oidc>>,
 }
 
 impl Auth {
@@ -32,6 +38,19 @@ impl Auth {
         Ok(Auth {
             users: Users::new(&config.users, &config.login)?,
             throttle: Throttle::new(config.login.max_failures, config.login.failure_window),
+            oidc: config.oidc.clone().map(|c| Arc::new(Oidc::new(c))),
+        })
+    }
+
+    /// The login page: the password form while `[[users]]` has anyone, the
+    /// provider's button with `[oidc]`.
+    fn page(&self, csrf: &str, rd: &str, error: Option<&str>) -> String {
+        pages::login(&pages::Login {
+            csrf,
+            rd,
+            error,
+            passwords: self.oidc.is_none() || self.users.has_any(),
+            sso: self.oidc.as_deref().map(Oidc::name),
         })
     }
 }
@@ -70,6 +89,12 @@ pub async fn handle(
         (&Method::POST, "login") => login_submit(&ep, req).await,
         (&Method::POST, "logout") => logout(&ep, req).await,
         (&Method::GET | &Method::HEAD, "session") => session_info(&ep, &req).await,
+        (&Method::GET | &Method::HEAD, "oidc/start") => oidc_start(&ep, &req).await,
+        (&Method::GET | &Method::HEAD, "oidc/callback") => oidc_callback(&ep, &req).await,
+        (_, "oidc/start" | "oidc/callback") if ep.auth.oidc.is_some() => Ok(crate::error::plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method Not Allowed",
+        )),
         (_, "login" | "logout" | "session") => Ok(crate::error::plain(
             StatusCode::METHOD_NOT_ALLOWED,
             "Method Not Allowed",
@@ -103,7 +128,11 @@ async fn login_form(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Result
     let rd = query_param(req.uri().query(), "rd")
         .map(|r| safe_redirect(&r))
         .unwrap_or_else(|| "/".into());
-    let mut resp = html(StatusCode::OK, pages::login(&csrf, &rd, None));
+    // The provider is the only way in: straight there.
+    if let Some(oidc) = ep.auth.oidc.as_deref().filter(|_| !ep.auth.users.has_any()) {
+        return to_provider(ep, oidc, &csrf, cookie, &rd).await;
+    }
+    let mut resp = html(StatusCode::OK, ep.auth.page(&csrf, &rd, None));
     if let Some(c) = cookie {
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
@@ -140,7 +169,8 @@ async fn login_with_form(
         tracing::warn!(event = "login_throttled", client_ip = %ep.client_ip, user = username);
         let mut resp = html(
             StatusCode::TOO_MANY_REQUESTS,
-            pages::login(&record.csrf, &rd, Some("Too many failed sign-ins. Try again later.")),
+            ep.auth
+                .page(&record.csrf, &rd, Some("Too many failed sign-ins. Try again later.")),
         );
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
@@ -154,37 +184,8 @@ async fn login_with_form(
                 email: user.email.clone(),
                 groups: user.groups.clone(),
             };
-            let csrf = record.csrf.clone();
-            let rotated = ep
-                .sessions
-                .rotate_login(
-                    &live,
-                    record,
-                    identity,
-                    Some(crate::session::record::EntryDigest::of(&user)),
-                    ep.client_ip,
-                    &parts.headers,
-                )
-                .await;
-            let (token, new) = match rotated {
-                Ok(new) => new,
-                Err(SessionError::UserLimit(_)) => {
-                    // The password was right: only now may the answer say
-                    // anything about the account's sessions.
-                    ep.sessions.metrics().login("session_limit");
-                    return Ok(html(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        pages::login(&csrf, &rd, Some(TOO_MANY_SESSIONS)),
-                    ));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            ep.sessions.metrics().login("succeeded");
-            tracing::info!(event = "login", user = %user.name, session_id = %new.record.id, client_ip = %ep.client_ip);
-            let mut resp = redirect(StatusCode::SEE_OTHER, &rd);
-            resp.headers_mut()
-                .append(header::SET_COOKIE, ep.sessions.set_cookie(&token));
-            Ok(resp)
+            let entry = Some(EntryDigest::of(&user));
+            sign_in(ep, &parts.headers, &live, record, identity, entry, &rd, "password").await
         }
         Err(LoginError::Busy) => Err(GatewayError::StoreUnavailable("login capacity exhausted".into())),
         Err(LoginError::Invalid) => {
@@ -193,10 +194,165 @@ async fn login_with_form(
             tracing::warn!(event = "login_failed", client_ip = %ep.client_ip, user = username);
             Ok(html(
                 StatusCode::UNAUTHORIZED,
-                pages::login(&record.csrf, &rd, Some("Invalid username or password.")),
+                ep.auth.page(&record.csrf, &rd, Some("Invalid username or password.")),
             ))
         }
     }
+}
+
+/// Rotates the session to a new token for `identity` (the session's id and
+/// data carry over) and sends the browser on to `rd` with the new cookie.
+/// `entry` is the `[[users]]` entry a password login checked.
+#[allow(clippy::too_many_arguments)]
+async fn sign_in(
+    ep: &EndpointRequest<'_>,
+    headers: &HeaderMap,
+    live: &Live,
+    record: SessionRecord,
+    identity: Identity,
+    entry: Option<EntryDigest>,
+    rd: &str,
+    source: &'static str,
+) -> Result<Response<Body>, GatewayError> {
+    let csrf = record.csrf.clone();
+    let user = identity.user.clone();
+    let rotated = ep
+        .sessions
+        .rotate_login(live, record, identity, entry, ep.client_ip, headers)
+        .await;
+    let (token, new) = match rotated {
+        Ok(new) => new,
+        Err(SessionError::UserLimit(_)) => {
+            // The credentials were right: only now may the answer say
+            // anything about the account's sessions.
+            ep.sessions.metrics().login("session_limit");
+            return Ok(html(
+                StatusCode::TOO_MANY_REQUESTS,
+                ep.auth.page(&csrf, rd, Some(TOO_MANY_SESSIONS)),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    ep.sessions.metrics().login("succeeded");
+    tracing::info!(event = "login", user = %user, source, session_id = %new.record.id, client_ip = %ep.client_ip);
+    let mut resp = redirect(StatusCode::SEE_OTHER, rd);
+    resp.headers_mut()
+        .append(header::SET_COOKIE, ep.sessions.set_cookie(&token));
+    Ok(resp)
+}
+
+/// `GET /.sessiongate/oidc/start?rd=/path`: the "sign in with" button.
+async fn oidc_start(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let Some(oidc) = ep.auth.oidc.as_deref() else {
+        return Err(GatewayError::NoRoute);
+    };
+    let (csrf, cookie) = form_session(ep, req.headers()).await?;
+    let rd = query_param(req.uri().query(), "rd")
+        .map(|r| safe_redirect(&r))
+        .unwrap_or_else(|| "/".into());
+    to_provider(ep, oidc, &csrf, cookie, &rd).await
+}
+
+/// 303 to the provider's authorization endpoint for a flow bound to the
+/// session whose CSRF secret is `csrf` (`cookie` sets a new one's).
+async fn to_provider(
+    ep: &EndpointRequest<'_>,
+    oidc: &Oidc,
+    csrf: &str,
+    cookie: Option<HeaderValue>,
+    rd: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let authority = ep
+        .authority
+        .as_deref()
+        .ok_or(GatewayError::BadHost("no host to return to"))?;
+    let mut resp = match oidc.start(csrf, authority, rd).await {
+        Ok(start) => redirect(StatusCode::SEE_OTHER, &start.location),
+        Err(e) => provider_failed(ep, csrf, rd, &e),
+    };
+    if let Some(c) = cookie {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    Ok(resp)
+}
+
+const PROVIDER_DOWN: &str = "The sign-in service is not available. Try again later.";
+
+/// The provider could not be asked (502), or its answer was refused (401):
+/// counted, logged with the reason, and the login page again.
+fn provider_failed(ep: &EndpointRequest<'_>, csrf: &str, rd: &str, e: &OidcError) -> Response<Body> {
+    let (status, result, message) = match e {
+        OidcError::Provider(_) => (StatusCode::BAD_GATEWAY, "oidc_unavailable", PROVIDER_DOWN),
+        OidcError::Refused(_) => (
+            StatusCode::UNAUTHORIZED,
+            "oidc_refused",
+            "The sign-in service's answer could not be verified.",
+        ),
+    };
+    ep.sessions.metrics().login(result);
+    tracing::warn!(event = "oidc_failed", result, client_ip = %ep.client_ip, error = %e);
+    html(status, ep.auth.page(csrf, rd, Some(message)))
+}
+
+/// `GET /.sessiongate/oidc/callback?code=..&state=..`: where the provider
+/// sends the browser back.
+async fn oidc_callback(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let Some(oidc) = ep.auth.oidc.as_deref() else {
+        return Err(GatewayError::NoRoute);
+    };
+    let query = req.uri().query();
+    let param = |k: &str| query_param(query, k);
+    let expired = || forbidden("Your sign-in expired or did not start in this browser. Go back and sign in again.");
+    let live = match ep.sessions.lookup(req.headers(), ep.client_ip).await? {
+        Lookup::Valid(live) => live,
+        // With `SameSite=Strict` the browser withholds the cookie on the
+        // provider's (cross-site) redirect; a refresh from this page is
+        // same-site. Once.
+        Lookup::None { presented: false } if param("hop").is_none() => return Ok(hop(query.unwrap_or(""))),
+        Lookup::None { .. } => {
+            ep.sessions.metrics().login("oidc_expired");
+            return Ok(expired());
+        }
+    };
+    let Some(record) = ep.sessions.stored(&live).await? else {
+        return Ok(expired());
+    };
+    let Some((flow, rd)) = oidc::verify_state(&record.csrf, &param("state").unwrap_or_default()) else {
+        ep.sessions.metrics().login("oidc_expired");
+        tracing::warn!(event = "oidc_state_mismatch", client_ip = %ep.client_ip, session_id = %live.record.id);
+        return Ok(expired());
+    };
+    let rd = safe_redirect(&rd);
+    if let Some(error) = param("error") {
+        ep.sessions.metrics().login("oidc_refused");
+        tracing::info!(event = "oidc_refused", client_ip = %ep.client_ip, error = %error,
+            description = param("error_description").as_deref().unwrap_or(""));
+        return Ok(html(
+            StatusCode::UNAUTHORIZED,
+            ep.auth
+                .page(&record.csrf, &rd, Some("The sign-in service did not sign you in.")),
+        ));
+    }
+    let (Some(code), Some(authority)) = (param("code"), ep.authority.as_deref()) else {
+        return Err(GatewayError::BadRequest("a callback without code"));
+    };
+    match oidc.finish(&record.csrf, &flow, authority, &code).await {
+        Ok(identity) => sign_in(ep, req.headers(), &live, record, identity, None, &rd, "oidc").await,
+        Err(e) => Ok(provider_failed(ep, &record.csrf, &rd, &e)),
+    }
+}
+
+/// A page that loads the callback again from this site, so that a
+/// `SameSite=Strict` cookie comes along.
+fn hop(query: &str) -> Response<Body> {
+    let url = format!("{}?{query}&hop=1", oidc::CALLBACK_PATH);
+    let url = pages::escape(&url);
+    html(
+        StatusCode::OK,
+        format!(
+            "<!doctype html><meta http-equiv=\"refresh\" content=\"0;url={url}\"><title>Signing in</title>\n<p><a href=\"{url}\">Continue</a></p>\n"
+        ),
+    )
 }
 
 async fn logout(ep: &EndpointRequest<'_>, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {

@@ -9,6 +9,7 @@
 
 pub mod endpoints;
 pub mod hasher;
+pub mod oidc;
 pub mod pages;
 pub mod throttle;
 
@@ -191,6 +192,11 @@ impl Users {
             (true, Some(u)) if self.table.get(name).is_some_and(|now| same_entry(&now, &u)) => Ok(u),
             _ => Err(LoginError::Invalid),
         }
+    }
+
+    /// Whether `[[users]]` names anyone now.
+    pub fn has_any(&self) -> bool {
+        !self.table.0.load().by_name.is_empty()
     }
 
     pub fn directory(&self) -> UserDirectory {

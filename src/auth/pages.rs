@@ -17,11 +17,58 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// The login page. `error` is shown above the form when set.
-pub fn login(csrf: &str, rd: &str, error: Option<&str>) -> String {
-    let error = error
+/// What the login page shows.
+pub struct Login<'a> {
+    /// The session's anti-CSRF secret, a hidden field of the form.
+    pub csrf: &'a str,
+    /// Where to go once signed in (already checked same-origin).
+    pub rd: &'a str,
+    /// Shown above the form when set.
+    pub error: Option<&'a str>,
+    /// The username and password form (`[[users]]`).
+    pub passwords: bool,
+    /// The OpenID provider's button, with this label.
+    pub sso: Option<&'a str>,
+}
+
+/// The login page.
+pub fn login(page: &Login<'_>) -> String {
+    let error = page
+        .error
         .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
         .unwrap_or_default();
+    let sso = page
+        .sso
+        .map(|name| {
+            let href = format!(
+                "/.sessiongate/oidc/start?{}",
+                form_urlencoded::Serializer::new(String::new())
+                    .append_pair("rd", page.rd)
+                    .finish()
+            );
+            format!(
+                "<a class=\"sso\" href=\"{}\">Sign in with {}</a>\n",
+                escape(&href),
+                escape(name)
+            )
+        })
+        .unwrap_or_default();
+    let fields = if page.passwords {
+        format!(
+            r#"<label for="username">Username</label>
+<input type="text" id="username" name="username" autocomplete="username" required autofocus>
+<label for="password">Password</label>
+<input type="password" id="password" name="password" autocomplete="current-password" required>
+<input type="hidden" name="csrf" value="{csrf}">
+<input type="hidden" name="rd" value="{rd}">
+<button type="submit">Sign in</button>
+"#,
+            csrf = escape(page.csrf),
+            rd = escape(page.rd),
+        )
+    } else {
+        String::new()
+    };
     format!(
         r#"<!doctype html>
 <html lang="en">
@@ -35,7 +82,7 @@ form {{ background: #fff; padding: 2rem; border-radius: 8px; box-shadow: 0 1px 4
 h1 {{ font-size: 1.3rem; margin-top: 0; }}
 label {{ display: block; margin: .8rem 0 .3rem; font-size: .9rem; }}
 input[type=text], input[type=password] {{ width: 100%; box-sizing: border-box; padding: .5rem; border: 1px solid #bbb; border-radius: 4px; }}
-button {{ margin-top: 1.2rem; width: 100%; padding: .6rem; border: 0; border-radius: 4px; background: #2557d6; color: #fff; font-size: 1rem; }}
+button, .sso {{ display: block; box-sizing: border-box; margin-top: 1.2rem; width: 100%; padding: .6rem; border: 0; border-radius: 4px; background: #2557d6; color: #fff; font-size: 1rem; text-align: center; text-decoration: none; }}
 .error {{ color: #b00020; font-size: .9rem; }}
 </style>
 </head>
@@ -43,19 +90,10 @@ button {{ margin-top: 1.2rem; width: 100%; padding: .6rem; border: 0; border-rad
 <form method="post" action="/.sessiongate/login">
 <h1>Sign in</h1>
 {error}
-<label for="username">Username</label>
-<input type="text" id="username" name="username" autocomplete="username" required autofocus>
-<label for="password">Password</label>
-<input type="password" id="password" name="password" autocomplete="current-password" required>
-<input type="hidden" name="csrf" value="{csrf}">
-<input type="hidden" name="rd" value="{rd}">
-<button type="submit">Sign in</button>
-</form>
+{sso}{fields}</form>
 </body>
 </html>
-"#,
-        csrf = escape(csrf),
-        rd = escape(rd),
+"#
     )
 }
 
@@ -65,8 +103,16 @@ mod tests {
 
     #[test]
     fn escapes_everything_interpolated() {
-        let page = login("c\"><script>", "/x?a=<b>", Some("<bad>"));
+        let page = login(&Login {
+            csrf: "c\"><script>",
+            rd: "/x?a=<b>",
+            error: Some("<bad>"),
+            passwords: true,
+            sso: Some("<i>SSO</i>"),
+        });
         assert!(!page.contains("<script>"));
+        assert!(!page.contains("<i>"));
+        assert!(page.contains("/.sessiongate/oidc/start?rd=%2Fx%3Fa%3D%3Cb%3E"));
         assert!(!page.contains("<b>"));
         assert!(!page.contains("<bad>"));
         assert!(page.contains("&lt;bad&gt;"));

@@ -357,6 +357,44 @@ impl std::fmt::Debug for UserConfig {
     }
 }
 
+/// `[oidc]`: sign-in through an OpenID Connect provider (authorization
+/// code flow with PKCE, a confidential client).
+#[derive(Clone)]
+pub struct OidcConfig {
+    /// Exactly as configured (no trailing `/` added or removed): the ID
+    /// token's `iss` and the discovery document's `issuer` must equal it.
+    pub issuer: String,
+    pub client_id: String,
+    /// Read from `client_secret_file` at start (or given inline).
+    pub client_secret: String,
+    /// Always holds `openid`.
+    pub scopes: Vec<String>,
+    pub username_claim: String,
+    pub email_claim: String,
+    pub groups_claim: String,
+    /// The label of the login page's button ("Sign in with ...").
+    pub name: String,
+    /// Bound on each request to the provider, connection included.
+    pub timeout: Duration,
+    /// Roots for the provider's certificate (`ca`, or the system's store).
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for OidcConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcConfig")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("scopes", &self.scopes)
+            .field("username_claim", &self.username_claim)
+            .field("email_claim", &self.email_claim)
+            .field("groups_claim", &self.groups_claim)
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The validated, runtime configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -373,6 +411,9 @@ pub struct Config {
     pub headers: HeaderNames,
     pub login: LoginConfig,
     pub users: Vec<UserConfig>,
+    /// Sign-in through an OpenID Connect provider, beside or instead of
+    /// `[[users]]`.
+    pub oidc: Option<OidcConfig>,
 }
 
 impl Config {
@@ -511,6 +552,7 @@ impl Validator<'_> {
             .enumerate()
             .map(|(i, u)| self.user(i, u))
             .collect::<Result<Vec<_>, _>>()?;
+        let oidc = raw.oidc.as_ref().map(|o| self.oidc(o)).transpose()?;
         Ok(Config {
             source: path.to_path_buf(),
             server,
@@ -523,6 +565,86 @@ impl Validator<'_> {
             headers,
             login,
             users,
+            oidc,
+        })
+    }
+
+    /// `[oidc]`. The provider itself is asked nothing here: a provider that
+    /// is down must not keep the gateway from serving.
+    fn oidc(&self, o: &raw::RawOidc) -> Result<OidcConfig, ConfigError> {
+        let issuer = o.issuer.trim();
+        let uri: http::Uri = issuer
+            .parse()
+            .map_err(|e| self.err("oidc.issuer", format!("`{issuer}` is not a URL ({e})")))?;
+        if uri.scheme() != Some(&http::uri::Scheme::HTTPS) || uri.host().is_none_or(str::is_empty) {
+            return Err(self.err("oidc.issuer", format!("`{issuer}` must be an https:// URL")));
+        }
+        if uri.query().is_some() || issuer.contains('#') {
+            return Err(self.err("oidc.issuer", "must have no query or fragment"));
+        }
+        if o.client_id.is_empty() || o.client_id.chars().any(char::is_control) {
+            return Err(self.err("oidc.client_id", "must be set"));
+        }
+        let client_secret = match (&o.client_secret, &o.client_secret_file) {
+            (Some(s), None) => s.clone(),
+            (None, Some(f)) => {
+                let path = self.path(f);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    self.err(
+                        "oidc.client_secret_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                text.trim_end_matches(['\r', '\n']).to_string()
+            }
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    "oidc.client_secret",
+                    "set client_secret or client_secret_file, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(self.err(
+                    "oidc",
+                    "needs client_secret_file (or client_secret): the client's secret at the provider",
+                ))
+            }
+        };
+        if client_secret.is_empty() {
+            return Err(self.err("oidc.client_secret_file", "the secret is empty"));
+        }
+        if !o.scopes.iter().any(|s| s == "openid") {
+            return Err(self.err("oidc.scopes", "must include \"openid\""));
+        }
+        if let Some(bad) = o
+            .scopes
+            .iter()
+            .find(|s| s.is_empty() || s.contains(|c: char| c == ' ' || c.is_control()))
+        {
+            return Err(self.err("oidc.scopes", format!("`{bad}` is not a scope")));
+        }
+        for (key, claim) in [
+            ("oidc.username_claim", &o.username_claim),
+            ("oidc.email_claim", &o.email_claim),
+            ("oidc.groups_claim", &o.groups_claim),
+        ] {
+            if claim.is_empty() {
+                return Err(self.err(key, "must name a claim"));
+            }
+        }
+        let ca = o.ca.as_deref().map(|c| self.path(c));
+        let tls = crate::tls::client_config("oidc", ca.as_deref(), None).map_err(|e| self.err(&e.key, e.reason))?;
+        Ok(OidcConfig {
+            issuer: issuer.to_string(),
+            client_id: o.client_id.clone(),
+            client_secret,
+            scopes: o.scopes.clone(),
+            username_claim: o.username_claim.clone(),
+            email_claim: o.email_claim.clone(),
+            groups_claim: o.groups_claim.clone(),
+            name: o.name.clone(),
+            timeout: self.duration("oidc.timeout", &o.timeout)?,
+            tls,
         })
     }
 
@@ -548,8 +670,8 @@ impl Validator<'_> {
         }
         let ca = t.ca.as_deref().map(|c| self.path(c));
         let client_paths = client.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
-        let config =
-            crate::tls::upstream_client_config(ca.as_deref(), client_paths).map_err(|e| self.err(e.key, e.reason))?;
+        let config = crate::tls::client_config("upstream_tls", ca.as_deref(), client_paths)
+            .map_err(|e| self.err(&e.key, e.reason))?;
         Ok(Some(UpstreamTls {
             ca,
             client,

@@ -29,6 +29,54 @@ pub struct RawConfig {
     pub login: RawLogin,
     #[serde(default)]
     pub users: Vec<RawUser>,
+    pub oidc: Option<RawOidc>,
+}
+
+/// `[oidc]`: sign-in through an OpenID Connect provider.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidc {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<String>,
+    #[serde(default = "d_oidc_scopes")]
+    pub scopes: Vec<String>,
+    #[serde(default = "d_oidc_username_claim")]
+    pub username_claim: String,
+    #[serde(default = "d_oidc_email_claim")]
+    pub email_claim: String,
+    #[serde(default = "d_oidc_groups_claim")]
+    pub groups_claim: String,
+    pub ca: Option<String>,
+    #[serde(default = "d_oidc_name")]
+    pub name: String,
+    #[serde(default = "d_oidc_timeout")]
+    pub timeout: String,
+}
+
+fn d_oidc_scopes() -> Vec<String> {
+    vec!["openid".into(), "email".into(), "profile".into()]
+}
+
+fn d_oidc_username_claim() -> String {
+    "sub".into()
+}
+
+fn d_oidc_email_claim() -> String {
+    "email".into()
+}
+
+fn d_oidc_groups_claim() -> String {
+    "groups".into()
+}
+
+fn d_oidc_name() -> String {
+    "single sign-on".into()
+}
+
+fn d_oidc_timeout() -> String {
+    "10s".into()
 }
 
 #[derive(Debug, Deserialize)]

@@ -341,3 +341,55 @@ async fn gen_cert_writes_a_pair_the_gateway_serves() {
         .expect("request over the generated certificate");
     assert_eq!(Echo::from_response(response).await.path(), "/generated");
 }
+
+/// `[oidc]` that could never sign anyone in is refused at start with the key named; a good
+/// one is listed by `check` with the redirect URI to register. The provider is not asked.
+#[test]
+fn oidc_settings_that_cannot_work_are_named_and_good_ones_listed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    sessiongate::tls::write_self_signed(dir.path(), &["idp.test".to_string()]).expect("certificate");
+    let ca = quoted(&dir.path().join("cert.pem").display().to_string());
+    let base = "issuer = \"https://idp.test/realms/x\"\nclient_id = \"c\"\n";
+    for (section, mentions) in [
+        (
+            format!("issuer = \"http://idp.test\"\nclient_id = \"c\"\nclient_secret = \"s\"\nca = {ca}\n"),
+            vec!["oidc.issuer", "https://"],
+        ),
+        (format!("{base}ca = {ca}\n"), vec!["`oidc`", "client_secret_file"]),
+        (
+            format!("{base}client_secret = \"s\"\nclient_secret_file = \"f\"\nca = {ca}\n"),
+            vec!["oidc.client_secret", "not both"],
+        ),
+        (
+            format!("{base}client_secret_file = \"/nonexistent/oidc-secret\"\nca = {ca}\n"),
+            vec!["oidc.client_secret_file", "/nonexistent/oidc-secret"],
+        ),
+        (
+            format!("{base}client_secret = \"s\"\nscopes = [\"email\"]\nca = {ca}\n"),
+            vec!["oidc.scopes", "openid"],
+        ),
+        (
+            format!("{base}client_secret = \"s\"\nca = \"/nonexistent/idp-ca.pem\"\n"),
+            vec!["oidc.ca", "/nonexistent/idp-ca.pem"],
+        ),
+    ] {
+        let prepared = valid_config().section(&format!("[oidc]\n{section}")).prepare();
+        assert_rejected(&prepared, &mentions);
+    }
+
+    let prepared = valid_config()
+        .section(&format!(
+            "[oidc]\n{base}client_secret = \"s\"\nca = {ca}\nusername_claim = \"email\"\n"
+        ))
+        .prepare();
+    let out = run_cli([OsStr::new("check"), OsStr::new("--config"), prepared.path.as_os_str()]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains(
+            "oidc      https://idp.test/realms/x as client c, user from the claim `email`; \
+             register https://<host>/.sessiongate/oidc/callback"
+        ),
+        "{}",
+        out.stdout
+    );
+}

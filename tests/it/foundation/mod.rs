@@ -17,6 +17,7 @@
 //! - `admin`: health and metrics.
 //! - `config_errors`: what `check` and a failed start tell the operator; `gen-cert`.
 //! - `access_log`: the JSON access log of the binary.
+//! - `idp_kit`: the test kit's mock OpenID Connect provider, on its own (no gateway).
 //! - `tls_reload`: a new certificate without a restart (admin API and SIGHUP), new tickets.
 
 mod access_log;
@@ -24,6 +25,7 @@ mod admin;
 mod config_errors;
 mod forwarding;
 mod hsts;
+mod idp_kit;
 mod large_bodies;
 mod limits;
 mod protocol;

@@ -10,6 +10,7 @@
 //! - [`binary`]: `BinaryGateway`, the real `sessiongate` process (killed on drop), its JSON log,
 //!   and `run_cli` for one-shot commands such as `check` and `gen-cert`.
 //! - [`client`]: HTTPS clients that trust only the test certificate; raw TLS connections.
+//! - [`idp`]: `TestIdp`, a mock OpenID Connect provider (code flow with PKCE) over HTTPS.
 //! - [`raw`]: a byte-level HTTP/1.x client for requests that real clients refuse to send.
 
 // The kit is shared by several test modules and each uses a different part of it.
@@ -19,6 +20,7 @@ pub mod binary;
 pub mod client;
 pub mod config;
 pub mod gateway;
+pub mod idp;
 pub mod raw;
 pub mod upstream;
 

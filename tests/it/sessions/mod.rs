@@ -21,6 +21,7 @@
 //! - `new_limit`: `[session] new_per_ip_per_minute`, anonymous sessions per client address.
 //! - `recent`: one kept-alive connection presenting the same session again and again.
 //! - `reload`: `[[users]]` reloaded from the config file (SIGHUP, `POST /reload`).
+//! - `oidc`: sign-in through an OpenID Connect provider (`[oidc]`, the kit's provider).
 
 mod admin_api;
 mod batch_mint;
@@ -35,6 +36,7 @@ mod login;
 mod logout;
 mod malformed;
 mod new_limit;
+mod oidc;
 mod recent;
 mod reload;
 pub(crate) mod support;
