@@ -165,16 +165,8 @@ async fn login_with_form(
         _ => return Ok(expired()),
     };
     if let Some(wait) = ep.auth.throttle.blocked(ep.client_ip, username) {
-        ep.sessions.metrics().login("throttled");
         tracing::warn!(event = "login_throttled", client_ip = %ep.client_ip, user = username);
-        let mut resp = html(
-            StatusCode::TOO_MANY_REQUESTS,
-            ep.auth
-                .page(&record.csrf, &rd, Some("Too many failed sign-ins. Try again later.")),
-        );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
-        return Ok(resp);
+        return Ok(throttled(ep, &record.csrf, &rd, wait));
     }
     match ep.auth.users.authenticate(username, password).await {
         Ok(user) => {
@@ -198,6 +190,19 @@ async fn login_with_form(
             ))
         }
     }
+}
+
+/// 429 with `Retry-After` and the login page: too many failed sign-ins.
+fn throttled(ep: &EndpointRequest<'_>, csrf: &str, rd: &str, wait: std::time::Duration) -> Response<Body> {
+    ep.sessions.metrics().login("throttled");
+    let mut resp = html(
+        StatusCode::TOO_MANY_REQUESTS,
+        ep.auth
+            .page(csrf, rd, Some("Too many failed sign-ins. Try again later.")),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+    resp
 }
 
 /// Rotates the session to a new token for `identity` (the session's id and
@@ -325,8 +330,10 @@ async fn oidc_callback(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Res
     let rd = safe_redirect(&rd);
     if let Some(error) = param("error") {
         ep.sessions.metrics().login("oidc_refused");
-        tracing::info!(event = "oidc_refused", client_ip = %ep.client_ip, error = %error,
-            description = param("error_description").as_deref().unwrap_or(""));
+        // The provider's words, as the visitor's browser brought them: quoted.
+        let said = |s: Option<String>| s.unwrap_or_default().chars().take(200).collect::<String>();
+        tracing::info!(event = "oidc_refused", client_ip = %ep.client_ip, error = ?said(Some(error)),
+            description = ?said(param("error_description")));
         return Ok(html(
             StatusCode::UNAUTHORIZED,
             ep.auth
@@ -336,9 +343,19 @@ async fn oidc_callback(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Res
     let (Some(code), Some(authority)) = (param("code"), ep.authority.as_deref()) else {
         return Err(GatewayError::BadRequest("a callback without code"));
     };
+    // Each callback costs a request to the provider: an address whose
+    // callbacks keep failing (codes made up) is held off as after failed
+    // passwords.
+    if let Some(wait) = ep.auth.throttle.blocked_ip(ep.client_ip) {
+        tracing::warn!(event = "login_throttled", client_ip = %ep.client_ip, source = "oidc");
+        return Ok(throttled(ep, &record.csrf, &rd, wait));
+    }
     match oidc.finish(&record.csrf, &flow, authority, &code).await {
         Ok(identity) => sign_in(ep, req.headers(), &live, record, identity, None, &rd, "oidc").await,
-        Err(e) => Ok(provider_failed(ep, &record.csrf, &rd, &e)),
+        Err(e) => {
+            ep.auth.throttle.failed_ip(ep.client_ip);
+            Ok(provider_failed(ep, &record.csrf, &rd, &e))
+        }
     }
 }
 

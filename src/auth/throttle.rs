@@ -45,6 +45,21 @@ impl Throttle {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// `Some(retry_after)` when the address has used up its failures (a
+    /// sign-in through the provider has no user name to count yet).
+    pub fn blocked_ip(&self, ip: IpAddr) -> Option<Duration> {
+        self.by_ip
+            .get(&ip)
+            .is_some_and(|c| c.load(Ordering::Relaxed) >= self.max_failures)
+            .then_some(self.window)
+    }
+
+    pub fn failed_ip(&self, ip: IpAddr) {
+        self.by_ip
+            .get_with(ip, Default::default)
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn succeeded(&self, user: &str) {
         self.by_user.invalidate(user);
     }

@@ -225,6 +225,18 @@ impl TestIdp {
         CLIENT_SECRET
     }
 
+    /// The gateway's `[oidc]` section for this provider (button label "Test IdP"), with the
+    /// raw TOML lines `extra` inside it.
+    pub fn gateway_section(&self, extra: &str) -> String {
+        format!(
+            "[oidc]\nissuer = {}\nclient_id = {}\nclient_secret = {}\nca = {}\nname = \"Test IdP\"\ntimeout = \"5s\"\n{extra}\n",
+            super::quoted(&self.issuer()),
+            super::quoted(CLIENT_ID),
+            super::quoted(CLIENT_SECRET),
+            super::quoted(&self.ca_pem().display().to_string()),
+        )
+    }
+
     /// The claims the next approvals put in the ID token besides `iss`, `aud`, `exp`, `iat`
     /// and `nonce` (which win over any of the same name here). Must be a JSON object.
     pub fn set_claims(&self, claims: Value) {

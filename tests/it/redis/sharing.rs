@@ -139,3 +139,35 @@ async fn a_gateway_does_not_start_without_redis() {
     );
     assert!(start.elapsed() < secs(5), "giving up took {:?}", start.elapsed());
 }
+
+/// Behind a balancer, the provider's callback may reach another instance than the one the
+/// flow started on: the flow's secrets live in the session record, in the shared store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_login_started_on_one_instance_finishes_on_the_other() {
+    if redis_missing() {
+        return;
+    }
+    let idp = crate::kit::idp::TestIdp::start().await;
+    let redis = RedisServer::start().await;
+    let config = format!("{}\n{}", single_store(&redis, ""), idp.gateway_section(""));
+    let Pair { a, b } = Pair::start(&config).await;
+    redis.wait_subscribers(&channel(), 2, SUBSCRIBE_LIMIT).await;
+
+    let mut on_a = a.browser();
+    let start = on_a.get("/.sessiongate/oidc/start?rd=%2Fapp%2Fx").await;
+    assert_eq!(start.status, StatusCode::SEE_OTHER, "{}", start.text());
+    let callback = idp.approve(start.header("location").expect("location")).await;
+    let path = callback
+        .strip_prefix(&on_a.origin())
+        .unwrap_or_else(|| panic!("{callback} is not on A"))
+        .to_string();
+
+    // B gets it with the Host the browser addressed, as from a balancer.
+    let mut on_b = b.presenting(&on_a.expect_token());
+    let host = on_a.origin().trim_start_matches("https://").to_string();
+    let reply = on_b.send(on_b.request(Method::GET, &path).header("host", host)).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text());
+    assert_eq!(reply.header("location"), Some("/app/x"));
+    let token = reply.new_token();
+    a.assert_serves(&token, "u-1001", "on A, after the callback on B").await;
+}

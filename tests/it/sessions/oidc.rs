@@ -10,21 +10,10 @@ use super::support::{
     fetch, respond_path, session_id, site_config, site_config_with_users, user, Browser, Reply, Responder, Site,
 };
 use crate::kit::idp::{Tamper, TestIdp};
-use crate::kit::{closed_port, quoted, GatewayConfig, TestGateway, TestUpstream};
-
-/// The `[oidc]` section for `idp`, with `extra` lines.
-fn oidc_section(idp: &TestIdp, extra: &str) -> String {
-    format!(
-        "[oidc]\nissuer = {}\nclient_id = {}\nclient_secret = {}\nca = {}\nname = \"Test IdP\"\ntimeout = \"5s\"\n{extra}\n",
-        quoted(&idp.issuer()),
-        quoted(idp.client_id()),
-        quoted(idp.client_secret()),
-        quoted(&idp.ca_pem().display().to_string()),
-    )
-}
+use crate::kit::{closed_port, quoted, GatewayConfig, HttpVersion, TestGateway, TestUpstream};
 
 async fn site_with(idp: &TestIdp, extra: &str) -> Site {
-    let section = oidc_section(idp, extra);
+    let section = idp.gateway_section(extra);
     Site::with(|c| c.section(&section)).await
 }
 
@@ -202,7 +191,8 @@ async fn the_configured_claims_name_the_user_and_the_groups_pick_routes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_token_that_does_not_verify_signs_nobody_in() {
     let idp = TestIdp::start().await;
-    let site = site_with(&idp, "").await;
+    // Every browser here is 127.0.0.1: more refusals than the default allows one address.
+    let site = site_with(&idp, "\n[login]\nmax_failures = 100").await;
     let tampers = [
         ("audience", Tamper::WrongAudience),
         ("issuer", Tamper::WrongIssuer),
@@ -356,7 +346,7 @@ async fn with_no_users_the_login_page_sends_browsers_to_the_provider() {
     let idp = TestIdp::start().await;
     let upstream = TestUpstream::start().await;
     let responder = Responder::start().await;
-    let config: GatewayConfig = site_config_with_users(&upstream, &responder, "").section(&oidc_section(&idp, ""));
+    let config: GatewayConfig = site_config_with_users(&upstream, &responder, "").section(&idp.gateway_section(""));
     let gw = TestGateway::start(config).await;
     let mut browser = Browser::new(&gw, gw.client());
     let to_login = browser.navigate("/app/x").await;
@@ -374,4 +364,45 @@ async fn with_no_users_the_login_page_sends_browsers_to_the_provider() {
     assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text());
     assert_eq!(done.header("location"), Some("/app/x"));
     assert_eq!(browser.upstream_user("/app/x").await.as_deref(), Some("u-1001"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_whose_callbacks_keep_failing_is_held_off() {
+    let idp = TestIdp::start().await;
+    let site = site_with(&idp, "\n[login]\nmax_failures = 2").await;
+    let mut browser = site.browser();
+    // Made-up codes with this session's own valid state: each would cost a token request.
+    let callback = to_callback(&mut browser, &idp, "/").await;
+    let state = param(&format!("https://x{callback}"), "state").expect("state");
+    for n in 0..2 {
+        let made_up = format!(
+            "/.sessiongate/oidc/callback?code=made-up-{n}&state={}",
+            urlencode(&state)
+        );
+        let reply = fetch(browser.request(Method::GET, &made_up)).await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    }
+    assert_eq!(idp.token_requests().len(), 2);
+    let reply = browser.get(&callback).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{}", reply.text());
+    assert!(reply.header("retry-after").is_some());
+    assert_eq!(
+        idp.token_requests().len(),
+        2,
+        "a held-off callback reached the provider"
+    );
+    assert_eq!(browser.get("/app/x").await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flow_works_over_http2() {
+    let idp = TestIdp::start().await;
+    let site = site_with(&idp, "").await;
+    let mut browser = site.browser_on(HttpVersion::Http2);
+    let reply = sign_in(&mut browser, &idp, "/app/h2").await;
+    assert_eq!(reply.header("location"), Some("/app/h2"));
+    assert_eq!(browser.upstream_user("/app/h2").await.as_deref(), Some("u-1001"));
+    let requests = idp.token_requests();
+    let expected = format!("{}/.sessiongate/oidc/callback", browser.origin());
+    assert_eq!(requests[0].field("redirect_uri"), Some(expected.as_str()));
 }
