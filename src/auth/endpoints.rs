@@ -283,8 +283,9 @@ async fn to_provider(
 
 const PROVIDER_DOWN: &str = "The sign-in service is not available. Try again later.";
 
-/// The provider could not be asked (502), or its answer was refused (401):
-/// counted, logged with the reason, and the login page again.
+/// The provider could not be asked (502), its answer was refused (401), or
+/// the account is not one `[oidc]` lets in (403): counted, logged with the
+/// reason, and the login page again.
 fn provider_failed(ep: &EndpointRequest<'_>, csrf: &str, rd: &str, e: &OidcError) -> Response<Body> {
     let (status, result, message) = match e {
         OidcError::Provider(_) => (StatusCode::BAD_GATEWAY, "oidc_unavailable", PROVIDER_DOWN),
@@ -292,6 +293,11 @@ fn provider_failed(ep: &EndpointRequest<'_>, csrf: &str, rd: &str, e: &OidcError
             StatusCode::UNAUTHORIZED,
             "oidc_refused",
             "The sign-in service's answer could not be verified.",
+        ),
+        OidcError::NotAllowed(_) => (
+            StatusCode::FORBIDDEN,
+            "oidc_not_allowed",
+            "This account may not sign in here.",
         ),
     };
     ep.sessions.metrics().login(result);

@@ -71,6 +71,10 @@ pub enum OidcError {
     /// claim missing): a configuration or a forgery.
     #[error("the OpenID provider's ID token was refused: {0}")]
     Refused(String),
+    /// The token is good, but `allowed_email_domains` or `allowed_groups`
+    /// leaves its account out.
+    #[error("this account may not sign in here: {0}")]
+    NotAllowed(String),
 }
 
 fn provider_error(what: &str, e: impl std::fmt::Display) -> OidcError {
@@ -194,7 +198,9 @@ impl Oidc {
             .exchange(&provider, code, &redirect_uri(authority), &flow.verifier())
             .await?;
         let claims = self.verify(&provider, &id_token, &flow.nonce()).await?;
-        identity(&self.config, &claims)
+        let identity = identity(&self.config, &claims)?;
+        allowed(&self.config, &claims, &identity)?;
+        Ok(identity)
     }
 
     /// The cached discovery, or a fresh one.
@@ -572,6 +578,33 @@ fn identity(config: &OidcConfig, claims: &Map<String, Value>) -> Result<Identity
     Ok(Identity { user, email, groups })
 }
 
+/// `allowed_email_domains` (a verified email in one of them) and
+/// `allowed_groups` (a member of one of them), when set.
+fn allowed(config: &OidcConfig, claims: &Map<String, Value>, identity: &Identity) -> Result<(), OidcError> {
+    if !config.allowed_email_domains.is_empty() {
+        let verified = claims.get("email_verified").and_then(Value::as_bool) == Some(true);
+        let domain = identity
+            .email
+            .as_deref()
+            .filter(|_| verified)
+            .and_then(|e| e.rsplit_once('@'))
+            .map(|(_, d)| d.to_ascii_lowercase());
+        if !domain.is_some_and(|d| config.allowed_email_domains.contains(&d)) {
+            return Err(OidcError::NotAllowed(format!(
+                "{} has no verified email in allowed_email_domains",
+                identity.user
+            )));
+        }
+    }
+    if !config.allowed_groups.is_empty() && !identity.groups.iter().any(|g| config.allowed_groups.contains(g)) {
+        return Err(OidcError::NotAllowed(format!(
+            "{} is in none of allowed_groups",
+            identity.user
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,6 +649,8 @@ mod tests {
             groups_claim: "groups".into(),
             name: "SSO".into(),
             timeout: Duration::from_secs(1),
+            allowed_email_domains: Vec::new(),
+            allowed_groups: Vec::new(),
             tls: Arc::new(
                 rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
                     .with_safe_default_protocol_versions()
@@ -661,5 +696,39 @@ mod tests {
         ] {
             assert!(identity(&c, &claims(bad.clone())).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn allowed_domains_need_a_verified_email_and_allowed_groups_a_member() {
+        let mut c = config();
+        c.allowed_email_domains = vec!["example.com".into()];
+        let check = |c: &OidcConfig, v: Value| {
+            let claims = claims(v);
+            let id = identity(c, &claims).unwrap_or_else(|e| panic!("{e}"));
+            allowed(c, &claims, &id).is_ok()
+        };
+        let user = |email: &str, verified: Option<bool>| {
+            let mut v = serde_json::json!({"preferred_username": "u", "email": email});
+            if let Some(b) = verified {
+                v["email_verified"] = Value::Bool(b);
+            }
+            v
+        };
+        assert!(check(&c, user("a@Example.COM", Some(true))));
+        assert!(!check(&c, user("a@example.com", Some(false))));
+        assert!(!check(&c, user("a@example.com", None)));
+        assert!(!check(&c, user("a@example.com.evil.test", Some(true))));
+        assert!(!check(&c, user("a@sub.example.com", Some(true))));
+        c.allowed_email_domains.clear();
+        c.allowed_groups = vec!["staff".into()];
+        assert!(check(
+            &c,
+            serde_json::json!({"preferred_username": "u", "groups": ["x", "staff"]})
+        ));
+        assert!(!check(
+            &c,
+            serde_json::json!({"preferred_username": "u", "groups": ["Staff"]})
+        ));
+        assert!(!check(&c, serde_json::json!({"preferred_username": "u"})));
     }
 }

@@ -378,6 +378,11 @@ pub struct OidcConfig {
     pub timeout: Duration,
     /// Roots for the provider's certificate (`ca`, or the system's store).
     pub tls: Arc<rustls::ClientConfig>,
+    /// When set, only accounts with a verified email in one of these
+    /// domains (lowercase) may sign in.
+    pub allowed_email_domains: Vec<String>,
+    /// When set, only members of one of these groups may sign in.
+    pub allowed_groups: Vec<String>,
 }
 
 impl std::fmt::Debug for OidcConfig {
@@ -391,6 +396,8 @@ impl std::fmt::Debug for OidcConfig {
             .field("groups_claim", &self.groups_claim)
             .field("name", &self.name)
             .field("timeout", &self.timeout)
+            .field("allowed_email_domains", &self.allowed_email_domains)
+            .field("allowed_groups", &self.allowed_groups)
             .finish_non_exhaustive()
     }
 }
@@ -632,6 +639,33 @@ impl Validator<'_> {
                 return Err(self.err(key, "must name a claim"));
             }
         }
+        let mut allowed_email_domains = Vec::new();
+        for d in &o.allowed_email_domains {
+            let d = d.trim().trim_start_matches('@').to_ascii_lowercase();
+            if d.is_empty() || d.contains(['@', ' ', '/']) || !d.contains('.') {
+                return Err(self.err(
+                    "oidc.allowed_email_domains",
+                    format!("`{d}` is not a domain like \"example.com\""),
+                ));
+            }
+            allowed_email_domains.push(d);
+        }
+        // Whom the provider may sign in is never left to chance: a provider
+        // open to the world (Google) would sign in anyone.
+        let restricted = !allowed_email_domains.is_empty() || !o.allowed_groups.is_empty();
+        if restricted && o.allow_any_account {
+            return Err(self.err(
+                "oidc.allow_any_account",
+                "contradicts allowed_email_domains or allowed_groups; keep one",
+            ));
+        }
+        if !restricted && !o.allow_any_account {
+            return Err(self.err(
+                "oidc",
+                "say who may sign in: allowed_email_domains, allowed_groups, or allow_any_account = true \
+                 (only for a provider that holds nobody but your users, such as your own Keycloak realm)",
+            ));
+        }
         let ca = o.ca.as_deref().map(|c| self.path(c));
         let tls = crate::tls::client_config("oidc", ca.as_deref(), None).map_err(|e| self.err(&e.key, e.reason))?;
         Ok(OidcConfig {
@@ -645,6 +679,8 @@ impl Validator<'_> {
             name: o.name.clone(),
             timeout: self.duration("oidc.timeout", &o.timeout)?,
             tls,
+            allowed_email_domains,
+            allowed_groups: o.allowed_groups.clone(),
         })
     }
 

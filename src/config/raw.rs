@@ -53,6 +53,12 @@ pub struct RawOidc {
     pub name: String,
     #[serde(default = "d_oidc_timeout")]
     pub timeout: String,
+    #[serde(default)]
+    pub allowed_email_domains: Vec<String>,
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    #[serde(default)]
+    pub allow_any_account: bool,
 }
 
 fn d_oidc_scopes() -> Vec<String> {

@@ -349,7 +349,7 @@ fn oidc_settings_that_cannot_work_are_named_and_good_ones_listed() {
     let dir = tempfile::tempdir().expect("temp dir");
     sessiongate::tls::write_self_signed(dir.path(), &["idp.test".to_string()]).expect("certificate");
     let ca = quoted(&dir.path().join("cert.pem").display().to_string());
-    let base = "issuer = \"https://idp.test/realms/x\"\nclient_id = \"c\"\n";
+    let base = "issuer = \"https://idp.test/realms/x\"\nclient_id = \"c\"\nallow_any_account = true\n";
     for (section, mentions) in [
         (
             format!("issuer = \"http://idp.test\"\nclient_id = \"c\"\nclient_secret = \"s\"\nca = {ca}\n"),
@@ -371,6 +371,18 @@ fn oidc_settings_that_cannot_work_are_named_and_good_ones_listed() {
         (
             format!("{base}client_secret = \"s\"\nca = \"/nonexistent/idp-ca.pem\"\n"),
             vec!["oidc.ca", "/nonexistent/idp-ca.pem"],
+        ),
+        (
+            format!("{base}client_secret = \"s\"\nca = {ca}\nallowed_email_domains = [\"localhost\"]\n"),
+            vec!["oidc.allowed_email_domains", "localhost"],
+        ),
+        (
+            format!("{base}client_secret = \"s\"\nca = {ca}\nallowed_groups = [\"staff\"]\n"),
+            vec!["oidc.allow_any_account", "contradicts"],
+        ),
+        (
+            format!("issuer = \"https://accounts.google.com\"\nclient_id = \"c\"\nclient_secret = \"s\"\nca = {ca}\n"),
+            vec!["`oidc`", "who may sign in", "allowed_email_domains"],
         ),
     ] {
         let prepared = valid_config().section(&format!("[oidc]\n{section}")).prepare();

@@ -226,10 +226,16 @@ impl TestIdp {
     }
 
     /// The gateway's `[oidc]` section for this provider (button label "Test IdP"), with the
-    /// raw TOML lines `extra` inside it.
+    /// raw TOML lines `extra` inside it. Unless `extra` sets `allowed_email_domains` or
+    /// `allowed_groups`, it lets any account of the provider in (`allow_any_account`).
     pub fn gateway_section(&self, extra: &str) -> String {
+        let any = if extra.contains("allowed_") {
+            ""
+        } else {
+            "allow_any_account = true\n"
+        };
         format!(
-            "[oidc]\nissuer = {}\nclient_id = {}\nclient_secret = {}\nca = {}\nname = \"Test IdP\"\ntimeout = \"5s\"\n{extra}\n",
+            "[oidc]\nissuer = {}\nclient_id = {}\nclient_secret = {}\nca = {}\nname = \"Test IdP\"\ntimeout = \"5s\"\n{any}{extra}\n",
             super::quoted(&self.issuer()),
             super::quoted(CLIENT_ID),
             super::quoted(CLIENT_SECRET),

@@ -310,7 +310,7 @@ async fn a_provider_that_is_down_leaves_the_gateway_serving() {
     let dir = tempfile::tempdir().expect("temp dir");
     sessiongate::tls::write_self_signed(dir.path(), &["localhost".to_string()]).expect("certificate");
     let section = format!(
-        "[oidc]\nissuer = {}\nclient_id = \"c\"\nclient_secret = \"s\"\ntimeout = \"2s\"\nca = {}\n",
+        "[oidc]\nissuer = {}\nclient_id = \"c\"\nclient_secret = \"s\"\ntimeout = \"2s\"\nca = {}\nallow_any_account = true\n",
         quoted(&issuer),
         quoted(&dir.path().join("cert.pem").display().to_string())
     );
@@ -405,4 +405,58 @@ async fn the_flow_works_over_http2() {
     let requests = idp.token_requests();
     let expected = format!("{}/.sessiongate/oidc/callback", browser.origin());
     assert_eq!(requests[0].field("redirect_uri"), Some(expected.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_accounts_of_the_allowed_domains_and_groups_sign_in() {
+    let idp = TestIdp::start().await;
+    let site = site_with(
+        &idp,
+        "allowed_email_domains = [\"example.test\"]\nallowed_groups = [\"staff\"]\n[login]\nmax_failures = 100",
+    )
+    .await;
+    // The default account: alice@example.test, verified, in staff.
+    let mut alice = site.browser();
+    sign_in(&mut alice, &idp, "/").await;
+    assert_eq!(alice.upstream_user("/app/x").await.as_deref(), Some("u-1001"));
+
+    let refused = [
+        (
+            "another domain",
+            serde_json::json!({"sub": "u-2", "email": "eve@elsewhere.test", "email_verified": true, "groups": ["staff"]}),
+        ),
+        (
+            "a look-alike domain",
+            serde_json::json!({"sub": "u-3", "email": "eve@example.test.evil.test", "email_verified": true, "groups": ["staff"]}),
+        ),
+        (
+            "an unverified email",
+            serde_json::json!({"sub": "u-4", "email": "eve@example.test", "email_verified": false, "groups": ["staff"]}),
+        ),
+        (
+            "not in the group",
+            serde_json::json!({"sub": "u-5", "email": "bob@example.test", "email_verified": true, "groups": ["guests"]}),
+        ),
+    ];
+    let count = refused.len();
+    for (what, claims) in refused {
+        idp.set_claims(claims);
+        let mut browser = site.browser();
+        let callback = to_callback(&mut browser, &idp, "/app/x").await;
+        let reply = browser.get(&callback).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{what}: {}", reply.text());
+        assert!(
+            reply.text().contains("may not sign in here"),
+            "{what}: {}",
+            reply.text()
+        );
+        assert!(reply.session_cookies().is_empty(), "{what}");
+        assert_eq!(browser.get("/app/x").await.status, StatusCode::UNAUTHORIZED, "{what}");
+    }
+    assert_eq!(
+        site.gw
+            .metric("sessiongate_logins_total{result=\"oidc_not_allowed\"}")
+            .await,
+        Some(count as f64)
+    );
 }
