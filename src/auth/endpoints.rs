@@ -11,7 +11,7 @@ use super::oidc::{self, Oidc, OidcError};
 use super::{pages, throttle::Throttle, LoginError, Users};
 use crate::error::GatewayError;
 use crate::proxy::body::{self, Body};
-use crate::session::record::{EntryDigest, Identity, SessionRecord};
+use crate::session::record::{EntryDigest, Identity, LoginSource, SessionRecord};
 use crate::session::{Live, Lookup, SessionError, Sessions};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -90,7 +90,8 @@ pub async fn handle(
         (&Method::POST, "logout") => logout(&ep, req).await,
         (&Method::GET | &Method::HEAD, "session") => session_info(&ep, &req).await,
         (&Method::GET | &Method::HEAD, "oidc/start") => oidc_start(&ep, &req).await,
-        (&Method::GET | &Method::HEAD, "oidc/callback") => oidc_callback(&ep, &req).await,
+        // Not HEAD: a callback spends its code.
+        (&Method::GET, "oidc/callback") => oidc_callback(&ep, &req).await,
         (_, "oidc/start" | "oidc/callback") if ep.auth.oidc.is_some() => Ok(crate::error::plain(
             StatusCode::METHOD_NOT_ALLOWED,
             "Method Not Allowed",
@@ -176,8 +177,8 @@ async fn login_with_form(
                 email: user.email.clone(),
                 groups: user.groups.clone(),
             };
-            let entry = Some(EntryDigest::of(&user));
-            sign_in(ep, &parts.headers, &live, record, identity, entry, &rd, "password").await
+            let source = LoginSource::Password(EntryDigest::of(&user));
+            sign_in(ep, &parts.headers, &live, record, identity, source, &rd).await
         }
         Err(LoginError::Busy) => Err(GatewayError::StoreUnavailable("login capacity exhausted".into())),
         Err(LoginError::Invalid) => {
@@ -207,23 +208,20 @@ fn throttled(ep: &EndpointRequest<'_>, csrf: &str, rd: &str, wait: std::time::Du
 
 /// Rotates the session to a new token for `identity` (the session's id and
 /// data carry over) and sends the browser on to `rd` with the new cookie.
-/// `entry` is the `[[users]]` entry a password login checked.
-#[allow(clippy::too_many_arguments)]
 async fn sign_in(
     ep: &EndpointRequest<'_>,
     headers: &HeaderMap,
     live: &Live,
     record: SessionRecord,
     identity: Identity,
-    entry: Option<EntryDigest>,
+    source: LoginSource,
     rd: &str,
-    source: &'static str,
 ) -> Result<Response<Body>, GatewayError> {
     let csrf = record.csrf.clone();
     let user = identity.user.clone();
     let rotated = ep
         .sessions
-        .rotate_login(live, record, identity, entry, ep.client_ip, headers)
+        .rotate_login(live, record, identity, source, ep.client_ip, headers)
         .await;
     let (token, new) = match rotated {
         Ok(new) => new,
@@ -239,6 +237,10 @@ async fn sign_in(
         Err(e) => return Err(e.into()),
     };
     ep.sessions.metrics().login("succeeded");
+    let source = match source {
+        LoginSource::Password(_) => "password",
+        LoginSource::Provider => "oidc",
+    };
     tracing::info!(event = "login", user = %user, source, session_id = %new.record.id, client_ip = %ep.client_ip);
     let mut resp = redirect(StatusCode::SEE_OTHER, rd);
     resp.headers_mut()
@@ -272,7 +274,7 @@ async fn to_provider(
         .as_deref()
         .ok_or(GatewayError::BadHost("no host to return to"))?;
     let mut resp = match oidc.start(csrf, authority, rd).await {
-        Ok(start) => redirect(StatusCode::SEE_OTHER, &start.location),
+        Ok(location) => redirect(StatusCode::SEE_OTHER, &location),
         Err(e) => provider_failed(ep, csrf, rd, &e),
     };
     if let Some(c) = cookie {
@@ -357,7 +359,7 @@ async fn oidc_callback(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Res
         return Ok(throttled(ep, &record.csrf, &rd, wait));
     }
     match oidc.finish(&record.csrf, &flow, authority, &code).await {
-        Ok(identity) => sign_in(ep, req.headers(), &live, record, identity, None, &rd, "oidc").await,
+        Ok(identity) => sign_in(ep, req.headers(), &live, record, identity, LoginSource::Provider, &rd).await,
         Err(e) => {
             ep.auth.throttle.failed_ip(ep.client_ip);
             Ok(provider_failed(ep, &record.csrf, &rd, &e))
@@ -420,7 +422,9 @@ async fn sign_out(
     if !same_origin && !csrf_ok {
         return Ok(forbidden("Sign-out must come from this site."));
     }
+    let mut next = None;
     if let Some(live) = live {
+        next = provider_logout(ep, &live).await;
         let user = live.record.identity.as_ref().map(|i| i.user.as_str());
         match user.filter(|_| wants_everywhere(form)) {
             // Every session of the user, on every instance sharing the
@@ -436,11 +440,23 @@ async fn sign_out(
             }
         }
     }
-    let mut resp = redirect(StatusCode::SEE_OTHER, "/");
+    let mut resp = redirect(StatusCode::SEE_OTHER, next.as_deref().unwrap_or("/"));
     let h = resp.headers_mut();
     h.append(header::SET_COOKIE, ep.sessions.clear_cookie());
     h.insert(HeaderName::CLEAR_SITE_DATA, HeaderValue::from_static("\"cookies\""));
     Ok(resp)
+}
+
+/// For a session the provider made, with `[oidc] logout_at_provider`: the
+/// provider's sign-out URL, where the browser goes after ours. Read before
+/// the session ends (the mark is in the stored record, not the cache).
+async fn provider_logout(ep: &EndpointRequest<'_>, live: &Live) -> Option<String> {
+    let oidc = ep.auth.oidc.as_deref().filter(|o| o.logs_out_at_provider())?;
+    let record = ep.sessions.stored(live).await.ok().flatten()?;
+    if !record.provider_login {
+        return None;
+    }
+    oidc.logout_url(ep.authority.as_deref()?).await
 }
 
 /// The form field `everywhere` set to `1`, `true` or `on` (a checkbox).

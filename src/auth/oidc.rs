@@ -90,6 +90,8 @@ struct Discovery {
     jwks_uri: String,
     #[serde(default)]
     token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    #[serde(default)]
+    end_session_endpoint: Option<String>,
 }
 
 /// The provider's endpoints, as discovered.
@@ -100,6 +102,8 @@ struct Provider {
     /// `client_secret_basic` (the default of the standard) or else
     /// `client_secret_post`.
     basic_auth: bool,
+    /// RP-Initiated Logout, when the provider offers it.
+    end_session_endpoint: Option<String>,
     fetched_at: Instant,
 }
 
@@ -120,12 +124,6 @@ struct KeySlot {
 #[derive(Deserialize)]
 struct TokenResponse {
     id_token: Option<String>,
-}
-
-/// What the start of a flow hands the browser.
-pub struct Start {
-    /// The provider's authorization URL with every parameter.
-    pub location: String,
 }
 
 /// The OpenID Connect client: its configuration and what it learned of the
@@ -154,14 +152,19 @@ impl Oidc {
     /// unreachable provider is logged at start, not at the first login.
     pub async fn warm_up(&self) {
         match self.provider().await {
+            Ok(p) if self.config.logout_at_provider && p.end_session_endpoint.is_none() => tracing::warn!(
+                issuer = %self.config.issuer,
+                "OpenID provider discovered; it names no end_session_endpoint, so logout_at_provider does nothing"
+            ),
             Ok(_) => tracing::info!(issuer = %self.config.issuer, "OpenID provider discovered"),
             Err(e) => tracing::warn!(issuer = %self.config.issuer, error = %e, "OpenID provider not reachable yet"),
         }
     }
 
-    /// The authorization URL for a flow that returns to `rd` on
-    /// `authority`, bound to the session whose CSRF secret is `csrf`.
-    pub async fn start(&self, csrf: &str, authority: &str, rd: &str) -> Result<Start, OidcError> {
+    /// The provider's authorization URL, with every parameter, for a flow
+    /// that returns to `rd` on `authority`, bound to the session whose CSRF
+    /// secret is `csrf`.
+    pub async fn start(&self, csrf: &str, authority: &str, rd: &str) -> Result<String, OidcError> {
         let provider = self.provider().await?;
         let mut flow = [0u8; 16];
         getrandom::fill(&mut flow).map_err(|e| provider_error("random", e))?;
@@ -183,9 +186,32 @@ impl Oidc {
         } else {
             '?'
         };
-        Ok(Start {
-            location: format!("{}{join}{params}", provider.authorization_endpoint),
-        })
+        Ok(format!("{}{join}{params}", provider.authorization_endpoint))
+    }
+
+    /// Whether `[oidc] logout_at_provider` is set.
+    pub fn logs_out_at_provider(&self) -> bool {
+        self.config.logout_at_provider
+    }
+
+    /// With `logout_at_provider`, where a browser whose provider-made
+    /// session just ended goes next: the provider's `end_session_endpoint`
+    /// (OpenID Connect RP-Initiated Logout), which sends it back to the
+    /// site's root on `authority` (register that URL at the provider).
+    /// `None` when not configured or the provider offers none.
+    pub async fn logout_url(&self, authority: &str) -> Option<String> {
+        let provider = self
+            .provider()
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "no sign-out at the OpenID provider"))
+            .ok()?;
+        let end = provider.end_session_endpoint.as_deref()?;
+        let params = form_urlencoded::Serializer::new(String::new())
+            .append_pair("client_id", &self.config.client_id)
+            .append_pair("post_logout_redirect_uri", &format!("https://{authority}/"))
+            .finish();
+        let join = if end.contains('?') { '&' } else { '?' };
+        Some(format!("{end}{join}{params}"))
     }
 
     /// Exchanges `code` for an ID token, verifies it (signature, issuer,
@@ -257,7 +283,11 @@ impl Oidc {
             .is_none_or(|methods| {
                 methods.iter().any(|m| m == "client_secret_basic") || !methods.iter().any(|m| m == "client_secret_post")
             });
+        if let Some(end) = &doc.end_session_endpoint {
+            https_uri(end, "end_session_endpoint")?;
+        }
         Ok(Provider {
+            end_session_endpoint: doc.end_session_endpoint,
             authorization_endpoint: doc.authorization_endpoint,
             token_endpoint: https_uri(&doc.token_endpoint, "token_endpoint")?,
             jwks_uri: https_uri(&doc.jwks_uri, "jwks_uri")?,
@@ -651,6 +681,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             allowed_email_domains: Vec::new(),
             allowed_groups: Vec::new(),
+            logout_at_provider: false,
             tls: Arc::new(
                 rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
                     .with_safe_default_protocol_versions()

@@ -383,6 +383,9 @@ pub struct OidcConfig {
     pub allowed_email_domains: Vec<String>,
     /// When set, only members of one of these groups may sign in.
     pub allowed_groups: Vec<String>,
+    /// A sign-out of a session the provider made goes on to the provider's
+    /// `end_session_endpoint`, ending its session too.
+    pub logout_at_provider: bool,
 }
 
 impl std::fmt::Debug for OidcConfig {
@@ -398,6 +401,7 @@ impl std::fmt::Debug for OidcConfig {
             .field("timeout", &self.timeout)
             .field("allowed_email_domains", &self.allowed_email_domains)
             .field("allowed_groups", &self.allowed_groups)
+            .field("logout_at_provider", &self.logout_at_provider)
             .finish_non_exhaustive()
     }
 }
@@ -681,6 +685,7 @@ impl Validator<'_> {
             tls,
             allowed_email_domains,
             allowed_groups: o.allowed_groups.clone(),
+            logout_at_provider: o.logout_at_provider,
         })
     }
 

@@ -59,6 +59,8 @@ pub struct RawOidc {
     pub allowed_groups: Vec<String>,
     #[serde(default)]
     pub allow_any_account: bool,
+    #[serde(default)]
+    pub logout_at_provider: bool,
 }
 
 fn d_oidc_scopes() -> Vec<String> {

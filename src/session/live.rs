@@ -263,6 +263,7 @@ mod tests {
             data: data.into(),
             csrf: token::random_string::<24>().unwrap_or_default(),
             login_entry: None,
+            provider_login: false,
         }
     }
 

@@ -628,6 +628,7 @@ impl Sessions {
             data: String::new(),
             csrf: token::random_string::<24>()?,
             login_entry: None,
+            provider_login: false,
         })
     }
 
@@ -757,7 +758,7 @@ impl Sessions {
         old: &Live,
         mut record: SessionRecord,
         identity: Identity,
-        login_entry: Option<record::EntryDigest>,
+        source: record::LoginSource,
         client_ip: IpAddr,
         headers: &HeaderMap,
     ) -> Result<(SessionToken, Arc<Live>), SessionError> {
@@ -766,7 +767,10 @@ impl Sessions {
         let user = identity.user.clone();
         let now = now_ms();
         record.identity = Some(identity);
-        record.login_entry = login_entry;
+        (record.login_entry, record.provider_login) = match source {
+            record::LoginSource::Password(entry) => (Some(entry), false),
+            record::LoginSource::Provider => (None, true),
+        };
         record.binding = ClientBinding::new(&self.config.session.binding, client_ip, headers);
         record.authenticated_at = now;
         record.last_seen = now;

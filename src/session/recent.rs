@@ -192,6 +192,7 @@ mod tests {
             data: String::new(),
             csrf: String::new(),
             login_entry: None,
+            provider_login: false,
         };
         Arc::new(Live::new(TokenHash(hash), &record, &Identities::default(), 1))
     }

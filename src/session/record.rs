@@ -260,6 +260,23 @@ pub struct SessionRecord {
     /// `None` for anonymous and minted sessions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub login_entry: Option<EntryDigest>,
+    /// Made by a sign-in through the OpenID provider (`[oidc]`), whose own
+    /// session a sign-out may end too.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub provider_login: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// What a login checked.
+#[derive(Debug, Clone, Copy)]
+pub enum LoginSource {
+    /// A password, against this `[[users]]` entry.
+    Password(EntryDigest),
+    /// An ID token of the OpenID provider.
+    Provider,
 }
 
 /// Why a session is no longer valid.
@@ -303,6 +320,7 @@ impl SessionRecord {
             data: String::new(),
             csrf: "c".into(),
             login_entry: None,
+            provider_login: false,
         }
     }
 }

@@ -130,6 +130,7 @@ mod tests {
             data: String::new(),
             csrf: "c".into(),
             login_entry: None,
+            provider_login: false,
         }
     }
 

@@ -125,6 +125,7 @@ fn record(n: u16, seen: u64) -> SessionRecord {
         data: String::new(),
         csrf: String::new(),
         login_entry: None,
+        provider_login: false,
     }
 }
 

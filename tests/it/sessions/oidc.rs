@@ -145,6 +145,7 @@ async fn provider_login_rotates_the_token_and_forwards_the_claims() {
         )
         .await;
     assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert_eq!(out.header("location"), Some("/"), "signed out at the provider unasked");
     let after = browser.with_token(&token).get("/app/x").await;
     assert_eq!(after.status, StatusCode::UNAUTHORIZED);
 }
@@ -459,4 +460,45 @@ async fn only_accounts_of_the_allowed_domains_and_groups_sign_in() {
             .await,
         Some(count as f64)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_at_provider_sends_a_provider_made_session_on_to_the_provider() {
+    let idp = TestIdp::start().await;
+    let site = site_with(&idp, "logout_at_provider = true").await;
+    let mut sso = site.browser();
+    sign_in(&mut sso, &idp, "/").await;
+    let token = sso.expect_token();
+    let out = sso
+        .send(
+            sso.request(Method::POST, "/.sessiongate/logout")
+                .header("origin", sso.origin()),
+        )
+        .await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER, "{}", out.text());
+    let expected = format!(
+        "{}/logout?client_id={}&post_logout_redirect_uri={}",
+        idp.issuer(),
+        idp.client_id(),
+        urlencode(&format!("{}/", sso.origin()))
+    );
+    assert_eq!(out.header("location"), Some(expected.as_str()));
+    assert!(out.session_cookies().iter().any(|c| c.is_removal()));
+    assert_eq!(
+        sso.with_token(&token).get("/app/x").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A password login on the same site signs out at home.
+    let mut alice = site.browser();
+    alice.login("alice").await;
+    let out = alice
+        .send(
+            alice
+                .request(Method::POST, "/.sessiongate/logout")
+                .header("origin", alice.origin()),
+        )
+        .await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert_eq!(out.header("location"), Some("/"));
 }
