@@ -315,23 +315,22 @@ async fn oidc_callback(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Res
     };
     let query = req.uri().query();
     let param = |k: &str| query_param(query, k);
-    let expired = || forbidden("Your sign-in expired or did not start in this browser. Go back and sign in again.");
+    let expired = || {
+        ep.sessions.metrics().login("oidc_expired");
+        forbidden("Your sign-in expired or did not start in this browser. Go back and sign in again.")
+    };
     let live = match ep.sessions.lookup(req.headers(), ep.client_ip).await? {
         Lookup::Valid(live) => live,
         // With `SameSite=Strict` the browser withholds the cookie on the
         // provider's (cross-site) redirect; a refresh from this page is
         // same-site. Once.
         Lookup::None { presented: false } if param("hop").is_none() => return Ok(hop(query.unwrap_or(""))),
-        Lookup::None { .. } => {
-            ep.sessions.metrics().login("oidc_expired");
-            return Ok(expired());
-        }
+        Lookup::None { .. } => return Ok(expired()),
     };
     let Some(record) = ep.sessions.stored(&live).await? else {
         return Ok(expired());
     };
     let Some((flow, rd)) = oidc::verify_state(&record.csrf, &param("state").unwrap_or_default()) else {
-        ep.sessions.metrics().login("oidc_expired");
         tracing::warn!(event = "oidc_state_mismatch", client_ip = %ep.client_ip, session_id = %live.record.id);
         return Ok(expired());
     };

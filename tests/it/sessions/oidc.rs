@@ -272,6 +272,13 @@ async fn a_callback_in_another_browser_or_a_second_time_is_refused() {
     // The state is tampered with: refused too.
     let forged = callback.replace("state=", "state=x");
     assert_eq!(cookieless.get(&forged).await.status, StatusCode::FORBIDDEN);
+    // Planted, replayed, cookieless after the hop, forged.
+    assert_eq!(
+        site.gw
+            .metric("sessiongate_logins_total{result=\"oidc_expired\"}")
+            .await,
+        Some(4.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
