@@ -239,8 +239,12 @@ impl Oidc {
         {
             return Ok(p.clone());
         }
+        // A stale document is better than none while the provider is away;
+        // after a failure, the next tries wait a little instead of each
+        // waiting out the timeout.
+        let stale = slot.provider.clone();
         if let Some((_, why)) = slot.failed.as_ref().filter(|(at, _)| at.elapsed() < FAILURE_HOLD) {
-            return Err(OidcError::Provider(why.clone()));
+            return stale.ok_or_else(|| OidcError::Provider(why.clone()));
         }
         match self.discover().await {
             Ok(p) => {
@@ -249,17 +253,16 @@ impl Oidc {
                 slot.failed = None;
                 Ok(p)
             }
-            // A stale document is better than none while the provider is away.
-            Err(e) => match slot.provider.clone() {
-                Some(stale) => {
-                    tracing::warn!(error = %e, "OpenID discovery failed; using the document read before");
-                    Ok(stale)
+            Err(e) => {
+                slot.failed = Some((Instant::now(), e.to_string()));
+                match stale {
+                    Some(stale) => {
+                        tracing::warn!(error = %e, "OpenID discovery failed; using the document read before");
+                        Ok(stale)
+                    }
+                    None => Err(e),
                 }
-                None => {
-                    slot.failed = Some((Instant::now(), e.to_string()));
-                    Err(e)
-                }
-            },
+            }
         }
     }
 
