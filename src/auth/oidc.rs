@@ -408,7 +408,7 @@ impl Oidc {
             }
             slot.refetched_at = Some(Instant::now());
         }
-        let keys: JwkSet = self.get_json(provider.jwks_uri.clone(), "jwks_uri").await?;
+        let keys = usable_keys(self.get_json(provider.jwks_uri.clone(), "jwks_uri").await?);
         let found = pick(&keys, kid);
         slot.keys = Some(Arc::new(keys));
         found.ok_or_else(|| OidcError::Refused(format!("no signing key {kid:?} at the provider")))
@@ -473,6 +473,28 @@ impl Oidc {
             .to_bytes();
         Ok((status, body))
     }
+}
+
+/// A provider's key set, each key read on its own: one this crate cannot
+/// read (a curve or key type it lacks, an encryption key) is left out, not
+/// a reason to refuse the others.
+fn usable_keys(set: Value) -> JwkSet {
+    let keys = match set.get("keys") {
+        Some(Value::Array(keys)) => keys.clone(),
+        _ => Vec::new(),
+    };
+    let total = keys.len();
+    let keys: Vec<Jwk> = keys
+        .into_iter()
+        .filter_map(|k| serde_json::from_value::<Jwk>(k).ok())
+        .collect();
+    if keys.len() < total {
+        tracing::debug!(
+            skipped = total - keys.len(),
+            "OpenID provider keys left out (unreadable)"
+        );
+    }
+    JwkSet { keys }
 }
 
 /// The key `kid`; without one, the set's only signing key.
@@ -660,6 +682,21 @@ mod tests {
         for bad in ["", "a.b", "a.b.c.d", "..", "flow1.%%%.x"] {
             assert_eq!(verify_state("secret-a", bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_key_set_keeps_the_keys_it_can_read() {
+        let set = serde_json::json!({"keys": [
+            {"kty": "EC", "crv": "P-256", "kid": 12, "x": 1},
+            {"kty": "EC", "crv": "P-256", "kid": "good", "alg": "ES256",
+             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+            "not a key"
+        ]});
+        let keys = usable_keys(set);
+        assert_eq!(keys.keys.len(), 1);
+        assert!(keys.find("good").is_some());
+        assert!(pick(&keys, None).is_some(), "the only key serves a token without kid");
+        assert!(usable_keys(serde_json::json!({"nokeys": 1})).keys.is_empty());
     }
 
     #[test]
