@@ -285,9 +285,9 @@ async fn to_provider(
 
 const PROVIDER_DOWN: &str = "The sign-in service is not available. Try again later.";
 
-/// The provider could not be asked (502), its answer was refused (401), or
-/// the account is not one `[oidc]` lets in (403): counted, logged with the
-/// reason, and the login page again.
+/// The provider could not be asked (502), its answer was refused (401), the
+/// account is not one `[oidc]` lets in (403), or too many exchanges are in
+/// flight (503): counted, logged with the reason, and the login page again.
 fn provider_failed(ep: &EndpointRequest<'_>, csrf: &str, rd: &str, e: &OidcError) -> Response<Body> {
     let (status, result, message) = match e {
         OidcError::Provider(_) => (StatusCode::BAD_GATEWAY, "oidc_unavailable", PROVIDER_DOWN),
@@ -301,10 +301,20 @@ fn provider_failed(ep: &EndpointRequest<'_>, csrf: &str, rd: &str, e: &OidcError
             "oidc_not_allowed",
             "This account may not sign in here.",
         ),
+        OidcError::Busy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "oidc_busy",
+            "Too many sign-ins at once. Reload this page in a moment.",
+        ),
     };
     ep.sessions.metrics().login(result);
     tracing::warn!(event = "oidc_failed", result, client_ip = %ep.client_ip, error = %e);
-    html(status, ep.auth.page(csrf, rd, Some(message)))
+    let mut resp = html(status, ep.auth.page(csrf, rd, Some(message)));
+    if matches!(e, OidcError::Busy) {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
 }
 
 /// `GET /.sessiongate/oidc/callback?code=..&state=..`: where the provider
@@ -360,7 +370,11 @@ async fn oidc_callback(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Res
     match oidc.finish(&record.csrf, &flow, authority, &code).await {
         Ok(identity) => sign_in(ep, req.headers(), &live, record, identity, LoginSource::Provider, &rd).await,
         Err(e) => {
-            ep.auth.throttle.failed_ip(ep.client_ip);
+            // Busy is the gateway's state, not the visitor's doing; its
+            // code is unspent and a reload may use it.
+            if !matches!(e, OidcError::Busy) {
+                ep.auth.throttle.failed_ip(ep.client_ip);
+            }
             Ok(provider_failed(ep, &record.csrf, &rd, &e))
         }
     }

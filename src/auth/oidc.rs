@@ -75,6 +75,9 @@ pub enum OidcError {
     /// leaves its account out.
     #[error("this account may not sign in here: {0}")]
     NotAllowed(String),
+    /// `[oidc] max_concurrent` exchanges are in flight already.
+    #[error("too many sign-ins with the OpenID provider in flight")]
+    Busy,
 }
 
 fn provider_error(what: &str, e: impl std::fmt::Display) -> OidcError {
@@ -132,11 +135,15 @@ pub struct Oidc {
     config: OidcConfig,
     provider: Mutex<ProviderSlot>,
     keys: Mutex<KeySlot>,
+    /// One permit per code exchange in flight: each holds a connection to
+    /// the provider for up to `timeout`, and anyone can start flows.
+    exchanges: tokio::sync::Semaphore,
 }
 
 impl Oidc {
     pub fn new(config: OidcConfig) -> Oidc {
         Oidc {
+            exchanges: tokio::sync::Semaphore::new(config.max_concurrent),
             config,
             provider: Mutex::default(),
             keys: Mutex::default(),
@@ -218,6 +225,7 @@ impl Oidc {
     /// audience, expiry, nonce) and reads the identity from its claims.
     /// `flow` is the flow id that [`verify_state`] returned.
     pub async fn finish(&self, csrf: &str, flow: &str, authority: &str, code: &str) -> Result<Identity, OidcError> {
+        let _permit = self.exchanges.try_acquire().map_err(|_| OidcError::Busy)?;
         let provider = self.provider().await?;
         let flow = Flow::new(csrf, flow);
         let id_token = self
@@ -722,6 +730,7 @@ mod tests {
             allowed_email_domains: Vec::new(),
             allowed_groups: Vec::new(),
             logout_at_provider: false,
+            max_concurrent: 1,
             tls: Arc::new(
                 rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
                     .with_safe_default_protocol_versions()

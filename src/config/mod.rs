@@ -386,6 +386,9 @@ pub struct OidcConfig {
     /// A sign-out of a session the provider made goes on to the provider's
     /// `end_session_endpoint`, ending its session too.
     pub logout_at_provider: bool,
+    /// Code exchanges with the provider in flight at once; more callbacks
+    /// are answered 503 at once.
+    pub max_concurrent: usize,
 }
 
 impl std::fmt::Debug for OidcConfig {
@@ -402,6 +405,7 @@ impl std::fmt::Debug for OidcConfig {
             .field("allowed_email_domains", &self.allowed_email_domains)
             .field("allowed_groups", &self.allowed_groups)
             .field("logout_at_provider", &self.logout_at_provider)
+            .field("max_concurrent", &self.max_concurrent)
             .finish_non_exhaustive()
     }
 }
@@ -686,6 +690,7 @@ impl Validator<'_> {
             allowed_email_domains,
             allowed_groups: o.allowed_groups.clone(),
             logout_at_provider: o.logout_at_provider,
+            max_concurrent: o.max_concurrent.max(1),
         })
     }
 

@@ -61,6 +61,12 @@ pub struct RawOidc {
     pub allow_any_account: bool,
     #[serde(default)]
     pub logout_at_provider: bool,
+    #[serde(default = "d_oidc_max_concurrent")]
+    pub max_concurrent: usize,
+}
+
+fn d_oidc_max_concurrent() -> usize {
+    32
 }
 
 fn d_oidc_scopes() -> Vec<String> {

@@ -103,6 +103,11 @@ pub struct TestIdp {
 struct Shared {
     issuer: String,
     state: Mutex<State>,
+    /// While `true`, the token endpoint holds each request (once recorded) until it turns
+    /// `false`: a provider slow to answer, without sleeps ([`TestIdp::hold_tokens`]).
+    hold: tokio::sync::watch::Sender<bool>,
+    /// How many token requests have been recorded, for tests that await one.
+    arrived: tokio::sync::watch::Sender<usize>,
 }
 
 impl Shared {
@@ -194,6 +199,8 @@ impl TestIdp {
                 keys: vec![SigningKey::generate("key-1")],
                 ..State::default()
             }),
+            hold: tokio::sync::watch::channel(false).0,
+            arrived: tokio::sync::watch::channel(0).0,
         });
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let server = tokio::spawn(accept_loop(listener, acceptor, shared.clone()));
@@ -258,6 +265,25 @@ impl TestIdp {
     /// Every token request received so far, in order, including refused ones.
     pub fn token_requests(&self) -> Vec<TokenRequest> {
         self.shared.state().token_requests.clone()
+    }
+
+    /// Holds every token request from now on (after recording it) until `release_tokens`.
+    pub fn hold_tokens(&self) {
+        self.shared.hold.send_replace(true);
+    }
+
+    /// Lets the held token requests (and later ones) be answered.
+    pub fn release_tokens(&self) {
+        self.shared.hold.send_replace(false);
+    }
+
+    /// Waits until `n` token requests in all have been recorded.
+    pub async fn token_requests_arrived(&self, n: usize) {
+        let mut arrived = self.shared.arrived.subscribe();
+        arrived
+            .wait_for(|&count| count >= n)
+            .await
+            .expect("the provider is running");
     }
 
     /// How many times the discovery document was fetched.
@@ -454,10 +480,18 @@ async fn token(req: Request<Incoming>, shared: &Shared) -> Reply {
         .headers
         .get(header::AUTHORIZATION)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    shared.state().token_requests.push(TokenRequest {
-        form: form_urlencoded::parse(&body).into_owned().collect(),
-        authorization: authorization.clone(),
-    });
+    let count = {
+        let mut state = shared.state();
+        state.token_requests.push(TokenRequest {
+            form: form_urlencoded::parse(&body).into_owned().collect(),
+            authorization: authorization.clone(),
+        });
+        state.token_requests.len()
+    };
+    shared.arrived.send_replace(count);
+    let mut hold = shared.hold.subscribe();
+    // The sender lives as long as `shared`, which this handler holds.
+    let _ = hold.wait_for(|held| !held).await;
 
     let is_form = parts
         .headers

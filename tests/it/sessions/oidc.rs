@@ -10,7 +10,7 @@ use super::support::{
     fetch, respond_path, session_id, site_config, site_config_with_users, user, Browser, Reply, Responder, Site,
 };
 use crate::kit::idp::{Tamper, TestIdp};
-use crate::kit::{closed_port, quoted, GatewayConfig, HttpVersion, TestGateway, TestUpstream};
+use crate::kit::{closed_port, quoted, secs, within, GatewayConfig, HttpVersion, TestGateway, TestUpstream};
 
 async fn site_with(idp: &TestIdp, extra: &str) -> Site {
     let section = idp.gateway_section(extra);
@@ -508,4 +508,36 @@ async fn logout_at_provider_sends_a_provider_made_session_on_to_the_provider() {
         .await;
     assert_eq!(out.status, StatusCode::SEE_OTHER);
     assert_eq!(out.header("location"), Some("/"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchanges_in_flight_are_bounded_and_the_rest_answered_at_once() {
+    let idp = TestIdp::start().await;
+    let site = site_with(&idp, "max_concurrent = 1").await;
+    let mut first = site.browser();
+    let first_callback = to_callback(&mut first, &idp, "/").await;
+    let mut second = site.browser();
+    let second_callback = to_callback(&mut second, &idp, "/app/x").await;
+
+    // The provider is slow: the first exchange holds the only slot.
+    idp.hold_tokens();
+    let held = tokio::spawn(async move { first.get(&first_callback).await.status });
+    within(secs(10), "the first token request", idp.token_requests_arrived(1)).await;
+    let busy = fetch(second.request(Method::GET, &second_callback)).await;
+    assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE, "{}", busy.text());
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    assert!(busy.session_cookies().is_empty());
+    assert_eq!(idp.token_requests().len(), 1, "the busy callback reached the provider");
+
+    idp.release_tokens();
+    let first_status = within(secs(10), "the held callback", held).await.expect("join");
+    assert_eq!(first_status, StatusCode::SEE_OTHER);
+    // The busy one's code was not spent: reloading the page signs in.
+    let again = second.get(&second_callback).await;
+    assert_eq!(again.status, StatusCode::SEE_OTHER, "{}", again.text());
+    assert_eq!(second.upstream_user("/app/x").await.as_deref(), Some("u-1001"));
+    assert_eq!(
+        site.gw.metric("sessiongate_logins_total{result=\"oidc_busy\"}").await,
+        Some(1.0)
+    );
 }
