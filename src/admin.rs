@@ -616,6 +616,9 @@ struct Described<'a> {
     created_at: String,
     last_seen: String,
     expires_at: String,
+    /// How the session's user signed in: `password` (`[[users]]`), `oidc`
+    /// (the provider), or `null` (anonymous, or minted by the admin API).
+    login: Option<&'static str>,
 }
 
 impl<'a> Described<'a> {
@@ -627,6 +630,13 @@ impl<'a> Described<'a> {
             created_at: rfc3339(r.created_at),
             last_seen: rfc3339(r.last_seen),
             expires_at: rfc3339(r.expires_at),
+            login: if r.provider_login {
+                Some("oidc")
+            } else if r.login_entry.is_some() {
+                Some("password")
+            } else {
+                None
+            },
         }
     }
 }

@@ -98,6 +98,10 @@ async fn minted_sessions_work_list_without_tokens_and_can_be_revoked() {
     }
     let ids: Vec<&str> = sessions.iter().filter_map(|s| s["id"].as_str()).collect();
     assert!(ids.contains(&id1.as_str()) && ids.contains(&id2.as_str()), "{ids:?}");
+    // Minted sessions name no login; the real one says password.
+    let mut logins: Vec<String> = sessions.iter().map(|s| s["login"].to_string()).collect();
+    logins.sort();
+    assert_eq!(logins, ["\"password\"", "null", "null"], "{json}");
 
     // Revoke one by id: that cookie is refused, the others still work.
     let reply = fetch(admin.authed(Method::DELETE, &format!("/sessions/{id1}"))).await;

@@ -135,6 +135,14 @@ async fn provider_login_rotates_the_token_and_forwards_the_claims() {
         site.gw.metric("sessiongate_logins_total{result=\"succeeded\"}").await,
         Some(1.0)
     );
+    // The admin listing says how each signed in.
+    let mut alice = site.browser();
+    alice.login("alice").await;
+    for (user, login) in [("u-1001", "oidc"), ("alice", "password")] {
+        let listed = fetch(site.admin().authed(Method::GET, &format!("/sessions?user={user}"))).await;
+        assert_eq!(listed.status, StatusCode::OK, "{}", listed.text());
+        assert_eq!(listed.json()["sessions"][0]["login"], login, "{}", listed.text());
+    }
 
     // Signing out ends it as any session.
     let out = browser
