@@ -549,3 +549,38 @@ async fn exchanges_in_flight_are_bounded_and_the_rest_answered_at_once() {
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_says_oidc_changes_need_a_restart_and_keeps_provider_sessions() {
+    let idp = TestIdp::start().await;
+    let site = site_with(&idp, "").await;
+    let mut browser = site.browser();
+    sign_in(&mut browser, &idp, "/").await;
+    let text = std::fs::read_to_string(site.gw.config_path()).expect("config");
+    let reload = || async {
+        let reply = fetch(site.admin().authed(Method::POST, "/reload")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        reply.json()
+    };
+
+    // Unchanged: nothing to restart, and [[users]] reloaded leaves the provider's session be.
+    assert_eq!(reload().await["restart_needed"], serde_json::json!([]));
+    let changed = text.replace("name = \"Test IdP\"", "name = \"Other IdP\"");
+    assert_ne!(changed, text);
+    std::fs::write(site.gw.config_path(), &changed).expect("rewrite config");
+    assert_eq!(reload().await["restart_needed"], serde_json::json!(["oidc"]));
+    let secret = text.replace(
+        &format!("client_secret = {}", quoted(idp.client_secret())),
+        "client_secret = \"rotated\"",
+    );
+    assert_ne!(secret, text);
+    std::fs::write(site.gw.config_path(), &secret).expect("rewrite config");
+    let report = reload().await;
+    assert_eq!(
+        report["restart_needed"],
+        serde_json::json!(["oidc.client_secret"]),
+        "{report}"
+    );
+    assert!(!report.to_string().contains("rotated"), "the secret is in the report");
+    assert_eq!(browser.upstream_user("/app/x").await.as_deref(), Some("u-1001"));
+}
