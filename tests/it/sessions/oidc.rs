@@ -17,6 +17,13 @@ async fn site_with(idp: &TestIdp, extra: &str) -> Site {
     Site::with(|c| c.section(&section)).await
 }
 
+/// `sessiongate_logins_total{result="RESULT"}` of `site`.
+async fn logins(site: &Site, result: &str) -> Option<f64> {
+    site.gw
+        .metric(&format!("sessiongate_logins_total{{result=\"{result}\"}}"))
+        .await
+}
+
 /// The path and query of an absolute URL on the gateway.
 fn local(url: &str, browser: &Browser) -> String {
     let origin = browser.origin();
@@ -131,10 +138,7 @@ async fn provider_login_rotates_the_token_and_forwards_the_claims() {
     let info = browser.get("/.sessiongate/session").await.json();
     assert_eq!(info["authenticated"], true);
     assert_eq!(info["user"], "u-1001");
-    assert_eq!(
-        site.gw.metric("sessiongate_logins_total{result=\"succeeded\"}").await,
-        Some(1.0)
-    );
+    assert_eq!(logins(&site, "succeeded").await, Some(1.0));
     // The admin listing says how each signed in.
     let mut alice = site.browser();
     alice.login("alice").await;
@@ -228,16 +232,8 @@ async fn an_id_token_that_does_not_verify_signs_nobody_in() {
         let after = browser.get("/app/x").await;
         assert_eq!(after.status, StatusCode::UNAUTHORIZED, "{what}: signed in");
     }
-    assert_eq!(
-        site.gw
-            .metric("sessiongate_logins_total{result=\"oidc_refused\"}")
-            .await,
-        Some(count as f64)
-    );
-    assert_eq!(
-        site.gw.metric("sessiongate_logins_total{result=\"succeeded\"}").await,
-        None
-    );
+    assert_eq!(logins(&site, "oidc_refused").await, Some(count as f64));
+    assert_eq!(logins(&site, "succeeded").await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,12 +277,7 @@ async fn a_callback_in_another_browser_or_a_second_time_is_refused() {
     let forged = callback.replace("state=", "state=x");
     assert_eq!(cookieless.get(&forged).await.status, StatusCode::FORBIDDEN);
     // Planted, replayed, cookieless after the hop, forged.
-    assert_eq!(
-        site.gw
-            .metric("sessiongate_logins_total{result=\"oidc_expired\"}")
-            .await,
-        Some(4.0)
-    );
+    assert_eq!(logins(&site, "oidc_expired").await, Some(4.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,12 +301,7 @@ async fn the_provider_refusing_or_failing_is_a_page_not_a_login() {
     assert!(reply.text().contains("not available"), "{}", reply.text());
     assert!(reply.session_cookies().is_empty());
     assert_eq!(browser.get("/app/x").await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        site.gw
-            .metric("sessiongate_logins_total{result=\"oidc_unavailable\"}")
-            .await,
-        Some(1.0)
-    );
+    assert_eq!(logins(&site, "oidc_unavailable").await, Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,12 +455,7 @@ async fn only_accounts_of_the_allowed_domains_and_groups_sign_in() {
         assert!(reply.session_cookies().is_empty(), "{what}");
         assert_eq!(browser.get("/app/x").await.status, StatusCode::UNAUTHORIZED, "{what}");
     }
-    assert_eq!(
-        site.gw
-            .metric("sessiongate_logins_total{result=\"oidc_not_allowed\"}")
-            .await,
-        Some(count as f64)
-    );
+    assert_eq!(logins(&site, "oidc_not_allowed").await, Some(count as f64));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -544,10 +525,7 @@ async fn exchanges_in_flight_are_bounded_and_the_rest_answered_at_once() {
     let again = second.get(&second_callback).await;
     assert_eq!(again.status, StatusCode::SEE_OTHER, "{}", again.text());
     assert_eq!(second.upstream_user("/app/x").await.as_deref(), Some("u-1001"));
-    assert_eq!(
-        site.gw.metric("sessiongate_logins_total{result=\"oidc_busy\"}").await,
-        Some(1.0)
-    );
+    assert_eq!(logins(&site, "oidc_busy").await, Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
