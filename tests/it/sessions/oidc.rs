@@ -562,3 +562,19 @@ async fn a_reload_says_oidc_changes_need_a_restart_and_keeps_provider_sessions()
     assert!(!report.to_string().contains("rotated"), "the secret is in the report");
     assert_eq!(browser.upstream_user("/app/x").await.as_deref(), Some("u-1001"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_other_than_the_one_the_provider_names_signs_nobody_in() {
+    let idp = TestIdp::start().await;
+    // A final slash the provider's own issuer lacks: discovery answers, but for another issuer.
+    let issuer = quoted(&idp.issuer());
+    let slashed = quoted(&format!("{}/", idp.issuer()));
+    let section = idp.gateway_section("").replace(&issuer, &slashed);
+    assert!(section.contains(&slashed), "{section}");
+    let site = Site::with(|c| c.section(&section)).await;
+    let browser = site.browser();
+    let reply = fetch(browser.request(Method::GET, "/.sessiongate/oidc/start?rd=%2F")).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    assert!(idp.discovery_fetches() >= 1);
+    assert!(idp.token_requests().is_empty());
+}
