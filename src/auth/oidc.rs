@@ -380,7 +380,7 @@ impl Oidc {
         }
         let key = DecodingKey::from_jwk(&jwk).map_err(|e| refused("the provider's key", &e))?;
         let mut validation = Validation::new(head.alg);
-        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_issuer(&accepted_issuers(&self.config.issuer));
         validation.set_audience(&[&self.config.client_id]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = LEEWAY_SECS;
@@ -480,6 +480,18 @@ impl Oidc {
             .map_err(|e| format!("reading the answer: {e}"))?
             .to_bytes();
         Ok((status, body))
+    }
+}
+
+/// The `iss` values an ID token may carry: the configured issuer, and for
+/// Google also `accounts.google.com` without the scheme, which Google
+/// documents that its tokens may carry (as go-oidc accepts).
+fn accepted_issuers(issuer: &str) -> Vec<&str> {
+    const GOOGLE: &str = "https://accounts.google.com";
+    if issuer == GOOGLE {
+        vec![GOOGLE, "accounts.google.com"]
+    } else {
+        vec![issuer]
     }
 }
 
@@ -690,6 +702,19 @@ mod tests {
         for bad in ["", "a.b", "a.b.c.d", "..", "flow1.%%%.x"] {
             assert_eq!(verify_state("secret-a", bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn only_google_has_a_second_spelling_of_its_issuer() {
+        assert_eq!(
+            accepted_issuers("https://accounts.google.com"),
+            ["https://accounts.google.com", "accounts.google.com"]
+        );
+        assert_eq!(accepted_issuers("https://idp.test"), ["https://idp.test"]);
+        assert_eq!(
+            accepted_issuers("https://accounts.google.com/"),
+            ["https://accounts.google.com/"]
+        );
     }
 
     #[test]
