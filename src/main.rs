@@ -203,6 +203,9 @@ fn check(path: &Path) -> ExitCode {
         println!("  upstream TLS verified against {ca}{client}");
     }
     println!("  users     {}", config.users.len());
+    if let Some(warning) = config.sign_in_warning() {
+        println!("  warning   {warning}");
+    }
     if let Some(o) = &config.oidc {
         println!(
             "  oidc      {} as client {}, user from the claim `{}`; register https://<host>{} at the provider",

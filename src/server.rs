@@ -155,6 +155,9 @@ impl Gateway {
             source,
         })?;
         advise_placement(&config);
+        if let Some(warning) = config.sign_in_warning() {
+            tracing::warn!("{warning}");
+        }
         let config = Arc::new(config);
         let tls = crate::tls::Reloadable::load(&config.tls.cert, &config.tls.key)?;
         let metrics = Arc::new(Metrics::new());

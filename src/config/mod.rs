@@ -442,6 +442,17 @@ impl Config {
         Config::parse(&text, path)
     }
 
+    /// A warning when routes require a login that nobody can make: no
+    /// `[[users]]` and no `[oidc]` (only sessions minted through the admin
+    /// API get in). Said by `check` and at start.
+    pub fn sign_in_warning(&self) -> Option<&'static str> {
+        let required = self.routes.iter().any(|r| r.auth == AuthMode::Required);
+        (required && self.users.is_empty() && self.oidc.is_none()).then_some(
+            "routes require a login, but there is no [[users]] entry and no [oidc]: \
+             nobody can sign in (only sessions minted through the admin API get in)",
+        )
+    }
+
     /// Validates `text` as if it had been read from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();

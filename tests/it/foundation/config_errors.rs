@@ -405,3 +405,38 @@ fn oidc_settings_that_cannot_work_are_named_and_good_ones_listed() {
         out.stdout
     );
 }
+
+/// Routes that require a login nobody can make (no `[[users]]`, no `[oidc]`) are said by
+/// `check`; the file is still valid (minted sessions get in).
+#[test]
+fn check_warns_when_nobody_can_sign_in() {
+    let required = || {
+        GatewayConfig::new()
+            .route(RouteSpec::new("/app/", format!("http://127.0.0.1:{}", closed_port())).set("auth", "\"required\""))
+    };
+    let warning = "nobody can sign in";
+    let out = run_cli([
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        required().prepare().path.as_os_str(),
+    ]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains(warning), "{}", out.stdout);
+
+    let hash = sessiongate::auth::hash_password("pw").expect("hash");
+    let with_user = required().section(&format!("[[users]]\nname = \"a\"\npassword_hash = {}\n", quoted(&hash)));
+    let out = run_cli([
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        with_user.prepare().path.as_os_str(),
+    ]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(!out.stdout.contains(warning), "{}", out.stdout);
+    assert!(!run_cli([
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        valid_config().prepare().path.as_os_str()
+    ])
+    .stdout
+    .contains(warning));
+}
