@@ -598,7 +598,54 @@ impl Validator<'_> {
     /// `[oidc]`. The provider itself is asked nothing here: a provider that
     /// is down must not keep the gateway from serving.
     fn oidc(&self, o: &raw::RawOidc) -> Result<OidcConfig, ConfigError> {
-        let issuer = o.issuer.trim();
+        let issuer = self.oidc_issuer(&o.issuer)?;
+        if o.client_id.is_empty() || o.client_id.chars().any(char::is_control) {
+            return Err(self.err("oidc.client_id", "must be set"));
+        }
+        let client_secret = self.oidc_secret(o)?;
+        if !o.scopes.iter().any(|s| s == "openid") {
+            return Err(self.err("oidc.scopes", "must include \"openid\""));
+        }
+        if let Some(bad) = o
+            .scopes
+            .iter()
+            .find(|s| s.is_empty() || s.contains(|c: char| c == ' ' || c.is_control()))
+        {
+            return Err(self.err("oidc.scopes", format!("`{bad}` is not a scope")));
+        }
+        for (key, claim) in [
+            ("oidc.username_claim", &o.username_claim),
+            ("oidc.email_claim", &o.email_claim),
+            ("oidc.groups_claim", &o.groups_claim),
+        ] {
+            if claim.is_empty() {
+                return Err(self.err(key, "must name a claim"));
+            }
+        }
+        let allowed_email_domains = self.oidc_admission(o)?;
+        let ca = o.ca.as_deref().map(|c| self.path(c));
+        let tls = crate::tls::client_config("oidc", ca.as_deref(), None).map_err(|e| self.err(&e.key, e.reason))?;
+        Ok(OidcConfig {
+            issuer,
+            client_id: o.client_id.clone(),
+            client_secret,
+            scopes: o.scopes.clone(),
+            username_claim: o.username_claim.clone(),
+            email_claim: o.email_claim.clone(),
+            groups_claim: o.groups_claim.clone(),
+            name: o.name.clone(),
+            timeout: self.duration("oidc.timeout", &o.timeout)?,
+            tls,
+            allowed_email_domains,
+            allowed_groups: o.allowed_groups.clone(),
+            logout_at_provider: o.logout_at_provider,
+            max_concurrent: o.max_concurrent.max(1),
+        })
+    }
+
+    /// An `https://` URL without query or fragment, kept as written.
+    fn oidc_issuer(&self, issuer: &str) -> Result<String, ConfigError> {
+        let issuer = issuer.trim();
         let uri: http::Uri = issuer
             .parse()
             .map_err(|e| self.err("oidc.issuer", format!("`{issuer}` is not a URL ({e})")))?;
@@ -608,10 +655,13 @@ impl Validator<'_> {
         if uri.query().is_some() || issuer.contains('#') {
             return Err(self.err("oidc.issuer", "must have no query or fragment"));
         }
-        if o.client_id.is_empty() || o.client_id.chars().any(char::is_control) {
-            return Err(self.err("oidc.client_id", "must be set"));
-        }
-        let client_secret = match (&o.client_secret, &o.client_secret_file) {
+        Ok(issuer.to_string())
+    }
+
+    /// `client_secret`, or the contents of `client_secret_file` without a
+    /// final newline: exactly one, not empty.
+    fn oidc_secret(&self, o: &raw::RawOidc) -> Result<String, ConfigError> {
+        let secret = match (&o.client_secret, &o.client_secret_file) {
             (Some(s), None) => s.clone(),
             (None, Some(f)) => {
                 let path = self.path(f);
@@ -636,29 +686,17 @@ impl Validator<'_> {
                 ))
             }
         };
-        if client_secret.is_empty() {
+        if secret.is_empty() {
             return Err(self.err("oidc.client_secret_file", "the secret is empty"));
         }
-        if !o.scopes.iter().any(|s| s == "openid") {
-            return Err(self.err("oidc.scopes", "must include \"openid\""));
-        }
-        if let Some(bad) = o
-            .scopes
-            .iter()
-            .find(|s| s.is_empty() || s.contains(|c: char| c == ' ' || c.is_control()))
-        {
-            return Err(self.err("oidc.scopes", format!("`{bad}` is not a scope")));
-        }
-        for (key, claim) in [
-            ("oidc.username_claim", &o.username_claim),
-            ("oidc.email_claim", &o.email_claim),
-            ("oidc.groups_claim", &o.groups_claim),
-        ] {
-            if claim.is_empty() {
-                return Err(self.err(key, "must name a claim"));
-            }
-        }
-        let mut allowed_email_domains = Vec::new();
+        Ok(secret)
+    }
+
+    /// Who may sign in, which is never left to chance (a provider open to
+    /// the world, such as Google, would sign in anyone): the allowed email
+    /// domains (lowercase), or groups, or `allow_any_account`.
+    fn oidc_admission(&self, o: &raw::RawOidc) -> Result<Vec<String>, ConfigError> {
+        let mut domains = Vec::new();
         for d in &o.allowed_email_domains {
             let d = d.trim().trim_start_matches('@').to_ascii_lowercase();
             if d.is_empty() || d.contains(['@', ' ', '/']) || !d.contains('.') {
@@ -667,11 +705,9 @@ impl Validator<'_> {
                     format!("`{d}` is not a domain like \"example.com\""),
                 ));
             }
-            allowed_email_domains.push(d);
+            domains.push(d);
         }
-        // Whom the provider may sign in is never left to chance: a provider
-        // open to the world (Google) would sign in anyone.
-        let restricted = !allowed_email_domains.is_empty() || !o.allowed_groups.is_empty();
+        let restricted = !domains.is_empty() || !o.allowed_groups.is_empty();
         if restricted && o.allow_any_account {
             return Err(self.err(
                 "oidc.allow_any_account",
@@ -685,24 +721,7 @@ impl Validator<'_> {
                  (only for a provider that holds nobody but your users, such as your own Keycloak realm)",
             ));
         }
-        let ca = o.ca.as_deref().map(|c| self.path(c));
-        let tls = crate::tls::client_config("oidc", ca.as_deref(), None).map_err(|e| self.err(&e.key, e.reason))?;
-        Ok(OidcConfig {
-            issuer: issuer.to_string(),
-            client_id: o.client_id.clone(),
-            client_secret,
-            scopes: o.scopes.clone(),
-            username_claim: o.username_claim.clone(),
-            email_claim: o.email_claim.clone(),
-            groups_claim: o.groups_claim.clone(),
-            name: o.name.clone(),
-            timeout: self.duration("oidc.timeout", &o.timeout)?,
-            tls,
-            allowed_email_domains,
-            allowed_groups: o.allowed_groups.clone(),
-            logout_at_provider: o.logout_at_provider,
-            max_concurrent: o.max_concurrent.max(1),
-        })
+        Ok(domains)
     }
 
     /// `[upstream_tls]`, built when a route's upstream is `https://`.
