@@ -170,6 +170,8 @@ pub struct Route {
     pub auth: AuthMode,
     pub groups: Vec<String>,
     pub max_body_bytes: Option<u64>,
+    /// `max_auth_age` in milliseconds: how recent the sign-in must be.
+    pub max_auth_age_ms: Option<u64>,
     /// Label used in metrics and logs.
     pub label: String,
     /// Position in the router's table (indexes per-route state elsewhere).
@@ -211,6 +213,7 @@ impl Router {
                 auth: r.auth,
                 groups: r.groups.clone(),
                 max_body_bytes: r.max_body_bytes,
+                max_auth_age_ms: r.max_auth_age.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 label: match &r.host {
                     Some(h) => format!("{h}{}", r.path_prefix),
                     None => r.path_prefix.clone(),
@@ -512,6 +515,7 @@ mod tests {
                 auth: AuthMode::None,
                 groups: Vec::new(),
                 max_body_bytes: None,
+                max_auth_age: None,
             })
             .collect();
         Router::new(&routes, &crate::proxy::upstream::Origins::new(&routes), readings)

@@ -45,12 +45,18 @@ impl Auth {
     /// The login page: the password form while `[[users]]` has anyone, the
     /// provider's button with `[oidc]`.
     fn page(&self, csrf: &str, rd: &str, error: Option<&str>) -> String {
+        self.page_for_age(csrf, rd, error, None)
+    }
+
+    /// The login page for a step-up route's `max_age` (seconds).
+    fn page_for_age(&self, csrf: &str, rd: &str, error: Option<&str>, max_age: Option<u64>) -> String {
         pages::login(&pages::Login {
             csrf,
             rd,
             error,
             passwords: self.oidc.is_none() || self.users.has_any(),
             sso: self.oidc.as_deref().map(Oidc::name),
+            max_age,
         })
     }
 }
@@ -129,11 +135,13 @@ async fn login_form(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Result
     let rd = query_param(req.uri().query(), "rd")
         .map(|r| safe_redirect(&r))
         .unwrap_or_else(|| "/".into());
+    let max_age = max_age_param(req.uri().query());
     // The provider is the only way in: straight there.
     if let Some(oidc) = ep.auth.oidc.as_deref().filter(|_| !ep.auth.users.has_any()) {
-        return to_provider(ep, oidc, &csrf, cookie, &rd).await;
+        return to_provider(ep, oidc, &csrf, cookie, &rd, max_age).await;
     }
-    let mut resp = html(StatusCode::OK, ep.auth.page(&csrf, &rd, None));
+    let again = max_age.map(|_| "Sign in again to continue.");
+    let mut resp = html(StatusCode::OK, ep.auth.page_for_age(&csrf, &rd, again, max_age));
     if let Some(c) = cookie {
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
@@ -257,7 +265,15 @@ async fn oidc_start(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Result
     let rd = query_param(req.uri().query(), "rd")
         .map(|r| safe_redirect(&r))
         .unwrap_or_else(|| "/".into());
-    to_provider(ep, oidc, &csrf, cookie, &rd).await
+    to_provider(ep, oidc, &csrf, cookie, &rd, max_age_param(req.uri().query())).await
+}
+
+/// The `max_age` a step-up route asked for (seconds; at most a year).
+fn max_age_param(query: Option<&str>) -> Option<u64> {
+    query_param(query, "max_age")?
+        .parse::<u64>()
+        .ok()
+        .filter(|&age| age <= 366 * 24 * 3600)
 }
 
 /// 303 to the provider's authorization endpoint for a flow bound to the
@@ -268,12 +284,13 @@ async fn to_provider(
     csrf: &str,
     cookie: Option<HeaderValue>,
     rd: &str,
+    max_age: Option<u64>,
 ) -> Result<Response<Body>, GatewayError> {
     let authority = ep
         .authority
         .as_deref()
         .ok_or(GatewayError::BadHost("no host to return to"))?;
-    let mut resp = match oidc.start(csrf, authority, rd).await {
+    let mut resp = match oidc.start(csrf, authority, rd, max_age).await {
         Ok(location) => redirect(StatusCode::SEE_OTHER, &location),
         Err(e) => provider_failed(ep, csrf, rd, &e),
     };
@@ -340,11 +357,11 @@ async fn oidc_callback(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Res
     let Some(record) = ep.sessions.stored(&live).await? else {
         return Ok(expired());
     };
-    let Some((flow, rd)) = oidc::verify_state(&record.csrf, &param("state").unwrap_or_default()) else {
+    let Some(state) = oidc::verify_state(&record.csrf, &param("state").unwrap_or_default()) else {
         tracing::warn!(event = "oidc_state_mismatch", client_ip = %ep.client_ip, session_id = %live.record.id);
         return Ok(expired());
     };
-    let rd = safe_redirect(&rd);
+    let rd = safe_redirect(&state.rd);
     if let Some(error) = param("error") {
         ep.sessions.metrics().login("oidc_refused");
         // The provider's words, as the visitor's browser brought them: quoted.
@@ -367,7 +384,7 @@ async fn oidc_callback(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Res
         tracing::warn!(event = "login_throttled", client_ip = %ep.client_ip, source = "oidc");
         return Ok(throttled(ep, &record.csrf, &rd, wait));
     }
-    match oidc.finish(&record.csrf, &flow, authority, &code).await {
+    match oidc.finish(&record.csrf, &state, authority, &code).await {
         Ok(identity) => sign_in(ep, req.headers(), &live, record, identity, LoginSource::Provider, &rd).await,
         Err(e) => {
             // Busy is the gateway's state, not the visitor's doing; its

@@ -171,14 +171,24 @@ impl Oidc {
     /// The provider's authorization URL, with every parameter, for a flow
     /// that returns to `rd` on `authority`, bound to the session whose CSRF
     /// secret is `csrf`.
-    pub async fn start(&self, csrf: &str, authority: &str, rd: &str) -> Result<String, OidcError> {
+    /// With `max_age` (a step-up route's, in seconds) the provider is asked
+    /// to have signed the user in within that long, and the callback checks
+    /// the token's `auth_time`.
+    pub async fn start(
+        &self,
+        csrf: &str,
+        authority: &str,
+        rd: &str,
+        max_age: Option<u64>,
+    ) -> Result<String, OidcError> {
         let provider = self.provider().await?;
         let mut flow = [0u8; 16];
         getrandom::fill(&mut flow).map_err(|e| provider_error("random", e))?;
         let flow = URL_SAFE_NO_PAD.encode(flow);
         let flow = Flow::new(csrf, &flow);
-        let state = flow.state(rd);
-        let params = form_urlencoded::Serializer::new(String::new())
+        let state = flow.state(rd, max_age);
+        let mut params = form_urlencoded::Serializer::new(String::new());
+        params
             .append_pair("response_type", "code")
             .append_pair("client_id", &self.config.client_id)
             .append_pair("redirect_uri", &redirect_uri(authority))
@@ -186,8 +196,11 @@ impl Oidc {
             .append_pair("state", &state)
             .append_pair("nonce", &flow.nonce())
             .append_pair("code_challenge", &flow.challenge())
-            .append_pair("code_challenge_method", "S256")
-            .finish();
+            .append_pair("code_challenge_method", "S256");
+        if let Some(age) = max_age {
+            params.append_pair("max_age", &age.to_string());
+        }
+        let params = params.finish();
         let join = if provider.authorization_endpoint.contains('?') {
             '&'
         } else {
@@ -223,15 +236,18 @@ impl Oidc {
 
     /// Exchanges `code` for an ID token, verifies it (signature, issuer,
     /// audience, expiry, nonce) and reads the identity from its claims.
-    /// `flow` is the flow id that [`verify_state`] returned.
-    pub async fn finish(&self, csrf: &str, flow: &str, authority: &str, code: &str) -> Result<Identity, OidcError> {
+    /// `state` is what [`verify_state`] returned.
+    pub async fn finish(&self, csrf: &str, state: &State, authority: &str, code: &str) -> Result<Identity, OidcError> {
         let _permit = self.exchanges.try_acquire().map_err(|_| OidcError::Busy)?;
         let provider = self.provider().await?;
-        let flow = Flow::new(csrf, flow);
+        let flow = Flow::new(csrf, &state.flow);
         let id_token = self
             .exchange(&provider, code, &redirect_uri(authority), &flow.verifier())
             .await?;
         let claims = self.verify(&provider, &id_token, &flow.nonce()).await?;
+        if let Some(age) = state.max_age {
+            signed_in_within(&claims, age)?;
+        }
         let identity = identity(&self.config, &claims)?;
         allowed(&self.config, &claims, &identity)?;
         Ok(identity)
@@ -575,13 +591,15 @@ impl Flow {
         URL_SAFE_NO_PAD.encode(ctx.sign().as_ref())
     }
 
-    /// `id.rd.signature`, each part base64url.
-    fn state(&self, rd: &str) -> String {
+    /// `id.rd.max_age.signature`: the return path base64url, the step-up
+    /// age in seconds (empty without one).
+    fn state(&self, rd: &str, max_age: Option<u64>) -> String {
+        let age = max_age.map(|a| a.to_string()).unwrap_or_default();
         format!(
-            "{}.{}.{}",
+            "{}.{}.{age}.{}",
             self.id,
             URL_SAFE_NO_PAD.encode(rd),
-            self.mac("sessiongate oidc state", &[rd])
+            self.mac("sessiongate oidc state", &[rd, &age])
         )
     }
 
@@ -600,18 +618,58 @@ impl Flow {
     }
 }
 
-/// Checks `state` against the session's CSRF secret: its flow id and
-/// return path, or `None` when it was not made for this session.
-pub fn verify_state(csrf: &str, state: &str) -> Option<(String, String)> {
+/// What a verified `state` carries.
+#[derive(Debug, PartialEq, Eq)]
+pub struct State {
+    /// The flow id, from which the nonce and the PKCE verifier derive.
+    pub flow: String,
+    /// Where to go once signed in (to be checked same-origin again).
+    pub rd: String,
+    /// A step-up route's bound on the sign-in's age, in seconds.
+    pub max_age: Option<u64>,
+}
+
+/// Checks `state` against the session's CSRF secret: what it carries, or
+/// `None` when it was not made for this session or was changed.
+pub fn verify_state(csrf: &str, state: &str) -> Option<State> {
     let mut parts = state.split('.');
-    let (id, rd, sig) = (parts.next()?, parts.next()?, parts.next()?);
+    let (id, rd, age, sig) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() || id.is_empty() || csrf.is_empty() {
         return None;
     }
     let rd = String::from_utf8(URL_SAFE_NO_PAD.decode(rd).ok()?).ok()?;
-    let expected = Flow::new(csrf, id).mac("sessiongate oidc state", &[&rd]);
+    let expected = Flow::new(csrf, id).mac("sessiongate oidc state", &[&rd, age]);
     aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_bytes(), sig.as_bytes()).ok()?;
-    Some((id.to_string(), rd))
+    let max_age = match age {
+        "" => None,
+        age => Some(age.parse().ok()?),
+    };
+    Some(State {
+        flow: id.to_string(),
+        rd,
+        max_age,
+    })
+}
+
+/// A step-up's check: the provider says (`auth_time`) it signed the user
+/// in at most `max_age` seconds ago (with the clock skew allowed). A
+/// provider that did not re-authenticate, or a browser that dropped the
+/// authorization request's `max_age`, fails it.
+fn signed_in_within(claims: &Map<String, Value>, max_age: u64) -> Result<(), OidcError> {
+    let auth_time = claims
+        .get("auth_time")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| OidcError::Refused("a step-up sign-in's token has no auth_time".into()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if now.saturating_sub(auth_time) > max_age.saturating_add(LEEWAY_SECS) {
+        return Err(OidcError::Refused(format!(
+            "the provider signed the user in {}s ago; this route allows {max_age}s",
+            now.saturating_sub(auth_time)
+        )));
+    }
+    Ok(())
 }
 
 /// A claim fit to travel as a header value: a string of 1 to
@@ -687,11 +745,13 @@ mod tests {
     #[test]
     fn state_verifies_only_for_its_session_and_unchanged() {
         let flow = Flow::new("secret-a", "flow1");
-        let state = flow.state("/cart?x=1");
-        assert_eq!(
-            verify_state("secret-a", &state),
-            Some(("flow1".to_string(), "/cart?x=1".to_string()))
-        );
+        let state = flow.state("/cart?x=1", None);
+        let expected = State {
+            flow: "flow1".into(),
+            rd: "/cart?x=1".into(),
+            max_age: None,
+        };
+        assert_eq!(verify_state("secret-a", &state), Some(expected));
         assert_eq!(verify_state("secret-b", &state), None);
         let forged = state.replacen(
             &URL_SAFE_NO_PAD.encode("/cart?x=1"),
@@ -699,37 +759,27 @@ mod tests {
             1,
         );
         assert_eq!(verify_state("secret-a", &forged), None);
-        for bad in ["", "a.b", "a.b.c.d", "..", "flow1.%%%.x"] {
+        for bad in ["", "a.b", "a.b.c", "a.b.c.d.e", "...", "flow1.%%%..x"] {
             assert_eq!(verify_state("secret-a", bad), None, "{bad}");
         }
+        // A step-up's age is signed too: dropping or changing it breaks the state.
+        let step_up = flow.state("/admin", Some(300));
+        assert_eq!(verify_state("secret-a", &step_up).and_then(|s| s.max_age), Some(300));
+        assert_eq!(verify_state("secret-a", &step_up.replacen(".300.", "..", 1)), None);
+        assert_eq!(verify_state("secret-a", &step_up.replacen(".300.", ".99999.", 1)), None);
     }
 
     #[test]
-    fn only_google_has_a_second_spelling_of_its_issuer() {
-        assert_eq!(
-            accepted_issuers("https://accounts.google.com"),
-            ["https://accounts.google.com", "accounts.google.com"]
-        );
-        assert_eq!(accepted_issuers("https://idp.test"), ["https://idp.test"]);
-        assert_eq!(
-            accepted_issuers("https://accounts.google.com/"),
-            ["https://accounts.google.com/"]
-        );
-    }
-
-    #[test]
-    fn a_key_set_keeps_the_keys_it_can_read() {
-        let set = serde_json::json!({"keys": [
-            {"kty": "EC", "crv": "P-256", "kid": 12, "x": 1},
-            {"kty": "EC", "crv": "P-256", "kid": "good", "alg": "ES256",
-             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
-            "not a key"
-        ]});
-        let keys = usable_keys(set);
-        assert_eq!(keys.keys.len(), 1);
-        assert!(keys.find("good").is_some());
-        assert!(pick(&keys, None).is_some(), "the only key serves a token without kid");
-        assert!(usable_keys(serde_json::json!({"nokeys": 1})).keys.is_empty());
+    fn a_step_up_needs_a_recent_auth_time() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let at = |t: u64| claims(serde_json::json!({ "auth_time": t }));
+        assert!(signed_in_within(&at(now - 10), 300).is_ok());
+        assert!(signed_in_within(&at(now - 300 - LEEWAY_SECS), 300).is_ok());
+        assert!(signed_in_within(&at(now - 301 - LEEWAY_SECS), 300).is_err());
+        assert!(signed_in_within(&claims(serde_json::json!({})), 300).is_err());
+        assert!(signed_in_within(&claims(serde_json::json!({"auth_time": "recent"})), 300).is_err());
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub struct Login<'a> {
     pub passwords: bool,
     /// The OpenID provider's button, with this label.
     pub sso: Option<&'a str>,
+    /// A step-up route's bound on the sign-in's age, in seconds, passed on
+    /// to the provider's button.
+    pub max_age: Option<u64>,
 }
 
 /// The login page.
@@ -40,12 +43,12 @@ pub fn login(page: &Login<'_>) -> String {
     let sso = page
         .sso
         .map(|name| {
-            let href = format!(
-                "/.sessiongate/oidc/start?{}",
-                form_urlencoded::Serializer::new(String::new())
-                    .append_pair("rd", page.rd)
-                    .finish()
-            );
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("rd", page.rd);
+            if let Some(age) = page.max_age {
+                query.append_pair("max_age", &age.to_string());
+            }
+            let href = format!("/.sessiongate/oidc/start?{}", query.finish());
             format!(
                 "<a class=\"sso\" href=\"{}\">Sign in with {}</a>\n",
                 escape(&href),
@@ -109,10 +112,11 @@ mod tests {
             error: Some("<bad>"),
             passwords: true,
             sso: Some("<i>SSO</i>"),
+            max_age: Some(300),
         });
         assert!(!page.contains("<script>"));
         assert!(!page.contains("<i>"));
-        assert!(page.contains("/.sessiongate/oidc/start?rd=%2Fx%3Fa%3D%3Cb%3E"));
+        assert!(page.contains("/.sessiongate/oidc/start?rd=%2Fx%3Fa%3D%3Cb%3E&amp;max_age=300"));
         assert!(!page.contains("<b>"));
         assert!(!page.contains("<bad>"));
         assert!(page.contains("&lt;bad&gt;"));

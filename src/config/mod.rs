@@ -78,6 +78,9 @@ pub struct RouteConfig {
     pub auth: AuthMode,
     pub groups: Vec<String>,
     pub max_body_bytes: Option<u64>,
+    /// Step-up: the user must have signed in within this long, or sign in
+    /// again (`auth = "required"` routes only).
+    pub max_auth_age: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -1025,6 +1028,16 @@ impl Validator<'_> {
         if !r.groups.is_empty() && auth != AuthMode::Required {
             return Err(self.err(&key("groups"), "groups only apply to routes with auth = \"required\""));
         }
+        let max_auth_age = match &r.max_auth_age {
+            Some(_) if auth != AuthMode::Required => {
+                return Err(self.err(
+                    &key("max_auth_age"),
+                    "max_auth_age only applies to routes with auth = \"required\"",
+                ))
+            }
+            Some(age) => Some(self.duration(&key("max_auth_age"), age)?),
+            None => None,
+        };
         let host = match &r.host {
             Some(h) if h.is_empty() || h.contains(['/', ' ', ':']) => {
                 return Err(self.err(
@@ -1048,6 +1061,7 @@ impl Validator<'_> {
             auth,
             groups: r.groups.clone(),
             max_body_bytes: r.max_body_bytes,
+            max_auth_age,
         })
     }
 

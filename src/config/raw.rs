@@ -282,6 +282,7 @@ pub struct RawRoute {
     #[serde(default)]
     pub groups: Vec<String>,
     pub max_body_bytes: Option<u64>,
+    pub max_auth_age: Option<String>,
 }
 
 fn d_auth() -> String {

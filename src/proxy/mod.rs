@@ -300,7 +300,7 @@ async fn pipeline<'s>(
                 Some(live) => {
                     ctx.session_id = Some(live.record.id);
                     if route.auth == AuthMode::Required {
-                        if let Some(resp) = authorize(route, &live, &req) {
+                        if let Some(resp) = authorize(route, &live, &req, shared.sessions.absolute_ms()) {
                             return Ok(with_cookie(resp, set_cookie));
                         }
                     }
@@ -379,18 +379,38 @@ fn missing_slash(path: &str, req: &Request<Incoming>) -> GatewayError {
 
 /// Decides whether a session may use an `auth = "required"` route; `Some`
 /// is the answer when it may not.
-fn authorize(route: &Route, live: &Live, req: &Request<Incoming>) -> Option<Response<Body>> {
+fn authorize(route: &Route, live: &Live, req: &Request<Incoming>, absolute_ms: u64) -> Option<Response<Body>> {
     let Some(identity) = &live.record.identity else {
         return Some(unauthenticated(req));
     };
     if !route.groups.is_empty() && !identity.groups.iter().any(|g| route.groups.contains(g)) {
         return Some(crate::error::plain(StatusCode::FORBIDDEN, "Forbidden"));
     }
+    if let Some(max) = route.max_auth_age_ms {
+        if live
+            .record
+            .signed_in_before(crate::session::record::now_ms(), max, absolute_ms)
+        {
+            return Some(sign_in_again(req, max));
+        }
+    }
     None
 }
 
 /// Browsers go to the login form and come back; other clients get 401.
 fn unauthenticated(req: &Request<Incoming>) -> Response<Body> {
+    login_required(req, None)
+}
+
+/// A step-up route whose user signed in longer ago than `max_ms`: the same
+/// answer as without a login, and the login page is told how recent the
+/// new sign-in must be (the OpenID provider is asked to sign the user in
+/// again).
+fn sign_in_again(req: &Request<Incoming>, max_ms: u64) -> Response<Body> {
+    login_required(req, Some(max_ms.div_ceil(1000)))
+}
+
+fn login_required(req: &Request<Incoming>, max_age_secs: Option<u64>) -> Response<Body> {
     let wants_html = req
         .headers()
         .get_all(header::ACCEPT)
@@ -399,12 +419,17 @@ fn unauthenticated(req: &Request<Incoming>) -> Response<Body> {
     if wants_html {
         let back = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let rd: String = form_urlencoded::byte_serialize(back.as_bytes()).collect();
-        return endpoints::redirect(StatusCode::FOUND, &format!("/.sessiongate/login?rd={rd}"));
+        let location = match max_age_secs {
+            Some(age) => format!("/.sessiongate/login?rd={rd}&max_age={age}"),
+            None => format!("/.sessiongate/login?rd={rd}"),
+        };
+        return endpoints::redirect(StatusCode::FOUND, &location);
     }
-    let mut resp = endpoints::json(
-        StatusCode::UNAUTHORIZED,
-        &serde_json::json!({"error": "authentication required"}),
-    );
+    let error = match max_age_secs {
+        Some(_) => "reauthentication required",
+        None => "authentication required",
+    };
+    let mut resp = endpoints::json(StatusCode::UNAUTHORIZED, &serde_json::json!({ "error": error }));
     resp.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Cookie realm=\"sessiongate\""),

@@ -410,6 +410,7 @@ mod tests {
             auth: AuthMode::None,
             groups: Vec::new(),
             max_body_bytes: None,
+            max_auth_age: None,
         }
     }
 

@@ -72,7 +72,13 @@ fn unix_secs(ms: u64) -> u32 {
 
 impl Live {
     /// The cache's form of `record`; its identity is interned in `identities`.
-    pub fn new(hash: TokenHash, record: &SessionRecord, identities: &Identities, now: u64) -> Live {
+    ///
+    /// `absolute_ms` is the absolute lifetime in force: a session begun
+    /// under a longer one ends by this one. That also keeps
+    /// `expires_at - absolute_ms` at or before the last sign-in, which is
+    /// how a step-up route reads the sign-in's age without a field of its
+    /// own (a `Live` fills its 120 bytes; see the allocator test).
+    pub fn new(hash: TokenHash, record: &SessionRecord, identities: &Identities, now: u64, absolute_ms: u64) -> Live {
         let data = Some(&record.data)
             .filter(|d| !d.is_empty())
             .map(|d| Box::new(Bytes::copy_from_slice(d.as_bytes())));
@@ -82,7 +88,9 @@ impl Live {
                 id: record.id,
                 identity: record.identity.as_ref().map(|i| identities.intern(i)),
                 binding: CachedBinding::new(&record.binding),
-                expires_at: record.expires_at,
+                expires_at: record
+                    .expires_at
+                    .min(record.authenticated_at.saturating_add(absolute_ms)),
                 data,
                 cached_at: unix_secs(now),
             },
@@ -123,6 +131,14 @@ impl Live {
 }
 
 impl CachedRecord {
+    /// Whether the last sign-in (or the session's start) is more than
+    /// `max_ms` before `now`, under the absolute lifetime `absolute_ms` the
+    /// entry was made with (see [`Live::new`]: never later than the real
+    /// sign-in, so never more lenient): a step-up route's test.
+    pub fn signed_in_before(&self, now: u64, max_ms: u64, absolute_ms: u64) -> bool {
+        now.saturating_sub(self.expires_at.saturating_sub(absolute_ms)) > max_ms
+    }
+
     /// Checks the record's own timestamps; `last_seen` is the cache's.
     pub fn expiry(&self, now: u64, last_seen: u64, idle_ms: u64) -> Option<Expiry> {
         super::record::expiry(self.expires_at, now, last_seen, idle_ms)
@@ -268,6 +284,25 @@ mod tests {
     }
 
     #[test]
+    fn a_shorter_absolute_lifetime_ends_older_sessions_and_never_flatters_a_sign_in() {
+        let ids = Identities::default();
+        // Signed in at 2 under a lifetime of 100 (expires 102); now the lifetime is 50.
+        let mut r = record(Some("ann"), "");
+        r.authenticated_at = 2;
+        r.expires_at = 102;
+        let live = Live::new(TokenHash([1; 32]), &r, &ids, 0, 50);
+        assert_eq!(live.record.expires_at, 52);
+        // The sign-in's age reads true: 60 at 62.
+        assert!(!live.record.signed_in_before(62, 60, 50));
+        assert!(live.record.signed_in_before(63, 60, 50));
+        // Under a longer lifetime (200) the session keeps its end, and its
+        // sign-in reads older than it is, never younger.
+        let longer = Live::new(TokenHash([1; 32]), &r, &ids, 0, 200);
+        assert_eq!(longer.record.expires_at, 102);
+        assert!(longer.record.signed_in_before(2, 0, 200));
+    }
+
+    #[test]
     fn a_live_session_stays_within_its_allocator_chunk() {
         // glibc hands out 16-byte steps with 8 bytes of overhead: an `Arc`
         // (16 bytes of counts) of up to 120 bytes fits a 144-byte chunk.
@@ -278,7 +313,7 @@ mod tests {
     fn the_cache_keeps_what_requests_read() {
         let ids = Identities::default();
         let r = record(Some("ann"), "k=v");
-        let live = Live::new(TokenHash([1; 32]), &r, &ids, 5_000);
+        let live = Live::new(TokenHash([1; 32]), &r, &ids, 5_000, u64::MAX);
         assert_eq!(live.record.id, r.id);
         assert_eq!(live.record.binding.ip, r.binding.ip);
         assert_eq!(live.record.expires_at, r.expires_at);
@@ -312,15 +347,15 @@ mod tests {
     #[test]
     fn headers_are_made_from_the_cached_fields() {
         let ids = Identities::default();
-        let live = Live::new(TokenHash([1; 32]), &record(Some("ann"), "k=v"), &ids, 0);
+        let live = Live::new(TokenHash([1; 32]), &record(Some("ann"), "k=v"), &ids, 0, u64::MAX);
         assert_eq!(live.id_header(), "07".repeat(16).as_str());
         assert_eq!(live.data_header(), Some(HeaderValue::from_static("k=v")));
         let identity = live.record.identity.as_ref().map(|i| i.groups_header.clone());
         assert_eq!(identity, Some(Some(HeaderValue::from_static("a,b"))));
-        let none = Live::new(TokenHash([1; 32]), &record(None, ""), &ids, 0);
+        let none = Live::new(TokenHash([1; 32]), &record(None, ""), &ids, 0, u64::MAX);
         assert_eq!(none.data_header(), None);
         // Not a header value: kept in the record, not forwarded (as before).
-        let odd = Live::new(TokenHash([1; 32]), &record(None, "é\n"), &ids, 0);
+        let odd = Live::new(TokenHash([1; 32]), &record(None, "é\n"), &ids, 0, u64::MAX);
         assert_eq!(odd.data_header(), None);
         assert_eq!(odd.record.data(), "é\n");
     }
@@ -328,9 +363,9 @@ mod tests {
     #[test]
     fn identities_are_shared_and_freed_with_their_sessions() {
         let ids = Identities::default();
-        let a = Live::new(TokenHash([1; 32]), &record(Some("ann"), ""), &ids, 0);
-        let b = Live::new(TokenHash([2; 32]), &record(Some("ann"), ""), &ids, 0);
-        let c = Live::new(TokenHash([3; 32]), &record(Some("bob"), ""), &ids, 0);
+        let a = Live::new(TokenHash([1; 32]), &record(Some("ann"), ""), &ids, 0, u64::MAX);
+        let b = Live::new(TokenHash([2; 32]), &record(Some("ann"), ""), &ids, 0, u64::MAX);
+        let c = Live::new(TokenHash([3; 32]), &record(Some("bob"), ""), &ids, 0, u64::MAX);
         let (Some(ia), Some(ib), Some(ic)) = (&a.record.identity, &b.record.identity, &c.record.identity) else {
             unreachable!("all three are logged in")
         };
@@ -343,6 +378,7 @@ mod tests {
                 &record(Some(&format!("u{i}")), ""),
                 &ids,
                 0,
+                u64::MAX,
             ));
         }
         assert!(ids.len() < 64, "dead identities are pruned: {}", ids.len());
@@ -350,7 +386,13 @@ mod tests {
 
     #[test]
     fn entries_go_stale_after_the_cache_ttl() {
-        let live = Live::new(TokenHash([1; 32]), &record(None, ""), &Identities::default(), 1_000_000);
+        let live = Live::new(
+            TokenHash([1; 32]),
+            &record(None, ""),
+            &Identities::default(),
+            1_000_000,
+            u64::MAX,
+        );
         let ttl = u64::try_from(CACHE_TTL.as_millis()).unwrap_or(u64::MAX);
         assert!(!live.is_stale(1_000_000 + ttl - 1000));
         assert!(live.is_stale(1_000_000 + ttl));

@@ -469,7 +469,7 @@ impl Sessions {
 
     /// The cache's form of a record (identity interned).
     fn live(&self, hash: TokenHash, record: &SessionRecord) -> Arc<Live> {
-        Arc::new(Live::new(hash, record, &self.identities, now_ms()))
+        Arc::new(Live::new(hash, record, &self.identities, now_ms(), self.absolute_ms))
     }
 
     /// Cache first; one store read for concurrent misses of one key. An
@@ -505,13 +505,14 @@ impl Sessions {
         let revoked = self.revoked.clone();
         let identities = self.identities.clone();
         let user_entries = self.user_entries.clone();
+        let absolute_ms = self.absolute_ms;
         let res = self
             .cache
             .try_get_with(key, async move {
                 match store.get(hash).await {
                     Ok(Some(rec)) if !revoked.contains_key(&hash) => match entry_gone(&user_entries.load(), &rec) {
                         Some(gone) => Err(MissError::UserEntry(gone)),
-                        None => Ok(Arc::new(Live::new(hash, &rec, &identities, now_ms()))),
+                        None => Ok(Arc::new(Live::new(hash, &rec, &identities, now_ms(), absolute_ms))),
                     },
                     Ok(_) => Err(MissError::NotFound),
                     Err(e) => Err(MissError::Store(e)),
@@ -545,7 +546,7 @@ impl Sessions {
         }
         // Built as if cached at the epoch, so it counts as stale: never the
         // cache's entry, never to be remembered by a connection (`recent`).
-        Ok(rec.map(|r| Arc::new(Live::new(hash, &r, &self.identities, 0))))
+        Ok(rec.map(|r| Arc::new(Live::new(hash, &r, &self.identities, 0, self.absolute_ms))))
     }
 
     /// Ends a session whose login's `[[users]]` entry is gone or changed.
@@ -1093,6 +1094,11 @@ impl Sessions {
     /// The `Cookie:` value for a token (admin mint).
     pub fn cookie_pair(&self, token: &SessionToken) -> String {
         format!("{}={}", self.cookie_name(), token.encode())
+    }
+
+    /// The absolute lifetime in force, in milliseconds.
+    pub fn absolute_ms(&self) -> u64 {
+        self.absolute_ms
     }
 
     pub fn idle_ms(&self) -> u64 {

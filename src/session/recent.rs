@@ -194,7 +194,7 @@ mod tests {
             login_entry: None,
             provider_login: false,
         };
-        Arc::new(Live::new(TokenHash(hash), &record, &Identities::default(), 1))
+        Arc::new(Live::new(TokenHash(hash), &record, &Identities::default(), 1, u64::MAX))
     }
 
     fn presenting<'a>(h: &'a HeaderMap, client_ip: IpAddr, fingerprint: &'a [u8]) -> Option<Presented<'a>> {

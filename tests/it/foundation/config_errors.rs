@@ -406,6 +406,25 @@ fn oidc_settings_that_cannot_work_are_named_and_good_ones_listed() {
     );
 }
 
+#[test]
+fn max_auth_age_needs_a_required_route_and_a_duration() {
+    let route = |auth: &str, age: &str| {
+        GatewayConfig::new().route(
+            RouteSpec::new("/sudo/", format!("http://127.0.0.1:{}", closed_port()))
+                .set("auth", quoted(auth))
+                .set("max_auth_age", quoted(age)),
+        )
+    };
+    assert_rejected(
+        &route("optional", "5m").prepare(),
+        &["routes[0].max_auth_age", "required"],
+    );
+    assert_rejected(
+        &route("required", "soon").prepare(),
+        &["routes[0].max_auth_age", "soon"],
+    );
+}
+
 /// Routes that require a login nobody can make (no `[[users]]`, no `[oidc]`) are said by
 /// `check`; the file is still valid (minted sessions get in).
 #[test]

@@ -167,6 +167,10 @@ struct Grant {
     code_challenge: String,
     redirect_uri: String,
     claims: Value,
+    /// The authorize request asked for a sign-in at most this old (`max_age`): the
+    /// provider signs the user in again, so the ID token's `auth_time` is now, unless
+    /// the claims set one of their own (a provider that ignores `max_age`).
+    max_age: bool,
 }
 
 impl TestIdp {
@@ -454,6 +458,7 @@ fn authorize(query: &str, shared: &Shared) -> Reply {
             code_challenge: code_challenge.to_owned(),
             redirect_uri: redirect_uri.to_owned(),
             claims: idp.claims.clone(),
+            max_age: query.contains("max_age="),
         };
         idp.codes.insert(code.clone(), grant);
         vec![("code", code), ("state", state.to_owned())]
@@ -594,6 +599,9 @@ fn id_token(state: &State, issuer: &str, grant: Grant) -> String {
     claims.insert("iat".into(), json!(now));
     claims.insert("exp".into(), json!(now + ID_TOKEN_TTL));
     claims.insert("nonce".into(), json!(grant.nonce));
+    if grant.max_age && !claims.contains_key("auth_time") {
+        claims.insert("auth_time".into(), json!(now));
+    }
 
     let current = state.keys.last().expect("the IdP always has a key");
     let mut header = Header::new(Algorithm::ES256);

@@ -21,6 +21,7 @@
 //! - `new_limit`: `[session] new_per_ip_per_minute`, anonymous sessions per client address.
 //! - `recent`: one kept-alive connection presenting the same session again and again.
 //! - `reload`: `[[users]]` reloaded from the config file (SIGHUP, `POST /reload`).
+//! - `step_up`: routes' `max_auth_age`, a recent sign-in required (password and provider).
 //! - `oidc`: sign-in through an OpenID Connect provider (`[oidc]`, the kit's provider).
 
 mod admin_api;
@@ -39,5 +40,6 @@ mod new_limit;
 mod oidc;
 mod recent;
 mod reload;
+mod step_up;
 pub(crate) mod support;
 mod user_limit;
