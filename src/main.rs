@@ -187,8 +187,12 @@ fn check(path: &Path) -> ExitCode {
         } else {
             format!(" groups={}", r.groups.join(","))
         };
+        let step_up = r
+            .max_auth_age
+            .map(|age| format!(" max_auth_age={}", humantime::format_duration(age)))
+            .unwrap_or_default();
         println!(
-            "  route     {host}{} -> {}://{} auth={:?}{groups}",
+            "  route     {host}{} -> {}://{} auth={:?}{groups}{step_up}",
             r.path_prefix, r.upstream.scheme, r.upstream.authority, r.auth
         );
     }

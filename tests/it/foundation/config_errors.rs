@@ -423,6 +423,13 @@ fn max_auth_age_needs_a_required_route_and_a_duration() {
         &route("required", "soon").prepare(),
         &["routes[0].max_auth_age", "soon"],
     );
+    let out = run_cli([
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        route("required", "15m").prepare().path.as_os_str(),
+    ]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("auth=Required max_auth_age=15m"), "{}", out.stdout);
 }
 
 /// Routes that require a login nobody can make (no `[[users]]`, no `[oidc]`) are said by
