@@ -241,8 +241,17 @@ async fn mint(admin: &AdminClient, mut body: Value, count: Option<u64>) -> anyho
     Ok(())
 }
 
-/// The columns of `session list`, as the admin API names its fields.
-const LIST_COLUMNS: [&str; 6] = ["id", "user", "ip_prefix", "created_at", "last_seen", "expires_at"];
+/// The columns of `session list`, as the admin API names its fields (new
+/// ones go last, so that scripts cutting columns by position keep working).
+const LIST_COLUMNS: [&str; 7] = [
+    "id",
+    "user",
+    "ip_prefix",
+    "created_at",
+    "last_seen",
+    "expires_at",
+    "login",
+];
 
 async fn list(admin: &AdminClient, user: Option<&str>, limit: Option<u64>, json: bool) -> anyhow::Result<()> {
     let path = format!("/sessions?{}", list_query(user, limit));
@@ -319,8 +328,9 @@ mod tests {
         let s = serde_json::json!({
             "id": "ab12", "user": null, "ip_prefix": "10.0.0.0/24",
             "created_at": "2026-12-07T08:00:00Z", "last_seen": "x\ty", "expires_at": "z",
+            "login": "oidc",
         });
-        assert_eq!(list_row(&s), "ab12\t-\t10.0.0.0/24\t2026-12-07T08:00:00Z\tx y\tz");
+        assert_eq!(list_row(&s), "ab12\t-\t10.0.0.0/24\t2026-12-07T08:00:00Z\tx y\tz\toidc");
     }
 
     #[test]

@@ -100,12 +100,13 @@ async fn list_and_revoke_end_a_users_sessions_by_id_or_all_at_once() {
     let mut lines = out.stdout.lines();
     assert_eq!(
         lines.next(),
-        Some("id\tuser\tip_prefix\tcreated_at\tlast_seen\texpires_at")
+        Some("id\tuser\tip_prefix\tcreated_at\tlast_seen\texpires_at\tlogin")
     );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
     assert_eq!(rows.len(), 2, "{}", out.stdout);
     for row in &rows {
-        assert_eq!(row.len(), 6, "{row:?}");
+        assert_eq!(row.len(), 7, "{row:?}");
+        assert_eq!(row[6], "-", "minted sessions name no login: {row:?}");
         assert_eq!(row[1], "alice", "{row:?}");
         assert!(row[2].contains("127.0.0.1"), "{row:?}");
     }
