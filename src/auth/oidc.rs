@@ -783,6 +783,34 @@ mod tests {
     }
 
     #[test]
+    fn only_google_has_a_second_spelling_of_its_issuer() {
+        assert_eq!(
+            accepted_issuers("https://accounts.google.com"),
+            ["https://accounts.google.com", "accounts.google.com"]
+        );
+        assert_eq!(accepted_issuers("https://idp.test"), ["https://idp.test"]);
+        assert_eq!(
+            accepted_issuers("https://accounts.google.com/"),
+            ["https://accounts.google.com/"]
+        );
+    }
+
+    #[test]
+    fn a_key_set_keeps_the_keys_it_can_read() {
+        let set = serde_json::json!({"keys": [
+            {"kty": "EC", "crv": "P-256", "kid": 12, "x": 1},
+            {"kty": "EC", "crv": "P-256", "kid": "good", "alg": "ES256",
+             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+            "not a key"
+        ]});
+        let keys = usable_keys(set);
+        assert_eq!(keys.keys.len(), 1);
+        assert!(keys.find("good").is_some());
+        assert!(pick(&keys, None).is_some(), "the only key serves a token without kid");
+        assert!(usable_keys(serde_json::json!({"nokeys": 1})).keys.is_empty());
+    }
+
+    #[test]
     fn pkce_verifier_is_43_chars_and_the_challenge_its_sha256() {
         let flow = Flow::new("s", "f");
         assert_eq!(flow.verifier().len(), 43);
