@@ -54,6 +54,14 @@ fn urlencode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// `POST /.sessiongate/logout` from the site itself.
+async fn sign_out(browser: &mut Browser) -> Reply {
+    let request = browser
+        .request(Method::POST, "/.sessiongate/logout")
+        .header("origin", browser.origin());
+    browser.send(request).await
+}
+
 /// The full flow back to `rd`; fails the test unless it signed in.
 async fn sign_in(browser: &mut Browser, idp: &TestIdp, rd: &str) -> Reply {
     let callback = to_callback(browser, idp, rd).await;
@@ -149,13 +157,7 @@ async fn provider_login_rotates_the_token_and_forwards_the_claims() {
     }
 
     // Signing out ends it as any session.
-    let out = browser
-        .send(
-            browser
-                .request(Method::POST, "/.sessiongate/logout")
-                .header("origin", browser.origin()),
-        )
-        .await;
+    let out = sign_out(&mut browser).await;
     assert_eq!(out.status, StatusCode::SEE_OTHER);
     assert_eq!(out.header("location"), Some("/"), "signed out at the provider unasked");
     let after = browser.with_token(&token).get("/app/x").await;
@@ -465,12 +467,7 @@ async fn logout_at_provider_sends_a_provider_made_session_on_to_the_provider() {
     let mut sso = site.browser();
     sign_in(&mut sso, &idp, "/").await;
     let token = sso.expect_token();
-    let out = sso
-        .send(
-            sso.request(Method::POST, "/.sessiongate/logout")
-                .header("origin", sso.origin()),
-        )
-        .await;
+    let out = sign_out(&mut sso).await;
     assert_eq!(out.status, StatusCode::SEE_OTHER, "{}", out.text());
     let expected = format!(
         "{}/logout?client_id={}&post_logout_redirect_uri={}",
@@ -488,13 +485,7 @@ async fn logout_at_provider_sends_a_provider_made_session_on_to_the_provider() {
     // A password login on the same site signs out at home.
     let mut alice = site.browser();
     alice.login("alice").await;
-    let out = alice
-        .send(
-            alice
-                .request(Method::POST, "/.sessiongate/logout")
-                .header("origin", alice.origin()),
-        )
-        .await;
+    let out = sign_out(&mut alice).await;
     assert_eq!(out.status, StatusCode::SEE_OTHER);
     assert_eq!(out.header("location"), Some("/"));
 }
