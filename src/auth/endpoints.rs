@@ -520,6 +520,9 @@ async fn session_info(ep: &EndpointRequest<'_>, req: &Request<Incoming>) -> Resu
         "session_id": r.id.to_string(),
         "idle_expires_at": rfc3339(idle_expires),
         "expires_at": rfc3339(r.expires_at),
+        // The sign-in (or the session's start) as step-up routes count it
+        // (`max_auth_age`): a page can ask for a new sign-in before one.
+        "authenticated_at": rfc3339(r.expires_at.saturating_sub(ep.sessions.absolute_ms())),
     });
     Ok(json(StatusCode::OK, &body))
 }

@@ -58,12 +58,18 @@ async fn an_old_sign_in_must_be_made_again_and_the_session_carries_on() {
     assert!(form.text().contains("Sign in again to continue."), "{}", form.text());
 
     // Signing in again rotates the token and keeps the session.
+    let before = alice.get("/.sessiongate/session").await.json()["authenticated_at"].clone();
     let reply = alice.submit_login("alice", PASSWORD, "/sudo/keys?x=1").await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text());
     assert_ne!(alice.expect_token(), old_token);
     let echo = alice.get("/sudo/keys?x=1").await.echo();
     assert_eq!(echo.header("x-forwarded-user"), ["alice"]);
     assert_eq!(session_id(&echo).as_deref(), Some(id.as_str()));
+    let after = alice.get("/.sessiongate/session").await.json()["authenticated_at"].clone();
+    assert!(
+        before.as_str().is_some() && after.as_str() > before.as_str(),
+        "{before} then {after}"
+    );
     let stale = fetch(alice.with_token(&old_token).request(Method::GET, "/app/x")).await;
     assert_ne!(stale.status, StatusCode::OK, "the pre-step-up token still works");
 }
