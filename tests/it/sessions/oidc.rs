@@ -9,6 +9,7 @@ use reqwest::{Method, StatusCode};
 use super::support::{
     fetch, respond_path, session_id, site_config, site_config_with_users, user, Browser, Reply, Responder, Site,
 };
+use crate::kit::binary::log_field_text;
 use crate::kit::idp::{Tamper, TestIdp};
 use crate::kit::{closed_port, quoted, secs, within, GatewayConfig, HttpVersion, TestGateway, TestUpstream};
 
@@ -568,4 +569,40 @@ async fn an_issuer_other_than_the_one_the_provider_names_signs_nobody_in() {
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
     assert!(idp.discovery_fetches() >= 1);
     assert!(idp.token_requests().is_empty());
+}
+
+/// The binary reads the provider's discovery document at start, so that an operator sees a
+/// wrong issuer or an unreachable provider in the log before anyone signs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_asks_the_provider_at_start_and_logs_what_it_found() {
+    let idp = TestIdp::start().await;
+    let upstream = TestUpstream::start().await;
+    let responder = Responder::start().await;
+    let gw = TestGateway::spawn_binary(site_config(&upstream, &responder).section(&idp.gateway_section(""))).await;
+    let found = gw
+        .wait_for_log(secs(10), |l| {
+            log_field_text(l, "message").is_some_and(|m| m.contains("OpenID provider discovered"))
+        })
+        .await;
+    assert_eq!(log_field_text(&found, "issuer"), Some(idp.issuer()), "{found}");
+    assert_eq!(idp.discovery_fetches(), 1);
+    drop(gw);
+
+    let down = idp.gateway_section("").replace(
+        &quoted(&idp.issuer()),
+        &quoted(&format!("https://localhost:{}", closed_port())),
+    );
+    let gw = TestGateway::spawn_binary(site_config(&upstream, &responder).section(&down)).await;
+    let line = gw
+        .wait_for_log(secs(10), |l| {
+            log_field_text(l, "message").is_some_and(|m| m.contains("OpenID provider not reachable yet"))
+        })
+        .await;
+    assert!(
+        log_field_text(&line, "error").is_some_and(|e| e.contains("connect")),
+        "{line}"
+    );
+    // It serves all the same.
+    let mut browser = Browser::new(&gw, gw.client());
+    assert_eq!(browser.get("/page").await.status, StatusCode::OK);
 }
