@@ -8,7 +8,7 @@
 //! - `GET  /.sessiongate/oidc/callback` with `[oidc]`: verify, rotate the token, 303 to `rd`
 
 use super::oidc::{self, Oidc, OidcError};
-use super::{pages, throttle::Throttle, LoginError, Users};
+use super::{constant_time_eq, pages, throttle::Throttle, LoginError, Users};
 use crate::error::GatewayError;
 use crate::proxy::body::{self, Body};
 use crate::session::record::{EntryDigest, Identity, LoginSource, SessionRecord};
@@ -574,10 +574,6 @@ fn is_same_origin(headers: &HeaderMap, authority: Option<&str>) -> bool {
     origin.strip_prefix("https://").is_some_and(|o| {
         o.eq_ignore_ascii_case(authority) || o.eq_ignore_ascii_case(authority.strip_suffix(":443").unwrap_or(authority))
     })
-}
-
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    !b.is_empty() && aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
 }
 
 fn no_store(resp: &mut Response<Body>) {

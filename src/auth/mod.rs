@@ -19,6 +19,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
+/// `a` equals the secret `b` (never an empty one), in time that does not
+/// depend on where they differ: CSRF fields, OIDC states and nonces.
+pub(crate) fn constant_time_eq(a: &str, b: &str) -> bool {
+    !b.is_empty() && aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
+}
+
 /// Checks that `phc` is an argon2id PHC string (config validation).
 pub fn check_phc(phc: &str) -> Result<(), String> {
     let parsed = PasswordHash::new(phc)

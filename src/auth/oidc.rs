@@ -3,7 +3,8 @@
 //!
 //! The flow keeps no state of its own. Everything the callback must check
 //! is derived from the visitor's session: the `state` parameter carries a
-//! random flow id and the return path, signed with the session's CSRF secret
+//! random flow id, the return path and a step-up route's `max_age`, signed
+//! with the session's CSRF secret
 //! (kept in the store, so the callback may reach any instance sharing it);
 //! the `nonce` and the PKCE verifier are MACs of the flow id under the same
 //! secret. A callback in another browser (an attacker's code planted in a
@@ -15,8 +16,9 @@
 //! fetches the keys again (a provider's key rotation), at most every
 //! [`KEYS_REFETCH`].
 
+use super::constant_time_eq;
 use crate::config::OidcConfig;
-use crate::session::record::Identity;
+use crate::session::record::{now_ms, Identity};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -40,7 +42,8 @@ const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
 /// After a failed discovery, logins fail at once for this long instead of
 /// each waiting out the provider's timeout.
 const FAILURE_HOLD: Duration = Duration::from_secs(5);
-/// The least time between two fetches of the signing keys.
+/// The least time between two fetches of the signing keys for a key id the
+/// cache lacks.
 const KEYS_REFETCH: Duration = Duration::from_secs(10);
 /// Clock skew allowed on `exp` and `iat`.
 const LEEWAY_SECS: u64 = 60;
@@ -404,7 +407,7 @@ impl Oidc {
             .map_err(|e| refused("the ID token", &e))?;
         let claims = data.claims;
         let sent = claims.get("nonce").and_then(Value::as_str).unwrap_or("");
-        if aws_lc_rs::constant_time::verify_slices_are_equal(sent.as_bytes(), nonce.as_bytes()).is_err() {
+        if !constant_time_eq(sent, nonce) {
             return Err(OidcError::Refused("the nonce is not this sign-in's".into()));
         }
         // With several audiences, the token must have been issued to us.
@@ -514,9 +517,9 @@ fn accepted_issuers(issuer: &str) -> Vec<&str> {
 /// A provider's key set, each key read on its own: one this crate cannot
 /// read (a curve or key type it lacks, an encryption key) is left out, not
 /// a reason to refuse the others.
-fn usable_keys(set: Value) -> JwkSet {
-    let keys = match set.get("keys") {
-        Some(Value::Array(keys)) => keys.clone(),
+fn usable_keys(mut set: Value) -> JwkSet {
+    let keys = match set.get_mut("keys").map(Value::take) {
+        Some(Value::Array(keys)) => keys,
         _ => Vec::new(),
     };
     let total = keys.len();
@@ -639,7 +642,9 @@ pub fn verify_state(csrf: &str, state: &str) -> Option<State> {
     }
     let rd = String::from_utf8(URL_SAFE_NO_PAD.decode(rd).ok()?).ok()?;
     let expected = Flow::new(csrf, id).mac("sessiongate oidc state", &[&rd, age]);
-    aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_bytes(), sig.as_bytes()).ok()?;
+    if !constant_time_eq(sig, &expected) {
+        return None;
+    }
     let max_age = match age {
         "" => None,
         age => Some(age.parse().ok()?),
@@ -660,9 +665,7 @@ fn signed_in_within(claims: &Map<String, Value>, max_age: u64) -> Result<(), Oid
         .get("auth_time")
         .and_then(Value::as_u64)
         .ok_or_else(|| OidcError::Refused("a step-up sign-in's token has no auth_time".into()))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = now_ms() / 1000;
     if now.saturating_sub(auth_time) > max_age.saturating_add(LEEWAY_SECS) {
         return Err(OidcError::Refused(format!(
             "the provider signed the user in {}s ago; this route allows {max_age}s",
@@ -771,9 +774,7 @@ mod tests {
 
     #[test]
     fn a_step_up_needs_a_recent_auth_time() {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = now_ms() / 1000;
         let at = |t: u64| claims(serde_json::json!({ "auth_time": t }));
         assert!(signed_in_within(&at(now - 10), 300).is_ok());
         assert!(signed_in_within(&at(now - 300 - LEEWAY_SECS), 300).is_ok());
