@@ -45,6 +45,9 @@ pub enum GatewayError {
     /// The client address passed `[session] new_per_ip_per_minute`.
     #[error("too many new sessions from this address")]
     NewSessionLimit(std::time::Duration),
+    /// A state-changing request from another origin (see `cross_origin`).
+    #[error("cross-origin request refused (by {})", .0.as_str())]
+    CrossOrigin(crate::cross_origin::Refusal),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -62,6 +65,7 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST
             }
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::CrossOrigin(_) => StatusCode::FORBIDDEN,
             GatewayError::MissingSlash { status, .. } => *status,
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -99,7 +103,11 @@ impl GatewayError {
     /// The generic answer the client sees.
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
-        let mut resp = plain(status, status.canonical_reason().unwrap_or("Error"));
+        let reason = match self {
+            GatewayError::CrossOrigin(_) => "Cross-origin request refused",
+            _ => status.canonical_reason().unwrap_or("Error"),
+        };
+        let mut resp = plain(status, reason);
         match self {
             GatewayError::StoreUnavailable(_) => {
                 resp.headers_mut()

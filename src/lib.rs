@@ -10,6 +10,7 @@
 //! - [`proxy_protocol`]: client addresses from a TCP load balancer's PROXY header.
 //! - [`routing`]: path normalisation and the route table.
 //! - [`proxy`]: the request pipeline, header rules, upstream client, upgrades.
+//! - [`cross_origin`]: refusal of state-changing requests from other origins (CSRF).
 //! - [`session`]: tokens, records, binding, the cache and the stores.
 //! - [`auth`]: built-in login, users, throttling, the gateway's own pages.
 //! - [`admin`]: health, metrics and the session admin API.
@@ -21,6 +22,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod cross_origin;
 pub mod demo;
 pub mod error;
 mod handshake;

@@ -191,10 +191,18 @@ fn check(path: &Path) -> ExitCode {
             .max_auth_age
             .map(|age| format!(" max_auth_age={}", humantime::format_duration(age)))
             .unwrap_or_default();
+        let cross_origin = match r.cross_origin {
+            sessiongate::config::CrossOrigin::Reject => "",
+            sessiongate::config::CrossOrigin::Allow => " cross_origin=allow",
+        };
         println!(
-            "  route     {host}{} -> {}://{} auth={:?}{groups}{step_up}",
+            "  route     {host}{} -> {}://{} auth={:?}{groups}{step_up}{cross_origin}",
             r.path_prefix, r.upstream.scheme, r.upstream.authority, r.auth
         );
+    }
+    let trusted = config.cross_origin.trusted_origins.as_slice();
+    if !trusted.is_empty() {
+        println!("  cross-origin requests trusted from {}", trusted.join(", "));
     }
     if let Some(t) = &config.upstream_tls {
         let ca =

@@ -48,6 +48,7 @@ pub struct Metrics {
     config_reloads: Family<Labels, Counter>,
     pub sessions_active: Gauge,
     binding_mismatches: Family<Labels, Counter>,
+    cross_origin_refused: Family<Labels, Counter>,
     pub cache_hits: Counter,
     /// Of `cache_hits`: answered by the connection's own memory (`session::recent`).
     pub recalls: Counter,
@@ -127,6 +128,7 @@ impl Metrics {
         let config_reloads = Family::<Labels, Counter>::default();
         let sessions_active = Gauge::default();
         let binding_mismatches = Family::<Labels, Counter>::default();
+        let cross_origin_refused = Family::<Labels, Counter>::default();
         let cache_hits = Counter::default();
         let recalls = Counter::default();
         let cache_misses = Counter::default();
@@ -211,6 +213,11 @@ impl Metrics {
             binding_mismatches.clone(),
         );
         registry.register(
+            "cross_origin_refused",
+            "State-changing requests from another origin refused (403), by the rule that refused them",
+            cross_origin_refused.clone(),
+        );
+        registry.register(
             "session_cache_hits",
             "Session lookups answered by the cache",
             cache_hits.clone(),
@@ -267,6 +274,7 @@ impl Metrics {
             config_reloads,
             sessions_active,
             binding_mismatches,
+            cross_origin_refused,
             cache_hits,
             recalls,
             cache_misses,
@@ -342,6 +350,12 @@ impl Metrics {
 
     /// A new session met `[session] max_per_user`: `refused`, or one of the
     /// user's others `ended_least_recent`.
+    pub fn cross_origin_refused(&self, by: &'static str) {
+        self.cross_origin_refused
+            .get_or_create(&vec![("by", by.to_string())])
+            .inc();
+    }
+
     pub fn user_limit(&self, action: &'static str) {
         self.user_session_limit
             .get_or_create(&vec![("action", action.to_string())])

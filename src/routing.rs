@@ -14,7 +14,7 @@
 //! routed only when every such reading picks the route its literal text
 //! picks (see [`Router::route`]).
 
-use crate::config::{AuthMode, RouteConfig, Upstream};
+use crate::config::{AuthMode, CrossOrigin, RouteConfig, Upstream};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -172,6 +172,7 @@ pub struct Route {
     pub max_body_bytes: Option<u64>,
     /// `max_auth_age` in milliseconds: how recent the sign-in must be.
     pub max_auth_age_ms: Option<u64>,
+    pub cross_origin: CrossOrigin,
     /// Label used in metrics and logs.
     pub label: String,
     /// Position in the router's table (indexes per-route state elsewhere).
@@ -214,6 +215,7 @@ impl Router {
                 groups: r.groups.clone(),
                 max_body_bytes: r.max_body_bytes,
                 max_auth_age_ms: r.max_auth_age.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                cross_origin: r.cross_origin,
                 label: match &r.host {
                     Some(h) => format!("{h}{}", r.path_prefix),
                     None => r.path_prefix.clone(),
@@ -516,6 +518,7 @@ mod tests {
                 groups: Vec::new(),
                 max_body_bytes: None,
                 max_auth_age: None,
+                cross_origin: CrossOrigin::Reject,
             })
             .collect();
         Router::new(&routes, &crate::proxy::upstream::Origins::new(&routes), readings)

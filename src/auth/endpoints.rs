@@ -571,9 +571,7 @@ fn is_same_origin(headers: &HeaderMap, authority: Option<&str>) -> bool {
     let (Some(origin), Some(authority)) = (headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()), authority) else {
         return false;
     };
-    origin.strip_prefix("https://").is_some_and(|o| {
-        o.eq_ignore_ascii_case(authority) || o.eq_ignore_ascii_case(authority.strip_suffix(":443").unwrap_or(authority))
-    })
+    crate::cross_origin::same_origin(origin, authority)
 }
 
 fn no_store(resp: &mut Response<Body>) {

@@ -62,6 +62,23 @@ pub enum AuthMode {
     Required,
 }
 
+/// What a route does with a state-changing request from another origin
+/// (see `cross_origin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrossOrigin {
+    /// Refused with 403 (the default).
+    Reject,
+    /// Passed on: the upstream checks it, or wants it (a form other sites post to).
+    Allow,
+}
+
+/// `[cross_origin]`.
+#[derive(Debug, Clone, Default)]
+pub struct CrossOriginConfig {
+    /// Origins whose state-changing requests every `reject` route lets through.
+    pub trusted_origins: crate::cross_origin::TrustedOrigins,
+}
+
 /// An upstream origin: plain HTTP, host and port, nothing else.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -81,6 +98,7 @@ pub struct RouteConfig {
     /// Step-up: the user must have signed in within this long, or sign in
     /// again (`auth = "required"` routes only).
     pub max_auth_age: Option<Duration>,
+    pub cross_origin: CrossOrigin,
 }
 
 #[derive(Debug, Clone)]
@@ -432,6 +450,7 @@ pub struct Config {
     /// Sign-in through an OpenID Connect provider, beside or instead of
     /// `[[users]]`.
     pub oidc: Option<OidcConfig>,
+    pub cross_origin: CrossOriginConfig,
 }
 
 impl Config {
@@ -582,6 +601,7 @@ impl Validator<'_> {
             .map(|(i, u)| self.user(i, u))
             .collect::<Result<Vec<_>, _>>()?;
         let oidc = raw.oidc.as_ref().map(|o| self.oidc(o)).transpose()?;
+        let cross_origin = self.cross_origin(&raw.cross_origin)?;
         Ok(Config {
             source: path.to_path_buf(),
             server,
@@ -595,6 +615,27 @@ impl Validator<'_> {
             login,
             users,
             oidc,
+            cross_origin,
+        })
+    }
+
+    fn cross_origin(&self, c: &raw::RawCrossOrigin) -> Result<CrossOriginConfig, ConfigError> {
+        let origins = c
+            .trusted_origins
+            .iter()
+            .map(|o| {
+                crate::cross_origin::normalize(o).ok_or_else(|| {
+                    self.err(
+                        "cross_origin.trusted_origins",
+                        format!(
+                            "`{o}` is not an origin: write `https://host` or `https://host:port`, nothing after it"
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CrossOriginConfig {
+            trusted_origins: crate::cross_origin::TrustedOrigins::new(origins),
         })
     }
 
@@ -1038,6 +1079,16 @@ impl Validator<'_> {
             Some(age) => Some(self.duration(&key("max_auth_age"), age)?),
             None => None,
         };
+        let cross_origin = match r.cross_origin.as_str() {
+            "reject" => CrossOrigin::Reject,
+            "allow" => CrossOrigin::Allow,
+            other => {
+                return Err(self.err(
+                    &key("cross_origin"),
+                    format!("`{other}` is not \"reject\" or \"allow\""),
+                ))
+            }
+        };
         let host = match &r.host {
             Some(h) if h.is_empty() || h.contains(['/', ' ', ':']) => {
                 return Err(self.err(
@@ -1062,6 +1113,7 @@ impl Validator<'_> {
             groups: r.groups.clone(),
             max_body_bytes: r.max_body_bytes,
             max_auth_age,
+            cross_origin,
         })
     }
 

@@ -30,6 +30,16 @@ pub struct RawConfig {
     #[serde(default)]
     pub users: Vec<RawUser>,
     pub oidc: Option<RawOidc>,
+    #[serde(default)]
+    pub cross_origin: RawCrossOrigin,
+}
+
+/// `[cross_origin]`: origins whose state-changing requests are let through.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCrossOrigin {
+    #[serde(default)]
+    pub trusted_origins: Vec<String>,
 }
 
 /// `[oidc]`: sign-in through an OpenID Connect provider.
@@ -283,6 +293,12 @@ pub struct RawRoute {
     pub groups: Vec<String>,
     pub max_body_bytes: Option<u64>,
     pub max_auth_age: Option<String>,
+    #[serde(default = "d_route_cross_origin")]
+    pub cross_origin: String,
+}
+
+fn d_route_cross_origin() -> String {
+    "reject".into()
 }
 
 fn d_auth() -> String {

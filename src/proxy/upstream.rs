@@ -411,6 +411,7 @@ mod tests {
             groups: Vec::new(),
             max_body_bytes: None,
             max_auth_age: None,
+            cross_origin: crate::config::CrossOrigin::Reject,
         }
     }
 
