@@ -255,7 +255,8 @@ async fn pipeline<'s>(
         Err(e) => return Err(e.into()),
     };
     ctx.route = Some(route);
-    if route.cross_origin == CrossOrigin::Reject && cross_origin::needs_check(req.method(), req.headers()) {
+    let upgrade_value = req.headers().get(header::UPGRADE).cloned();
+    if route.cross_origin == CrossOrigin::Reject && cross_origin::needs_check(req.method(), upgrade_value.is_some()) {
         cross_origin_check(shared, ctx, &req)?;
     }
     let forwarded_host = host.and_then(|h| h.forwarded());
@@ -317,7 +318,6 @@ async fn pipeline<'s>(
     };
 
     // Upstream request filter. Hop-by-hop first, then our headers.
-    let upgrade_value = req.headers().get(header::UPGRADE).cloned();
     let owned = &shared.owned_headers;
     let wants_upgrade = headers::strip(req.headers_mut(), |n| {
         headers::is_client_forwarding(n) || owned.collides(n)

@@ -466,3 +466,50 @@ fn check_warns_when_nobody_can_sign_in() {
     .stdout
     .contains(warning));
 }
+
+/// A route's `cross_origin` is `"reject"` (the default) or `"allow"`; anything else is refused
+/// at start with the route's key and line.
+#[test]
+fn an_unknown_cross_origin_mode_is_named() {
+    let route = |mode: &str| {
+        GatewayConfig::new().route(
+            RouteSpec::new("/api/", format!("http://127.0.0.1:{}", closed_port())).set("cross_origin", quoted(mode)),
+        )
+    };
+    assert_rejected_at_key(&route("maybe").prepare(), "routes[0].cross_origin", "maybe");
+    for mode in ["reject", "allow"] {
+        let prepared = route(mode).prepare();
+        let out = run_cli([OsStr::new("check"), OsStr::new("--config"), prepared.path.as_os_str()]);
+        assert_eq!(out.code(), Some(0), "cross_origin = {mode:?}\n{}", out.stderr);
+    }
+}
+
+/// `[cross_origin] trusted_origins` holds origins as browsers send them, `scheme://host[:port]`
+/// and nothing else; an entry with a path, a final `/`, user info, a wildcard, another scheme
+/// or no scheme, a bad port, or `null` (which any sandboxed page sends) is refused at start
+/// with the key and line.
+#[test]
+fn a_trusted_origin_that_is_not_an_origin_is_named() {
+    let trusting = |origins: &[&str]| {
+        let list: Vec<String> = origins.iter().map(|o| quoted(o)).collect();
+        valid_config().section(&format!("[cross_origin]\ntrusted_origins = [{}]\n", list.join(", ")))
+    };
+    for bad in [
+        "https://partner.example/app",
+        "https://partner.example/",
+        "https://user@partner.example",
+        "https://*.partner.example",
+        "*",
+        "null",
+        "ftp://partner.example",
+        "partner.example",
+        "https://partner.example:port",
+        "https://partner.example?x=1",
+    ] {
+        let prepared = trusting(&["https://good.example", bad]).prepare();
+        assert_rejected_at_key(&prepared, "cross_origin.trusted_origins", bad);
+    }
+    let good = trusting(&["https://partner.example", "http://legacy.example:8080"]).prepare();
+    let out = run_cli([OsStr::new("check"), OsStr::new("--config"), good.path.as_os_str()]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+}

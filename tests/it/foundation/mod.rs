@@ -16,6 +16,7 @@
 //! - `shutdown`: graceful shutdown, in-process and by signal.
 //! - `admin`: health and metrics.
 //! - `config_errors`: what `check` and a failed start tell the operator; `gen-cert`.
+//! - `cross_origin`: state-changing requests from other origins refused with 403 (CSRF).
 //! - `access_log`: the JSON access log of the binary.
 //! - `idp_kit`: the test kit's mock OpenID Connect provider, on its own (no gateway).
 //! - `tls_reload`: a new certificate without a restart (admin API and SIGHUP), new tickets.
@@ -23,6 +24,7 @@
 mod access_log;
 mod admin;
 mod config_errors;
+mod cross_origin;
 mod forwarding;
 mod hsts;
 mod idp_kit;
