@@ -195,8 +195,13 @@ fn check(path: &Path) -> ExitCode {
             sessiongate::config::CrossOrigin::Reject => "",
             sessiongate::config::CrossOrigin::Allow => " cross_origin=allow",
         };
+        let framing = match r.framing {
+            sessiongate::config::Framing::SameOrigin => "",
+            sessiongate::config::Framing::Deny => " framing=deny",
+            sessiongate::config::Framing::Allow => " framing=allow",
+        };
         println!(
-            "  route     {host}{} -> {}://{} auth={:?}{groups}{step_up}{cross_origin}",
+            "  route     {host}{} -> {}://{} auth={:?}{groups}{step_up}{cross_origin}{framing}",
             r.path_prefix, r.upstream.scheme, r.upstream.authority, r.auth
         );
     }

@@ -14,7 +14,7 @@
 //! routed only when every such reading picks the route its literal text
 //! picks (see [`Router::route`]).
 
-use crate::config::{AuthMode, CrossOrigin, RouteConfig, Upstream};
+use crate::config::{AuthMode, CrossOrigin, Framing, RouteConfig, Upstream};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -173,6 +173,7 @@ pub struct Route {
     /// `max_auth_age` in milliseconds: how recent the sign-in must be.
     pub max_auth_age_ms: Option<u64>,
     pub cross_origin: CrossOrigin,
+    pub framing: Framing,
     /// Label used in metrics and logs.
     pub label: String,
     /// Position in the router's table (indexes per-route state elsewhere).
@@ -216,6 +217,7 @@ impl Router {
                 max_body_bytes: r.max_body_bytes,
                 max_auth_age_ms: r.max_auth_age.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 cross_origin: r.cross_origin,
+                framing: r.framing,
                 label: match &r.host {
                     Some(h) => format!("{h}{}", r.path_prefix),
                     None => r.path_prefix.clone(),
@@ -519,6 +521,7 @@ mod tests {
                 max_body_bytes: None,
                 max_auth_age: None,
                 cross_origin: CrossOrigin::Reject,
+                framing: Framing::SameOrigin,
             })
             .collect();
         Router::new(&routes, &crate::proxy::upstream::Origins::new(&routes), readings)

@@ -72,6 +72,18 @@ pub enum CrossOrigin {
     Allow,
 }
 
+/// Who may show a route's pages in a frame (see `proxy::framing`), when
+/// the upstream does not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Pages of this origin only (the default).
+    SameOrigin,
+    /// Nobody.
+    Deny,
+    /// Anyone: nothing is added.
+    Allow,
+}
+
 /// `[cross_origin]`.
 #[derive(Debug, Clone, Default)]
 pub struct CrossOriginConfig {
@@ -99,6 +111,7 @@ pub struct RouteConfig {
     /// again (`auth = "required"` routes only).
     pub max_auth_age: Option<Duration>,
     pub cross_origin: CrossOrigin,
+    pub framing: Framing,
 }
 
 #[derive(Debug, Clone)]
@@ -1089,6 +1102,17 @@ impl Validator<'_> {
                 ))
             }
         };
+        let framing = match r.framing.as_str() {
+            "same-origin" => Framing::SameOrigin,
+            "deny" => Framing::Deny,
+            "allow" => Framing::Allow,
+            other => {
+                return Err(self.err(
+                    &key("framing"),
+                    format!("`{other}` is not one of \"same-origin\", \"deny\", \"allow\""),
+                ))
+            }
+        };
         let host = match &r.host {
             Some(h) if h.is_empty() || h.contains(['/', ' ', ':']) => {
                 return Err(self.err(
@@ -1114,6 +1138,7 @@ impl Validator<'_> {
             max_body_bytes: r.max_body_bytes,
             max_auth_age,
             cross_origin,
+            framing,
         })
     }
 

@@ -295,6 +295,12 @@ pub struct RawRoute {
     pub max_auth_age: Option<String>,
     #[serde(default = "d_route_cross_origin")]
     pub cross_origin: String,
+    #[serde(default = "d_route_framing")]
+    pub framing: String,
+}
+
+fn d_route_framing() -> String {
+    "same-origin".into()
 }
 
 fn d_route_cross_origin() -> String {

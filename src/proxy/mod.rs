@@ -8,6 +8,7 @@
 //! session path (SECURITY.md rule 1).
 
 pub mod body;
+mod framing;
 pub mod headers;
 pub mod identity;
 mod upgrade;
@@ -354,7 +355,7 @@ async fn pipeline<'s>(
         (Some(on_client), StatusCode::SWITCHING_PROTOCOLS) => upgrade::splice(on_client, resp),
         (_, _) => response_filter(resp),
     };
-    if let Some(data) = session_response_filter(shared, resp.headers_mut()) {
+    if let Some(data) = session_response_filter(shared, route, resp.headers_mut()) {
         if let Some(live) = &session {
             Box::pin(save_data(shared, live, data)).await;
         }
@@ -486,16 +487,19 @@ fn with_cookie(mut resp: Response<Body>, cookie: Option<HeaderValue>) -> Respons
 
 /// Towards the client: the upstream can never set our cookie, and its
 /// session-data header is consumed here, never passed on; it is returned
-/// for [`save_data`].
-fn session_response_filter(shared: &Shared, headers: &mut http::HeaderMap) -> Option<HeaderValue> {
+/// for [`save_data`]. The route's framing policy is added (see `framing`).
+fn session_response_filter(shared: &Shared, route: &Route, headers: &mut http::HeaderMap) -> Option<HeaderValue> {
     let data_name = &shared.config.headers.session_data_set;
     // One pass over the few names of a response costs less than looking up
-    // two that are nearly always absent (hashing a custom name is the dear part).
-    let (mut set_cookie, mut data) = (false, false);
+    // four that are nearly always absent (hashing a custom name is the dear part).
+    let (mut set_cookie, mut data, mut xfo, mut csp) = (false, false, false, false);
     for n in headers.keys() {
         set_cookie |= n == header::SET_COOKIE;
         data |= n == data_name;
+        xfo |= n == header::X_FRAME_OPTIONS;
+        csp |= n == header::CONTENT_SECURITY_POLICY;
     }
+    framing::apply(route.framing, headers, xfo, csp);
     let name = shared.sessions.cookie_name();
     if set_cookie {
         let kept: Vec<HeaderValue> = headers

@@ -412,6 +412,7 @@ mod tests {
             max_body_bytes: None,
             max_auth_age: None,
             cross_origin: crate::config::CrossOrigin::Reject,
+            framing: crate::config::Framing::SameOrigin,
         }
     }
 

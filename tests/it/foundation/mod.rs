@@ -8,6 +8,7 @@
 //! - `routing`: route choice, path normalisation, paths refused with 400.
 //! - `forwarding`: what the upstream receives and what the client gets back (headers).
 //! - `hsts`: `Strict-Transport-Security` on every HTTPS response.
+//! - `framing`: clickjacking protection added to upstream pages that state none.
 //! - `upstream_tls`: `https://` upstreams, verified, with an optional client certificate.
 //! - `upstream_errors`: 502 and 504 without leaking the upstream.
 //! - `limits`: body and header limits, slow clients, the connection limit.
@@ -26,6 +27,7 @@ mod admin;
 mod config_errors;
 mod cross_origin;
 mod forwarding;
+mod framing;
 mod hsts;
 mod idp_kit;
 mod large_bodies;

@@ -10,6 +10,7 @@
 //! | `/slow-body/{ms}` | sends headers at once and [`SLOW_BODY`] after `ms` |
 //! | `/resp-headers` | answers with hop-by-hop response headers, `X-End-To-End: kept` and [`UPSTREAM_HSTS`] |
 //! | `/many-headers/{n}` | answers 200 with `n` response headers `X-Many-{i}: {i}` |
+//! | `.../with-headers?name=value&...` | answers 200 with each query pair as a response header (form-decoded) |
 //! | `/ws` | WebSocket echo (text and binary messages come back unchanged) |
 //!
 //! It also counts TCP accepts and records the target of every request, so a test can prove
@@ -205,6 +206,8 @@ async fn handle(req: Request<Incoming>, name: Arc<str>, seen: Arc<Seen>) -> Resu
         hop_by_hop_response()
     } else if let Some(n) = number_after(&path, "/many-headers/") {
         many_headers(n)
+    } else if path.ends_with("/with-headers") {
+        with_headers(req.uri().query().unwrap_or_default())
     } else {
         echo(req, &name).await
     };
@@ -225,6 +228,17 @@ fn many_headers(n: u64) -> Response<Body> {
     for i in 0..n {
         let name = header::HeaderName::try_from(format!("x-many-{i}")).expect("header name");
         response.headers_mut().insert(name, header::HeaderValue::from(i));
+    }
+    response
+}
+
+/// An app that states its own response headers (a framing policy, say).
+fn with_headers(query: &str) -> Response<Body> {
+    let mut response = plain_status(StatusCode::OK);
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        let name = header::HeaderName::try_from(name.as_ref()).expect("header name");
+        let value = header::HeaderValue::try_from(value.as_ref()).expect("header value");
+        response.headers_mut().append(name, value);
     }
     response
 }
