@@ -170,7 +170,7 @@ pub struct ConfigReloaded {
 fn sections_changed(running: &Config, new: &Config) -> Vec<&'static str> {
     let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     let mut out = Vec::new();
-    let sections: [(&'static str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 10] = [
+    let sections: [(&'static str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 11] = [
         ("server", &running.server, &new.server),
         ("tls", &running.tls, &new.tls),
         ("admin", &running.admin, &new.admin),
@@ -181,6 +181,7 @@ fn sections_changed(running: &Config, new: &Config) -> Vec<&'static str> {
         ("login", &running.login, &new.login),
         ("oidc", &running.oidc, &new.oidc),
         ("cross_origin", &running.cross_origin, &new.cross_origin),
+        ("upstream_cookies", &running.upstream_cookies, &new.upstream_cookies),
     ];
     for (name, a, b) in sections {
         if differs(a, b) {

@@ -205,6 +205,16 @@ fn check(path: &Path) -> ExitCode {
             r.path_prefix, r.upstream.scheme, r.upstream.authority, r.auth
         );
     }
+    let cookies = &config.upstream_cookies;
+    println!(
+        "  upstream cookies get Secure{}{}",
+        if cookies.http_only { ", HttpOnly" } else { "" },
+        match cookies.same_site {
+            Some(sessiongate::config::SameSite::Lax) => ", SameSite=Lax",
+            Some(sessiongate::config::SameSite::Strict) => ", SameSite=Strict",
+            None => "",
+        }
+    );
     let trusted = config.cross_origin.trusted_origins.as_slice();
     if !trusted.is_empty() {
         println!("  cross-origin requests trusted from {}", trusted.join(", "));

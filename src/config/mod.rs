@@ -84,6 +84,16 @@ pub enum Framing {
     Allow,
 }
 
+/// `[upstream_cookies]`: what is added to the upstream's own `Set-Cookie`
+/// fields besides `Secure`, which always is (see `proxy::upstream_cookies`).
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamCookies {
+    /// Add `HttpOnly` where absent.
+    pub http_only: bool,
+    /// Add `SameSite` with this value where absent.
+    pub same_site: Option<SameSite>,
+}
+
 /// `[cross_origin]`.
 #[derive(Debug, Clone, Default)]
 pub struct CrossOriginConfig {
@@ -464,6 +474,7 @@ pub struct Config {
     /// `[[users]]`.
     pub oidc: Option<OidcConfig>,
     pub cross_origin: CrossOriginConfig,
+    pub upstream_cookies: UpstreamCookies,
 }
 
 impl Config {
@@ -615,6 +626,15 @@ impl Validator<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         let oidc = raw.oidc.as_ref().map(|o| self.oidc(o)).transpose()?;
         let cross_origin = self.cross_origin(&raw.cross_origin)?;
+        let upstream_cookies = UpstreamCookies {
+            http_only: raw.upstream_cookies.http_only,
+            same_site: raw
+                .upstream_cookies
+                .same_site
+                .as_deref()
+                .map(|v| self.same_site("upstream_cookies.same_site", v))
+                .transpose()?,
+        };
         Ok(Config {
             source: path.to_path_buf(),
             server,
@@ -629,7 +649,16 @@ impl Validator<'_> {
             users,
             oidc,
             cross_origin,
+            upstream_cookies,
         })
+    }
+
+    fn same_site(&self, key: &str, value: &str) -> Result<SameSite, ConfigError> {
+        match value.to_ascii_lowercase().as_str() {
+            "lax" => Ok(SameSite::Lax),
+            "strict" => Ok(SameSite::Strict),
+            other => Err(self.err(key, format!("`{other}` is not \"lax\" or \"strict\""))),
+        }
     }
 
     fn cross_origin(&self, c: &raw::RawCrossOrigin) -> Result<CrossOriginConfig, ConfigError> {
@@ -1143,11 +1172,7 @@ impl Validator<'_> {
     }
 
     fn session(&self, s: &raw::RawSession) -> Result<SessionConfig, ConfigError> {
-        let same_site = match s.same_site.to_ascii_lowercase().as_str() {
-            "lax" => SameSite::Lax,
-            "strict" => SameSite::Strict,
-            other => return Err(self.err("session.same_site", format!("`{other}` is not \"lax\" or \"strict\""))),
-        };
+        let same_site = self.same_site("session.same_site", &s.same_site)?;
         if !s.cookie_name.starts_with("__Host-") {
             return Err(self.err(
                 "session.cookie_name",

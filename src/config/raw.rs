@@ -32,6 +32,17 @@ pub struct RawConfig {
     pub oidc: Option<RawOidc>,
     #[serde(default)]
     pub cross_origin: RawCrossOrigin,
+    #[serde(default)]
+    pub upstream_cookies: RawUpstreamCookies,
+}
+
+/// `[upstream_cookies]`: attributes added to the upstream's own cookies.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamCookies {
+    #[serde(default)]
+    pub http_only: bool,
+    pub same_site: Option<String>,
 }
 
 /// `[cross_origin]`: origins whose state-changing requests are let through.

@@ -13,6 +13,7 @@ pub mod headers;
 pub mod identity;
 mod upgrade;
 pub mod upstream;
+mod upstream_cookies;
 
 use crate::auth::endpoints::{self, Auth, EndpointRequest};
 use crate::config::{AuthMode, Config, CrossOrigin};
@@ -485,9 +486,10 @@ fn with_cookie(mut resp: Response<Body>, cookie: Option<HeaderValue>) -> Respons
     resp
 }
 
-/// Towards the client: the upstream can never set our cookie, and its
-/// session-data header is consumed here, never passed on; it is returned
-/// for [`save_data`]. The route's framing policy is added (see `framing`).
+/// Towards the client: the upstream can never set our cookie, its own
+/// cookies are hardened (see `upstream_cookies`), and its session-data
+/// header is consumed here, never passed on; it is returned for
+/// [`save_data`]. The route's framing policy is added (see `framing`).
 fn session_response_filter(shared: &Shared, route: &Route, headers: &mut http::HeaderMap) -> Option<HeaderValue> {
     let data_name = &shared.config.headers.session_data_set;
     // One pass over the few names of a response costs less than looking up
@@ -502,11 +504,12 @@ fn session_response_filter(shared: &Shared, route: &Route, headers: &mut http::H
     framing::apply(route.framing, headers, xfo, csp);
     let name = shared.sessions.cookie_name();
     if set_cookie {
+        let policy = &shared.config.upstream_cookies;
         let kept: Vec<HeaderValue> = headers
             .get_all(header::SET_COOKIE)
             .iter()
             .filter(|v| !sets_cookie(v.as_bytes(), name.as_bytes()))
-            .cloned()
+            .map(|v| upstream_cookies::harden(v, policy).unwrap_or_else(|| v.clone()))
             .collect();
         headers.remove(header::SET_COOKIE);
         for v in kept {

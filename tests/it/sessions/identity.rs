@@ -262,7 +262,8 @@ async fn upstream_cannot_set_the_gateway_cookie_but_can_set_its_own() {
         );
         let reply = browser.get(&path).await;
         assert_eq!(reply.status, StatusCode::OK, "{prefix}: {}", reply.text());
-        assert_eq!(reply.set_cookies(), ["app=1; Path=/"], "{prefix}");
+        // The app's own cookie passes, made `Secure` (see the next test).
+        assert_eq!(reply.set_cookies(), ["app=1; Path=/; Secure"], "{prefix}");
         assert_eq!(browser.token(), Some(token.as_str()), "{prefix}");
     }
     assert_eq!(user(&browser.get("/app/x").await.echo()).as_deref(), Some("alice"));
@@ -276,6 +277,40 @@ async fn upstream_cannot_set_the_gateway_cookie_but_can_set_its_own() {
     let reply = newcomer.get(&path).await;
     let cookie = reply.session_cookie().expect("the gateway's cookie");
     assert_ne!(cookie.value, forged);
+}
+
+/// The app's own cookies are never weaker than the HTTPS-only site: `Secure` is always
+/// added, `HttpOnly` and `SameSite` when `[upstream_cookies]` asks; what the app wrote stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_cookies_gain_the_attributes_they_lack() {
+    let cookies = [
+        ("Set-Cookie", "JSESSIONID=abc; Path=/app"),
+        ("Set-Cookie", "prefs=dark; Secure; SameSite=Strict"),
+        ("Set-Cookie", "XSRF-TOKEN=t; HttpOnly"),
+    ];
+    let site = Site::start().await;
+    let reply = site.browser().get(&respond_path("/respond-public/x", &cookies)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(
+        reply.set_cookies(),
+        [
+            "JSESSIONID=abc; Path=/app; Secure",
+            "prefs=dark; Secure; SameSite=Strict",
+            "XSRF-TOKEN=t; HttpOnly; Secure",
+        ]
+    );
+
+    let strict = Site::with(|c| c.section("[upstream_cookies]\nhttp_only = true\nsame_site = \"lax\"\n")).await;
+    let reply = strict.browser().get(&respond_path("/respond-public/x", &cookies)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(
+        reply.set_cookies(),
+        [
+            "JSESSIONID=abc; Path=/app; Secure; HttpOnly; SameSite=Lax",
+            "prefs=dark; Secure; SameSite=Strict; HttpOnly",
+            "XSRF-TOKEN=t; HttpOnly; Secure; SameSite=Lax",
+        ]
+    );
 }
 
 /// Session ids are per session and survive login; a browser's own copy does not leak into
