@@ -129,6 +129,11 @@ pub fn normalize(origin: &str) -> Option<String> {
     if rest.is_empty() || rest.contains(['@', '*', '/', '?', '#']) || authority.host().is_empty() {
         return None;
     }
+    // `Authority` takes any digits as a port.
+    let port = &authority.as_str()[authority.host().len()..];
+    if !port.is_empty() && port.strip_prefix(':').and_then(|p| p.parse::<u16>().ok()).is_none() {
+        return None;
+    }
     let host_port = strip_port(authority.as_str(), default).to_ascii_lowercase();
     Some(format!("{scheme}://{host_port}"))
 }
@@ -243,6 +248,7 @@ mod tests {
             "https://",
             "a.example",
             "https://a.example?x",
+            "https://a.example:99999",
         ] {
             assert_eq!(normalize(bad), None, "{bad}");
         }
