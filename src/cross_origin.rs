@@ -131,7 +131,13 @@ pub fn normalize(origin: &str) -> Option<String> {
     }
     // `Authority` takes any digits as a port.
     let port = &authority.as_str()[authority.host().len()..];
-    if !port.is_empty() && port.strip_prefix(':').and_then(|p| p.parse::<u16>().ok()).is_none() {
+    if !port.is_empty()
+        && port
+            .strip_prefix(':')
+            .and_then(|p| p.parse::<u16>().ok())
+            .filter(|&p| p != 0)
+            .is_none()
+    {
         return None;
     }
     let host_port = strip_port(authority.as_str(), default).to_ascii_lowercase();
@@ -249,6 +255,7 @@ mod tests {
             "a.example",
             "https://a.example?x",
             "https://a.example:99999",
+            "https://a.example:0",
         ] {
             assert_eq!(normalize(bad), None, "{bad}");
         }

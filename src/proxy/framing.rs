@@ -3,9 +3,14 @@
 //! A page that acts on the user's session can be loaded in an invisible
 //! frame on another site and clicked through (clickjacking). Legacy apps
 //! seldom send `X-Frame-Options` or a CSP `frame-ancestors`, so the
-//! gateway adds them to a response that has neither, as a route's
-//! `framing` says. An upstream that states its own framing policy is left
-//! alone: it knows which of its pages are meant to be embedded.
+//! gateway adds `X-Frame-Options` to a response that has neither, as a
+//! route's `framing` says. An upstream that states its own framing policy
+//! is left alone: it knows which of its pages are meant to be embedded.
+//!
+//! `X-Frame-Options` alone, not also a CSP `frame-ancestors`: every
+//! browser honours it (the CSP directive only adds lists of allowed
+//! framers, which a fixed policy does not need), and one field instead of
+//! two costs a verified request a few hundred instructions less.
 
 use crate::config::Framing;
 use http::{header, HeaderMap, HeaderValue};
@@ -15,20 +20,18 @@ use http::{header, HeaderMap, HeaderValue};
 /// `Content-Security-Policy` fields (the caller's one pass over the names
 /// found out).
 pub fn apply(framing: Framing, headers: &mut HeaderMap, xfo: bool, csp: bool) {
-    let (options, ancestors) = match framing {
+    let options = match framing {
         Framing::Allow => return,
-        Framing::SameOrigin => ("SAMEORIGIN", "frame-ancestors 'self'"),
-        Framing::Deny => ("DENY", "frame-ancestors 'none'"),
+        Framing::SameOrigin => "SAMEORIGIN",
+        Framing::Deny => "DENY",
     };
+    // A browser that knows `frame-ancestors` ignores `X-Frame-Options`
+    // beside it, so the upstream's directive stands either way; adding
+    // ours would only override it in browsers that predate CSP 2.
     if xfo || (csp && has_frame_ancestors(headers)) {
         return;
     }
-    // Both: CSP's `frame-ancestors` is the standard and wins where a browser
-    // knows it; `X-Frame-Options` covers the browsers that do not. A second
-    // CSP field beside the upstream's is enforced on its own and restricts
-    // nothing but framing.
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static(options));
-    headers.append(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(ancestors));
 }
 
 /// Whether any CSP field has a `frame-ancestors` directive (directive
@@ -70,10 +73,9 @@ mod tests {
     fn a_response_without_a_policy_gets_the_routes() {
         let h = framed(Framing::SameOrigin, HeaderMap::new());
         assert_eq!(values(&h, header::X_FRAME_OPTIONS), ["SAMEORIGIN"]);
-        assert_eq!(values(&h, header::CONTENT_SECURITY_POLICY), ["frame-ancestors 'self'"]);
         let h = framed(Framing::Deny, HeaderMap::new());
         assert_eq!(values(&h, header::X_FRAME_OPTIONS), ["DENY"]);
-        assert_eq!(values(&h, header::CONTENT_SECURITY_POLICY), ["frame-ancestors 'none'"]);
+        assert_eq!(h.len(), 1);
         assert!(framed(Framing::Allow, HeaderMap::new()).is_empty());
     }
 
@@ -94,21 +96,10 @@ mod tests {
     }
 
     #[test]
-    fn a_csp_without_frame_ancestors_gets_a_second_field() {
-        let h = framed(
-            Framing::SameOrigin,
-            with(&[(
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; script-src frame-ancestors.example",
-            )]),
-        );
-        assert_eq!(
-            values(&h, header::CONTENT_SECURITY_POLICY),
-            [
-                "default-src 'self'; script-src frame-ancestors.example",
-                "frame-ancestors 'self'"
-            ]
-        );
+    fn a_csp_without_frame_ancestors_is_no_framing_policy() {
+        let csp = "default-src 'self'; script-src frame-ancestors.example";
+        let h = framed(Framing::SameOrigin, with(&[(header::CONTENT_SECURITY_POLICY, csp)]));
+        assert_eq!(values(&h, header::CONTENT_SECURITY_POLICY), [csp]);
         assert_eq!(values(&h, header::X_FRAME_OPTIONS), ["SAMEORIGIN"]);
     }
 }

@@ -504,6 +504,8 @@ fn a_trusted_origin_that_is_not_an_origin_is_named() {
         "ftp://partner.example",
         "partner.example",
         "https://partner.example:port",
+        "https://partner.example:99999",
+        "https://partner.example:0",
         "https://partner.example?x=1",
     ] {
         let prepared = trusting(&["https://good.example", bad]).prepare();
