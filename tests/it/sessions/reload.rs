@@ -157,6 +157,22 @@ async fn a_config_that_no_longer_validates_changes_nothing() {
     assert_eq!(report["sessions_ended"], 0, "{report}");
     assert_eq!(alice.upstream_user("/page").await.as_deref(), Some("alice"));
 
+    // The cross-origin and upstream-cookie sections are reported by name too.
+    let more = "\n[cross_origin]\ntrusted_origins = [\"https://www.example\"]\n\
+                \n[upstream_cookies]\nhttp_only = true\n";
+    std::fs::write(
+        site.gw.config_path(),
+        format!("{text}\n[login]\nmax_failures = 7\n{more}"),
+    )
+    .expect("rewrite config");
+    let (status, report) = reload(&admin).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        report["restart_needed"],
+        serde_json::json!(["login", "cross_origin", "upstream_cookies"]),
+        "{report}"
+    );
+
     // Only the admin token may reload.
     let reply = fetch(admin.request(Method::POST, "/reload", None)).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
