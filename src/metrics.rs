@@ -348,14 +348,16 @@ impl Metrics {
             .inc();
     }
 
-    /// A new session met `[session] max_per_user`: `refused`, or one of the
-    /// user's others `ended_least_recent`.
+    /// A state-changing request from another origin was refused, `by` the
+    /// rule that refused it (`cross_origin::Refusal`).
     pub fn cross_origin_refused(&self, by: &'static str) {
         self.cross_origin_refused
             .get_or_create(&vec![("by", by.to_string())])
             .inc();
     }
 
+    /// A new session met `[session] max_per_user`: `refused`, or one of the
+    /// user's others `ended_least_recent`.
     pub fn user_limit(&self, action: &'static str) {
         self.user_session_limit
             .get_or_create(&vec![("action", action.to_string())])
