@@ -20,6 +20,36 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Clone, Copy, Debug)]
 pub struct BodyRead;
 
+/// The most of an unread request body [`drain_briefly`] reads.
+const DRAIN_MAX_BYTES: u64 = 64 * 1024;
+/// How long [`drain_briefly`] waits for it.
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// HTTP/2: reads and discards a small request body that the gateway
+/// answered without reading (a 403, a 401, a 413), before the answer goes
+/// out. Dropped unread, the body makes hyper follow the answer with
+/// `RST_STREAM(NO_ERROR)` while the client may still be sending it, which
+/// RFC 9113 section 8.1 allows and browsers handle, but some clients (curl
+/// 7.88) then discard the answer. A body declared larger than
+/// [`DRAIN_MAX_BYTES`], or not all there within [`DRAIN_WAIT`], is left
+/// to that reset: nobody waits on an upload that will be refused.
+pub async fn drain_briefly(body: Incoming) {
+    if http_body::Body::size_hint(&body).lower() > DRAIN_MAX_BYTES {
+        return;
+    }
+    let read = async move {
+        let mut body = body;
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > DRAIN_MAX_BYTES {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_WAIT, read).await;
+}
+
 /// A streamed body from hyper, or anything else, boxed.
 pub enum Body {
     Stream(Incoming),

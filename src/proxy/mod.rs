@@ -140,10 +140,16 @@ pub async fn handle(
         version: req.version(),
     };
     let has_body = request_has_body(&req);
-    let mut resp = match pipeline(shared, conn, &mut ctx, req, upload).await {
+    // The pipeline takes the request out when it forwards it or hands it to
+    // an endpoint; left here, it was answered without its body being read.
+    let mut unread = Some(req);
+    let mut resp = match pipeline(shared, conn, &mut ctx, &mut unread, upload).await {
         Ok(resp) => resp,
         Err(err) => error_response(shared, &ctx, err),
     };
+    if let Some(req) = unread.filter(|_| has_body && ctx.version == Version::HTTP_2) {
+        body::drain_briefly(req.into_body()).await;
+    }
     if has_body
         && ctx.upstream_ms.is_none()
         && ctx.version < Version::HTTP_2
@@ -212,9 +218,12 @@ async fn pipeline<'s>(
     shared: &'s Shared,
     conn: &ConnInfo,
     ctx: &mut RequestCtx<'s>,
-    mut req: Request<Incoming>,
+    slot: &mut Option<Request<Incoming>>,
     upload: UploadHook<'_>,
 ) -> Result<Response<Body>, GatewayError> {
+    let Some(req) = slot.as_mut() else {
+        return Err(GatewayError::Internal("request already taken".into()));
+    };
     // Request filter: limits and framing.
     let server = &shared.config.server;
     if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > server.max_uri_bytes {
@@ -236,16 +245,17 @@ async fn pipeline<'s>(
     let path = ctx.normalized.as_deref().unwrap_or(req.uri().path());
     let client = conn.peer.client(req.headers(), &shared.config.server.trusted_proxies);
     ctx.client_ip = client.ip;
-    let host = request_host(&req)?;
+    let host = request_host(req)?;
 
     if path.starts_with(endpoints::PREFIX) {
         let ep = EndpointRequest {
             sessions: &shared.sessions,
             auth: &shared.auth,
             client_ip: client.ip,
-            authority: request_authority(&req),
+            authority: request_authority(req),
         };
         let path = path.to_owned();
+        let req = take(slot)?;
         // Boxed: the endpoints' state is large and rare; inline it would be
         // copied with every proxied request's future.
         return Box::pin(endpoints::handle(ep, &path, req)).await;
@@ -253,13 +263,13 @@ async fn pipeline<'s>(
 
     let route: &'s Route = match shared.router.route(host.as_ref().map(|h| &*h.name), path) {
         Ok(route) => route.ok_or(GatewayError::NoRoute)?,
-        Err(PathError::MissingSlash) => return Err(missing_slash(path, &req)),
+        Err(PathError::MissingSlash) => return Err(missing_slash(path, req)),
         Err(e) => return Err(e.into()),
     };
     ctx.route = Some(route);
     let upgrade_value = req.headers().get(header::UPGRADE).cloned();
     if route.cross_origin == CrossOrigin::Reject && cross_origin::needs_check(req.method(), upgrade_value.is_some()) {
-        cross_origin_check(shared, ctx, &req)?;
+        cross_origin_check(shared, ctx, req)?;
     }
     let forwarded_host = host.and_then(|h| h.forwarded());
 
@@ -307,13 +317,13 @@ async fn pipeline<'s>(
                 Some(live) => {
                     ctx.session_id = Some(live.record.id);
                     if route.auth == AuthMode::Required {
-                        if let Some(resp) = authorize(route, &live, &req, shared.sessions.absolute_ms()) {
+                        if let Some(resp) = authorize(route, &live, req, shared.sessions.absolute_ms()) {
                             return Ok(with_cookie(resp, set_cookie));
                         }
                     }
                     Some(live)
                 }
-                None if route.auth == AuthMode::Required => return Ok(unauthenticated(&req)),
+                None if route.auth == AuthMode::Required => return Ok(unauthenticated(req)),
                 None => None,
             }
         }
@@ -347,7 +357,8 @@ async fn pipeline<'s>(
         h.insert(header::UPGRADE, proto.clone());
     }
 
-    let client_on_upgrade = upgrade_proto.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let client_on_upgrade = upgrade_proto.as_ref().map(|_| hyper::upgrade::on(&mut *req));
+    let req = take(slot)?;
     let upstream_req = build_upstream_request(req, route, ctx.normalized.as_deref(), upload)?;
     // The client boxes the exchange: only that pointer enters this future.
     let sent = conn.upstream.request(upstream_req);
@@ -362,6 +373,13 @@ async fn pipeline<'s>(
         }
     }
     Ok(with_cookie(resp, set_cookie))
+}
+
+/// The request out of `handle`'s slot, for the phase that consumes it
+/// (forwarding, or an endpoint, which reads its body itself).
+fn take(slot: &mut Option<Request<Incoming>>) -> Result<Request<Incoming>, GatewayError> {
+    slot.take()
+        .ok_or_else(|| GatewayError::Internal("request already taken".into()))
 }
 
 /// Refuses a state-changing request from another origin (see

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, http::Head
 
 use crate::kit::{
     binary::log_field_text, quoted, secs, within, BinaryGateway, Echo, GatewayAddrs, GatewayConfig, RouteSpec,
-    TestGateway, TestUpstream, ALPN_H1,
+    TestGateway, TestUpstream, ALPN_H1, ALPN_H2,
 };
 
 /// The whole body of a refusal.
@@ -315,7 +315,9 @@ async fn raw_post(gw: &GatewayAddrs, host: &str, origin: &str) -> (u16, String) 
 /// same origin as `Host: host` and as `Host: host:443`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_port_is_443_on_either_side() {
-    let (upstream, gw) = site(|c| c).await;
+    // The real binary: in the test's own process the answer is slower than curl's body.
+    let upstream = TestUpstream::start().await;
+    let gw = TestGateway::spawn_binary(GatewayConfig::proxy_all_to(&upstream)).await;
     let port = gw.https.port();
 
     for (host, origin) in [
@@ -721,4 +723,59 @@ async fn the_binary_logs_a_refusal() {
     let log = gw.stderr_text();
     assert!(!log.contains("cookie-secret-2718"), "the log holds the cookie:\n{log}");
     assert_eq!(upstream.request_count(), 0);
+}
+
+/// Over HTTP/2 the gateway decides before the body arrives. It reads a small body before it
+/// answers, so the stream ends cleanly: dropped unread, the body would make the answer be
+/// followed by `RST_STREAM(NO_ERROR)`, which curl 7.88 takes for a failure (exit code 92) and
+/// then shows no answer. The client here sends the body only after the gateway has refused,
+/// as curl's separate writes can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_refusal_waits_for_a_small_body_and_ends_the_stream_cleanly() {
+    let (upstream, gw) = site(|c| c).await;
+    let tls = within(secs(5), "TLS connect", gw.tls_connect(ALPN_H2))
+        .await
+        .expect("TLS connect");
+    let (client, connection) = h2::client::handshake(tls).await.expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("HTTP/2 client ready");
+
+    let post = http::Request::post(gw.url("/transfer"))
+        .header("origin", EVIL)
+        .header("sec-fetch-site", "cross-site")
+        .header("content-length", FORM.len())
+        .body(())
+        .expect("request");
+    let (response, mut upload) = client.send_request(post, false).expect("send the headers");
+    within(secs(5), "the refusal counted", async {
+        while refused(&gw, "sec_fetch_site").await < 1.0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+
+    upload
+        .send_data(bytes::Bytes::from_static(FORM.as_bytes()), true)
+        .expect("the body is still wanted after the refusal");
+    let response = within(secs(5), "the refusal", response).await.expect("response");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = within(secs(5), "the refusal's body", body.data()).await {
+        text.extend_from_slice(&chunk.expect("body chunk"));
+    }
+    assert_eq!(String::from_utf8_lossy(&text), REFUSED_BODY);
+
+    // A later request's answer comes after anything the gateway sent on the first stream,
+    // a reset included.
+    let (second, _) = client
+        .send_request(http::Request::get(gw.url("/after")).body(()).expect("request"), true)
+        .expect("second request");
+    let second = within(secs(5), "the second answer", second)
+        .await
+        .expect("second response");
+    assert_eq!(second.status(), StatusCode::OK);
+    let reset = std::future::poll_fn(|cx| std::task::Poll::Ready(upload.poll_reset(cx))).await;
+    assert!(reset.is_pending(), "the refused stream was reset: {reset:?}");
+    assert_eq!(upstream.targets(), ["/after"]);
 }
