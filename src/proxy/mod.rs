@@ -148,7 +148,9 @@ pub async fn handle(
         Err(err) => error_response(shared, &ctx, err),
     };
     if let Some(req) = unread.filter(|_| has_body && ctx.version == Version::HTTP_2) {
-        body::drain_briefly(req.into_body()).await;
+        // Boxed: rare, and its timer would otherwise enlarge every
+        // request's future.
+        Box::pin(body::drain_briefly(req.into_body())).await;
     }
     if has_body
         && ctx.upstream_ms.is_none()
