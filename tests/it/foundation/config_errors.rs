@@ -467,20 +467,26 @@ fn check_warns_when_nobody_can_sign_in() {
     .contains(warning));
 }
 
-/// A route's `cross_origin` is `"reject"` (the default) or `"allow"`; anything else is refused
-/// at start with the route's key and line.
+/// A route's `cross_origin` is `"reject"` (the default) or `"allow"`, its `framing`
+/// `"same-origin"` (the default), `"deny"` or `"allow"`; anything else is refused at start with
+/// the route's key and line.
 #[test]
-fn an_unknown_cross_origin_mode_is_named() {
-    let route = |mode: &str| {
-        GatewayConfig::new().route(
-            RouteSpec::new("/api/", format!("http://127.0.0.1:{}", closed_port())).set("cross_origin", quoted(mode)),
-        )
-    };
-    assert_rejected_at_key(&route("maybe").prepare(), "routes[0].cross_origin", "maybe");
-    for mode in ["reject", "allow"] {
-        let prepared = route(mode).prepare();
-        let out = run_cli([OsStr::new("check"), OsStr::new("--config"), prepared.path.as_os_str()]);
-        assert_eq!(out.code(), Some(0), "cross_origin = {mode:?}\n{}", out.stderr);
+fn an_unknown_route_mode_is_named() {
+    let cases: [(&str, &str, &[&str]); 2] = [
+        ("cross_origin", "maybe", &["reject", "allow"]),
+        ("framing", "sameorigin", &["same-origin", "deny", "allow"]),
+    ];
+    for (key, bad, good) in cases {
+        let route = |mode: &str| {
+            GatewayConfig::new()
+                .route(RouteSpec::new("/api/", format!("http://127.0.0.1:{}", closed_port())).set(key, quoted(mode)))
+        };
+        assert_rejected_at_key(&route(bad).prepare(), &format!("routes[0].{key}"), bad);
+        for mode in good {
+            let prepared = route(mode).prepare();
+            let out = run_cli([OsStr::new("check"), OsStr::new("--config"), prepared.path.as_os_str()]);
+            assert_eq!(out.code(), Some(0), "{key} = {mode:?}\n{}", out.stderr);
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use reqwest::header::{HeaderMap, CONTENT_SECURITY_POLICY, X_FRAME_OPTIONS};
 
-use crate::kit::{closed_port, quoted, run_cli, GatewayConfig, RouteSpec, TestGateway, TestUpstream};
+use crate::kit::{quoted, GatewayConfig, RouteSpec, TestGateway, TestUpstream};
 
 fn values(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Vec<String> {
     headers
@@ -76,23 +76,4 @@ async fn the_upstreams_own_policy_passes_untouched() {
     let h = headers_of(&gw, "/with-headers?content-security-policy=default-src+%27self%27").await;
     assert_eq!(values(&h, CONTENT_SECURITY_POLICY), ["default-src 'self'"]);
     assert_eq!(values(&h, X_FRAME_OPTIONS), ["SAMEORIGIN"]);
-}
-
-#[test]
-fn an_unknown_framing_is_refused_at_start() {
-    let config = GatewayConfig::new()
-        .route(RouteSpec::new("/", format!("http://127.0.0.1:{}", closed_port())).set("framing", quoted("sameorigin")));
-    let prepared = config.prepare();
-    let out = run_cli(["check", "--config", &prepared.path.display().to_string()]);
-    assert_eq!(out.code(), Some(2), "{}", out.stderr);
-    let at_line = format!("{}:", prepared.path.display());
-    let after = out.stderr.split(&at_line).nth(1).unwrap_or_default();
-    assert!(
-        after.starts_with(|c: char| c.is_ascii_digit()),
-        "no file:line in {}",
-        out.stderr
-    );
-    for word in ["routes[0].framing", "sameorigin"] {
-        assert!(out.stderr.contains(word), "stderr lacks {word:?}: {}", out.stderr);
-    }
 }
