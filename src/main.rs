@@ -200,9 +200,16 @@ fn check(path: &Path) -> ExitCode {
             sessiongate::config::Framing::Deny => " framing=deny",
             sessiongate::config::Framing::Allow => " framing=allow",
         };
+        let servers = r.upstreams.as_slice();
+        let upstreams = servers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        let balance = match (servers.len(), r.balance) {
+            (1, _) => "",
+            (_, sessiongate::config::Balance::Sticky) => " balance=sticky",
+            (_, sessiongate::config::Balance::RoundRobin) => " balance=round-robin",
+        };
         println!(
-            "  route     {host}{} -> {}://{} auth={:?}{groups}{step_up}{cross_origin}{framing}",
-            r.path_prefix, r.upstream.scheme, r.upstream.authority, r.auth
+            "  route     {host}{} -> {upstreams}{balance} auth={:?}{groups}{step_up}{cross_origin}{framing}",
+            r.path_prefix, r.auth
         );
     }
     let cookies = &config.upstream_cookies;

@@ -34,6 +34,7 @@ pub struct Metrics {
     requests: Family<Labels, Counter>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
     upstream_errors: Family<Labels, Counter>,
+    upstream_down: Family<Labels, Counter>,
     requests_refused: Family<Labels, Counter>,
     pub open_connections: Gauge,
     connections_accepted: Family<Labels, Counter>,
@@ -114,6 +115,7 @@ impl Metrics {
         let requests = Family::<Labels, Counter>::default();
         let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let upstream_errors = Family::<Labels, Counter>::default();
+        let upstream_down = Family::<Labels, Counter>::default();
         let requests_refused = Family::<Labels, Counter>::default();
         let open_connections = Gauge::default();
         let connections_accepted = Family::<Labels, Counter>::default();
@@ -150,6 +152,11 @@ impl Metrics {
             "upstream_errors",
             "Failed upstream exchanges, by kind",
             upstream_errors.clone(),
+        );
+        registry.register(
+            "upstream_down",
+            "Times one of a route's several upstream servers was marked down after a failed connection, by server",
+            upstream_down.clone(),
         );
         registry.register(
             "open_connections",
@@ -260,6 +267,7 @@ impl Metrics {
             requests,
             latency,
             upstream_errors,
+            upstream_down,
             requests_refused,
             open_connections,
             connections_accepted,
@@ -314,6 +322,13 @@ impl Metrics {
             on_worker: counter("worker"),
             in_background: counter("background"),
         }
+    }
+
+    /// One of a route's several servers was marked down (`proxy::balance`).
+    pub fn upstream_down(&self, upstream: &crate::config::Upstream) {
+        self.upstream_down
+            .get_or_create(&vec![("upstream", upstream.to_string())])
+            .inc();
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {

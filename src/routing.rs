@@ -14,7 +14,8 @@
 //! routed only when every such reading picks the route its literal text
 //! picks (see [`Router::route`]).
 
-use crate::config::{AuthMode, CrossOrigin, Framing, RouteConfig, Upstream};
+use crate::config::{AuthMode, CrossOrigin, Framing, RouteConfig};
+use crate::proxy::balance::Servers;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -163,10 +164,8 @@ fn resolve_segments(path: &str) -> Result<String, PathError> {
 pub struct Route {
     pub path_prefix: String,
     pub host: Option<String>,
-    pub upstream: Upstream,
-    /// What stands for `upstream` in requests to the pool (see
-    /// `proxy::upstream::Origins`).
-    pub pool_authority: http::uri::Authority,
+    /// Where its requests go (see `proxy::balance`).
+    pub servers: Servers,
     pub auth: AuthMode,
     pub groups: Vec<String>,
     pub max_body_bytes: Option<u64>,
@@ -210,8 +209,7 @@ impl Router {
             .map(|r| Route {
                 path_prefix: r.path_prefix.clone(),
                 host: r.host.clone(),
-                upstream: r.upstream.clone(),
-                pool_authority: origins.pool_authority(&r.upstream),
+                servers: Servers::new(r, origins),
                 auth: r.auth,
                 groups: r.groups.clone(),
                 max_body_bytes: r.max_body_bytes,
@@ -512,10 +510,12 @@ mod tests {
             .map(|p| RouteConfig {
                 path_prefix: (*p).to_owned(),
                 host: None,
-                upstream: Upstream {
+                upstreams: crate::config::Upstreams::new(vec![crate::config::Upstream {
                     scheme: http::uri::Scheme::HTTP,
                     authority: http::uri::Authority::from_static("127.0.0.1:9"),
-                },
+                }])
+                .unwrap_or_else(|| panic!("one upstream")),
+                balance: crate::config::Balance::Sticky,
                 auth: AuthMode::None,
                 groups: Vec::new(),
                 max_body_bytes: None,

@@ -108,12 +108,71 @@ pub struct Upstream {
     pub authority: http::uri::Authority,
 }
 
+impl Upstream {
+    /// The port, or the scheme's default when none is written.
+    pub fn port(&self) -> u16 {
+        let default = if self.scheme == http::uri::Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        self.authority.port_u16().unwrap_or(default)
+    }
+}
+
+/// Origins compare as origins (RFC 6454): the host in any case, the
+/// default port written or not.
+impl PartialEq for Upstream {
+    fn eq(&self, other: &Upstream) -> bool {
+        self.scheme == other.scheme
+            && self.port() == other.port()
+            && self.authority.host().eq_ignore_ascii_case(other.authority.host())
+    }
+}
+
+impl Eq for Upstream {}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// A route's upstream servers: one or more, each named once.
+#[derive(Debug, Clone)]
+pub struct Upstreams(Box<[Upstream]>);
+
+impl Upstreams {
+    /// `None` when `all` is empty or names a server twice.
+    pub fn new(all: Vec<Upstream>) -> Option<Upstreams> {
+        let distinct = all.iter().enumerate().all(|(i, u)| !all[..i].contains(u));
+        (!all.is_empty() && distinct).then(|| Upstreams(all.into()))
+    }
+
+    pub fn as_slice(&self) -> &[Upstream] {
+        &self.0
+    }
+}
+
+/// How a route with several upstream servers picks one for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// A request with a session goes to the server its session id ranks
+    /// first (among those not marked down), so an app that keeps state in
+    /// its own memory sees all of a session's requests, before and after
+    /// login. Requests without one take turns.
+    Sticky,
+    /// Every request takes its turn, session or not.
+    RoundRobin,
+}
+
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
     pub path_prefix: String,
     /// Lowercased host without port.
     pub host: Option<String>,
-    pub upstream: Upstream,
+    pub upstreams: Upstreams,
+    pub balance: Balance,
     pub auth: AuthMode,
     pub groups: Vec<String>,
     pub max_body_bytes: Option<u64>,
@@ -158,6 +217,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     pub upstream_pool_idle_timeout: Duration,
     pub upstream_pool_max_idle_per_host: usize,
+    /// How long one of a route's several upstream servers gets no requests
+    /// after a connection to it failed (see `proxy::balance`).
+    pub upstream_fail_timeout: Duration,
     pub tls_handshakes: Handshakes,
     /// CPUs the TLS handshake threads and the embedded store's commit
     /// thread are confined to, each listed once; empty: wherever the process
@@ -827,7 +889,8 @@ impl Validator<'_> {
             }
             (None, Some(_)) => return Err(self.err("upstream_tls.client_key", "needs client_cert, its certificate")),
         };
-        if !routes.iter().any(|r| r.upstream.scheme == http::uri::Scheme::HTTPS) {
+        let https = |u: &Upstream| u.scheme == http::uri::Scheme::HTTPS;
+        if !routes.iter().any(|r| r.upstreams.as_slice().iter().any(https)) {
             return Ok(None);
         }
         let ca = t.ca.as_deref().map(|c| self.path(c));
@@ -910,6 +973,7 @@ impl Validator<'_> {
             upstream_pool_idle_timeout: self
                 .duration("server.upstream_pool_idle_timeout", &s.upstream_pool_idle_timeout)?,
             upstream_pool_max_idle_per_host: s.upstream_pool_max_idle_per_host,
+            upstream_fail_timeout: self.duration("server.upstream_fail_timeout", &s.upstream_fail_timeout)?,
             tls_handshakes: match s.tls_handshakes.to_ascii_lowercase().as_str() {
                 "auto" => Handshakes::Auto,
                 "background" => Handshakes::Background,
@@ -1071,6 +1135,30 @@ impl Validator<'_> {
         }
     }
 
+    /// A route's `upstream`: one origin or a list of distinct ones.
+    fn upstreams(&self, key: &str, raw: &raw::RawUpstreams) -> Result<Upstreams, ConfigError> {
+        let listed = match raw {
+            raw::RawUpstreams::One(one) => std::slice::from_ref(one),
+            raw::RawUpstreams::Many(many) => many.as_slice(),
+        };
+        let most = crate::proxy::balance::MAX_SERVERS;
+        if listed.len() > most {
+            return Err(self.err(
+                key,
+                format!("lists {} upstreams; a route takes at most {most}", listed.len()),
+            ));
+        }
+        let mut all = Vec::with_capacity(listed.len());
+        for origin in listed {
+            let upstream = parse_upstream(origin).map_err(|reason| self.err(key, format!("`{origin}`: {reason}")))?;
+            if all.contains(&upstream) {
+                return Err(self.err(key, format!("`{origin}` is listed twice")));
+            }
+            all.push(upstream);
+        }
+        Upstreams::new(all).ok_or_else(|| self.err(key, "the list is empty: name at least one upstream"))
+    }
+
     fn route(&self, i: usize, r: &raw::RawRoute) -> Result<RouteConfig, ConfigError> {
         let key = |k: &str| format!("routes[{i}].{k}");
         if !r.path_prefix.starts_with('/') {
@@ -1095,8 +1183,17 @@ impl Validator<'_> {
                  would be refused",
             ));
         }
-        let upstream = parse_upstream(&r.upstream)
-            .map_err(|reason| self.err(&key("upstream"), format!("`{}`: {reason}", r.upstream)))?;
+        let upstreams = self.upstreams(&key("upstream"), &r.upstream)?;
+        let balance = match r.balance.as_str() {
+            "sticky" => Balance::Sticky,
+            "round-robin" => Balance::RoundRobin,
+            other => {
+                return Err(self.err(
+                    &key("balance"),
+                    format!("`{other}` is not \"sticky\" or \"round-robin\""),
+                ))
+            }
+        };
         let auth = match r.auth.as_str() {
             "none" => AuthMode::None,
             "optional" => AuthMode::Optional,
@@ -1161,7 +1258,8 @@ impl Validator<'_> {
         Ok(RouteConfig {
             path_prefix: r.path_prefix.clone(),
             host,
-            upstream,
+            upstreams,
+            balance,
             auth,
             groups: r.groups.clone(),
             max_body_bytes: r.max_body_bytes,

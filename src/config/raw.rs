@@ -153,6 +153,8 @@ pub struct RawServer {
     pub shutdown_grace: String,
     #[serde(default = "d_upstream_pool_idle")]
     pub upstream_pool_idle_timeout: String,
+    #[serde(default = "d_upstream_fail_timeout")]
+    pub upstream_fail_timeout: String,
     #[serde(default = "d_upstream_pool_max_idle")]
     pub upstream_pool_max_idle_per_host: usize,
     #[serde(default = "d_tls_handshakes")]
@@ -187,6 +189,7 @@ impl Default for RawServer {
             workers: None,
             shutdown_grace: d_shutdown_grace(),
             upstream_pool_idle_timeout: d_upstream_pool_idle(),
+            upstream_fail_timeout: d_upstream_fail_timeout(),
             upstream_pool_max_idle_per_host: d_upstream_pool_max_idle(),
             tls_handshakes: d_tls_handshakes(),
             background_cpus: Vec::new(),
@@ -207,6 +210,9 @@ fn d_listen() -> String {
 }
 fn d_upstream_timeout() -> String {
     "30s".into()
+}
+fn d_upstream_fail_timeout() -> String {
+    "10s".into()
 }
 fn d_upstream_connect_timeout() -> String {
     "5s".into()
@@ -297,7 +303,9 @@ fn d_admin_listen() -> String {
 pub struct RawRoute {
     pub path_prefix: String,
     pub host: Option<String>,
-    pub upstream: String,
+    pub upstream: RawUpstreams,
+    #[serde(default = "d_balance")]
+    pub balance: String,
     #[serde(default = "d_auth")]
     pub auth: String,
     #[serde(default)]
@@ -308,6 +316,45 @@ pub struct RawRoute {
     pub cross_origin: String,
     #[serde(default = "d_route_framing")]
     pub framing: String,
+}
+
+/// A route's `upstream`: one origin, or a list of them. Read by hand,
+/// not `#[serde(untagged)]`, so that a wrong type is told what is wanted
+/// rather than "did not match any variant".
+#[derive(Debug)]
+pub enum RawUpstreams {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for RawUpstreams {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Origins;
+        impl<'de> serde::de::Visitor<'de> for Origins {
+            type Value = RawUpstreams;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an origin like \"http://127.0.0.1:8081\", or a list of them")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawUpstreams, E> {
+                Ok(RawUpstreams::One(v.to_owned()))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawUpstreams, A::Error> {
+                let mut all = Vec::new();
+                while let Some(origin) = seq.next_element::<String>()? {
+                    all.push(origin);
+                }
+                Ok(RawUpstreams::Many(all))
+            }
+        }
+        d.deserialize_any(Origins)
+    }
+}
+
+fn d_balance() -> String {
+    "sticky".into()
 }
 
 fn d_route_framing() -> String {

@@ -7,6 +7,7 @@
 //! Nothing here may forward a request as authenticated after an error in the
 //! session path (SECURITY.md rule 1).
 
+pub mod balance;
 pub mod body;
 mod framing;
 pub mod headers;
@@ -22,7 +23,9 @@ use crate::error::GatewayError;
 use crate::metrics::{Metrics, RouteMetrics, UpstreamErrorKind};
 use crate::routing::{normalize_path, PathError, Route, Router};
 use crate::server::StartError;
+use crate::session::token::SessionId;
 use crate::session::{Live, Lookup, SessionError, Sessions};
+use balance::Server;
 use body::{Body, UploadHook};
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -46,6 +49,8 @@ pub struct Shared {
     owned_headers: identity::OwnedHeaders,
     /// The routes' upstream origins, for each worker's client.
     pub origins: upstream::Origins,
+    /// Which origins are marked down (routes with several servers).
+    health: balance::Health,
 }
 
 impl Shared {
@@ -65,6 +70,7 @@ impl Shared {
         Ok(Shared {
             auth,
             owned_headers: identity::OwnedHeaders::new(&config.headers),
+            health: balance::Health::new(origins.count(), config.server.upstream_fail_timeout),
             origins,
             config,
             router,
@@ -104,6 +110,8 @@ pub struct RequestCtx<'s> {
     /// Borrowed from the router: no reference counting per request.
     pub route: Option<&'s Route>,
     pub upstream_ms: Option<f64>,
+    /// The server the request went to (last, if it was tried on several).
+    pub server: Option<&'s Server>,
     pub session_id: Option<crate::session::token::SessionId>,
     pub version: Version,
 }
@@ -136,6 +144,7 @@ pub async fn handle(
         normalized: None,
         route: None,
         upstream_ms: None,
+        server: None,
         session_id: None,
         version: req.version(),
     };
@@ -210,10 +219,23 @@ fn finish(shared: &Shared, ctx: &RequestCtx<'_>, resp: &Response<Body>) {
         status = status.as_u16(),
         route = ctx.route.as_ref().map(|r| r.label.as_str()).unwrap_or("-"),
         client_ip = %ctx.client_ip,
+        upstream = %ServerName(ctx.server),
         upstream_ms = ctx.upstream_ms.unwrap_or(0.0),
         total_ms = total.as_secs_f64() * 1000.0,
         session_id = ctx.session_id.map(|id| id.to_string()).unwrap_or_default(),
     );
+}
+
+/// The access log's `upstream`: the server's origin, or `-`.
+struct ServerName<'a>(Option<&'a Server>);
+
+impl std::fmt::Display for ServerName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(server) => server.upstream.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 async fn pipeline<'s>(
@@ -361,10 +383,20 @@ async fn pipeline<'s>(
 
     let client_on_upgrade = upgrade_proto.as_ref().map(|_| hyper::upgrade::on(&mut *req));
     let req = take(slot)?;
-    let upstream_req = build_upstream_request(req, route, ctx.normalized.as_deref(), upload)?;
-    // The client boxes the exchange: only that pointer enters this future.
-    let sent = conn.upstream.request(upstream_req);
-    let resp = exchange(shared, conn, ctx, sent).await?;
+    let resp = match route.servers.single() {
+        Some(server) => {
+            ctx.server = Some(server);
+            let upstream_req = build_upstream_request(req, route, server, ctx.normalized.as_deref(), upload)?;
+            // The client boxes the exchange: only that pointer enters this future.
+            let sent = conn.upstream.request(upstream_req);
+            exchange(shared, conn, ctx, sent).await?
+        }
+        // Boxed: the retry's state stays out of every other request's future.
+        None => {
+            let id = session.as_ref().map(|live| &live.record.id);
+            Box::pin(exchange_balanced(shared, conn, ctx, route, id, req, upload)).await?
+        }
+    };
     let mut resp = match (client_on_upgrade, resp.status()) {
         (Some(on_client), StatusCode::SWITCHING_PROTOCOLS) => upgrade::splice(on_client, resp),
         (_, _) => response_filter(resp),
@@ -375,6 +407,63 @@ async fn pipeline<'s>(
         }
     }
     Ok(with_cookie(resp, set_cookie))
+}
+
+/// Sends the request to one of a route's several servers (see `balance`).
+/// A server whose connection fails is marked down; a request without a
+/// body then goes to the next one, since nothing of it reached the app.
+/// One with a body gets the 502: the body streams from the client into the
+/// failed attempt, and no copy is kept to send again.
+async fn exchange_balanced<'s>(
+    shared: &Shared,
+    conn: &ConnInfo,
+    ctx: &mut RequestCtx<'s>,
+    route: &'s Route,
+    session: Option<&SessionId>,
+    req: Request<Incoming>,
+    upload: UploadHook<'_>,
+) -> Result<Response<Incoming>, GatewayError> {
+    let (mut attempt, mut server) = route.servers.begin(session, &shared.health);
+    let bodiless = !request_has_body(&req);
+    let mut upstream_req = build_upstream_request(req, route, server, ctx.normalized.as_deref(), upload)?;
+    loop {
+        ctx.server = Some(server);
+        let again = bodiless.then(|| replay(&upstream_req));
+        let sent = conn.upstream.request(upstream_req);
+        let err = match exchange(shared, conn, ctx, sent).await {
+            Err(GatewayError::UpstreamConnect(err)) => err,
+            other => return other,
+        };
+        if shared.health.mark_down(server) {
+            shared.metrics.upstream_down(&server.upstream);
+            tracing::warn!(
+                event = "upstream_down",
+                upstream = %server.upstream,
+                route = %route.label,
+                error = %err,
+                retry_in = ?shared.health.fail_timeout(),
+                "upstream server unreachable: marked down, its requests go to the route's other servers"
+            );
+        }
+        match (again, route.servers.next(&mut attempt, &shared.health)) {
+            (Some(mut again), Some(next)) => {
+                server = next;
+                *again.uri_mut() = server_uri(server, again.uri().path_and_query().cloned())?;
+                upstream_req = again;
+            }
+            _ => return Err(GatewayError::UpstreamConnect(err)),
+        }
+    }
+}
+
+/// A copy of a request without a body, to send again elsewhere.
+fn replay(req: &Request<Body>) -> Request<Body> {
+    let mut again = Request::new(body::empty());
+    *again.method_mut() = req.method().clone();
+    *again.uri_mut() = req.uri().clone();
+    *again.version_mut() = req.version();
+    *again.headers_mut() = req.headers().clone();
+    again
 }
 
 /// The request out of `handle`'s slot, for the phase that consumes it
@@ -575,6 +664,7 @@ fn sets_cookie(value: &[u8], name: &[u8]) -> bool {
 fn build_upstream_request(
     req: Request<Incoming>,
     route: &Route,
+    server: &Server,
     normalized: Option<&str>,
     upload: UploadHook<'_>,
 ) -> Result<Request<Body>, GatewayError> {
@@ -591,11 +681,7 @@ fn build_upstream_request(
             PathAndQuery::try_from(pq).map_err(|_| unforwardable())?
         }
     };
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(route.upstream.scheme.clone());
-    uri.authority = Some(route.pool_authority.clone());
-    uri.path_and_query = Some(target);
-    parts.uri = Uri::from_parts(uri).map_err(|_| unforwardable())?;
+    parts.uri = server_uri(server, Some(target))?;
     parts.version = Version::HTTP_11;
     // No body (every GET): nothing to watch, no allocation.
     let uploads = !incoming.is_end_stream();
@@ -604,6 +690,16 @@ fn build_upstream_request(
         None => Body::Stream(incoming),
     };
     Ok(Request::from_parts(parts, if uploads { upload(body) } else { body }))
+}
+
+/// The absolute URI the pooled client needs: the server's pool name, and
+/// the request's target.
+fn server_uri(server: &Server, target: Option<PathAndQuery>) -> Result<Uri, GatewayError> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(server.upstream.scheme.clone());
+    uri.authority = Some(server.pool_authority.clone());
+    uri.path_and_query = target;
+    Uri::from_parts(uri).map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))
 }
 
 /// Waits for the upstream's response headers within `upstream_timeout`.

@@ -52,8 +52,8 @@ struct Origin {
 impl Origins {
     pub fn new(routes: &[RouteConfig]) -> Origins {
         let mut origins: Vec<Origin> = Vec::new();
-        for r in routes {
-            let origin = Origin::new(&r.upstream);
+        for upstream in routes.iter().flat_map(|r| r.upstreams.as_slice()) {
+            let origin = Origin::new(upstream);
             if !origins.contains(&origin) {
                 origins.push(origin);
             }
@@ -61,12 +61,23 @@ impl Origins {
         Origins(origins.into())
     }
 
+    /// How many distinct origins the routes name.
+    pub fn count(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The position of `upstream` among the origins: its pool name, and
+    /// its slot in `balance::Health`.
+    pub fn index_of(&self, upstream: &Upstream) -> Option<usize> {
+        let key = (upstream.scheme.clone(), upstream.authority.clone());
+        self.0.iter().position(|o| o.upstream == key)
+    }
+
     /// The authority that stands for `upstream` in requests to the pool.
     /// Every route's upstream is one of ours; one that is not (it cannot
     /// be) keeps its own authority, which [`Resolver`] does not know.
     pub fn pool_authority(&self, upstream: &Upstream) -> Authority {
-        let key = (upstream.scheme.clone(), upstream.authority.clone());
-        match self.0.iter().position(|o| o.upstream == key) {
+        match self.index_of(upstream) {
             Some(i) => Authority::try_from(i.to_string()).unwrap_or_else(|_| upstream.authority.clone()),
             None => upstream.authority.clone(),
         }
@@ -403,10 +414,12 @@ mod tests {
         RouteConfig {
             path_prefix: "/".into(),
             host: None,
-            upstream: Upstream {
+            upstreams: crate::config::Upstreams::new(vec![Upstream {
                 scheme: uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
                 authority: uri.authority().cloned().unwrap_or_else(|| panic!("no authority")),
-            },
+            }])
+            .unwrap_or_else(|| panic!("one upstream")),
+            balance: crate::config::Balance::Sticky,
             auth: AuthMode::None,
             groups: Vec::new(),
             max_body_bytes: None,
@@ -435,7 +448,7 @@ mod tests {
         let origins = Origins::new(&routes);
         let names: Vec<String> = routes
             .iter()
-            .map(|r| origins.pool_authority(&r.upstream).to_string())
+            .map(|r| origins.pool_authority(&r.upstreams.as_slice()[0]).to_string())
             .collect();
         assert_eq!(names, ["0", "1", "0", "2"]);
     }

@@ -48,6 +48,11 @@ async fn each_request_logs_one_json_line_without_credentials() {
         Some("127.0.0.1"),
         "{line}"
     );
+    assert_eq!(
+        log_field_text(&line, "upstream").as_deref(),
+        Some(upstream.url().as_str()),
+        "{line}"
+    );
     for timing in ["upstream_ms", "total_ms"] {
         assert!(is_numeric(&line, timing), "{timing} in {line}");
     }

@@ -1,0 +1,352 @@
+//! Routes with several upstream servers: which server a request goes to,
+//! and which servers are marked down.
+//!
+//! Why sticky by session: a legacy app that is run twice for capacity
+//! usually keeps its own state (its session, a wizard's steps) in each
+//! process's memory, so all of a visitor's requests must reach the same
+//! process. The gateway owns the session, and its id stays the same when
+//! the token rotates at login, so it is the key: rendezvous hashing ranks
+//! the servers for each session id, and a server that is marked down moves
+//! only its own sessions, to their next-ranked server. Requests without a
+//! session take turns.
+//!
+//! Health is passive: a connection that cannot be made (refused,
+//! unreachable, timed out, TLS handshake failed) marks its server down for
+//! `[server] upstream_fail_timeout`, shared by every worker. The first
+//! request after that tries it again. A request without a body whose
+//! connection failed is retried on the next server; one with a body is
+//! not: bodies are streamed, and no copy is kept to send again (see
+//! `proxy::exchange_balanced`).
+
+use crate::config::{Balance, RouteConfig, Upstream};
+use crate::proxy::upstream::Origins;
+use crate::session::token::SessionId;
+use http::uri::Authority;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The most servers one route may list: a request's tried servers are
+/// one bit each of a `u64`.
+pub const MAX_SERVERS: usize = 64;
+
+/// One of a route's servers, as requests address it.
+#[derive(Debug)]
+pub struct Server {
+    pub upstream: Upstream,
+    /// What stands for the server in requests to the pool (see
+    /// `proxy::upstream::Origins`).
+    pub pool_authority: Authority,
+    /// Its slot in [`Health`] (its origin's position).
+    origin: usize,
+    /// Its rendezvous seed, from its name: a session ranks the servers the
+    /// same way after a restart, or with the list reordered.
+    seed: u64,
+}
+
+/// A route's servers and how it picks one.
+#[derive(Debug)]
+pub struct Servers {
+    list: Box<[Server]>,
+    balance: Balance,
+    /// The next turn, for requests without a session.
+    turn: AtomicUsize,
+}
+
+/// One request's way through its route's servers.
+#[derive(Debug)]
+pub struct Attempt {
+    /// The session id's ranking key, for a sticky route; `None`: turns.
+    key: Option<u64>,
+    /// The turn taken when the attempt began.
+    turn: usize,
+    /// The servers tried so far, one bit each.
+    tried: u64,
+}
+
+impl Servers {
+    pub fn new(route: &RouteConfig, origins: &Origins) -> Servers {
+        let list = route
+            .upstreams
+            .as_slice()
+            .iter()
+            .map(|u| Server {
+                upstream: u.clone(),
+                pool_authority: origins.pool_authority(u),
+                origin: origins.index_of(u).unwrap_or(usize::MAX),
+                seed: seed(u),
+            })
+            .collect();
+        Servers {
+            list,
+            balance: route.balance,
+            turn: AtomicUsize::new(0),
+        }
+    }
+
+    /// The route's server when it has only one (no choice, no health).
+    #[inline]
+    pub fn single(&self) -> Option<&Server> {
+        match &*self.list {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[Server] {
+        &self.list
+    }
+
+    /// The first server for a request with `session` (if any).
+    pub fn begin(&self, session: Option<&SessionId>, health: &Health) -> (Attempt, &Server) {
+        let key = match (self.balance, session) {
+            (Balance::Sticky, Some(id)) => Some(key_of(id)),
+            _ => None,
+        };
+        let turn = match key {
+            Some(_) => 0,
+            None => self.turn.fetch_add(1, Ordering::Relaxed),
+        };
+        let mut attempt = Attempt { key, turn, tried: 0 };
+        // Every server is untried, so there is one; the list is never empty.
+        let first = self.choose(&mut attempt, health).unwrap_or(0);
+        (attempt, &self.list[first])
+    }
+
+    /// The next server to try, after the last one's connection failed;
+    /// `None` when every server has been tried.
+    pub fn next(&self, attempt: &mut Attempt, health: &Health) -> Option<&Server> {
+        self.choose(attempt, health).map(|i| &self.list[i])
+    }
+
+    /// The best untried server: among those not marked down if any is,
+    /// else among all (a request is never refused for health alone).
+    fn choose(&self, attempt: &mut Attempt, health: &Health) -> Option<usize> {
+        let now = health.now_ms();
+        let n = self.list.len();
+        let best = |up_only: bool| {
+            let candidates = (0..n.min(MAX_SERVERS))
+                .filter(|&i| attempt.tried & (1 << i) == 0)
+                .filter(|&i| !up_only || health.is_up(self.list[i].origin, now));
+            match attempt.key {
+                Some(key) => candidates.max_by_key(|&i| rank(key, self.list[i].seed)),
+                // The turn's server first, then the ones after it in order.
+                None => candidates.min_by_key(|&i| (i + n - attempt.turn % n) % n),
+            }
+        };
+        let i = best(true).or_else(|| best(false))?;
+        attempt.tried |= 1 << i;
+        Some(i)
+    }
+}
+
+/// Which origins are marked down, shared by every worker; an origin's slot
+/// holds the millisecond (since `epoch`) until which it is.
+#[derive(Debug)]
+pub struct Health {
+    epoch: Instant,
+    down_until: Box<[AtomicU64]>,
+    fail_timeout: Duration,
+}
+
+impl Health {
+    pub fn new(origins: usize, fail_timeout: Duration) -> Health {
+        Health {
+            epoch: Instant::now(),
+            down_until: (0..origins).map(|_| AtomicU64::new(0)).collect(),
+            fail_timeout,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn is_up(&self, origin: usize, now: u64) -> bool {
+        self.down_until
+            .get(origin)
+            .is_none_or(|until| until.load(Ordering::Relaxed) <= now)
+    }
+
+    /// Marks `server` down for the fail timeout, after a connection to it
+    /// failed. True when it was up until now: the caller reports it once.
+    pub fn mark_down(&self, server: &Server) -> bool {
+        let Some(slot) = self.down_until.get(server.origin) else {
+            return false;
+        };
+        let now = self.now_ms();
+        let until = now.saturating_add(u64::try_from(self.fail_timeout.as_millis()).unwrap_or(u64::MAX));
+        slot.swap(until, Ordering::Relaxed) <= now
+    }
+
+    pub fn fail_timeout(&self) -> Duration {
+        self.fail_timeout
+    }
+}
+
+/// A session id's ranking key: its first 8 bytes, which are random.
+fn key_of(id: &SessionId) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&id.0[..8]);
+    u64::from_le_bytes(first)
+}
+
+/// A server's seed: FNV-1a of its origin (scheme, lowercased host, port
+/// with the default written out); fixed, unlike std's hasher, so rankings
+/// survive a new build and any spelling of the same origin.
+fn seed(upstream: &Upstream) -> u64 {
+    let host = upstream.authority.host().to_ascii_lowercase();
+    format!("{}://{host}:{}", upstream.scheme, upstream.port())
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+}
+
+/// The rendezvous weight of a server for a session: splitmix64's
+/// finaliser over both, so that every bit of each moves the ranking.
+fn rank(key: u64, seed: u64) -> u64 {
+    let mut z = key ^ seed;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AuthMode, CrossOrigin, Framing, Upstreams};
+
+    fn upstream(s: &str) -> Upstream {
+        let uri: http::Uri = s.parse().unwrap_or_else(|e| panic!("{e}"));
+        Upstream {
+            scheme: uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
+            authority: uri.authority().cloned().unwrap_or_else(|| panic!("no authority")),
+        }
+    }
+
+    fn route(servers: &[&str], balance: Balance) -> RouteConfig {
+        RouteConfig {
+            path_prefix: "/".into(),
+            host: None,
+            upstreams: Upstreams::new(servers.iter().map(|s| upstream(s)).collect())
+                .unwrap_or_else(|| panic!("bad list")),
+            balance,
+            auth: AuthMode::Optional,
+            groups: Vec::new(),
+            max_body_bytes: None,
+            max_auth_age: None,
+            cross_origin: CrossOrigin::Reject,
+            framing: Framing::SameOrigin,
+        }
+    }
+
+    fn servers(list: &[&str], balance: Balance) -> (Servers, Health) {
+        let r = route(list, balance);
+        let origins = Origins::new(std::slice::from_ref(&r));
+        (
+            Servers::new(&r, &origins),
+            Health::new(list.len(), Duration::from_secs(10)),
+        )
+    }
+
+    fn session(n: u64) -> SessionId {
+        let mut id = [0u8; 16];
+        // Spread like random ids: consecutive n would share high bytes.
+        id[..8].copy_from_slice(&rank(n, 0x5eed).to_le_bytes());
+        SessionId(id)
+    }
+
+    fn first<'s>(s: &'s Servers, h: &Health, id: Option<&SessionId>) -> &'s str {
+        s.begin(id, h).1.pool_authority.as_str()
+    }
+
+    const THREE: [&str; 3] = ["http://10.0.0.1:80", "http://10.0.0.2:80", "http://10.0.0.3:80"];
+
+    #[test]
+    fn sessions_stick_and_spread_evenly() {
+        let (s, h) = servers(&THREE, Balance::Sticky);
+        let mut counts = [0usize; 3];
+        for n in 0..3000 {
+            let id = session(n);
+            let pick = first(&s, &h, Some(&id));
+            assert_eq!(first(&s, &h, Some(&id)), pick, "session {n} moved");
+            counts[pick.parse::<usize>().unwrap_or_else(|e| panic!("{e}"))] += 1;
+        }
+        assert!(counts.iter().all(|&c| (850..1150).contains(&c)), "{counts:?}");
+    }
+
+    #[test]
+    fn a_server_marked_down_moves_only_its_own_sessions() {
+        let (s, h) = servers(&THREE, Balance::Sticky);
+        let before: Vec<String> = (0..600).map(|n| first(&s, &h, Some(&session(n))).to_owned()).collect();
+        assert!(h.mark_down(&s.as_slice()[1]));
+        assert!(!h.mark_down(&s.as_slice()[1]), "reported twice");
+        for (n, was) in before.iter().enumerate() {
+            let now = first(&s, &h, Some(&session(n as u64)));
+            if was == "1" {
+                assert_ne!(now, "1");
+            } else {
+                assert_eq!(now, was, "session {n} moved off a healthy server");
+            }
+        }
+    }
+
+    #[test]
+    fn the_ranking_ignores_the_order_and_spelling_of_the_list() {
+        let (a, ha) = servers(&THREE, Balance::Sticky);
+        let (b, hb) = servers(&["http://10.0.0.3", THREE[0], "http://10.0.0.2:80/"], Balance::Sticky);
+        let mut seen = std::collections::HashSet::new();
+        for n in 0..200 {
+            let (_, in_a) = a.begin(Some(&session(n)), &ha);
+            let (_, in_b) = b.begin(Some(&session(n)), &hb);
+            assert_eq!(in_a.upstream, in_b.upstream, "session {n}");
+            seen.insert(in_a.pool_authority.to_string());
+        }
+        assert_eq!(seen.len(), 3);
+    }
+
+    #[test]
+    fn requests_without_a_session_take_turns_and_skip_servers_marked_down() {
+        let (s, h) = servers(&THREE, Balance::Sticky);
+        let turns: Vec<&str> = (0..6).map(|_| first(&s, &h, None)).collect();
+        assert_eq!(turns, ["0", "1", "2", "0", "1", "2"]);
+        h.mark_down(&s.as_slice()[1]);
+        let turns: Vec<&str> = (0..6).map(|_| first(&s, &h, None)).collect();
+        assert_eq!(turns, ["0", "2", "2", "0", "2", "2"]);
+    }
+
+    #[test]
+    fn round_robin_ignores_the_session() {
+        let (s, h) = servers(&THREE, Balance::RoundRobin);
+        let id = session(7);
+        let turns: Vec<&str> = (0..3).map(|_| first(&s, &h, Some(&id))).collect();
+        assert_eq!(turns, ["0", "1", "2"]);
+    }
+
+    #[test]
+    fn every_server_is_tried_once_and_down_ones_last() {
+        let (s, h) = servers(&THREE, Balance::Sticky);
+        h.mark_down(&s.as_slice()[0]);
+        h.mark_down(&s.as_slice()[2]);
+        let id = session(3);
+        let (mut attempt, server) = s.begin(Some(&id), &h);
+        let mut order = vec![server.pool_authority.to_string()];
+        while let Some(next) = s.next(&mut attempt, &h) {
+            order.push(next.pool_authority.to_string());
+        }
+        assert_eq!(order[0], "1", "the one server up comes first");
+        order.sort();
+        assert_eq!(order, ["0", "1", "2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_is_back_after_the_fail_timeout() {
+        let (s, h) = servers(&THREE[..2], Balance::RoundRobin);
+        assert!(h.mark_down(&s.as_slice()[0]));
+        assert_eq!([first(&s, &h, None), first(&s, &h, None)], ["1", "1"]);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!([first(&s, &h, None), first(&s, &h, None)], ["0", "1"]);
+        assert!(h.mark_down(&s.as_slice()[0]), "down again: reported again");
+    }
+}
