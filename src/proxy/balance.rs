@@ -109,19 +109,22 @@ impl Servers {
         };
         let mut attempt = Attempt { key, turn, tried: 0 };
         // Every server is untried, so there is one; the list is never empty.
-        let first = self.choose(&mut attempt, health).unwrap_or(0);
+        let first = self.choose(&mut attempt, health, true).unwrap_or(0);
         (attempt, &self.list[first])
     }
 
-    /// The next server to try, after the last one's connection failed;
-    /// `None` when every server has been tried.
+    /// The next server to try, after the last one's connection failed:
+    /// one not marked down and not tried yet. `None` when there is none,
+    /// so a request waits for at most one server that is down (each may
+    /// take `upstream_connect_timeout` to fail).
     pub fn next(&self, attempt: &mut Attempt, health: &Health) -> Option<&Server> {
-        self.choose(attempt, health).map(|i| &self.list[i])
+        self.choose(attempt, health, false).map(|i| &self.list[i])
     }
 
-    /// The best untried server: among those not marked down if any is,
-    /// else among all (a request is never refused for health alone).
-    fn choose(&self, attempt: &mut Attempt, health: &Health) -> Option<usize> {
+    /// The best untried server among those not marked down; with
+    /// `or_down`, when every one is, the best of all (a request is never
+    /// refused for health alone).
+    fn choose(&self, attempt: &mut Attempt, health: &Health, or_down: bool) -> Option<usize> {
         let now = health.now_ms();
         let n = self.list.len();
         let best = |up_only: bool| {
@@ -134,7 +137,7 @@ impl Servers {
                 None => candidates.min_by_key(|&i| (i + n - attempt.turn % n) % n),
             }
         };
-        let i = best(true).or_else(|| best(false))?;
+        let i = best(true).or_else(|| if or_down { best(false) } else { None })?;
         attempt.tried |= 1 << i;
         Some(i)
     }
@@ -324,20 +327,29 @@ mod tests {
         assert_eq!(turns, ["0", "1", "2"]);
     }
 
-    #[test]
-    fn every_server_is_tried_once_and_down_ones_last() {
-        let (s, h) = servers(&THREE, Balance::Sticky);
-        h.mark_down(&s.as_slice()[0]);
-        h.mark_down(&s.as_slice()[2]);
-        let id = session(3);
-        let (mut attempt, server) = s.begin(Some(&id), &h);
+    /// The servers one request tries, in order.
+    fn tries(s: &Servers, h: &Health, id: &SessionId) -> Vec<String> {
+        let (mut attempt, server) = s.begin(Some(id), h);
         let mut order = vec![server.pool_authority.to_string()];
-        while let Some(next) = s.next(&mut attempt, &h) {
+        while let Some(next) = s.next(&mut attempt, h) {
             order.push(next.pool_authority.to_string());
         }
-        assert_eq!(order[0], "1", "the one server up comes first");
-        order.sort();
-        assert_eq!(order, ["0", "1", "2"]);
+        order
+    }
+
+    #[test]
+    fn a_request_tries_each_server_up_once_and_a_server_down_only_when_all_are() {
+        let (s, h) = servers(&THREE, Balance::Sticky);
+        let id = session(3);
+        let mut all = tries(&s, &h, &id);
+        all.sort();
+        assert_eq!(all, ["0", "1", "2"]);
+        h.mark_down(&s.as_slice()[0]);
+        h.mark_down(&s.as_slice()[2]);
+        assert_eq!(tries(&s, &h, &id), ["1"]);
+        h.mark_down(&s.as_slice()[1]);
+        let last_resort = tries(&s, &h, &id);
+        assert_eq!(last_resort.len(), 1, "{last_resort:?}");
     }
 
     #[tokio::test(start_paused = true)]
