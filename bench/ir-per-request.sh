@@ -32,6 +32,7 @@
 # looks its session up from scratch: [session] recheck_each_request) SG_BIN (default
 # target/release/sessiongate, built if missing) FLOOR_BIN SG_AUTH=required|optional|none
 # SG_SERVER_EXTRA='key = value' (lines for the gateway's [server] table, bench/lib.sh)
+# SG_SERVERS=2 (the route lists that many servers, sticky: see below)
 # UP_PORT PX_PORT ADMIN_PORT, OUT=dir (callgrind files, kept for callgrind_annotate; names are not
 # compressed, so each dump part annotates on its own). PROTO=h1|h2; for h2
 # the short and long runs are H2_SHORT=4000 and H2_LONG=12000 requests over
@@ -70,13 +71,21 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 user_line=""; [[ $(id -u) == 0 ]] && user_line="user root;"
+# SG_SERVERS=n: the route lists n servers, 127.0.0.1..n on the upstream's
+# port, all this one nginx (the balanced path: sticky, one session).
+SG_SERVERS=${SG_SERVERS:-1}
+extra_listens="" servers="\"http://127.0.0.1:$UP_PORT\""
+for i in $(seq 2 "$SG_SERVERS"); do
+  extra_listens+="listen 127.0.0.$i:$UP_PORT; "
+  servers+=", \"http://127.0.0.$i:$UP_PORT\""
+done
 cat >"$OUT/upstream.conf" <<NGINX
 $user_line
 worker_processes 1; daemon off; master_process off; pid $OUT/up.pid; error_log $OUT/up.err warn;
 events { worker_connections 1024; }
 http { access_log off; keepalive_requests 100000000;
   client_body_temp_path $OUT/cb; proxy_temp_path $OUT/px; fastcgi_temp_path $OUT/fc; uwsgi_temp_path $OUT/uw; scgi_temp_path $OUT/sc;
-  server { listen 127.0.0.1:$UP_PORT; location / { default_type text/plain; return 200 '$BODY'; } } }
+  server { listen 127.0.0.1:$UP_PORT; $extra_listens location / { default_type text/plain; return 200 '$BODY'; } } }
 NGINX
 nginx -c "$OUT/upstream.conf" -e "$OUT/up.err" & pids+=($!)
 
@@ -92,7 +101,7 @@ $([[ -z ${SG_COOKIES:-} ]] || echo "max_per_user = $((SG_COOKIES + 10))")
 kind = "memory"
 [[routes]]
 path_prefix = "/"
-upstream = "http://127.0.0.1:$UP_PORT"
+upstream = $([[ $SG_SERVERS == 1 ]] && echo "$servers" || echo "[$servers]")
 auth = "$SG_AUTH"
 TOML
 
