@@ -13,7 +13,8 @@
 //! Health is passive: a connection that cannot be made (refused,
 //! unreachable, timed out, TLS handshake failed) marks its server down for
 //! `[server] upstream_fail_timeout`, shared by every worker. The first
-//! request after that tries it again. A request without a body whose
+//! request after that tries it again, and any answer from it clears the
+//! mark at once. A request without a body whose
 //! connection failed is retried on the next server; one with a body is
 //! not: bodies are streamed, and no copy is kept to send again (see
 //! `proxy::exchange_balanced`).
@@ -180,6 +181,17 @@ impl Health {
         let now = self.now_ms();
         let until = now.saturating_add(u64::try_from(self.fail_timeout.as_millis()).unwrap_or(u64::MAX));
         slot.swap(until, Ordering::Relaxed) <= now
+    }
+
+    /// Clears `server`'s mark: it answered, so it is up whatever its
+    /// fail timeout says (after an outage of every server, the first one
+    /// back takes every request at once). True when it was marked down.
+    pub fn mark_up(&self, server: &Server) -> bool {
+        let Some(slot) = self.down_until.get(server.origin) else {
+            return false;
+        };
+        // A load first: the common case (it was up) writes nothing.
+        slot.load(Ordering::Relaxed) != 0 && slot.swap(0, Ordering::Relaxed) > self.now_ms()
     }
 
     pub fn fail_timeout(&self) -> Duration {
@@ -350,6 +362,16 @@ mod tests {
         h.mark_down(&s.as_slice()[1]);
         let last_resort = tries(&s, &h, &id);
         assert_eq!(last_resort.len(), 1, "{last_resort:?}");
+    }
+
+    #[test]
+    fn a_server_that_answers_is_up_at_once() {
+        let (s, h) = servers(&THREE[..2], Balance::RoundRobin);
+        assert!(!h.mark_up(&s.as_slice()[0]), "it was never down");
+        h.mark_down(&s.as_slice()[0]);
+        h.mark_down(&s.as_slice()[1]);
+        assert!(h.mark_up(&s.as_slice()[0]));
+        assert_eq!([first(&s, &h, None), first(&s, &h, None)], ["0", "0"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -432,7 +432,13 @@ async fn exchange_balanced<'s>(
         let sent = conn.upstream.request(upstream_req);
         let err = match exchange(shared, conn, ctx, sent).await {
             Err(GatewayError::UpstreamConnect(err)) => err,
-            other => return other,
+            Ok(resp) => {
+                if shared.health.mark_up(server) {
+                    tracing::info!(event = "upstream_up", upstream = %server.upstream, route = %route.label, "upstream server answers again");
+                }
+                return Ok(resp);
+            }
+            Err(other) => return Err(other),
         };
         if shared.health.mark_down(server) {
             shared.metrics.upstream_down(&server.upstream);

@@ -521,3 +521,49 @@ fn a_trusted_origin_that_is_not_an_origin_is_named() {
     let out = run_cli([OsStr::new("check"), OsStr::new("--config"), good.path.as_os_str()]);
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
 }
+
+/// A route's `upstream` is one origin or a non-empty list of origins, each named once; its
+/// `balance` is `"sticky"` (the default) or `"round-robin"`; `[server] upstream_fail_timeout`
+/// is a duration. Anything else is refused at start with the key and line.
+#[test]
+fn a_bad_upstream_list_balance_or_fail_timeout_is_named() {
+    let one = format!("http://127.0.0.1:{}", closed_port());
+    let other = format!("http://127.0.0.1:{}", closed_port());
+    let route = |upstreams: &[&str]| RouteSpec::balanced("/", upstreams).set("auth", quoted("optional"));
+    let listed = |upstreams: &[&str]| GatewayConfig::new().route(route(upstreams));
+    assert_rejected_at_key(&listed(&[]).prepare(), "routes[0].upstream", "empty");
+    assert_rejected_at_key(&listed(&[&one, "ftp://x"]).prepare(), "routes[0].upstream", "ftp://x");
+    assert_rejected_at_key(&listed(&[&one, &other, &one]).prepare(), "routes[0].upstream", &one);
+    let random = GatewayConfig::new().route(route(&[&one, &other]).set("balance", quoted("random")));
+    assert_rejected_at_key(&random.prepare(), "routes[0].balance", "random");
+    let soon = listed(&[&one, &other]).server_str("upstream_fail_timeout", "soon");
+    assert_rejected_at_key(&soon.prepare(), "server.upstream_fail_timeout", "soon");
+
+    for balance in ["sticky", "round-robin"] {
+        let prepared = GatewayConfig::new()
+            .server_str("upstream_fail_timeout", "200ms")
+            .route(RouteSpec::balanced("/", &[&one, &other]).set("balance", quoted(balance)))
+            .route(RouteSpec::new("/single/", one.clone()).set("balance", quoted(balance)))
+            .prepare();
+        let out = run_cli([OsStr::new("check"), OsStr::new("--config"), prepared.path.as_os_str()]);
+        assert_eq!(out.code(), Some(0), "balance = {balance:?}\n{}", out.stderr);
+    }
+}
+
+/// Origins are compared as origins (RFC 6454): a host in another case, a final `/` or the
+/// scheme's default port written out names the same server, listed twice.
+#[test]
+fn the_same_origin_spelled_two_ways_is_listed_twice() {
+    let port = closed_port();
+    for (first, again) in [
+        (format!("http://localhost:{port}"), format!("http://LOCALHOST:{port}")),
+        (format!("http://127.0.0.1:{port}"), format!("http://127.0.0.1:{port}/")),
+        ("http://127.0.0.1".to_owned(), "http://127.0.0.1:80".to_owned()),
+        ("https://localhost".to_owned(), "https://localhost:443".to_owned()),
+    ] {
+        let prepared = GatewayConfig::new()
+            .route(RouteSpec::balanced("/", &[&first, &again]))
+            .prepare();
+        assert_rejected_at_key(&prepared, "routes[0].upstream", "listed twice");
+    }
+}

@@ -11,6 +11,7 @@
 //! - `framing`: clickjacking protection added to upstream pages that state none.
 //! - `upstream_tls`: `https://` upstreams, verified, with an optional client certificate.
 //! - `upstream_errors`: 502 and 504 without leaking the upstream.
+//! - `balancing`: several upstreams per route, sticky sessions or round-robin, failover.
 //! - `limits`: body and header limits, slow clients, the connection limit.
 //! - `websocket`: upgrades through the gateway.
 //! - `large_bodies`: 50 MB each way through the binary in bounded memory.
@@ -24,6 +25,7 @@
 
 mod access_log;
 mod admin;
+mod balancing;
 mod config_errors;
 mod cross_origin;
 mod forwarding;

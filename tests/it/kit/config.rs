@@ -46,6 +46,7 @@ pub fn quoted(s: &str) -> String {
 #[derive(Clone, Debug)]
 pub struct RouteSpec {
     path_prefix: String,
+    /// The `upstream` value as raw TOML: one quoted origin, or an array of them.
     upstream: String,
     host: Option<String>,
     /// Further keys as `(key, raw TOML value)`, in order.
@@ -57,9 +58,19 @@ impl RouteSpec {
     pub fn new(path_prefix: &str, upstream: impl Into<String>) -> Self {
         Self {
             path_prefix: path_prefix.to_owned(),
-            upstream: upstream.into(),
+            upstream: quoted(&upstream.into()),
             host: None,
             extra: Vec::new(),
+        }
+    }
+
+    /// Requests under `path_prefix` go to one of `upstreams` (`upstream = ["...", ...]`, in
+    /// this order; empty or repeated as given, for tests of refused configs).
+    pub fn balanced<S: AsRef<str>>(path_prefix: &str, upstreams: &[S]) -> Self {
+        let list: Vec<String> = upstreams.iter().map(|u| quoted(u.as_ref())).collect();
+        Self {
+            upstream: format!("[{}]", list.join(", ")),
+            ..Self::new(path_prefix, "")
         }
     }
 
@@ -86,7 +97,7 @@ impl RouteSpec {
         if let Some(host) = &self.host {
             push_kv(out, "host", &quoted(host));
         }
-        push_kv(out, "upstream", &quoted(&self.upstream));
+        push_kv(out, "upstream", &self.upstream);
         for (key, value) in &self.extra {
             push_kv(out, key, value);
         }

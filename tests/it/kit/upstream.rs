@@ -79,7 +79,15 @@ impl TestUpstream {
 
     /// Starts an upstream whose echo reports `"upstream": name`, to tell several apart.
     pub async fn named(name: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the test upstream");
+        Self::named_on(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts an upstream named `name` on `addr`, say a [`closed_port`] that a test has seen
+    /// refused and now brings up. Fails the test if `addr` cannot be bound.
+    pub async fn named_on(name: &str, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind the test upstream on {addr}: {e}"));
         let addr = listener.local_addr().expect("test upstream address");
         let seen = Arc::new(Seen::default());
         let accept_loop = tokio::spawn(accept_loop(listener, Arc::from(name), seen.clone()));
