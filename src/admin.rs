@@ -44,6 +44,65 @@ pub struct AdminState {
     sessions: Arc<Sessions>,
     tls: crate::tls::Reloadable,
     users: crate::auth::UserDirectory,
+    upstreams: Upstreams,
+}
+
+/// What `/upstreams` shows and changes: every origin the routes name, the
+/// routes that use each, and their shared health (`proxy::balance`).
+pub struct Upstreams {
+    /// Each origin, in the pool's order (its index is its health slot),
+    /// with the labels of the routes that list it.
+    origins: Vec<(crate::config::Upstream, Vec<String>)>,
+    /// Each route's label and its servers' origin indexes.
+    routes: Vec<(String, Vec<usize>)>,
+    health: Arc<crate::proxy::balance::Health>,
+}
+
+impl Upstreams {
+    pub fn new(
+        routes: &[crate::config::RouteConfig],
+        pool: &crate::proxy::upstream::Origins,
+        health: Arc<crate::proxy::balance::Health>,
+    ) -> Upstreams {
+        let mut origins: Vec<(crate::config::Upstream, Vec<String>)> = Vec::new();
+        let mut indexed = Vec::new();
+        for r in routes {
+            let label = match &r.host {
+                Some(h) => format!("{h}{}", r.path_prefix),
+                None => r.path_prefix.clone(),
+            };
+            let mut of_route = Vec::new();
+            for u in r.upstreams.as_slice() {
+                let Some(i) = pool.index_of(u) else { continue };
+                if origins.len() <= i {
+                    origins.resize_with(i + 1, || (u.clone(), Vec::new()));
+                }
+                origins[i].1.push(label.clone());
+                of_route.push(i);
+            }
+            indexed.push((label, of_route));
+        }
+        Upstreams {
+            origins,
+            routes: indexed,
+            health,
+        }
+    }
+
+    fn find(&self, upstream: &crate::config::Upstream) -> Option<usize> {
+        self.origins.iter().position(|(u, _)| u == upstream)
+    }
+
+    fn describe(&self, i: usize) -> serde_json::Value {
+        let (upstream, routes) = &self.origins[i];
+        let state = self.health.state(i);
+        json!({
+            "upstream": upstream.to_string(),
+            "routes": routes,
+            "state": if state.maintenance { "maintenance" } else { "ready" },
+            "down_for_ms": u64::try_from(state.down_for.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
 }
 
 impl AdminState {
@@ -53,6 +112,7 @@ impl AdminState {
         sessions: Arc<Sessions>,
         tls: crate::tls::Reloadable,
         users: crate::auth::UserDirectory,
+        upstreams: Upstreams,
     ) -> AdminState {
         AdminState {
             config,
@@ -60,6 +120,7 @@ impl AdminState {
             sessions,
             tls,
             users,
+            upstreams,
         }
     }
 
@@ -253,6 +314,7 @@ async fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> 
         (&Method::GET, "/metrics") => metrics(state),
         (_, "/tls/reload") => tls_reload(state, &req).await,
         (_, "/reload") => config_reload(state, &req).await,
+        (_, "/upstreams" | "/upstreams/state") => upstreams_api(state, req).await,
         (_, p) if p == "/sessions" || p.starts_with("/sessions/") => {
             if !authorized(state, req.headers()) {
                 return unauthorized();
@@ -332,6 +394,81 @@ async fn config_reload(state: &AdminState, req: &Request<Incoming>) -> Response<
         Err(e) => json(
             StatusCode::INTERNAL_SERVER_ERROR,
             &json!({"reloaded": false, "error": e}),
+        ),
+    }
+}
+
+/// `GET /upstreams`: every upstream server with its routes, `state`
+/// (`ready` or `maintenance`) and `down_for_ms` (how much longer it is
+/// marked down after a failed connection). `POST /upstreams/state` with
+/// `{"upstream": "http://...", "state": "maintenance" | "ready"}` takes a
+/// server out of service (its requests go to the route's other servers,
+/// as when it is marked down, but without a failed connection first) or
+/// puts it back. On this instance only; admin token.
+async fn upstreams_api(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
+    if !authorized(state, req.headers()) {
+        return unauthorized();
+    }
+    let ups = &state.upstreams;
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/upstreams") => {
+            let all: Vec<_> = (0..ups.origins.len()).map(|i| ups.describe(i)).collect();
+            json(StatusCode::OK, &json!({ "upstreams": all }))
+        }
+        (&Method::POST, "/upstreams/state") => set_upstream_state(ups, req).await,
+        _ => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "GET /upstreams or POST /upstreams/state"}),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateRequest {
+    upstream: String,
+    state: String,
+}
+
+async fn set_upstream_state(ups: &Upstreams, req: Request<Incoming>) -> Response<Body> {
+    let bad = |e: String| json(StatusCode::BAD_REQUEST, &json!({ "error": e }));
+    let Ok(bytes) = Limited::new(req.into_body(), 4096)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+    else {
+        return json(StatusCode::PAYLOAD_TOO_LARGE, &json!({"error": "body too large"}));
+    };
+    let asked: StateRequest = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => return bad(format!("bad request: {e}")),
+    };
+    let maintenance = match asked.state.as_str() {
+        "maintenance" => true,
+        "ready" => false,
+        other => return bad(format!("state `{other}` is not \"ready\" or \"maintenance\"")),
+    };
+    let upstream = match crate::config::parse_upstream(&asked.upstream) {
+        Ok(u) => u,
+        Err(e) => return bad(format!("upstream `{}`: {e}", asked.upstream)),
+    };
+    let Some(i) = ups.find(&upstream) else {
+        return json(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("no route has the upstream {upstream}")}),
+        );
+    };
+    let routes = ups.routes.iter().map(|(label, o)| (label.as_str(), o.as_slice()));
+    match ups.health.set_maintenance(i, maintenance, routes) {
+        Ok(()) => {
+            tracing::warn!(event = "upstream_state", upstream = %upstream, state = asked.state, "upstream server state set through the admin API");
+            json(StatusCode::OK, &ups.describe(i))
+        }
+        Err(crate::proxy::balance::StateError::LastInService(route)) => json(
+            StatusCode::CONFLICT,
+            &json!({"error": format!(
+                "route {route} would have no upstream server in service; put another back first"
+            )}),
         ),
     }
 }

@@ -1485,7 +1485,8 @@ fn parse_cidr(s: &str) -> Option<IpNet> {
         .map(|n| n.trunc())
 }
 
-fn parse_upstream(s: &str) -> Result<Upstream, String> {
+/// An upstream origin from `http://host:port` or `https://host:port`.
+pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
     let uri: http::Uri = s.parse().map_err(|e| format!("not a URL ({e})"))?;
     let scheme = uri.scheme().cloned().ok_or("must start with http://")?;
     if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {

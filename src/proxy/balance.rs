@@ -23,7 +23,8 @@ use crate::config::{Balance, RouteConfig, Upstream};
 use crate::proxy::upstream::Origins;
 use crate::session::token::SessionId;
 use http::uri::Authority;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -131,6 +132,7 @@ impl Servers {
         let best = |up_only: bool| {
             let candidates = (0..n.min(MAX_SERVERS))
                 .filter(|&i| attempt.tried & (1 << i) == 0)
+                .filter(|&i| health.in_service(self.list[i].origin))
                 .filter(|&i| !up_only || health.is_up(self.list[i].origin, now));
             match attempt.key {
                 Some(key) => candidates.max_by_key(|&i| rank(key, self.list[i].seed)),
@@ -144,13 +146,34 @@ impl Servers {
     }
 }
 
-/// Which origins are marked down, shared by every worker; an origin's slot
-/// holds the millisecond (since `epoch`) until which it is.
+/// Which origins are marked down, and which an operator took out of
+/// service, shared by every worker and the admin API; slots by origin.
 #[derive(Debug)]
 pub struct Health {
     epoch: Instant,
+    /// The millisecond (since `epoch`) until which the origin is marked down.
     down_until: Box<[AtomicU64]>,
+    /// Set through the admin API (`POST /upstreams/state`): no requests.
+    maintenance: Box<[AtomicBool]>,
+    /// Held while the admin API checks and changes `maintenance`, so that
+    /// two changes cannot each leave the other's route without a server.
+    changing: Mutex<()>,
     fail_timeout: Duration,
+}
+
+/// An origin's state as the admin API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OriginState {
+    pub maintenance: bool,
+    /// How much longer it is marked down; zero when it is not.
+    pub down_for: Duration,
+}
+
+/// Why an origin's maintenance could not be set.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StateError {
+    /// A route would have no server left in service; its label.
+    LastInService(String),
 }
 
 impl Health {
@@ -158,8 +181,47 @@ impl Health {
         Health {
             epoch: Instant::now(),
             down_until: (0..origins).map(|_| AtomicU64::new(0)).collect(),
+            maintenance: (0..origins).map(|_| AtomicBool::new(false)).collect(),
+            changing: Mutex::new(()),
             fail_timeout,
         }
+    }
+
+    fn in_service(&self, origin: usize) -> bool {
+        self.maintenance.get(origin).is_none_or(|m| !m.load(Ordering::Relaxed))
+    }
+
+    /// `origin`'s state (see [`OriginState`]).
+    pub fn state(&self, origin: usize) -> OriginState {
+        let until = self.down_until.get(origin).map_or(0, |u| u.load(Ordering::Relaxed));
+        OriginState {
+            maintenance: !self.in_service(origin),
+            down_for: Duration::from_millis(until.saturating_sub(self.now_ms())),
+        }
+    }
+
+    /// Takes `origin` out of service (`true`) or puts it back. Refused when
+    /// a route among `routes` (label and origins) would have no server in
+    /// service: every request of that route would then fail.
+    pub fn set_maintenance<'r>(
+        &self,
+        origin: usize,
+        on: bool,
+        routes: impl IntoIterator<Item = (&'r str, &'r [usize])>,
+    ) -> Result<(), StateError> {
+        let _changing = self.changing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if on {
+            for (label, origins) in routes {
+                let left = origins.iter().any(|&o| o != origin && self.in_service(o));
+                if origins.contains(&origin) && !left {
+                    return Err(StateError::LastInService(label.to_owned()));
+                }
+            }
+        }
+        if let Some(slot) = self.maintenance.get(origin) {
+            slot.store(on, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     fn now_ms(&self) -> u64 {
@@ -372,6 +434,29 @@ mod tests {
         h.mark_down(&s.as_slice()[1]);
         assert!(h.mark_up(&s.as_slice()[0]));
         assert_eq!([first(&s, &h, None), first(&s, &h, None)], ["0", "0"]);
+    }
+
+    #[test]
+    fn a_server_in_maintenance_gets_nothing_and_the_last_one_in_service_stays() {
+        let (s, h) = servers(&THREE, Balance::Sticky);
+        let route = [("/", &[0usize, 1, 2][..])];
+        assert_eq!(h.set_maintenance(1, true, route), Ok(()));
+        for n in 0..300 {
+            assert_ne!(first(&s, &h, Some(&session(n))), "1");
+        }
+        // Marked down too, the others still come before it.
+        h.mark_down(&s.as_slice()[0]);
+        h.mark_down(&s.as_slice()[2]);
+        assert_ne!(tries(&s, &h, &session(1))[0], "1");
+        assert!(tries(&s, &h, &session(1)).iter().all(|t| t != "1"));
+        assert_eq!(h.set_maintenance(0, true, route), Ok(()));
+        assert_eq!(
+            h.set_maintenance(2, true, route),
+            Err(StateError::LastInService("/".into()))
+        );
+        assert!(h.state(1).maintenance && !h.state(2).maintenance);
+        assert_eq!(h.set_maintenance(1, false, route), Ok(()));
+        assert!(!h.state(1).maintenance);
     }
 
     #[tokio::test(start_paused = true)]

@@ -49,8 +49,9 @@ pub struct Shared {
     owned_headers: identity::OwnedHeaders,
     /// The routes' upstream origins, for each worker's client.
     pub origins: upstream::Origins,
-    /// Which origins are marked down (routes with several servers).
-    health: balance::Health,
+    /// Which origins are marked down or in maintenance (routes with
+    /// several servers); shared with the admin API.
+    pub health: Arc<balance::Health>,
 }
 
 impl Shared {
@@ -70,7 +71,10 @@ impl Shared {
         Ok(Shared {
             auth,
             owned_headers: identity::OwnedHeaders::new(&config.headers),
-            health: balance::Health::new(origins.count(), config.server.upstream_fail_timeout),
+            health: Arc::new(balance::Health::new(
+                origins.count(),
+                config.server.upstream_fail_timeout,
+            )),
             origins,
             config,
             router,

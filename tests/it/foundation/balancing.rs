@@ -594,3 +594,113 @@ async fn a_single_dead_upstream_is_502_every_time_and_never_marked_down() {
         gw.metrics_text().await
     );
 }
+
+/// The admin token of [`maintenance_site`].
+const ADMIN_TOKEN: &str = "balancing-admin-token-0123456789";
+
+/// `POST /upstreams/state` on the admin listener: status and JSON answer.
+async fn set_state(gw: &GatewayAddrs, upstream: &str, state: &str) -> (StatusCode, serde_json::Value) {
+    let response = send(
+        crate::kit::client::plain_client()
+            .post(gw.admin_url("/upstreams/state"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({ "upstream": upstream, "state": state })),
+    )
+    .await;
+    let status = response.status();
+    (status, response.json().await.expect("a JSON answer"))
+}
+
+/// `GET /upstreams`: the entry of `upstream`.
+async fn listed(gw: &GatewayAddrs, upstream: &str) -> serde_json::Value {
+    let response = send(
+        crate::kit::client::plain_client()
+            .get(gw.admin_url("/upstreams"))
+            .bearer_auth(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let all: serde_json::Value = response.json().await.expect("a JSON answer");
+    all["upstreams"]
+        .as_array()
+        .expect("an `upstreams` list")
+        .iter()
+        .find(|u| u["upstream"] == upstream)
+        .unwrap_or_else(|| panic!("{upstream} not listed in {all}"))
+        .clone()
+}
+
+/// An operator takes a server out for a deploy through the admin API: its sessions and its
+/// turns go to the other server at once, without a failed connection (no request with a body
+/// gets 502), and come back when it is put back. The last server in service of a route cannot
+/// be taken out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_takes_a_server_out_of_service_and_back() {
+    let a = TestUpstream::named("a").await;
+    let b = TestUpstream::named("b").await;
+    let gw = TestGateway::start(
+        config(
+            LONG_FAIL_TIMEOUT,
+            RouteSpec::balanced("/", &[a.url(), b.url()]).set("auth", quoted("optional")),
+        )
+        .admin("token", quoted(ADMIN_TOKEN)),
+    )
+    .await;
+
+    // Without the token: nothing shown, nothing changed.
+    let anonymous = send(crate::kit::client::plain_client().get(gw.admin_url("/upstreams"))).await;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let entry = listed(&gw, &a.url()).await;
+    assert_eq!(entry["state"], "ready", "{entry}");
+    assert_eq!(entry["routes"], serde_json::json!(["/"]), "{entry}");
+    assert_eq!(entry["down_for_ms"], 0, "{entry}");
+
+    // Sessions spread over both; remember one on each.
+    let mut on = std::collections::BTreeMap::new();
+    for n in 0..40 {
+        let browser = gw.client_builder().cookie_store().build();
+        let server = served_by(&browser, &gw, &format!("/first/{n}")).await;
+        on.entry(server).or_insert(browser);
+        if on.len() == 2 {
+            break;
+        }
+    }
+    let (on_a, on_b) = (&on["a"], &on["b"]);
+
+    let (status, answer) = set_state(&gw, &a.url(), "maintenance").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["state"], "maintenance", "{answer}");
+    assert_eq!(listed(&gw, &a.url()).await["state"], "maintenance");
+    let a_before = a.request_count();
+    for i in 0..3 {
+        assert_eq!(served_by(on_a, &gw, &format!("/out/{i}")).await, "b");
+        assert_eq!(served_by(on_b, &gw, &format!("/out/{i}")).await, "b");
+        let posted = send(post_form(on_a, &gw, &format!("/post/{i}"))).await;
+        assert_eq!(posted.status(), StatusCode::OK);
+        assert_eq!(Echo::from_response(posted).await.upstream(), "b");
+    }
+    assert_eq!(a.request_count(), a_before, "a server in maintenance got requests");
+    assert!(!has_down_series(&gw).await, "nothing failed, so nothing is marked down");
+
+    // b is now the route's last server in service.
+    let (status, answer) = set_state(&gw, &b.url(), "maintenance").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(
+        answer["error"].as_str().is_some_and(|e| e.contains("route /")),
+        "{answer}"
+    );
+    assert_eq!(listed(&gw, &b.url()).await["state"], "ready");
+
+    // Unknown servers, states and bodies are refused, and change nothing.
+    let (_, stranger) = dead_server();
+    assert_eq!(set_state(&gw, &stranger, "ready").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(set_state(&gw, &a.url(), "drain").await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(set_state(&gw, "not a url", "ready").await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(listed(&gw, &a.url()).await["state"], "maintenance");
+
+    // Back in service: its sessions come back to it.
+    let (status, answer) = set_state(&gw, &a.url(), "ready").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(served_by(on_a, &gw, "/back").await, "a");
+    assert_eq!(served_by(on_b, &gw, "/back").await, "b");
+}
