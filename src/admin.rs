@@ -502,6 +502,11 @@ fn metrics(state: &AdminState) -> Response<Body> {
         .metrics
         .sessions_active
         .set(i64::try_from(state.sessions.cached()).unwrap_or(i64::MAX));
+    for (i, (upstream, _)) in state.upstreams.origins.iter().enumerate() {
+        let now = state.upstreams.health.state(i);
+        let ready = !now.maintenance && now.down_for.is_zero();
+        state.metrics.upstream_ready(upstream, ready);
+    }
     let mut r = Response::new(body::full(state.metrics.encode()));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

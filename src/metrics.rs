@@ -35,6 +35,7 @@ pub struct Metrics {
     latency: Family<Labels, Histogram, fn() -> Histogram>,
     upstream_errors: Family<Labels, Counter>,
     upstream_down: Family<Labels, Counter>,
+    upstream_ready: Family<Labels, Gauge>,
     requests_refused: Family<Labels, Counter>,
     pub open_connections: Gauge,
     connections_accepted: Family<Labels, Counter>,
@@ -116,6 +117,7 @@ impl Metrics {
         let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let upstream_errors = Family::<Labels, Counter>::default();
         let upstream_down = Family::<Labels, Counter>::default();
+        let upstream_ready = Family::<Labels, Gauge>::default();
         let requests_refused = Family::<Labels, Counter>::default();
         let open_connections = Gauge::default();
         let connections_accepted = Family::<Labels, Counter>::default();
@@ -157,6 +159,11 @@ impl Metrics {
             "upstream_down",
             "Times one of a route's several upstream servers was marked down after a failed connection, by server",
             upstream_down.clone(),
+        );
+        registry.register(
+            "upstream_ready",
+            "1 while an upstream server takes requests, 0 while it is marked down or in maintenance (set at each scrape)",
+            upstream_ready.clone(),
         );
         registry.register(
             "open_connections",
@@ -268,6 +275,7 @@ impl Metrics {
             latency,
             upstream_errors,
             upstream_down,
+            upstream_ready,
             requests_refused,
             open_connections,
             connections_accepted,
@@ -329,6 +337,13 @@ impl Metrics {
         self.upstream_down
             .get_or_create(&vec![("upstream", upstream.to_string())])
             .inc();
+    }
+
+    /// Whether an upstream server takes requests, as the admin reads it at a scrape.
+    pub fn upstream_ready(&self, upstream: &crate::config::Upstream, ready: bool) {
+        self.upstream_ready
+            .get_or_create(&vec![("upstream", upstream.to_string())])
+            .set(i64::from(ready));
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {

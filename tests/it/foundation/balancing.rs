@@ -83,6 +83,11 @@ fn post_form(client: &reqwest::Client, gw: &GatewayAddrs, path: &str) -> reqwest
         .body(FORM)
 }
 
+/// The `/metrics` gauge that is 1 while `origin` takes requests.
+fn ready_series(origin: &str) -> String {
+    format!("sessiongate_upstream_ready{{upstream=\"{origin}\"}}")
+}
+
 /// Whether `/metrics` holds any `sessiongate_upstream_down_total` sample.
 async fn has_down_series(gw: &GatewayAddrs) -> bool {
     gw.metrics_text()
@@ -285,6 +290,8 @@ async fn a_get_to_a_dead_server_is_answered_by_the_next(http2: bool) {
         "{line}"
     );
     assert_eq!(gw.metric(&down_series(&dead)).await, Some(1.0));
+    assert_eq!(gw.metric(&ready_series(&dead)).await, Some(0.0), "marked down for 60 s");
+    assert_eq!(gw.metric(&ready_series(&live.url())).await, Some(1.0));
 
     for i in 0..6 {
         assert_eq!(served_by(&client, &gw, &format!("/then/{i}")).await, "live");
@@ -680,6 +687,8 @@ async fn an_operator_takes_a_server_out_of_service_and_back() {
         assert_eq!(Echo::from_response(posted).await.upstream(), "b");
     }
     assert_eq!(a.request_count(), a_before, "a server in maintenance got requests");
+    assert_eq!(gw.metric(&ready_series(&a.url())).await, Some(0.0));
+    assert_eq!(gw.metric(&ready_series(&b.url())).await, Some(1.0));
     assert!(!has_down_series(&gw).await, "nothing failed, so nothing is marked down");
 
     // b is now the route's last server in service.
@@ -703,4 +712,5 @@ async fn an_operator_takes_a_server_out_of_service_and_back() {
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(served_by(on_a, &gw, "/back").await, "a");
     assert_eq!(served_by(on_b, &gw, "/back").await, "b");
+    assert_eq!(gw.metric(&ready_series(&a.url())).await, Some(1.0));
 }
