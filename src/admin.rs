@@ -502,8 +502,12 @@ fn metrics(state: &AdminState) -> Response<Body> {
         .metrics
         .sessions_active
         .set(i64::try_from(state.sessions.cached()).unwrap_or(i64::MAX));
-    for (i, (upstream, _)) in state.upstreams.origins.iter().enumerate() {
-        let now = state.upstreams.health.state(i);
+    // Only servers of routes with several are watched: a route's only
+    // upstream is never marked down, so a 1 there would say nothing.
+    let ups = &state.upstreams;
+    let watched = |i: usize| ups.routes.iter().any(|(_, o)| o.len() > 1 && o.contains(&i));
+    for (i, (upstream, _)) in ups.origins.iter().enumerate().filter(|(i, _)| watched(*i)) {
+        let now = ups.health.state(i);
         let ready = !now.maintenance && now.down_for.is_zero();
         state.metrics.upstream_ready(upstream, ready);
     }

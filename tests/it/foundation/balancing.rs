@@ -600,6 +600,8 @@ async fn a_single_dead_upstream_is_502_every_time_and_never_marked_down() {
         "a single upstream was marked down:\n{}",
         gw.metrics_text().await
     );
+    // Nor shown as ready: nothing watches it.
+    assert_eq!(gw.metric(&ready_series(&dead)).await, None);
 }
 
 /// The admin token of [`maintenance_site`].
