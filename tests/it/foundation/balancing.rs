@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::{
     kit::{
         binary::log_field_text, closed_port, millis, quoted, secs, within, BinaryGateway, Echo, GatewayAddrs,
-        GatewayConfig, RouteSpec, TestGateway, TestUpstream, ALPN_H1,
+        GatewayConfig, RouteSpec, TestGateway, TestUpstream,
     },
     sessions::support::{session_id, user, users_section, Browser},
 };
@@ -118,14 +118,20 @@ async fn poll_until(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_session_stays_on_one_server_and_sessions_spread_over_the_servers() {
+/// Three upstreams named `a`, `b` and `c`, and their origins in that order.
+async fn three_servers() -> ([TestUpstream; 3], Vec<String>) {
     let servers = [
         TestUpstream::named("a").await,
         TestUpstream::named("b").await,
         TestUpstream::named("c").await,
     ];
-    let origins: Vec<String> = servers.iter().map(TestUpstream::url).collect();
+    let origins = servers.iter().map(TestUpstream::url).collect();
+    (servers, origins)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_session_stays_on_one_server_and_sessions_spread_over_the_servers() {
+    let (servers, origins) = three_servers().await;
     // No `balance`: sticky is the default.
     let gw = TestGateway::start(
         GatewayConfig::new().route(RouteSpec::balanced("/", &origins).set("auth", quoted("optional"))),
@@ -159,12 +165,7 @@ async fn each_session_stays_on_one_server_and_sessions_spread_over_the_servers()
 /// gateway that hashed the token would keep all eight with a chance of 1 in 6561.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_keeps_its_server_when_its_user_logs_in() {
-    let servers = [
-        TestUpstream::named("a").await,
-        TestUpstream::named("b").await,
-        TestUpstream::named("c").await,
-    ];
-    let origins: Vec<String> = servers.iter().map(TestUpstream::url).collect();
+    let (_servers, origins) = three_servers().await;
     let gw = TestGateway::start(
         GatewayConfig::new()
             .section(&users_section())
@@ -508,17 +509,7 @@ async fn a_websocket_handshake_to_a_dead_server_is_upgraded_by_the_next() {
     ))
     .await;
 
-    let tls = within(secs(5), "TLS connect", gw.tls_connect(ALPN_H1))
-        .await
-        .expect("TLS connect");
-    let url = format!("wss://{}/ws", gw.host_header());
-    let (mut ws, response) = within(
-        secs(5),
-        "WebSocket handshake",
-        tokio_tungstenite::client_async(url, tls),
-    )
-    .await
-    .expect("WebSocket handshake through the gateway");
+    let (mut ws, response) = crate::foundation::websocket::open_ws(&gw).await;
     assert_eq!(response.status(), 101);
     let message = Message::text("to whichever server is up");
     ws.send(message.clone()).await.expect("send message");

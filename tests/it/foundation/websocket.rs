@@ -4,24 +4,35 @@
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::kit::{secs, within, GatewayConfig, TestGateway, TestUpstream, ALPN_H1};
+use crate::kit::{secs, within, GatewayAddrs, GatewayConfig, TestGateway, TestUpstream, ALPN_H1};
+
+/// A WebSocket to the gateway's `/ws` (the kit upstream's echo), handshake done: the stream
+/// and the handshake's response.
+pub async fn open_ws(
+    gw: &GatewayAddrs,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+) {
+    let tls = within(secs(5), "TLS connect", gw.tls_connect(ALPN_H1))
+        .await
+        .expect("TLS connect");
+    let url = format!("wss://{}/ws", gw.host_header());
+    within(
+        secs(5),
+        "WebSocket handshake",
+        tokio_tungstenite::client_async(url, tls),
+    )
+    .await
+    .expect("WebSocket handshake through the gateway")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_messages_are_echoed_through_the_gateway() {
     let upstream = TestUpstream::start().await;
     let gw = TestGateway::start(GatewayConfig::proxy_all_to(&upstream)).await;
 
-    let tls = within(secs(5), "TLS connect", gw.tls_connect(ALPN_H1))
-        .await
-        .expect("TLS connect");
-    let url = format!("wss://{}/ws", gw.host_header());
-    let (mut ws, response) = within(
-        secs(5),
-        "WebSocket handshake",
-        tokio_tungstenite::client_async(url, tls),
-    )
-    .await
-    .expect("WebSocket handshake through the gateway");
+    let (mut ws, response) = open_ws(&gw).await;
     assert_eq!(response.status(), 101);
 
     let messages = [
