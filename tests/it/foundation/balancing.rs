@@ -335,10 +335,9 @@ async fn other_requests_without_a_body_are_retried_on_the_next_server() {
     }
 }
 
-/// A body already on its way to the dead server cannot be sent again: 502. The server is
-/// marked down all the same, so no later request (its turn or not) goes there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_with_a_body_to_a_dead_server_is_502_and_the_next_goes_elsewhere() {
+/// A gateway whose one route lists a dead server, then a live one named `live`
+/// (round-robin from the first: the first request without a session goes to the dead one).
+async fn dead_then_live() -> (TestUpstream, String, TestGateway) {
     let live = TestUpstream::named("live").await;
     let (_, dead) = dead_server();
     let gw = TestGateway::start(config(
@@ -346,6 +345,14 @@ async fn a_request_with_a_body_to_a_dead_server_is_502_and_the_next_goes_elsewhe
         RouteSpec::balanced("/", &[dead.clone(), live.url()]),
     ))
     .await;
+    (live, dead, gw)
+}
+
+/// A body already on its way to the dead server cannot be sent again: 502. The server is
+/// marked down all the same, so no later request (its turn or not) goes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_a_body_to_a_dead_server_is_502_and_the_next_goes_elsewhere() {
+    let (live, dead, gw) = dead_then_live().await;
     let client = gw.client();
 
     let refused = send(post_form(&client, &gw, "/order")).await;
@@ -501,13 +508,7 @@ async fn a_server_that_answers_again_is_marked_up_and_takes_every_request() {
 /// upgraded connection then carries frames both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_handshake_to_a_dead_server_is_upgraded_by_the_next() {
-    let live = TestUpstream::named("live").await;
-    let (_, dead) = dead_server();
-    let gw = TestGateway::start(config(
-        LONG_FAIL_TIMEOUT,
-        RouteSpec::balanced("/", &[dead.clone(), live.url()]),
-    ))
-    .await;
+    let (live, dead, gw) = dead_then_live().await;
 
     let (mut ws, response) = crate::foundation::websocket::open_ws(&gw).await;
     assert_eq!(response.status(), 101);
