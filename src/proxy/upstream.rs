@@ -36,9 +36,11 @@ pub type UpstreamClient = Client<Connector, Body>;
 #[derive(Clone, Debug)]
 pub struct Origins(Arc<[Origin]>);
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 struct Origin {
-    upstream: (http::uri::Scheme, Authority),
+    /// Compared as an origin: one server however it is spelled (the host's
+    /// case, the default port written or not) is one pool and one health.
+    upstream: Upstream,
     /// The host as configured, without IPv6 brackets.
     host: String,
     /// What an `https://` upstream's certificate must name (sent as SNI
@@ -53,9 +55,8 @@ impl Origins {
     pub fn new(routes: &[RouteConfig]) -> Origins {
         let mut origins: Vec<Origin> = Vec::new();
         for upstream in routes.iter().flat_map(|r| r.upstreams.as_slice()) {
-            let origin = Origin::new(upstream);
-            if !origins.contains(&origin) {
-                origins.push(origin);
+            if !origins.iter().any(|o| o.upstream == *upstream) {
+                origins.push(Origin::new(upstream));
             }
         }
         Origins(origins.into())
@@ -69,8 +70,7 @@ impl Origins {
     /// The position of `upstream` among the origins: its pool name, and
     /// its slot in `balance::Health`.
     pub fn index_of(&self, upstream: &Upstream) -> Option<usize> {
-        let key = (upstream.scheme.clone(), upstream.authority.clone());
-        self.0.iter().position(|o| o.upstream == key)
+        self.0.iter().position(|o| o.upstream == *upstream)
     }
 
     /// The authority that stands for `upstream` in requests to the pool.
@@ -99,7 +99,7 @@ impl Origin {
         let https = upstream.scheme == http::uri::Scheme::HTTPS;
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         Origin {
-            upstream: (upstream.scheme.clone(), authority.clone()),
+            upstream: upstream.clone(),
             addr: host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port)),
             server_name: https.then(|| ServerName::try_from(host.clone()).ok()).flatten(),
             host,
@@ -451,6 +451,14 @@ mod tests {
             .map(|r| origins.pool_authority(&r.upstreams.as_slice()[0]).to_string())
             .collect();
         assert_eq!(names, ["0", "1", "0", "2"]);
+        // One server however it is spelled: one pool.
+        let spelled = [route("http://LocalHost:80"), route("http://localhost")];
+        let origins = Origins::new(&spelled);
+        assert_eq!(origins.count(), 1);
+        assert_eq!(
+            origins.pool_authority(&spelled[1].upstreams.as_slice()[0]).as_str(),
+            "0"
+        );
     }
 
     #[tokio::test(start_paused = true)]
