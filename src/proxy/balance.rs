@@ -14,10 +14,14 @@
 //! unreachable, timed out, TLS handshake failed) marks its server down for
 //! `[server] upstream_fail_timeout`, shared by every worker. The first
 //! request after that tries it again, and any answer from it clears the
-//! mark at once. A request without a body whose
-//! connection failed is retried on the next server; one with a body is
-//! not: bodies are streamed, and no copy is kept to send again (see
+//! mark at once. A request without a body whose connection failed is
+//! retried on the next server; one with a body is not: bodies are
+//! streamed, and no copy is kept to send again (see
 //! `proxy::exchange_balanced`).
+//!
+//! An operator can take a server out of service for a deploy (the admin
+//! API's `POST /upstreams/state`): it gets no requests, as if marked down,
+//! without a failed connection first.
 
 use crate::config::{Balance, RouteConfig, Upstream};
 use crate::proxy::upstream::Origins;
@@ -110,7 +114,8 @@ impl Servers {
             None => self.turn.fetch_add(1, Ordering::Relaxed),
         };
         let mut attempt = Attempt { key, turn, tried: 0 };
-        // Every server is untried, so there is one; the list is never empty.
+        // `None` only if every server were in maintenance, which the admin
+        // API refuses (a race of two changes aside): then the first.
         let first = self.choose(&mut attempt, health, true).unwrap_or(0);
         (attempt, &self.list[first])
     }
@@ -123,9 +128,9 @@ impl Servers {
         self.choose(attempt, health, false).map(|i| &self.list[i])
     }
 
-    /// The best untried server among those not marked down; with
-    /// `or_down`, when every one is, the best of all (a request is never
-    /// refused for health alone).
+    /// The best untried server in service and not marked down; with
+    /// `or_down`, when every one is marked down, the best of those in
+    /// service (a request is never refused for health alone).
     fn choose(&self, attempt: &mut Attempt, health: &Health, or_down: bool) -> Option<usize> {
         let now = health.now_ms();
         let n = self.list.len();
