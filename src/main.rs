@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod session_cli;
+mod upstream_cli;
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +62,11 @@ enum Command {
         #[command(subcommand)]
         command: session_cli::SessionCommand,
     },
+    /// The upstream servers of routes with several, through the admin API.
+    Upstream {
+        #[command(subcommand)]
+        command: upstream_cli::UpstreamCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -80,6 +86,9 @@ fn main() -> ExitCode {
         Some(Command::Demo { config }) => demo(&config),
         Some(Command::Session { command }) => {
             report(runtime(&[]).and_then(|rt| rt.block_on(session_cli::run(command))))
+        }
+        Some(Command::Upstream { command }) => {
+            report(runtime(&[]).and_then(|rt| rt.block_on(upstream_cli::run(command))))
         }
     }
 }

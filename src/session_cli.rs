@@ -114,14 +114,14 @@ pub async fn run(command: SessionCommand) -> anyhow::Result<()> {
 }
 
 /// An HTTP/1.1 client for the admin listener, with its bearer token.
-struct AdminClient {
+pub(crate) struct AdminClient {
     base: String,
     token: String,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl AdminClient {
-    fn new(args: &AdminArgs) -> anyhow::Result<AdminClient> {
+    pub(crate) fn new(args: &AdminArgs) -> anyhow::Result<AdminClient> {
         let token = std::fs::read_to_string(&args.token_file)
             .with_context(|| format!("cannot read {}", args.token_file.display()))?;
         let base = args.admin.trim_end_matches('/').to_owned();
@@ -137,7 +137,7 @@ impl AdminClient {
 
     /// One request; anything but `expect` with a JSON body is an error that
     /// carries the admin API's answer.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,

@@ -708,3 +708,67 @@ async fn an_operator_takes_a_server_out_of_service_and_back() {
     assert_eq!(served_by(on_b, &gw, "/back").await, "b");
     assert_eq!(gw.metric(&ready_series(&a.url())).await, Some(1.0));
 }
+
+/// `sessiongate upstream list | set`, the real binary against the admin API, as a deploy script
+/// runs it: the server goes out of service and its requests to the other, then back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_cli_lists_servers_and_takes_one_out_for_a_deploy() {
+    let a = TestUpstream::named("a").await;
+    let b = TestUpstream::named("b").await;
+    let gw = TestGateway::start(
+        config(LONG_FAIL_TIMEOUT, RouteSpec::balanced("/", &[a.url(), b.url()])).admin("token", quoted(ADMIN_TOKEN)),
+    )
+    .await;
+    let token_file = tempfile::NamedTempFile::new().expect("token file");
+    std::fs::write(token_file.path(), format!("{ADMIN_TOKEN}\n")).expect("write the token file");
+    let cli = |rest: &[&str]| {
+        let mut args: Vec<std::ffi::OsString> = vec!["upstream".into()];
+        args.extend(rest.iter().map(std::ffi::OsString::from));
+        args.extend(["--admin".into(), gw.admin_url("").into()]);
+        args.extend(["--token-file".into(), token_file.path().as_os_str().to_owned()]);
+        tokio::task::spawn_blocking(move || crate::kit::run_cli(args))
+    };
+
+    let listed = cli(&["list"]).await.expect("the CLI thread");
+    assert_eq!(listed.code(), Some(0), "{listed:?}");
+    let lines: Vec<&str> = listed.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "upstream\tstate\tdown_for_ms\troutes",
+            &format!("{}\tready\t0\t/", a.url()),
+            &format!("{}\tready\t0\t/", b.url()),
+        ]
+    );
+
+    let set = cli(&["set", "--upstream", &a.url(), "--state", "maintenance"])
+        .await
+        .expect("the CLI thread");
+    assert_eq!(set.code(), Some(0), "{set:?}");
+    assert_eq!(set.stdout.trim_end(), format!("{}\tmaintenance\t0\t/", a.url()));
+    let client = gw.client();
+    for i in 0..4 {
+        assert_eq!(served_by(&client, &gw, &format!("/deploying/{i}")).await, "b");
+    }
+
+    // The last server in service stays: the CLI fails with the admin API's reason.
+    let refused = cli(&["set", "--upstream", &b.url(), "--state", "maintenance"])
+        .await
+        .expect("the CLI thread");
+    assert_ne!(refused.code(), Some(0), "{refused:?}");
+    assert!(refused.stderr.contains("409"), "{refused:?}");
+    assert!(refused.stderr.contains("no upstream server in service"), "{refused:?}");
+
+    let back = cli(&["set", "--upstream", &a.url(), "--state", "ready"])
+        .await
+        .expect("the CLI thread");
+    assert_eq!(back.code(), Some(0), "{back:?}");
+    let turns: Vec<String> = {
+        let mut t = Vec::new();
+        for i in 0..2 {
+            t.push(served_by(&client, &gw, &format!("/deployed/{i}")).await);
+        }
+        t
+    };
+    assert!(turns.contains(&"a".to_owned()), "{turns:?}");
+}
