@@ -211,10 +211,14 @@ fn check(path: &Path) -> ExitCode {
         };
         let servers = r.upstreams.as_slice();
         let upstreams = servers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-        let balance = match (servers.len(), r.balance) {
-            (1, _) => "",
-            (_, sessiongate::config::Balance::Sticky) => " balance=sticky",
-            (_, sessiongate::config::Balance::RoundRobin) => " balance=round-robin",
+        let balance = match (servers.len(), r.balance, r.auth) {
+            (1, _, _) => "",
+            // No session on such a route, so nothing to stick to.
+            (_, sessiongate::config::Balance::Sticky, sessiongate::config::AuthMode::None) => {
+                " balance=sticky (auth=none: no sessions, so turns)"
+            }
+            (_, sessiongate::config::Balance::Sticky, _) => " balance=sticky",
+            (_, sessiongate::config::Balance::RoundRobin, _) => " balance=round-robin",
         };
         println!(
             "  route     {host}{} -> {upstreams}{balance} auth={:?}{groups}{step_up}{cross_origin}{framing}",

@@ -567,3 +567,37 @@ fn the_same_origin_spelled_two_ways_is_listed_twice() {
         assert_rejected_at_key(&prepared, "routes[0].upstream", "listed twice");
     }
 }
+
+/// `check` names every server of a route and how the route picks one, and says when `sticky`
+/// cannot stick (an `auth = "none"` route has no sessions).
+#[test]
+fn check_prints_a_routes_servers_and_its_balance() {
+    let (a, b) = ("http://127.0.0.1:18091", "http://127.0.0.1:18092");
+    let prepared = GatewayConfig::new()
+        .route(RouteSpec::balanced("/app/", &[a, b]).set("auth", quoted("optional")))
+        .route(RouteSpec::balanced("/static/", &[a, b]))
+        .route(RouteSpec::balanced("/api/", &[a, b]).set("balance", quoted("round-robin")))
+        .route(RouteSpec::new("/one/", a))
+        .prepare();
+    let out = run_cli([OsStr::new("check"), OsStr::new("--config"), prepared.path.as_os_str()]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let line = |prefix: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.contains(&format!("*{prefix} -> ")))
+            .unwrap_or_else(|| panic!("no route line for {prefix}:\n{}", out.stdout))
+            .to_owned()
+    };
+    assert!(
+        line("/app/").contains(&format!("-> {a}, {b} balance=sticky auth=Optional")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        line("/static/").contains("balance=sticky (auth=none: no sessions, so turns)"),
+        "{}",
+        out.stdout
+    );
+    assert!(line("/api/").contains("balance=round-robin"), "{}", out.stdout);
+    assert!(!line("/one/").contains("balance"), "{}", out.stdout);
+}
