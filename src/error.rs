@@ -31,6 +31,10 @@ pub enum GatewayError {
     UriTooLong,
     #[error("request body too large")]
     BodyTooLarge,
+    /// A body read whole before it is sent (see `proxy::exchange_balanced`)
+    /// did not arrive within `upstream_timeout`.
+    #[error("request body not received in time")]
+    BodyTimeout,
     #[error("upstream unreachable: {0}")]
     UpstreamConnect(String),
     #[error("upstream sent no response headers in time")]
@@ -70,6 +74,7 @@ impl GatewayError {
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
             GatewayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UpstreamConnect(_) | GatewayError::UpstreamOther(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

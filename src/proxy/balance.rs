@@ -14,9 +14,9 @@
 //! unreachable, timed out, TLS handshake failed) marks its server down for
 //! `[server] upstream_fail_timeout`, shared by every worker. The first
 //! request after that tries it again, and any answer from it clears the
-//! mark at once. A request without a body whose connection failed is
-//! retried on the next server; one with a body is not: bodies are
-//! streamed, and no copy is kept to send again (see
+//! mark at once. A request whose connection failed is sent to the next
+//! server: one without a body, or with a small one read whole first; a
+//! larger body streams, and no copy is kept to send again (see
 //! `proxy::exchange_balanced`).
 //!
 //! An operator can take a server out of service for a deploy (the admin

@@ -413,11 +413,18 @@ async fn pipeline<'s>(
     Ok(with_cookie(resp, set_cookie))
 }
 
+/// The largest request body (declared by its length) that a route with
+/// several servers reads whole before sending it, so that it can go to the
+/// next server when a connection fails. Larger bodies, and bodies of
+/// unknown length, stream as everywhere else.
+const REPLAYABLE_BODY_BYTES: u64 = 64 * 1024;
+
 /// Sends the request to one of a route's several servers (see `balance`).
-/// A server whose connection fails is marked down; a request without a
-/// body then goes to the next one, since nothing of it reached the app.
-/// One with a body gets the 502: the body streams from the client into the
-/// failed attempt, and no copy is kept to send again.
+/// A server whose connection fails is marked down, and the request goes to
+/// the next one, since nothing of it reached the app: as it is when it has
+/// no body, with its body read whole first when that is at most
+/// [`REPLAYABLE_BODY_BYTES`]. A larger body gets the 502: it streams from
+/// the client into the failed attempt, and no copy is kept to send again.
 async fn exchange_balanced<'s>(
     shared: &Shared,
     conn: &ConnInfo,
@@ -428,11 +435,21 @@ async fn exchange_balanced<'s>(
     upload: UploadHook<'_>,
 ) -> Result<Response<Incoming>, GatewayError> {
     let (mut attempt, mut server) = route.servers.begin(session, &shared.health);
-    let bodiless = !request_has_body(&req);
+    let has_body = request_has_body(&req);
+    let replayable = !has_body
+        || req
+            .body()
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= REPLAYABLE_BODY_BYTES);
     let mut upstream_req = build_upstream_request(req, route, server, ctx.normalized.as_deref(), upload)?;
+    let body = match has_body && replayable {
+        true => Some(read_whole(shared, &mut upstream_req).await?),
+        false => None,
+    };
     loop {
         ctx.server = Some(server);
-        let again = bodiless.then(|| replay(&upstream_req));
+        let again = replayable.then(|| replay(&upstream_req, body.as_ref()));
         let sent = conn.upstream.request(upstream_req);
         let err = match exchange(shared, conn, ctx, sent).await {
             Err(GatewayError::UpstreamConnect(err)) => err,
@@ -466,9 +483,26 @@ async fn exchange_balanced<'s>(
     }
 }
 
-/// A copy of a request without a body, to send again elsewhere.
-fn replay(req: &Request<Body>) -> Request<Body> {
-    let mut again = Request::new(body::empty());
+/// Reads the request's body whole (within the route's `max_body_bytes`,
+/// and `upstream_timeout`), and puts it back as one piece.
+async fn read_whole(shared: &Shared, req: &mut Request<Body>) -> Result<bytes::Bytes, GatewayError> {
+    use http_body_util::BodyExt;
+    let streamed = std::mem::replace(req.body_mut(), body::empty());
+    let read = tokio::time::timeout(shared.config.server.upstream_timeout, streamed.collect()).await;
+    let whole = match read {
+        Err(_) => return Err(GatewayError::BodyTimeout),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(GatewayError::BodyTooLarge),
+        Ok(Err(_)) => return Err(GatewayError::BadRequest("request body could not be read")),
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    *req.body_mut() = body::full(whole.clone());
+    Ok(whole)
+}
+
+/// A copy of a request, with `body` (read whole) or none, to send again
+/// elsewhere.
+fn replay(req: &Request<Body>, body: Option<&bytes::Bytes>) -> Request<Body> {
+    let mut again = Request::new(body.map_or_else(body::empty, |b| body::full(b.clone())));
     *again.method_mut() = req.method().clone();
     *again.uri_mut() = req.uri().clone();
     *again.version_mut() = req.version();

@@ -8,9 +8,9 @@
 //!
 //! A failed connection (refused, TLS handshake failed) marks that server down for
 //! `[server] upstream_fail_timeout`, counted by `sessiongate_upstream_down_total{upstream}`
-//! and logged at `warn` with `event = "upstream_down"`. A request without a body is retried
-//! on the next server at once; one with a body is answered 502, as its body cannot be sent
-//! again. Down servers are skipped until the timeout passes (unless all are down: then a
+//! and logged at `warn` with `event = "upstream_down"`. A request without a body, or with one
+//! of at most 64 KiB (read whole first), is sent to the next server at once; one with a larger
+//! body is answered 502, as its body streamed and cannot be sent again. Down servers are skipped until the timeout passes (unless all are down: then a
 //! request tries only its first choice), then tried again by the next request that picks them;
 //! a server's first answer clears its mark. A route with one upstream never marks it down.
 //!
@@ -348,24 +348,43 @@ async fn dead_then_live() -> (TestUpstream, String, TestGateway) {
     (live, dead, gw)
 }
 
-/// A body already on its way to the dead server cannot be sent again: 502. The server is
-/// marked down all the same, so no later request (its turn or not) goes there.
+/// A small body (its length declared, at most 64 KiB) is read whole before it is sent, so a
+/// POST whose connection failed goes to the next server as a GET does: the client gets the live
+/// server's answer, with the whole body, and the dead server is marked down once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_with_a_body_to_a_dead_server_is_502_and_the_next_goes_elsewhere() {
+async fn a_small_body_to_a_dead_server_is_sent_to_the_next() {
     let (live, dead, gw) = dead_then_live().await;
     let client = gw.client();
+    for i in 0..4 {
+        let echo = Echo::from_response(send(post_form(&client, &gw, "/order")).await).await;
+        assert_eq!(echo.upstream(), "live", "POST {i}");
+        assert_eq!(echo.body_len(), FORM.len() as u64);
+    }
+    assert_eq!(live.request_count(), 4);
+    assert_eq!(gw.metric(&down_series(&dead)).await, Some(1.0));
+}
 
-    let refused = send(post_form(&client, &gw, "/order")).await;
+/// A larger body streams, and is not kept: the one already on its way to the dead server
+/// cannot be sent again, so 502. The server is marked down all the same, so no later request
+/// (its turn or not) goes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_to_a_dead_server_is_502_and_the_next_goes_elsewhere() {
+    let (live, dead, gw) = dead_then_live().await;
+    let client = gw.client();
+    let large = vec![b'x'; 64 * 1024 + 1];
+    let upload = |path: &str| client.post(gw.url(path)).body(large.clone());
+
+    let refused = send(upload("/upload")).await;
     assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
     let body = refused.text().await.expect("502 body");
     assert!(!body.contains("127.0.0.1"), "the 502 names the upstream: {body:?}");
-    assert_eq!(live.request_count(), 0, "the POST was sent again to the live server");
+    assert_eq!(live.request_count(), 0, "the upload was sent again to the live server");
     assert_eq!(gw.metric(&down_series(&dead)).await, Some(1.0));
 
-    for i in 0..4 {
-        let echo = Echo::from_response(send(post_form(&client, &gw, "/order")).await).await;
-        assert_eq!(echo.upstream(), "live", "POST {i} after the server was marked down");
-        assert_eq!(echo.body_len(), FORM.len() as u64);
+    for i in 0..3 {
+        let echo = Echo::from_response(send(upload("/upload")).await).await;
+        assert_eq!(echo.upstream(), "live", "upload {i} after the server was marked down");
+        assert_eq!(echo.body_len(), large.len() as u64);
     }
     assert_eq!(gw.metric(&down_series(&dead)).await, Some(1.0));
 }
@@ -771,4 +790,28 @@ async fn the_upstream_cli_lists_servers_and_takes_one_out_for_a_deploy() {
         t
     };
     assert!(turns.contains(&"a".to_owned()), "{turns:?}");
+}
+
+/// A small body read whole before it is sent must arrive within `upstream_timeout`: a client
+/// that declares ten bytes and sends five gets 408, and nothing reaches any server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_body_that_does_not_arrive_is_408() {
+    let a = TestUpstream::named("a").await;
+    let b = TestUpstream::named("b").await;
+    let gw = TestGateway::start(
+        config(LONG_FAIL_TIMEOUT, RouteSpec::balanced("/", &[a.url(), b.url()]))
+            .server_str("upstream_timeout", "300ms"),
+    )
+    .await;
+    let mut conn = gw.raw().await;
+    let head = format!(
+        "POST /slow HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nhalf!",
+        gw.host_header()
+    );
+    conn.send(head).await.expect("send the head and half the body");
+    let response = within(secs(5), "the gateway's answer", conn.read_response())
+        .await
+        .expect("a response");
+    assert_eq!(response.status, 408, "{}", response.text());
+    assert_eq!(a.request_count() + b.request_count(), 0);
 }
