@@ -443,9 +443,10 @@ async fn exchange_balanced<'s>(
             .exact()
             .is_some_and(|n| n <= REPLAYABLE_BODY_BYTES);
     let mut upstream_req = build_upstream_request(req, route, server, ctx.normalized.as_deref(), upload)?;
-    let body = match has_body && replayable {
-        true => Some(read_whole(shared, &mut upstream_req).await?),
-        false => None,
+    let body = if has_body && replayable {
+        Some(read_whole(shared, &mut upstream_req).await?)
+    } else {
+        None
     };
     loop {
         ctx.server = Some(server);
