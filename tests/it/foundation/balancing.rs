@@ -24,7 +24,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use tokio_tungstenite::tungstenite::Message;
@@ -531,13 +530,7 @@ async fn a_websocket_handshake_to_a_dead_server_is_upgraded_by_the_next() {
 
     let (mut ws, response) = crate::foundation::websocket::open_ws(&gw).await;
     assert_eq!(response.status(), 101);
-    let message = Message::text("to whichever server is up");
-    ws.send(message.clone()).await.expect("send message");
-    let echoed = within(secs(5), "echoed message", ws.next())
-        .await
-        .expect("connection open")
-        .expect("message");
-    assert_eq!(echoed, message);
+    crate::foundation::websocket::assert_echoed(&mut ws, Message::text("to whichever server is up")).await;
     assert_eq!(live.targets(), ["/ws"]);
     assert_eq!(gw.metric(&down_series(&dead)).await, Some(1.0));
 }

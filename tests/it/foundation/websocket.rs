@@ -27,6 +27,19 @@ pub async fn open_ws(
     .expect("WebSocket handshake through the gateway")
 }
 
+/// Sends `message` on `ws` and asserts that the same message comes back (the kit's echo).
+pub async fn assert_echoed(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    message: Message,
+) {
+    ws.send(message.clone()).await.expect("send message");
+    let echoed = within(secs(5), "echoed message", ws.next())
+        .await
+        .expect("connection open")
+        .expect("message");
+    assert_eq!(echoed, message);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_messages_are_echoed_through_the_gateway() {
     let upstream = TestUpstream::start().await;
@@ -41,12 +54,7 @@ async fn websocket_messages_are_echoed_through_the_gateway() {
         Message::text("ünïcödé ✓"),
     ];
     for message in messages {
-        ws.send(message.clone()).await.expect("send message");
-        let echoed = within(secs(5), "echoed message", ws.next())
-            .await
-            .expect("connection open")
-            .expect("message");
-        assert_eq!(echoed, message);
+        assert_echoed(&mut ws, message).await;
     }
     ws.close(None).await.expect("close the WebSocket");
 }
