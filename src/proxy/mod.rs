@@ -156,9 +156,9 @@ pub async fn handle(
     // The pipeline takes the request out when it forwards it or hands it to
     // an endpoint; left here, it was answered without its body being read.
     let mut unread = Some(req);
-    let mut resp = match pipeline(shared, conn, &mut ctx, &mut unread, upload).await {
-        Ok(resp) => resp,
-        Err(err) => error_response(shared, &ctx, err),
+    let (mut resp, failed) = match pipeline(shared, conn, &mut ctx, &mut unread, upload).await {
+        Ok(resp) => (resp, false),
+        Err(err) => (error_response(shared, &ctx, err), true),
     };
     if let Some(req) = unread.filter(|_| has_body && ctx.version == Version::HTTP_2) {
         // Boxed: rare, and its timer would otherwise enlarge every
@@ -166,12 +166,14 @@ pub async fn handle(
         Box::pin(body::drain_briefly(req.into_body())).await;
     }
     if has_body
-        && ctx.upstream_ms.is_none()
+        && (ctx.upstream_ms.is_none() || failed)
         && ctx.version < Version::HTTP_2
         && resp.extensions().get::<body::BodyRead>().is_none()
     {
-        // Answered locally: the body may be unread, and its bytes must never
-        // be parsed as the next request on a kept-alive HTTP/1 connection.
+        // Answered locally, or failed upstream (a 502 whose body was still
+        // streaming): the body may be unread, and its bytes must never be
+        // parsed as the next request on a kept-alive HTTP/1 connection.
+        // hyper closes it then; saying so keeps the client from reusing it.
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
