@@ -215,7 +215,6 @@ fn bad_upstream_tls_settings_are_named_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_reaches_an_https_upstream() {
-    use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
     let pair = Pair::new(&["localhost"]);
@@ -223,20 +222,9 @@ async fn a_websocket_reaches_an_https_upstream() {
     let url = format!("https://localhost:{}", upstream.addr().port());
     let gw = TestGateway::start(gateway_to(&url, &format!("ca = {}\n", path_str(&pair.cert())))).await;
 
-    let tls = crate::kit::within(crate::kit::secs(5), "TLS connect", gw.tls_connect(crate::kit::ALPN_H1))
-        .await
-        .expect("TLS connect");
-    let (mut ws, response) = tokio_tungstenite::client_async(format!("wss://{}/ws", gw.host_header()), tls)
-        .await
-        .expect("WebSocket handshake through the gateway");
+    let (mut ws, response) = crate::foundation::websocket::open_ws(&gw).await;
     assert_eq!(response.status(), 101);
-    let message = Message::text("over TLS both ways");
-    ws.send(message.clone()).await.expect("send");
-    let echoed = crate::kit::within(crate::kit::secs(5), "echo", ws.next())
-        .await
-        .expect("open")
-        .expect("message");
-    assert_eq!(echoed, message);
+    crate::foundation::websocket::assert_echoed(&mut ws, Message::text("over TLS both ways")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
