@@ -59,32 +59,25 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(
-        routes: &[crate::config::RouteConfig],
-        pool: &crate::proxy::upstream::Origins,
-        health: Arc<crate::proxy::balance::Health>,
-    ) -> Upstreams {
-        let mut origins: Vec<(crate::config::Upstream, Vec<String>)> = Vec::new();
-        let mut indexed = Vec::new();
-        for r in routes {
-            let label = match &r.host {
-                Some(h) => format!("{h}{}", r.path_prefix),
-                None => r.path_prefix.clone(),
-            };
-            let mut of_route = Vec::new();
-            for u in r.upstreams.as_slice() {
-                let Some(i) = pool.index_of(u) else { continue };
-                if origins.len() <= i {
-                    origins.resize_with(i + 1, || (u.clone(), Vec::new()));
-                }
-                origins[i].1.push(label.clone());
-                of_route.push(i);
+    /// From the router's routes, whose servers know their origin's slot.
+    pub fn new(router: &crate::routing::Router, health: Arc<crate::proxy::balance::Health>) -> Upstreams {
+        // By slot: every slot is some route's server, so they run 0..n.
+        let mut origins = std::collections::BTreeMap::new();
+        let mut routes = Vec::new();
+        for route in router.routes() {
+            let servers = route.servers.as_slice();
+            for server in servers {
+                origins
+                    .entry(server.origin())
+                    .or_insert_with(|| (server.upstream.clone(), Vec::new()))
+                    .1
+                    .push(route.label.clone());
             }
-            indexed.push((label, of_route));
+            routes.push((route.label.clone(), servers.iter().map(|s| s.origin()).collect()));
         }
         Upstreams {
-            origins,
-            routes: indexed,
+            origins: origins.into_values().collect(),
+            routes,
             health,
         }
     }

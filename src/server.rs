@@ -180,7 +180,7 @@ impl Gateway {
             sessions,
             tls.clone(),
             shared.auth.users.directory(),
-            crate::admin::Upstreams::new(&config.routes, &shared.origins, shared.health.clone()),
+            crate::admin::Upstreams::new(&shared.router, shared.health.clone()),
         ));
         Ok(Gateway {
             config,

@@ -70,6 +70,13 @@ pub struct Attempt {
     tried: u64,
 }
 
+impl Server {
+    /// Its slot in [`Health`].
+    pub fn origin(&self) -> usize {
+        self.origin
+    }
+}
+
 impl Servers {
     pub fn new(route: &RouteConfig, origins: &Origins) -> Servers {
         let list = route
