@@ -8,8 +8,8 @@
 //!   with the reason and the old certificate kept.
 //! - `POST /reload` → reads the config file again (as SIGHUP does): puts its
 //!   `[[users]]` in force, ending the sessions of users removed or changed,
-//!   and reloads the certificate and key; 200 with what changed, or 500 with
-//!   the file, line and reason and nothing changed.
+//!   and its `[[routes]]`, and reloads the certificate and key; 200 with
+//!   what changed, or 500 with the file, line and reason and nothing changed.
 //! - `GET /sessions?user=NAME`, `DELETE /sessions/{id}`, `DELETE /sessions?user=NAME`,
 //!   `POST /sessions` (mint one, or `"count": N` of them) → JSON; 401
 //!   without the configured token (and always 401 when no token is
@@ -20,6 +20,7 @@ use crate::auth::endpoints::{json, rfc3339};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::body::{self, Body};
+use crate::proxy::table::Replaced;
 use crate::session::record::{Identity, SessionRecord};
 use crate::session::token::SessionId;
 use crate::session::{SessionError, Sessions, UserLimitReached};
@@ -44,57 +45,75 @@ pub struct AdminState {
     sessions: Arc<Sessions>,
     tls: crate::tls::Reloadable,
     users: crate::auth::UserDirectory,
-    upstreams: Upstreams,
+    routes: Arc<crate::proxy::table::Tables>,
 }
 
-/// What `/upstreams` shows and changes: every origin the routes name, the
-/// routes that use each, and their shared health (`proxy::balance`).
-pub struct Upstreams {
-    /// Each origin, in the pool's order (its index is its health slot),
-    /// with the labels of the routes that list it.
-    origins: Vec<(crate::config::Upstream, Vec<String>)>,
-    /// Each route's label and its servers' origin indexes.
-    routes: Vec<(String, Vec<usize>)>,
-    health: Arc<crate::proxy::balance::Health>,
+/// What `/upstreams` shows and changes: every origin the routes in force
+/// name, the routes that use each, and their shared health
+/// (`proxy::balance`). Built from the current route table per request.
+pub struct Upstreams<'t> {
+    /// In slot order (a reload may leave gaps: a server that no route
+    /// names any more keeps its slot).
+    origins: Vec<ServerEntry<'t>>,
+    /// Each route's label and its servers' slots.
+    routes: Vec<(&'t str, Vec<usize>)>,
+    health: &'t crate::proxy::balance::Health,
 }
 
-impl Upstreams {
-    /// From the router's routes, whose servers know their origin's slot.
-    pub fn new(router: &crate::routing::Router, health: Arc<crate::proxy::balance::Health>) -> Upstreams {
-        // By slot: every slot is some route's server, so they run 0..n.
-        let mut origins = std::collections::BTreeMap::new();
+/// One origin of [`Upstreams`].
+struct ServerEntry<'t> {
+    /// Its slot in the health table and the pools.
+    slot: usize,
+    upstream: &'t crate::config::Upstream,
+    /// The labels of the routes that list it.
+    routes: Vec<&'t str>,
+}
+
+impl<'t> Upstreams<'t> {
+    /// From the table's routes, whose servers know their origin's slot.
+    pub fn new(table: &'t crate::proxy::table::Table) -> Upstreams<'t> {
+        let mut origins = BTreeMap::new();
         let mut routes = Vec::new();
-        for route in router.routes() {
+        for route in table.router.routes() {
             let servers = route.servers.as_slice();
             for server in servers {
                 origins
                     .entry(server.origin())
-                    .or_insert_with(|| (server.upstream.clone(), Vec::new()))
-                    .1
-                    .push(route.label.clone());
+                    .or_insert_with(|| ServerEntry {
+                        slot: server.origin(),
+                        upstream: &server.upstream,
+                        routes: Vec::new(),
+                    })
+                    .routes
+                    .push(route.label.as_str());
             }
-            routes.push((route.label.clone(), servers.iter().map(|s| s.origin()).collect()));
+            routes.push((route.label.as_str(), servers.iter().map(|s| s.origin()).collect()));
         }
         Upstreams {
             origins: origins.into_values().collect(),
             routes,
-            health,
+            health: &table.health,
         }
     }
 
-    fn find(&self, upstream: &crate::config::Upstream) -> Option<usize> {
-        self.origins.iter().position(|(u, _)| u == upstream)
+    fn find(&self, upstream: &crate::config::Upstream) -> Option<&ServerEntry<'t>> {
+        self.origins.iter().find(|o| o.upstream == upstream)
     }
 
-    fn describe(&self, i: usize) -> serde_json::Value {
-        let (upstream, routes) = &self.origins[i];
-        let state = self.health.state(i);
+    fn describe(&self, origin: &ServerEntry<'_>) -> serde_json::Value {
+        let state = self.health.state(origin.slot);
         json!({
-            "upstream": upstream.to_string(),
-            "routes": routes,
+            "upstream": origin.upstream.to_string(),
+            "routes": origin.routes,
             "state": if state.maintenance { "maintenance" } else { "ready" },
             "down_for_ms": u64::try_from(state.down_for.as_millis()).unwrap_or(u64::MAX),
         })
+    }
+
+    /// Whether the health of `origin` is watched: it is one of a route's
+    /// several servers (a route's only upstream is never marked down).
+    fn watched(&self, origin: &ServerEntry<'_>) -> bool {
+        self.routes.iter().any(|(_, o)| o.len() > 1 && o.contains(&origin.slot))
     }
 }
 
@@ -105,7 +124,7 @@ impl AdminState {
         sessions: Arc<Sessions>,
         tls: crate::tls::Reloadable,
         users: crate::auth::UserDirectory,
-        upstreams: Upstreams,
+        routes: Arc<crate::proxy::table::Tables>,
     ) -> AdminState {
         AdminState {
             config,
@@ -113,7 +132,7 @@ impl AdminState {
             sessions,
             tls,
             users,
-            upstreams,
+            routes,
         }
     }
 
@@ -121,10 +140,12 @@ impl AdminState {
     /// `[[users]]` are put in force for every login from now on, and every
     /// session of a user who was removed or whose password hash, email or
     /// groups changed is ended (their identity headers would be stale, and
-    /// a removed user must lose access at once). Other sections are only
-    /// compared: a change there is logged as needing a restart. The
-    /// certificate and key are reloaded too. When invalid: nothing changes
-    /// and the error names the file, key and line.
+    /// a removed user must lose access at once). Its `[[routes]]` are put
+    /// in force for every request from now on (see `proxy::table`), unless
+    /// they need an upstream TLS client the gateway did not start with.
+    /// Other sections are only compared: a change there is logged as
+    /// needing a restart. The certificate and key are reloaded too. When
+    /// invalid: nothing changes and the error names the file, key and line.
     pub async fn reload_config(&self) -> Result<ConfigReloaded, String> {
         let source = self.config.source.clone();
         let loaded = tokio::task::spawn_blocking(move || {
@@ -168,9 +189,24 @@ impl AdminState {
             }
             _ => false,
         };
-        let restart_needed = sections_changed(&self.config, &new);
+        let routes = self.routes.replace(&new.routes, self.config.upstream_tls.is_some());
+        let mut restart_needed = sections_changed(&self.config, &new);
+        match routes {
+            Replaced::Applied => {
+                tracing::info!(
+                    event = "routes_reloaded",
+                    routes = new.routes.len(),
+                    "routes reloaded: every request from now on uses them"
+                )
+            }
+            Replaced::NeedsUpstreamTls => {
+                restart_needed.push("routes");
+                tracing::warn!("the new routes name an https:// upstream, and the gateway started without one (so without an upstream TLS client): they take effect at the next restart");
+            }
+            Replaced::Unchanged => {}
+        }
         if !restart_needed.is_empty() {
-            tracing::warn!(sections = ?restart_needed, "config changes outside [[users]] and the certificate files take effect at the next restart");
+            tracing::warn!(sections = ?restart_needed, "config changes outside [[users]], [[routes]] and the certificate files take effect at the next restart");
         }
         let tls = {
             let (tls, metrics, cert) = (self.tls.clone(), self.metrics.clone(), self.config.tls.cert.clone());
@@ -185,6 +221,7 @@ impl AdminState {
             users_removed = changes.removed.len(),
             users_changed = changes.changed.len(),
             sessions_ended,
+            routes_reloaded = routes == Replaced::Applied,
             "config reloaded"
         );
         Ok(ConfigReloaded {
@@ -192,6 +229,7 @@ impl AdminState {
             sessions_ended,
             tls,
             upstream_tls_reloaded,
+            routes_reloaded: routes == Replaced::Applied,
             restart_needed,
         })
     }
@@ -214,21 +252,22 @@ pub struct ConfigReloaded {
     /// Whether `[upstream_tls]`'s files were read again and put in force
     /// for new upstream connections (when routes have `https://` upstreams).
     pub upstream_tls_reloaded: bool,
+    /// Whether `[[routes]]` changed and the new ones are in force.
+    pub routes_reloaded: bool,
     /// Sections that differ from the running config but need a restart.
     pub restart_needed: Vec<&'static str>,
 }
 
-/// The sections of `new` that differ from `running`, apart from `[[users]]`
-/// and `[upstream_tls]` (applied) and the certificate files' contents
-/// (reloaded).
+/// The sections of `new` that differ from `running`, apart from `[[users]]`,
+/// `[[routes]]` and `[upstream_tls]` (applied) and the certificate files'
+/// contents (reloaded).
 fn sections_changed(running: &Config, new: &Config) -> Vec<&'static str> {
     let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     let mut out = Vec::new();
-    let sections: [(&'static str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 11] = [
+    let sections: [(&'static str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 10] = [
         ("server", &running.server, &new.server),
         ("tls", &running.tls, &new.tls),
         ("admin", &running.admin, &new.admin),
-        ("routes", &running.routes, &new.routes),
         ("session", &running.session, &new.session),
         ("store", &running.store, &new.store),
         ("headers", &running.headers, &new.headers),
@@ -381,6 +420,7 @@ async fn config_reload(state: &AdminState, req: &Request<Incoming>) -> Response<
                 "tls_reloaded": r.tls.is_ok(),
                 "tls_error": r.tls.err(),
                 "upstream_tls_reloaded": r.upstream_tls_reloaded,
+                "routes_reloaded": r.routes_reloaded,
                 "restart_needed": r.restart_needed,
             }),
         ),
@@ -402,13 +442,14 @@ async fn upstreams_api(state: &AdminState, req: Request<Incoming>) -> Response<B
     if !authorized(state, req.headers()) {
         return unauthorized();
     }
-    let ups = &state.upstreams;
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/upstreams") => {
-            let all: Vec<_> = (0..ups.origins.len()).map(|i| ups.describe(i)).collect();
+            let table = state.routes.current();
+            let ups = Upstreams::new(&table);
+            let all: Vec<_> = ups.origins.iter().map(|o| ups.describe(o)).collect();
             json(StatusCode::OK, &json!({ "upstreams": all }))
         }
-        (&Method::POST, "/upstreams/state") => set_upstream_state(ups, req).await,
+        (&Method::POST, "/upstreams/state") => set_upstream_state(&state.routes, req).await,
         _ => json(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({"error": "GET /upstreams or POST /upstreams/state"}),
@@ -423,7 +464,7 @@ struct StateRequest {
     state: String,
 }
 
-async fn set_upstream_state(ups: &Upstreams, req: Request<Incoming>) -> Response<Body> {
+async fn set_upstream_state(tables: &crate::proxy::table::Tables, req: Request<Incoming>) -> Response<Body> {
     let bad = |e: String| json(StatusCode::BAD_REQUEST, &json!({ "error": e }));
     let Ok(bytes) = Limited::new(req.into_body(), 4096)
         .collect()
@@ -445,25 +486,29 @@ async fn set_upstream_state(ups: &Upstreams, req: Request<Incoming>) -> Response
         Ok(u) => u,
         Err(e) => return bad(format!("upstream `{}`: {e}", asked.upstream)),
     };
-    let Some(i) = ups.find(&upstream) else {
-        return json(
-            StatusCode::NOT_FOUND,
-            &json!({"error": format!("no route has the upstream {upstream}")}),
-        );
-    };
-    let routes = ups.routes.iter().map(|(label, o)| (label.as_str(), o.as_slice()));
-    match ups.health.set_maintenance(i, maintenance, routes) {
-        Ok(()) => {
-            tracing::warn!(event = "upstream_state", upstream = %upstream, state = asked.state, "upstream server state set through the admin API");
-            json(StatusCode::OK, &ups.describe(i))
+    // On the current table, with reloads held off until it is set.
+    tables.with_current(|table| {
+        let ups = Upstreams::new(table);
+        let Some(origin) = ups.find(&upstream) else {
+            return json(
+                StatusCode::NOT_FOUND,
+                &json!({"error": format!("no route has the upstream {upstream}")}),
+            );
+        };
+        let routes = ups.routes.iter().map(|(label, o)| (*label, o.as_slice()));
+        match ups.health.set_maintenance(origin.slot, maintenance, routes) {
+            Ok(()) => {
+                tracing::warn!(event = "upstream_state", upstream = %upstream, state = asked.state, "upstream server state set through the admin API");
+                json(StatusCode::OK, &ups.describe(origin))
+            }
+            Err(crate::proxy::balance::StateError::LastInService(route)) => json(
+                StatusCode::CONFLICT,
+                &json!({"error": format!(
+                    "route {route} would have no upstream server in service; put another back first"
+                )}),
+            ),
         }
-        Err(crate::proxy::balance::StateError::LastInService(route)) => json(
-            StatusCode::CONFLICT,
-            &json!({"error": format!(
-                "route {route} would have no upstream server in service; put another back first"
-            )}),
-        ),
-    }
+    })
 }
 
 fn unauthorized() -> Response<Body> {
@@ -497,12 +542,14 @@ fn metrics(state: &AdminState) -> Response<Body> {
         .set(i64::try_from(state.sessions.cached()).unwrap_or(i64::MAX));
     // Only servers of routes with several are watched: a route's only
     // upstream is never marked down, so a 1 there would say nothing.
-    let ups = &state.upstreams;
-    let watched = |i: usize| ups.routes.iter().any(|(_, o)| o.len() > 1 && o.contains(&i));
-    for (i, (upstream, _)) in ups.origins.iter().enumerate().filter(|(i, _)| watched(*i)) {
-        let now = ups.health.state(i);
+    let table = state.routes.current();
+    let ups = Upstreams::new(&table);
+    // A server that a reload removed from every route leaves the series.
+    state.metrics.clear_upstream_ready();
+    for origin in ups.origins.iter().filter(|o| ups.watched(o)) {
+        let now = ups.health.state(origin.slot);
         let ready = !now.maintenance && now.down_for.is_zero();
-        state.metrics.upstream_ready(upstream, ready);
+        state.metrics.upstream_ready(origin.upstream, ready);
     }
     let mut r = Response::new(body::full(state.metrics.encode()));
     r.headers_mut().insert(

@@ -339,6 +339,12 @@ impl Metrics {
             .inc();
     }
 
+    /// Forgets every `upstream_ready` series; a scrape sets the ones of
+    /// the routes in force again.
+    pub fn clear_upstream_ready(&self) {
+        self.upstream_ready.clear();
+    }
+
     /// Whether an upstream server takes requests, as the admin reads it at a scrape.
     pub fn upstream_ready(&self, upstream: &crate::config::Upstream, ready: bool) {
         self.upstream_ready

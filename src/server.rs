@@ -180,7 +180,7 @@ impl Gateway {
             sessions,
             tls.clone(),
             shared.auth.users.directory(),
-            crate::admin::Upstreams::new(&shared.router, shared.health.clone()),
+            shared.routes.clone(),
         ));
         Ok(Gateway {
             config,
@@ -288,7 +288,7 @@ impl Gateway {
             permits: permits.clone(),
             upstream: proxy::upstream::client(
                 &self.config.server,
-                self.shared.origins.clone(),
+                self.shared.routes.origins().clone(),
                 self.config.upstream_tls.as_ref(),
             ),
             accepted: self.shared.metrics.worker_accepts(index),
@@ -662,6 +662,7 @@ impl Connection {
                 recent: Default::default(),
                 upstream_deadline: Default::default(),
             },
+            table: self.shared.routes.current(),
             shared: self.shared,
             activity: Activity::new(h2),
             kept_alive: KeptAlive {
@@ -710,6 +711,9 @@ struct Handler(Arc<HandlerState>);
 
 struct HandlerState {
     shared: Arc<Shared>,
+    /// The routes in force when the connection opened; its requests take
+    /// the current ones instead once a reload replaced them.
+    table: Arc<proxy::table::Table>,
     conn: ConnInfo,
     activity: Activity,
     kept_alive: KeptAlive,
@@ -748,7 +752,14 @@ impl Handler {
         let in_flight = InFlight::begin(self);
         let state = &*in_flight.0 .0;
         let upload = |body: Body| Body::boxed(Uploading::new(body, Upload::begin(&in_flight.0)));
-        let mut resp = proxy::handle(&state.shared, &state.conn, req, &upload).await;
+        let reloaded;
+        let table = if state.shared.routes.is_current(&state.table) {
+            &*state.table
+        } else {
+            reloaded = state.shared.routes.current();
+            &*reloaded
+        };
+        let mut resp = proxy::handle(&state.shared, table, &state.conn, req, &upload).await;
         if let Some(hsts) = &state.shared.config.tls.hsts {
             resp.headers_mut()
                 .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());

@@ -139,7 +139,7 @@ impl std::fmt::Display for Upstream {
 }
 
 /// A route's upstream servers: one or more, each named once.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstreams(Box<[Upstream]>);
 
 impl Upstreams {
@@ -166,7 +166,7 @@ pub enum Balance {
     RoundRobin,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     pub path_prefix: String,
     /// Lowercased host without port.

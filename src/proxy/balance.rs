@@ -199,6 +199,32 @@ impl Health {
         }
     }
 
+    /// The health of a reloaded route table, with a slot for each of
+    /// `named`: a slot that is named (some route lists its server) keeps
+    /// the state it has in `previous` (a server in maintenance stays there,
+    /// one marked down stays down); the others start up and in service, so
+    /// a server retired and listed again later comes back ready. Slots are
+    /// positions in `upstream::Origins`, which only grows.
+    pub fn following(previous: &Health, named: &[bool]) -> Health {
+        let origins = named.len();
+        let kept = |i: usize| named[i];
+        let copy_u64 = |i: usize| {
+            let down = previous.down_until.get(i).filter(|_| kept(i));
+            down.map_or(0, |d| d.load(Ordering::Relaxed))
+        };
+        let copy_bool = |i: usize| {
+            let off = previous.maintenance.get(i).filter(|_| kept(i));
+            off.is_some_and(|m| m.load(Ordering::Relaxed))
+        };
+        Health {
+            epoch: previous.epoch,
+            down_until: (0..origins).map(|i| AtomicU64::new(copy_u64(i))).collect(),
+            maintenance: (0..origins).map(|i| AtomicBool::new(copy_bool(i))).collect(),
+            changing: Mutex::new(()),
+            fail_timeout: previous.fail_timeout,
+        }
+    }
+
     fn in_service(&self, origin: usize) -> bool {
         self.maintenance.get(origin).is_none_or(|m| !m.load(Ordering::Relaxed))
     }

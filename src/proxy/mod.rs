@@ -12,6 +12,7 @@ pub mod body;
 mod framing;
 pub mod headers;
 pub mod identity;
+pub mod table;
 mod upgrade;
 pub mod upstream;
 mod upstream_cookies;
@@ -20,8 +21,8 @@ use crate::auth::endpoints::{self, Auth, EndpointRequest};
 use crate::config::{AuthMode, Config, CrossOrigin};
 use crate::cross_origin;
 use crate::error::GatewayError;
-use crate::metrics::{Metrics, RouteMetrics, UpstreamErrorKind};
-use crate::routing::{normalize_path, PathError, Route, Router};
+use crate::metrics::{Metrics, UpstreamErrorKind};
+use crate::routing::{normalize_path, PathError, Route};
 use crate::server::StartError;
 use crate::session::token::SessionId;
 use crate::session::{Live, Lookup, SessionError, Sessions};
@@ -40,30 +41,28 @@ use std::time::Instant;
 /// State shared by every connection.
 pub struct Shared {
     pub config: Arc<Config>,
-    pub router: Router,
-    /// Metric handles, parallel to `router.routes()`.
-    route_metrics: Vec<RouteMetrics>,
+    /// The routes in force (replaced by a reload), and every upstream
+    /// origin named since the start.
+    pub routes: Arc<table::Tables>,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<Sessions>,
     pub auth: Auth,
     owned_headers: identity::OwnedHeaders,
-    /// The routes' upstream origins, for each worker's client.
-    pub origins: upstream::Origins,
-    /// Which origins are marked down or in maintenance (routes with
-    /// several servers); shared with the admin API.
-    pub health: Arc<balance::Health>,
 }
 
 impl Shared {
     /// Fails if the password-hashing threads cannot be placed on `[login] hash_cpus`.
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, sessions: Arc<Sessions>) -> Result<Shared, StartError> {
-        let origins = upstream::Origins::new(&config.routes);
         let readings = crate::routing::Readings {
             fold_case: !config.server.upstream_paths_case_sensitive,
             format_suffix: config.server.upstream_paths_format_suffix,
         };
-        let router = Router::new(&config.routes, &origins, readings);
-        let route_metrics = router.routes().iter().map(|r| metrics.route(&r.label)).collect();
+        let routes = Arc::new(table::Tables::new(
+            &config.routes,
+            readings,
+            config.server.upstream_fail_timeout,
+            metrics.clone(),
+        ));
         let auth = Auth::new(&config).map_err(|source| StartError::HashCpus {
             cpus: config.login.hash_cpus.clone(),
             source,
@@ -71,21 +70,11 @@ impl Shared {
         Ok(Shared {
             auth,
             owned_headers: identity::OwnedHeaders::new(&config.headers),
-            health: Arc::new(balance::Health::new(
-                origins.count(),
-                config.server.upstream_fail_timeout,
-            )),
-            origins,
+            routes,
             config,
-            router,
-            route_metrics,
             metrics,
             sessions,
         })
-    }
-
-    fn route_metrics(&self, route: &Route) -> Option<&RouteMetrics> {
-        self.route_metrics.get(route.index)
     }
 }
 
@@ -131,10 +120,12 @@ impl RequestCtx<'_> {
     }
 }
 
-/// Entry point from the server: never fails, always logs. `upload` wraps
-/// a request body that starts on its way upstream (see [`UploadHook`]).
+/// Entry point from the server: never fails, always logs. `table` is the
+/// routes in force (see [`table::Tables::is_current`]). `upload` wraps a
+/// request body that starts on its way upstream (see [`UploadHook`]).
 pub async fn handle(
     shared: &Shared,
+    table: &table::Table,
     conn: &ConnInfo,
     req: Request<Incoming>,
     upload: UploadHook<'_>,
@@ -156,7 +147,7 @@ pub async fn handle(
     // The pipeline takes the request out when it forwards it or hands it to
     // an endpoint; left here, it was answered without its body being read.
     let mut unread = Some(req);
-    let (mut resp, failed) = match pipeline(shared, conn, &mut ctx, &mut unread, upload).await {
+    let (mut resp, failed) = match pipeline(shared, table, conn, &mut ctx, &mut unread, upload).await {
         Ok(resp) => (resp, false),
         Err(err) => (error_response(shared, &ctx, err), true),
     };
@@ -177,7 +168,7 @@ pub async fn handle(
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    finish(shared, &ctx, &resp);
+    finish(shared, table, &ctx, &resp);
     resp
 }
 
@@ -209,10 +200,10 @@ fn error_response(shared: &Shared, ctx: &RequestCtx<'_>, err: GatewayError) -> R
 }
 
 /// Logging and metrics: runs for every request, whatever happened.
-fn finish(shared: &Shared, ctx: &RequestCtx<'_>, resp: &Response<Body>) {
+fn finish(shared: &Shared, table: &table::Table, ctx: &RequestCtx<'_>, resp: &Response<Body>) {
     let total = ctx.start.elapsed();
     let status = resp.status();
-    if let Some(m) = ctx.route.as_ref().and_then(|r| shared.route_metrics(r)) {
+    if let Some(m) = ctx.route.as_ref().and_then(|r| table.route_metrics(r)) {
         m.observe(status, total.as_secs_f64());
     }
     if !shared.config.server.access_log {
@@ -246,6 +237,7 @@ impl std::fmt::Display for ServerName<'_> {
 
 async fn pipeline<'s>(
     shared: &'s Shared,
+    table: &'s table::Table,
     conn: &ConnInfo,
     ctx: &mut RequestCtx<'s>,
     slot: &mut Option<Request<Incoming>>,
@@ -291,7 +283,7 @@ async fn pipeline<'s>(
         return Box::pin(endpoints::handle(ep, &path, req)).await;
     }
 
-    let route: &'s Route = match shared.router.route(host.as_ref().map(|h| &*h.name), path) {
+    let route: &'s Route = match table.router.route(host.as_ref().map(|h| &*h.name), path) {
         Ok(route) => route.ok_or(GatewayError::NoRoute)?,
         Err(PathError::MissingSlash) => return Err(missing_slash(path, req)),
         Err(e) => return Err(e.into()),
@@ -400,7 +392,17 @@ async fn pipeline<'s>(
         // Boxed: the retry's state stays out of every other request's future.
         None => {
             let id = session.as_ref().map(|live| &live.record.id);
-            Box::pin(exchange_balanced(shared, conn, ctx, route, id, req, upload)).await?
+            Box::pin(exchange_balanced(
+                shared,
+                &table.health,
+                conn,
+                ctx,
+                route,
+                id,
+                req,
+                upload,
+            ))
+            .await?
         }
     };
     let mut resp = match (client_on_upgrade, resp.status()) {
@@ -427,8 +429,10 @@ const REPLAYABLE_BODY_BYTES: u64 = 64 * 1024;
 /// no body, with its body read whole first when that is at most
 /// [`REPLAYABLE_BODY_BYTES`]. A larger body gets the 502: it streams from
 /// the client into the failed attempt, and no copy is kept to send again.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 async fn exchange_balanced<'s>(
     shared: &Shared,
+    health: &balance::Health,
     conn: &ConnInfo,
     ctx: &mut RequestCtx<'s>,
     route: &'s Route,
@@ -436,7 +440,7 @@ async fn exchange_balanced<'s>(
     req: Request<Incoming>,
     upload: UploadHook<'_>,
 ) -> Result<Response<Incoming>, GatewayError> {
-    let (mut attempt, mut server) = route.servers.begin(session, &shared.health);
+    let (mut attempt, mut server) = route.servers.begin(session, health);
     let has_body = request_has_body(&req);
     let replayable = !has_body
         || req
@@ -457,25 +461,25 @@ async fn exchange_balanced<'s>(
         let err = match exchange(shared, conn, ctx, sent).await {
             Err(GatewayError::UpstreamConnect(err)) => err,
             Ok(resp) => {
-                if shared.health.mark_up(server) {
+                if health.mark_up(server) {
                     tracing::info!(event = "upstream_up", upstream = %server.upstream, route = %route.label, "upstream server answers again");
                 }
                 return Ok(resp);
             }
             Err(other) => return Err(other),
         };
-        if shared.health.mark_down(server) {
+        if health.mark_down(server) {
             shared.metrics.upstream_down(&server.upstream);
             tracing::warn!(
                 event = "upstream_down",
                 upstream = %server.upstream,
                 route = %route.label,
                 error = %err,
-                retry_in = ?shared.health.fail_timeout(),
+                retry_in = ?health.fail_timeout(),
                 "upstream server unreachable: marked down, its requests go to the route's other servers"
             );
         }
-        match (again, route.servers.next(&mut attempt, &shared.health)) {
+        match (again, route.servers.next(&mut attempt, health)) {
             (Some(mut again), Some(next)) => {
                 server = next;
                 *again.uri_mut() = server_uri(server, again.uri().path_and_query().cloned())?;

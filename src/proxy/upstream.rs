@@ -31,10 +31,17 @@ use tokio::time::{Instant, Sleep};
 
 pub type UpstreamClient = Client<Connector, Body>;
 
-/// The distinct upstream origins of the route table, in order of first
-/// appearance; an origin's position is its pool name.
+/// The distinct upstream origins the routes have named since the start,
+/// in order of first appearance; an origin's position is its pool name and
+/// its health slot.
+///
+/// Shared by the workers' connectors and the route tables, and only ever
+/// extended: a reload that names new servers appends them, and a server
+/// that no route names any more keeps its position. So a pool name means
+/// the same origin for as long as the process runs, and the connections
+/// pooled before a reload serve the same servers after it.
 #[derive(Clone, Debug)]
-pub struct Origins(Arc<[Origin]>);
+pub struct Origins(Arc<arc_swap::ArcSwap<Vec<Arc<Origin>>>>);
 
 #[derive(Debug)]
 struct Origin {
@@ -53,24 +60,34 @@ struct Origin {
 
 impl Origins {
     pub fn new(routes: &[RouteConfig]) -> Origins {
-        let mut origins: Vec<Origin> = Vec::new();
-        for upstream in routes.iter().flat_map(|r| r.upstreams.as_slice()) {
-            if !origins.iter().any(|o| o.upstream == *upstream) {
-                origins.push(Origin::new(upstream));
-            }
-        }
-        Origins(origins.into())
+        let origins = Origins(Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new())));
+        origins.extend(routes);
+        origins
     }
 
-    /// How many distinct origins the routes name.
+    /// Appends the origins of `routes` not yet known. A reload calls it
+    /// before it builds the routes that use them.
+    pub fn extend(&self, routes: &[RouteConfig]) {
+        self.0.rcu(|known| {
+            let mut list = Vec::clone(known);
+            for upstream in routes.iter().flat_map(|r| r.upstreams.as_slice()) {
+                if !list.iter().any(|o| o.upstream == *upstream) {
+                    list.push(Arc::new(Origin::new(upstream)));
+                }
+            }
+            list
+        });
+    }
+
+    /// How many distinct origins the routes named.
     pub fn count(&self) -> usize {
-        self.0.len()
+        self.0.load().len()
     }
 
     /// The position of `upstream` among the origins: its pool name, and
     /// its slot in `balance::Health`.
     pub fn index_of(&self, upstream: &Upstream) -> Option<usize> {
-        self.0.iter().position(|o| o.upstream == *upstream)
+        self.0.load().iter().position(|o| o.upstream == *upstream)
     }
 
     /// The authority that stands for `upstream` in requests to the pool.
@@ -83,8 +100,9 @@ impl Origins {
         }
     }
 
-    fn by_pool_name(&self, name: &str) -> Option<&Origin> {
-        self.0.get(name.parse::<usize>().ok()?)
+    /// Read when a connection is made, not per request.
+    fn by_pool_name(&self, name: &str) -> Option<Arc<Origin>> {
+        self.0.load().get(name.parse::<usize>().ok()?).cloned()
     }
 }
 

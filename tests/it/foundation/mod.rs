@@ -22,6 +22,7 @@
 //! - `access_log`: the JSON access log of the binary.
 //! - `idp_kit`: the test kit's mock OpenID Connect provider, on its own (no gateway).
 //! - `tls_reload`: a new certificate without a restart (admin API and SIGHUP), new tickets.
+//! - `route_reload`: `[[routes]]` put in force by a reload (admin API and SIGHUP), open connections included.
 
 mod access_log;
 mod admin;
@@ -37,6 +38,7 @@ mod limits;
 mod protocol;
 mod proxy_protocol;
 mod redirect;
+mod route_reload;
 mod routing;
 mod shutdown;
 mod tls_reload;
