@@ -67,6 +67,8 @@ struct ServerEntry<'t> {
     upstream: &'t crate::config::Upstream,
     /// The labels of the routes that list it.
     routes: Vec<&'t str>,
+    /// Whether a route with `health_check` lists it.
+    checked: bool,
 }
 
 impl<'t> Upstreams<'t> {
@@ -77,15 +79,14 @@ impl<'t> Upstreams<'t> {
         for route in table.router.routes() {
             let servers = route.servers.as_slice();
             for server in servers {
-                origins
-                    .entry(server.origin())
-                    .or_insert_with(|| ServerEntry {
-                        slot: server.origin(),
-                        upstream: &server.upstream,
-                        routes: Vec::new(),
-                    })
-                    .routes
-                    .push(route.label.as_str());
+                let entry = origins.entry(server.origin()).or_insert_with(|| ServerEntry {
+                    slot: server.origin(),
+                    upstream: &server.upstream,
+                    routes: Vec::new(),
+                    checked: false,
+                });
+                entry.routes.push(route.label.as_str());
+                entry.checked |= route.health_check.is_some();
             }
             routes.push((route.label.as_str(), servers.iter().map(|s| s.origin()).collect()));
         }
@@ -102,11 +103,17 @@ impl<'t> Upstreams<'t> {
 
     fn describe(&self, origin: &ServerEntry<'_>) -> serde_json::Value {
         let state = self.health.state(origin.slot);
+        let check = match (origin.checked, state.check_failed) {
+            (false, _) => "none",
+            (true, false) => "passing",
+            (true, true) => "failing",
+        };
         json!({
             "upstream": origin.upstream.to_string(),
             "routes": origin.routes,
             "state": if state.maintenance { "maintenance" } else { "ready" },
             "down_for_ms": u64::try_from(state.down_for.as_millis()).unwrap_or(u64::MAX),
+            "check": check,
         })
     }
 
@@ -548,7 +555,7 @@ fn metrics(state: &AdminState) -> Response<Body> {
     state.metrics.clear_upstream_ready();
     for origin in ups.origins.iter().filter(|o| ups.watched(o)) {
         let now = ups.health.state(origin.slot);
-        let ready = !now.maintenance && now.down_for.is_zero();
+        let ready = !now.maintenance && now.down_for.is_zero() && !now.check_failed;
         state.metrics.upstream_ready(origin.upstream, ready);
     }
     let mut r = Response::new(body::full(state.metrics.encode()));

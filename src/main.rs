@@ -220,8 +220,16 @@ fn check(path: &Path) -> ExitCode {
             (_, sessiongate::config::Balance::Sticky, _) => " balance=sticky",
             (_, sessiongate::config::Balance::RoundRobin, _) => " balance=round-robin",
         };
+        let checked = r
+            .health_check
+            .as_ref()
+            .map(|path| {
+                let every = humantime::format_duration(config.server.health_check_interval);
+                format!(" health_check={path} every {every}")
+            })
+            .unwrap_or_default();
         println!(
-            "  route     {host}{} -> {upstreams}{balance} auth={:?}{groups}{step_up}{cross_origin}{framing}",
+            "  route     {host}{} -> {upstreams}{balance}{checked} auth={:?}{groups}{step_up}{cross_origin}{framing}",
             r.path_prefix, r.auth
         );
     }

@@ -173,6 +173,9 @@ pub struct Route {
     pub max_auth_age_ms: Option<u64>,
     pub cross_origin: CrossOrigin,
     pub framing: Framing,
+    /// What the active health check asks its servers for (see
+    /// `proxy::health_check`).
+    pub health_check: Option<http::uri::PathAndQuery>,
     /// Label used in metrics and logs.
     pub label: String,
     /// Position in the router's table (indexes per-route state elsewhere).
@@ -216,6 +219,7 @@ impl Router {
                 max_auth_age_ms: r.max_auth_age.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 cross_origin: r.cross_origin,
                 framing: r.framing,
+                health_check: r.health_check.clone(),
                 label: match &r.host {
                     Some(h) => format!("{h}{}", r.path_prefix),
                     None => r.path_prefix.clone(),
@@ -507,22 +511,7 @@ mod tests {
     fn router_with(prefixes: &[&str], readings: Readings) -> Router {
         let routes: Vec<RouteConfig> = prefixes
             .iter()
-            .map(|p| RouteConfig {
-                path_prefix: (*p).to_owned(),
-                host: None,
-                upstreams: crate::config::Upstreams::new(vec![crate::config::Upstream {
-                    scheme: http::uri::Scheme::HTTP,
-                    authority: http::uri::Authority::from_static("127.0.0.1:9"),
-                }])
-                .unwrap_or_else(|| panic!("one upstream")),
-                balance: crate::config::Balance::Sticky,
-                auth: AuthMode::None,
-                groups: Vec::new(),
-                max_body_bytes: None,
-                max_auth_age: None,
-                cross_origin: CrossOrigin::Reject,
-                framing: Framing::SameOrigin,
-            })
+            .map(|p| RouteConfig::for_tests(p, &["http://127.0.0.1:9"], AuthMode::None))
             .collect();
         Router::new(&routes, &crate::proxy::upstream::Origins::new(&routes), readings)
     }

@@ -305,6 +305,19 @@ impl Gateway {
             self.admin_state.clone(),
             shutdown_rx.clone(),
         ));
+        // Always running: a reload may give a route its first `health_check`.
+        let checks = proxy::health_check::Checks {
+            tables: self.shared.routes.clone(),
+            client: proxy::upstream::client(
+                &self.config.server,
+                self.shared.routes.origins().clone(),
+                self.config.upstream_tls.as_ref(),
+            ),
+            metrics: self.shared.metrics.clone(),
+            interval: self.config.server.health_check_interval,
+            timeout: self.config.server.health_check_timeout,
+        };
+        let checks_task = tokio::spawn(checks.run(shutdown_rx.clone()));
         let redirect_task = self.redirect.map(|l| {
             let port = self.config.server.public_https_port.unwrap_or(https_addr.port());
             let balancers = self.config.server.proxy_protocol_from.clone();
@@ -326,6 +339,7 @@ impl Gateway {
         })
         .await;
         admin_task.abort();
+        checks_task.abort();
         if let Some(t) = redirect_task {
             t.abort();
         }

@@ -181,6 +181,34 @@ pub struct RouteConfig {
     pub max_auth_age: Option<Duration>,
     pub cross_origin: CrossOrigin,
     pub framing: Framing,
+    /// The path (and query) each of its servers is asked for by the active
+    /// health check; only on routes with several servers.
+    pub health_check: Option<http::uri::PathAndQuery>,
+}
+
+#[cfg(test)]
+impl RouteConfig {
+    /// For unit tests: `path_prefix` to `servers` (origins), sticky, with
+    /// `auth` and every other key at its default.
+    pub fn for_tests(path_prefix: &str, servers: &[&str], auth: AuthMode) -> RouteConfig {
+        let all = servers
+            .iter()
+            .map(|s| parse_upstream(s).unwrap_or_else(|e| panic!("{s}: {e}")))
+            .collect();
+        RouteConfig {
+            path_prefix: path_prefix.into(),
+            host: None,
+            upstreams: Upstreams::new(all).unwrap_or_else(|| panic!("bad list {servers:?}")),
+            balance: Balance::Sticky,
+            auth,
+            groups: Vec::new(),
+            max_body_bytes: None,
+            max_auth_age: None,
+            cross_origin: CrossOrigin::Reject,
+            framing: Framing::SameOrigin,
+            health_check: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +248,10 @@ pub struct ServerConfig {
     /// How long one of a route's several upstream servers gets no requests
     /// after a connection to it failed (see `proxy::balance`).
     pub upstream_fail_timeout: Duration,
+    /// How often the servers of routes with `health_check` are checked,
+    /// and how long a check may take (see `proxy::health_check`).
+    pub health_check_interval: Duration,
+    pub health_check_timeout: Duration,
     pub tls_handshakes: Handshakes,
     /// CPUs the TLS handshake threads and the embedded store's commit
     /// thread are confined to, each listed once; empty: wherever the process
@@ -974,6 +1006,8 @@ impl Validator<'_> {
                 .duration("server.upstream_pool_idle_timeout", &s.upstream_pool_idle_timeout)?,
             upstream_pool_max_idle_per_host: s.upstream_pool_max_idle_per_host,
             upstream_fail_timeout: self.duration("server.upstream_fail_timeout", &s.upstream_fail_timeout)?,
+            health_check_interval: self.health_check_interval(s)?,
+            health_check_timeout: self.health_check_timeout(s)?,
             tls_handshakes: match s.tls_handshakes.to_ascii_lowercase().as_str() {
                 "auto" => Handshakes::Auto,
                 "background" => Handshakes::Background,
@@ -1255,6 +1289,7 @@ impl Validator<'_> {
             Some(h) => Some(h.to_ascii_lowercase()),
             None => None,
         };
+        let health_check = self.health_check(&key("health_check"), r, &upstreams)?;
         Ok(RouteConfig {
             path_prefix: r.path_prefix.clone(),
             host,
@@ -1266,7 +1301,56 @@ impl Validator<'_> {
             max_auth_age,
             cross_origin,
             framing,
+            health_check,
         })
+    }
+
+    /// A route's `health_check`: a path, and only where a server can be
+    /// left out (a route's only upstream always gets its requests).
+    fn health_check(
+        &self,
+        key: &str,
+        r: &raw::RawRoute,
+        upstreams: &Upstreams,
+    ) -> Result<Option<http::uri::PathAndQuery>, ConfigError> {
+        let Some(path) = &r.health_check else {
+            return Ok(None);
+        };
+        if upstreams.as_slice().len() < 2 {
+            return Err(self.err(
+                key,
+                "needs several upstream servers: a route's only upstream gets every request whatever a check says",
+            ));
+        }
+        match path.parse::<http::uri::PathAndQuery>() {
+            Ok(pq) if path.starts_with('/') => Ok(Some(pq)),
+            _ => Err(self.err(
+                key,
+                format!("`{path}` is not a path starting with `/` (a query may follow)"),
+            )),
+        }
+    }
+
+    fn health_check_interval(&self, s: &raw::RawServer) -> Result<Duration, ConfigError> {
+        let interval = self.duration("server.health_check_interval", &s.health_check_interval)?;
+        if interval.is_zero() {
+            return Err(self.err("server.health_check_interval", "must be longer than zero"));
+        }
+        Ok(interval)
+    }
+
+    /// `health_check_timeout`, at most `health_check_interval`: checks of
+    /// one server never overlap.
+    fn health_check_timeout(&self, s: &raw::RawServer) -> Result<Duration, ConfigError> {
+        let timeout = self.duration("server.health_check_timeout", &s.health_check_timeout)?;
+        let interval = self.health_check_interval(s)?;
+        if timeout > interval {
+            return Err(self.err(
+                "server.health_check_timeout",
+                format!("must not exceed health_check_interval ({})", s.health_check_interval),
+            ));
+        }
+        Ok(timeout)
     }
 
     fn session(&self, s: &raw::RawSession) -> Result<SessionConfig, ConfigError> {

@@ -155,6 +155,10 @@ pub struct RawServer {
     pub upstream_pool_idle_timeout: String,
     #[serde(default = "d_upstream_fail_timeout")]
     pub upstream_fail_timeout: String,
+    #[serde(default = "d_health_check_interval")]
+    pub health_check_interval: String,
+    #[serde(default = "d_health_check_timeout")]
+    pub health_check_timeout: String,
     #[serde(default = "d_upstream_pool_max_idle")]
     pub upstream_pool_max_idle_per_host: usize,
     #[serde(default = "d_tls_handshakes")]
@@ -190,6 +194,8 @@ impl Default for RawServer {
             shutdown_grace: d_shutdown_grace(),
             upstream_pool_idle_timeout: d_upstream_pool_idle(),
             upstream_fail_timeout: d_upstream_fail_timeout(),
+            health_check_interval: d_health_check_interval(),
+            health_check_timeout: d_health_check_timeout(),
             upstream_pool_max_idle_per_host: d_upstream_pool_max_idle(),
             tls_handshakes: d_tls_handshakes(),
             background_cpus: Vec::new(),
@@ -213,6 +219,12 @@ fn d_upstream_timeout() -> String {
 }
 fn d_upstream_fail_timeout() -> String {
     "10s".into()
+}
+fn d_health_check_interval() -> String {
+    "5s".into()
+}
+fn d_health_check_timeout() -> String {
+    "2s".into()
 }
 fn d_upstream_connect_timeout() -> String {
     "5s".into()
@@ -316,6 +328,7 @@ pub struct RawRoute {
     pub cross_origin: String,
     #[serde(default = "d_route_framing")]
     pub framing: String,
+    pub health_check: Option<String>,
 }
 
 /// A route's `upstream`: one origin, or a list of them. Read by hand,

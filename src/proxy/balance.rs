@@ -167,6 +167,9 @@ pub struct Health {
     down_until: Box<[AtomicU64]>,
     /// Set through the admin API (`POST /upstreams/state`): no requests.
     maintenance: Box<[AtomicBool]>,
+    /// Set while the origin's last active health check failed (see
+    /// `proxy::health_check`): marked down until one passes.
+    check_failed: Box<[AtomicBool]>,
     /// Held while the admin API checks and changes `maintenance`, so that
     /// two changes cannot each leave the other's route without a server.
     changing: Mutex<()>,
@@ -177,6 +180,8 @@ pub struct Health {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OriginState {
     pub maintenance: bool,
+    /// Its last active health check failed.
+    pub check_failed: bool,
     /// How much longer it is marked down; zero when it is not.
     pub down_for: Duration,
 }
@@ -194,6 +199,7 @@ impl Health {
             epoch: Instant::now(),
             down_until: (0..origins).map(|_| AtomicU64::new(0)).collect(),
             maintenance: (0..origins).map(|_| AtomicBool::new(false)).collect(),
+            check_failed: (0..origins).map(|_| AtomicBool::new(false)).collect(),
             changing: Mutex::new(()),
             fail_timeout,
         }
@@ -203,23 +209,30 @@ impl Health {
     /// `named`: a slot that is named (some route lists its server) keeps
     /// the state it has in `previous` (a server in maintenance stays there,
     /// one marked down stays down); the others start up and in service, so
-    /// a server retired and listed again later comes back ready. Slots are
-    /// positions in `upstream::Origins`, which only grows.
-    pub fn following(previous: &Health, named: &[bool]) -> Health {
+    /// a server retired and listed again later comes back ready. A failed
+    /// health check is kept only where a route still checks the slot
+    /// (`checked`): nothing else would clear it. Slots are positions in
+    /// `upstream::Origins`, which only grows.
+    pub fn following(previous: &Health, named: &[bool], checked: &[bool]) -> Health {
         let origins = named.len();
         let kept = |i: usize| named[i];
         let copy_u64 = |i: usize| {
             let down = previous.down_until.get(i).filter(|_| kept(i));
             down.map_or(0, |d| d.load(Ordering::Relaxed))
         };
-        let copy_bool = |i: usize| {
-            let off = previous.maintenance.get(i).filter(|_| kept(i));
-            off.is_some_and(|m| m.load(Ordering::Relaxed))
+        let copy_bool = |flags: &[AtomicBool], i: usize| {
+            let flag = flags.get(i).filter(|_| kept(i));
+            flag.is_some_and(|f| f.load(Ordering::Relaxed))
         };
         Health {
             epoch: previous.epoch,
             down_until: (0..origins).map(|i| AtomicU64::new(copy_u64(i))).collect(),
-            maintenance: (0..origins).map(|i| AtomicBool::new(copy_bool(i))).collect(),
+            maintenance: (0..origins)
+                .map(|i| AtomicBool::new(copy_bool(&previous.maintenance, i)))
+                .collect(),
+            check_failed: (0..origins)
+                .map(|i| AtomicBool::new(checked.get(i) == Some(&true) && copy_bool(&previous.check_failed, i)))
+                .collect(),
             changing: Mutex::new(()),
             fail_timeout: previous.fail_timeout,
         }
@@ -234,6 +247,7 @@ impl Health {
         let until = self.down_until.get(origin).map_or(0, |u| u.load(Ordering::Relaxed));
         OriginState {
             maintenance: !self.in_service(origin),
+            check_failed: self.check_failed(origin),
             down_for: Duration::from_millis(until.saturating_sub(self.now_ms())),
         }
     }
@@ -267,6 +281,35 @@ impl Health {
     }
 
     fn is_up(&self, origin: usize, now: u64) -> bool {
+        let passive = self.down_until.get(origin);
+        passive.is_none_or(|until| until.load(Ordering::Relaxed) <= now) && !self.check_failed(origin)
+    }
+
+    fn check_failed(&self, origin: usize) -> bool {
+        self.check_failed.get(origin).is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+
+    /// Records an active health check of `origin`. A failed one marks it
+    /// down until one passes; a passing one also clears a mark left by a
+    /// failed connection (it connected). True when this changed whether
+    /// it takes requests, for the caller to report.
+    pub fn checked(&self, origin: usize, passed: bool) -> bool {
+        let Some(flag) = self.check_failed.get(origin) else {
+            return false;
+        };
+        if passed {
+            let was_down = self
+                .down_until
+                .get(origin)
+                .is_some_and(|u| u.swap(0, Ordering::Relaxed) > self.now_ms());
+            flag.swap(false, Ordering::Relaxed) || was_down
+        } else {
+            !flag.swap(true, Ordering::Relaxed) && self.is_up_passively(origin)
+        }
+    }
+
+    fn is_up_passively(&self, origin: usize) -> bool {
+        let now = self.now_ms();
         self.down_until
             .get(origin)
             .is_none_or(|until| until.load(Ordering::Relaxed) <= now)
@@ -330,29 +373,12 @@ fn rank(key: u64, seed: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AuthMode, CrossOrigin, Framing, Upstreams};
-
-    fn upstream(s: &str) -> Upstream {
-        let uri: http::Uri = s.parse().unwrap_or_else(|e| panic!("{e}"));
-        Upstream {
-            scheme: uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
-            authority: uri.authority().cloned().unwrap_or_else(|| panic!("no authority")),
-        }
-    }
+    use crate::config::AuthMode;
 
     fn route(servers: &[&str], balance: Balance) -> RouteConfig {
         RouteConfig {
-            path_prefix: "/".into(),
-            host: None,
-            upstreams: Upstreams::new(servers.iter().map(|s| upstream(s)).collect())
-                .unwrap_or_else(|| panic!("bad list")),
             balance,
-            auth: AuthMode::Optional,
-            groups: Vec::new(),
-            max_body_bytes: None,
-            max_auth_age: None,
-            cross_origin: CrossOrigin::Reject,
-            framing: Framing::SameOrigin,
+            ..RouteConfig::for_tests("/", servers, AuthMode::Optional)
         }
     }
 
@@ -389,6 +415,32 @@ mod tests {
             counts[pick.parse::<usize>().unwrap_or_else(|e| panic!("{e}"))] += 1;
         }
         assert!(counts.iter().all(|&c| (850..1150).contains(&c)), "{counts:?}");
+    }
+
+    #[test]
+    fn a_failed_check_marks_down_until_a_check_passes() {
+        let (s, h) = servers(&THREE, Balance::Sticky);
+        let id = (0..100).map(session).find(|id| first(&s, &h, Some(id)) == "1");
+        let id = id.unwrap_or_else(|| panic!("no session on server 1"));
+        assert!(h.checked(1, false), "the failure is reported");
+        assert!(!h.checked(1, false), "and only once");
+        assert!(h.state(1).check_failed);
+        assert_ne!(first(&s, &h, Some(&id)), "1", "its session moved");
+        // An answer to a request does not override a failing check.
+        assert!(!h.mark_up(&s.as_slice()[1]));
+        assert_ne!(first(&s, &h, Some(&id)), "1");
+        assert!(h.checked(1, true), "the pass is reported");
+        assert!(!h.checked(1, true), "and only once");
+        assert_eq!(first(&s, &h, Some(&id)), "1", "its session is back");
+
+        // A pass also clears a failed connection's mark: the server connected.
+        assert!(h.mark_down(&s.as_slice()[1]));
+        assert_ne!(first(&s, &h, Some(&id)), "1");
+        assert!(h.checked(1, true));
+        assert_eq!(first(&s, &h, Some(&id)), "1");
+        // A failure while it is already marked down by a connection is not news.
+        assert!(h.mark_down(&s.as_slice()[1]));
+        assert!(!h.checked(1, false));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod balance;
 pub mod body;
 mod framing;
 pub mod headers;
+pub mod health_check;
 pub mod identity;
 pub mod table;
 mod upgrade;
@@ -798,7 +799,7 @@ fn classify_client_error(e: hyper_util::client::legacy::Error) -> GatewayError {
     GatewayError::UpstreamOther(error_chain(&e))
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -116,13 +116,16 @@ impl Tables {
             return Replaced::NeedsUpstreamTls;
         }
         self.origins.extend(routes);
-        let mut named = vec![false; self.origins.count()];
-        for upstream in routes.iter().flat_map(|r| r.upstreams.as_slice()) {
-            if let Some(slot) = self.origins.index_of(upstream) {
-                named[slot] = true;
+        let (mut named, mut checked) = (vec![false; self.origins.count()], vec![false; self.origins.count()]);
+        for route in routes {
+            for upstream in route.upstreams.as_slice() {
+                if let Some(slot) = self.origins.index_of(upstream) {
+                    named[slot] = true;
+                    checked[slot] |= route.health_check.is_some();
+                }
             }
         }
-        let health = Health::following(&old.health, &named);
+        let health = Health::following(&old.health, &named, &checked);
         let generation = old.generation + 1;
         let table = build(routes, &self.origins, self.readings, &self.metrics, health, generation);
         back_in_service(&table);
@@ -183,25 +186,9 @@ fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AuthMode, Balance, CrossOrigin, Framing, Upstreams};
 
     fn route(prefix: &str, servers: &[&str]) -> RouteConfig {
-        let all = servers
-            .iter()
-            .map(|s| crate::config::parse_upstream(s).unwrap_or_else(|e| panic!("{e}")))
-            .collect();
-        RouteConfig {
-            path_prefix: prefix.into(),
-            host: None,
-            upstreams: Upstreams::new(all).unwrap_or_else(|| panic!("bad list")),
-            balance: Balance::Sticky,
-            auth: AuthMode::Optional,
-            groups: Vec::new(),
-            max_body_bytes: None,
-            max_auth_age: None,
-            cross_origin: CrossOrigin::Reject,
-            framing: Framing::SameOrigin,
-        }
+        RouteConfig::for_tests(prefix, servers, crate::config::AuthMode::Optional)
     }
 
     fn tables(routes: &[RouteConfig]) -> Tables {
@@ -271,6 +258,23 @@ mod tests {
             Replaced::Applied
         );
         assert!(!tables.current().health.state(0).maintenance, "A is back in service");
+    }
+
+    #[test]
+    fn a_failed_check_lasts_only_while_a_route_checks_the_server() {
+        let checked = |path: Option<&str>| RouteConfig {
+            health_check: path.map(|p| p.parse().unwrap_or_else(|e| panic!("{e}"))),
+            ..route("/", &[A, B])
+        };
+        let tables = tables(&[checked(Some("/healthz"))]);
+        assert!(tables.current().health.checked(0, false));
+        assert_eq!(tables.replace(&[checked(Some("/ready"))], false), Replaced::Applied);
+        assert!(tables.current().health.state(0).check_failed, "still checked: kept");
+        assert_eq!(tables.replace(&[checked(None)], false), Replaced::Applied);
+        assert!(
+            !tables.current().health.state(0).check_failed,
+            "no check left to clear it"
+        );
     }
 
     #[test]

@@ -428,23 +428,7 @@ mod tests {
     use tower_service::Service;
 
     fn route(upstream: &str) -> RouteConfig {
-        let uri: http::Uri = upstream.parse().unwrap_or_else(|e| panic!("{e}"));
-        RouteConfig {
-            path_prefix: "/".into(),
-            host: None,
-            upstreams: crate::config::Upstreams::new(vec![Upstream {
-                scheme: uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
-                authority: uri.authority().cloned().unwrap_or_else(|| panic!("no authority")),
-            }])
-            .unwrap_or_else(|| panic!("one upstream")),
-            balance: crate::config::Balance::Sticky,
-            auth: AuthMode::None,
-            groups: Vec::new(),
-            max_body_bytes: None,
-            max_auth_age: None,
-            cross_origin: crate::config::CrossOrigin::Reject,
-            framing: crate::config::Framing::SameOrigin,
-        }
+        RouteConfig::for_tests("/", &[upstream], AuthMode::None)
     }
 
     async fn resolve(origins: &Origins, name: &str) -> io::Result<Vec<SocketAddr>> {

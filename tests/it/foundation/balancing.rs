@@ -589,7 +589,7 @@ async fn a_server_whose_tls_handshake_fails_is_marked_down() {
 }
 
 /// An HTTPS test server with the certificate and key in these PEM files.
-fn tls_server(cert: &std::path::Path, key: &std::path::Path) -> Arc<rustls::ServerConfig> {
+pub(super) fn tls_server(cert: &std::path::Path, key: &std::path::Path) -> Arc<rustls::ServerConfig> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .expect("read cert")
         .collect::<Result<_, _>>()

@@ -13,11 +13,12 @@
 //! The config file is rewritten from its own text: everything before its first `[[routes]]`
 //! table (the kit writes the routes last) is kept, and new routes are rendered by the kit.
 
-use std::{collections::BTreeSet, path::Path, sync::Arc};
+use std::{collections::BTreeSet, path::Path};
 
 use reqwest::StatusCode;
-use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use serde_json::Value;
+
+use super::balancing::tls_server;
 
 use crate::{
     kit::{
@@ -547,20 +548,4 @@ async fn sighup_reloads_the_routes_of_the_running_process() {
     let echo = after.echo();
     assert_eq!((echo.upstream(), echo.path()), ("b", "/after"));
     assert_eq!(a.targets(), ["/before"]);
-}
-
-/// An HTTPS test server with the certificate and key in these PEM files.
-fn tls_server(cert: &Path, key: &Path) -> Arc<rustls::ServerConfig> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .expect("read cert")
-        .collect::<Result<_, _>>()
-        .expect("parse cert");
-    let key = PrivateKeyDer::from_pem_file(key).expect("read key");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("server config");
-    Arc::new(config)
 }

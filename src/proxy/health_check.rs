@@ -1,0 +1,172 @@
+//! Active health checks: the servers of routes with `health_check` are
+//! asked for that path every `[server] health_check_interval`.
+//!
+//! Passive health (`balance`) only sees connections that fail. An app that
+//! accepts connections but is broken (it answers 500 or 503 while its
+//! database is gone, or hangs) keeps its sessions until users complain, and
+//! a server that died is found by a visitor's request. A check finds both
+//! between requests: a server whose check fails (no answer within
+//! `health_check_timeout`, or a status other than 2xx or 3xx) is marked
+//! down, and its sessions go to their next-ranked servers, until a check
+//! passes again. One failure or one pass decides, as nginx's defaults do.
+//!
+//! One task runs the checks of every server, all at once, from the route
+//! table in force at each round, so a reload's routes are checked from the
+//! next round on.
+
+use crate::config::Upstream;
+use crate::metrics::Metrics;
+use crate::proxy::balance::Server;
+use crate::proxy::body::{self, Body};
+use crate::proxy::table::{Table, Tables};
+use crate::proxy::upstream::UpstreamClient;
+use http::uri::PathAndQuery;
+use http::{header, HeaderValue, Request, StatusCode, Uri};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// What one round checks: each server once, with the path of the first
+/// route (in the router's order) that checks it.
+struct Target<'t> {
+    server: &'t Server,
+    path: &'t PathAndQuery,
+    route: &'t str,
+}
+
+/// Why a check failed, for the log.
+#[derive(Debug)]
+enum Failed {
+    Status(StatusCode),
+    Timeout(Duration),
+    Connect(String),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Status(s) => write!(f, "answered {s}"),
+            Failed::Timeout(t) => write!(f, "no answer within {t:?}"),
+            Failed::Connect(e) => write!(f, "request failed: {e}"),
+        }
+    }
+}
+
+/// How the checks run; from `[server]`.
+pub struct Checks {
+    pub tables: Arc<Tables>,
+    pub client: UpstreamClient,
+    pub metrics: Arc<Metrics>,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Checks {
+    /// Checks every round until `shutdown` says stop.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = crate::server::stopped(&mut shutdown) => return,
+            }
+            self.round(&self.tables.current()).await;
+        }
+    }
+
+    /// Checks each server of `table` once, all at once, and records the
+    /// results in the table's health.
+    async fn round(&self, table: &Table) {
+        let targets = targets(table);
+        if targets.is_empty() {
+            return;
+        }
+        let results = futures_util::future::join_all(targets.iter().map(|t| self.check(t))).await;
+        for (target, result) in targets.iter().zip(results) {
+            let server = target.server;
+            if !table.health.checked(server.origin(), result.is_ok()) {
+                continue;
+            }
+            match result {
+                Ok(()) => tracing::info!(
+                    event = "upstream_up",
+                    upstream = %server.upstream,
+                    route = target.route,
+                    "upstream server passes its health check again"
+                ),
+                Err(why) => {
+                    self.metrics.upstream_down(&server.upstream);
+                    tracing::warn!(
+                        event = "upstream_down",
+                        upstream = %server.upstream,
+                        route = target.route,
+                        error = %why,
+                        "upstream server failed its health check: marked down, its requests go to the route's other servers"
+                    );
+                }
+            }
+        }
+    }
+
+    async fn check(&self, target: &Target<'_>) -> Result<(), Failed> {
+        let req = request(target.server, target.path).map_err(|e| Failed::Connect(e.to_string()))?;
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| Failed::Connect(super::error_chain(&e)))?;
+            let status = resp.status();
+            // Read to its end, so that the connection goes back to the pool.
+            let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+                .collect()
+                .await;
+            match status.is_success() || status.is_redirection() {
+                true => Ok(()),
+                false => Err(Failed::Status(status)),
+            }
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or(Err(Failed::Timeout(self.timeout)))
+    }
+}
+
+/// Every server of a route with `health_check` and several servers, once.
+fn targets(table: &Table) -> Vec<Target<'_>> {
+    let mut targets: Vec<Target<'_>> = Vec::new();
+    for route in table.router.routes() {
+        let Some(path) = &route.health_check else {
+            continue;
+        };
+        for server in route.servers.as_slice() {
+            if !targets.iter().any(|t| t.server.origin() == server.origin()) {
+                targets.push(Target {
+                    server,
+                    path,
+                    route: &route.label,
+                });
+            }
+        }
+    }
+    targets
+}
+
+/// `GET path` to `server`'s pool, with the server's own authority as
+/// `Host` (there is no client's to pass on).
+fn request(server: &Server, path: &PathAndQuery) -> Result<Request<Body>, http::Error> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(server.upstream.scheme.clone());
+    uri.authority = Some(server.pool_authority.clone());
+    uri.path_and_query = Some(path.clone());
+    Request::get(Uri::from_parts(uri)?)
+        .header(header::HOST, host_of(&server.upstream))
+        .header(header::USER_AGENT, HeaderValue::from_static("sessiongate-health-check"))
+        .body(body::empty())
+}
+
+fn host_of(upstream: &Upstream) -> HeaderValue {
+    HeaderValue::from_str(upstream.authority.as_str()).unwrap_or(HeaderValue::from_static("localhost"))
+}
