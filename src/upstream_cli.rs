@@ -11,7 +11,7 @@ use serde_json::Value;
 #[derive(clap::Subcommand)]
 pub enum UpstreamCommand {
     /// One line per upstream server: origin, state, ms it stays marked
-    /// down, routes (tab-separated under a header line).
+    /// down, routes, health check (tab-separated under a header line).
     List {
         #[command(flatten)]
         admin: AdminArgs,
@@ -39,7 +39,7 @@ pub async fn run(command: UpstreamCommand) -> anyhow::Result<()> {
                 .get("upstreams")
                 .and_then(Value::as_array)
                 .context("admin answer has no `upstreams` list")?;
-            println!("upstream\tstate\tdown_for_ms\troutes");
+            println!("upstream\tstate\tdown_for_ms\troutes\tcheck");
             for upstream in all {
                 println!("{}", row(upstream));
             }
@@ -68,11 +68,12 @@ fn row(upstream: &Value) -> String {
         .map(|r| r.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     format!(
-        "{}\t{}\t{}\t{}",
+        "{}\t{}\t{}\t{}\t{}",
         text("upstream"),
         text("state"),
         text("down_for_ms"),
-        routes.join(",")
+        routes.join(","),
+        text("check")
     )
 }
 
@@ -84,11 +85,11 @@ mod tests {
     fn a_row_is_the_fields_tab_separated() {
         let entry = serde_json::json!({
             "upstream": "http://10.0.0.5:8080", "state": "maintenance",
-            "down_for_ms": 1500, "routes": ["/", "shop.test/cart/"],
+            "down_for_ms": 1500, "routes": ["/", "shop.test/cart/"], "check": "failing",
         });
         assert_eq!(
             row(&entry),
-            "http://10.0.0.5:8080\tmaintenance\t1500\t/,shop.test/cart/"
+            "http://10.0.0.5:8080\tmaintenance\t1500\t/,shop.test/cart/\tfailing"
         );
     }
 }

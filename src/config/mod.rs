@@ -1006,7 +1006,8 @@ impl Validator<'_> {
                 .duration("server.upstream_pool_idle_timeout", &s.upstream_pool_idle_timeout)?,
             upstream_pool_max_idle_per_host: s.upstream_pool_max_idle_per_host,
             upstream_fail_timeout: self.duration("server.upstream_fail_timeout", &s.upstream_fail_timeout)?,
-            health_check_interval: self.health_check_interval(s)?,
+            // Never zero: `duration` refuses it.
+            health_check_interval: self.duration("server.health_check_interval", &s.health_check_interval)?,
             health_check_timeout: self.health_check_timeout(s)?,
             tls_handshakes: match s.tls_handshakes.to_ascii_lowercase().as_str() {
                 "auto" => Handshakes::Auto,
@@ -1331,19 +1332,11 @@ impl Validator<'_> {
         }
     }
 
-    fn health_check_interval(&self, s: &raw::RawServer) -> Result<Duration, ConfigError> {
-        let interval = self.duration("server.health_check_interval", &s.health_check_interval)?;
-        if interval.is_zero() {
-            return Err(self.err("server.health_check_interval", "must be longer than zero"));
-        }
-        Ok(interval)
-    }
-
     /// `health_check_timeout`, at most `health_check_interval`: checks of
     /// one server never overlap.
     fn health_check_timeout(&self, s: &raw::RawServer) -> Result<Duration, ConfigError> {
         let timeout = self.duration("server.health_check_timeout", &s.health_check_timeout)?;
-        let interval = self.health_check_interval(s)?;
+        let interval = self.duration("server.health_check_interval", &s.health_check_interval)?;
         if timeout > interval {
             return Err(self.err(
                 "server.health_check_timeout",

@@ -49,7 +49,7 @@ fn dead_server() -> (SocketAddr, String) {
 }
 
 /// The `/metrics` series counting how often `origin` was marked down.
-fn down_series(origin: &str) -> String {
+pub(super) fn down_series(origin: &str) -> String {
     format!("sessiongate_upstream_down_total{{upstream=\"{origin}\"}}")
 }
 
@@ -61,14 +61,14 @@ fn config(fail_timeout: &str, route: RouteSpec) -> GatewayConfig {
 }
 
 /// Sends `request`, failing the test on a transport error or after 10 s.
-async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
+pub(super) async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
     within(secs(10), "response from the gateway", request.send())
         .await
         .unwrap_or_else(|e| panic!("request failed: {e:?}"))
 }
 
 /// `GET path` with `client`: the name of the upstream that answered; fails unless a 200 echo.
-async fn served_by(client: &reqwest::Client, gw: &GatewayAddrs, path: &str) -> String {
+pub(super) async fn served_by(client: &reqwest::Client, gw: &GatewayAddrs, path: &str) -> String {
     let echo = Echo::from_response(send(client.get(gw.url(path))).await).await;
     assert_eq!(echo.path(), path);
     echo.upstream().to_owned()
@@ -83,7 +83,7 @@ fn post_form(client: &reqwest::Client, gw: &GatewayAddrs, path: &str) -> reqwest
 }
 
 /// The `/metrics` gauge that is 1 while `origin` takes requests.
-fn ready_series(origin: &str) -> String {
+pub(super) fn ready_series(origin: &str) -> String {
     format!("sessiongate_upstream_ready{{upstream=\"{origin}\"}}")
 }
 
@@ -625,10 +625,10 @@ async fn a_single_dead_upstream_is_502_every_time_and_never_marked_down() {
 }
 
 /// The admin token of [`maintenance_site`].
-const ADMIN_TOKEN: &str = "balancing-admin-token-0123456789";
+pub(super) const ADMIN_TOKEN: &str = "balancing-admin-token-0123456789";
 
 /// `POST /upstreams/state` on the admin listener: status and JSON answer.
-async fn set_state(gw: &GatewayAddrs, upstream: &str, state: &str) -> (StatusCode, serde_json::Value) {
+pub(super) async fn set_state(gw: &GatewayAddrs, upstream: &str, state: &str) -> (StatusCode, serde_json::Value) {
     let response = send(
         crate::kit::client::plain_client()
             .post(gw.admin_url("/upstreams/state"))
@@ -641,7 +641,16 @@ async fn set_state(gw: &GatewayAddrs, upstream: &str, state: &str) -> (StatusCod
 }
 
 /// `GET /upstreams`: the entry of `upstream`.
-async fn listed(gw: &GatewayAddrs, upstream: &str) -> serde_json::Value {
+pub(super) async fn listed(gw: &GatewayAddrs, upstream: &str) -> serde_json::Value {
+    let all = upstreams(gw).await;
+    all.iter()
+        .find(|u| u["upstream"] == upstream)
+        .unwrap_or_else(|| panic!("{upstream} not listed in {all:?}"))
+        .clone()
+}
+
+/// `GET /upstreams`: every entry.
+pub(super) async fn upstreams(gw: &GatewayAddrs) -> Vec<serde_json::Value> {
     let response = send(
         crate::kit::client::plain_client()
             .get(gw.admin_url("/upstreams"))
@@ -649,14 +658,8 @@ async fn listed(gw: &GatewayAddrs, upstream: &str) -> serde_json::Value {
     )
     .await;
     assert_eq!(response.status(), StatusCode::OK);
-    let all: serde_json::Value = response.json().await.expect("a JSON answer");
-    all["upstreams"]
-        .as_array()
-        .expect("an `upstreams` list")
-        .iter()
-        .find(|u| u["upstream"] == upstream)
-        .unwrap_or_else(|| panic!("{upstream} not listed in {all}"))
-        .clone()
+    let all: serde_json::Value = response.json().await.expect("a JSON answer to GET /upstreams");
+    all["upstreams"].as_array().expect("an `upstreams` list").clone()
 }
 
 /// An operator takes a server out for a deploy through the admin API: its sessions and its
@@ -763,9 +766,9 @@ async fn the_upstream_cli_lists_servers_and_takes_one_out_for_a_deploy() {
     assert_eq!(
         lines,
         [
-            "upstream\tstate\tdown_for_ms\troutes",
-            &format!("{}\tready\t0\t/", a.url()),
-            &format!("{}\tready\t0\t/", b.url()),
+            "upstream\tstate\tdown_for_ms\troutes\tcheck",
+            &format!("{}\tready\t0\t/\tnone", a.url()),
+            &format!("{}\tready\t0\t/\tnone", b.url()),
         ]
     );
 
@@ -773,7 +776,7 @@ async fn the_upstream_cli_lists_servers_and_takes_one_out_for_a_deploy() {
         .await
         .expect("the CLI thread");
     assert_eq!(set.code(), Some(0), "{set:?}");
-    assert_eq!(set.stdout.trim_end(), format!("{}\tmaintenance\t0\t/", a.url()));
+    assert_eq!(set.stdout.trim_end(), format!("{}\tmaintenance\t0\t/\tnone", a.url()));
     let client = gw.client();
     for i in 0..4 {
         assert_eq!(served_by(&client, &gw, &format!("/deploying/{i}")).await, "b");

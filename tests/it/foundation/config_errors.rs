@@ -568,6 +568,27 @@ fn the_same_origin_spelled_two_ways_is_listed_twice() {
     }
 }
 
+/// `check`'s output for `prepared`, which must pass.
+struct CheckOutput {
+    stdout: String,
+}
+
+impl CheckOutput {
+    fn of(prepared: &PreparedConfig) -> Self {
+        let out = run_cli([OsStr::new("check"), OsStr::new("--config"), prepared.path.as_os_str()]);
+        assert_eq!(out.code(), Some(0), "{}", out.stderr);
+        Self { stdout: out.stdout }
+    }
+
+    /// The route line of the route with this prefix (and no host).
+    fn route_line(&self, prefix: &str) -> &str {
+        self.stdout
+            .lines()
+            .find(|l| l.contains(&format!("*{prefix} -> ")))
+            .unwrap_or_else(|| panic!("no route line for {prefix}:\n{}", self.stdout))
+    }
+}
+
 /// `check` names every server of a route and how the route picks one, and says when `sticky`
 /// cannot stick (an `auth = "none"` route has no sessions).
 #[test]
@@ -579,15 +600,8 @@ fn check_prints_a_routes_servers_and_its_balance() {
         .route(RouteSpec::balanced("/api/", &[a, b]).set("balance", quoted("round-robin")))
         .route(RouteSpec::new("/one/", a))
         .prepare();
-    let out = run_cli([OsStr::new("check"), OsStr::new("--config"), prepared.path.as_os_str()]);
-    assert_eq!(out.code(), Some(0), "{}", out.stderr);
-    let line = |prefix: &str| {
-        out.stdout
-            .lines()
-            .find(|l| l.contains(&format!("*{prefix} -> ")))
-            .unwrap_or_else(|| panic!("no route line for {prefix}:\n{}", out.stdout))
-            .to_owned()
-    };
+    let out = CheckOutput::of(&prepared);
+    let line = |prefix: &str| out.route_line(prefix);
     assert!(
         line("/app/").contains(&format!("-> {a}, {b} balance=sticky auth=Optional")),
         "{}",
@@ -600,4 +614,87 @@ fn check_prints_a_routes_servers_and_its_balance() {
     );
     assert!(line("/api/").contains("balance=round-robin"), "{}", out.stdout);
     assert!(!line("/one/").contains("balance"), "{}", out.stdout);
+}
+
+/// A route's `health_check` is a path (a query may follow), on a route with several servers:
+/// a route's only server gets every request whatever a check says. `[server]
+/// health_check_interval` is longer than zero and `health_check_timeout` does not exceed it.
+/// Anything else is refused at start with the key and line.
+#[test]
+fn a_health_check_on_one_server_or_not_a_path_or_longer_than_its_interval_is_named() {
+    let one = format!("http://127.0.0.1:{}", closed_port());
+    let other = format!("http://127.0.0.1:{}", closed_port());
+    let single = valid_config().route(RouteSpec::new("/one/", one.clone()).set("health_check", quoted("/healthz")));
+    assert_rejected_at_key(
+        &single.prepare(),
+        "routes[1].health_check",
+        "needs several upstream servers",
+    );
+    let checked = |path: &str| RouteSpec::balanced("/", &[&one, &other]).set("health_check", quoted(path));
+    let relative = GatewayConfig::new().route(checked("healthz"));
+    assert_rejected_at_key(&relative.prepare(), "routes[0].health_check", "healthz");
+
+    let longer = GatewayConfig::new()
+        .server_str("health_check_interval", "5s")
+        .server_str("health_check_timeout", "10s")
+        .route(checked("/healthz"));
+    assert_rejected_at_key(
+        &longer.prepare(),
+        "server.health_check_timeout",
+        "health_check_interval",
+    );
+    // Also refused with no route checked, as every other `[server]` key is.
+    let longer = valid_config().server_str("health_check_timeout", "10s");
+    assert_rejected_at_key(
+        &longer.prepare(),
+        "server.health_check_timeout",
+        "health_check_interval",
+    );
+    let never = valid_config().server_str("health_check_interval", "0s");
+    assert_rejected_at_key(&never.prepare(), "server.health_check_interval", "zero");
+
+    let good = GatewayConfig::new()
+        .server_str("health_check_interval", "1s")
+        .server_str("health_check_timeout", "1s")
+        .route(checked("/status?deep=1"));
+    let out = run_cli([
+        OsStr::new("check"),
+        OsStr::new("--config"),
+        good.prepare().path.as_os_str(),
+    ]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+}
+
+/// `check` says which routes have their servers checked, at which path and how often (after
+/// the route's balance); the others say nothing of it.
+#[test]
+fn check_prints_a_routes_health_check_and_its_interval() {
+    let (a, b) = ("http://127.0.0.1:18093", "http://127.0.0.1:18094");
+    let site = GatewayConfig::new()
+        .route(
+            RouteSpec::balanced("/app/", &[a, b])
+                .set("auth", quoted("optional"))
+                .set("health_check", quoted("/healthz")),
+        )
+        .route(RouteSpec::balanced("/other/", &[a, b]).set("auth", quoted("optional")));
+    for (config, every) in [
+        (site.clone(), "5s"),
+        (
+            site.server_str("health_check_interval", "250ms")
+                .server_str("health_check_timeout", "100ms"),
+            "250ms",
+        ),
+    ] {
+        let prepared = config.prepare();
+        let out = CheckOutput::of(&prepared);
+        let line = |prefix: &str| out.route_line(prefix);
+        assert!(
+            line("/app/").contains(&format!(
+                "-> {a}, {b} balance=sticky health_check=/healthz every {every} auth=Optional"
+            )),
+            "{}",
+            out.stdout
+        );
+        assert!(!line("/other/").contains("health_check"), "{}", out.stdout);
+    }
 }

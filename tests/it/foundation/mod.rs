@@ -12,6 +12,7 @@
 //! - `upstream_tls`: `https://` upstreams, verified, with an optional client certificate.
 //! - `upstream_errors`: 502 and 504 without leaking the upstream.
 //! - `balancing`: several upstreams per route, sticky sessions or round-robin, failover.
+//! - `health_checks`: active health checks leave out servers that fail them, until they pass.
 //! - `limits`: body and header limits, slow clients, the connection limit.
 //! - `websocket`: upgrades through the gateway.
 //! - `large_bodies`: 50 MB each way through the binary in bounded memory.
@@ -31,6 +32,7 @@ mod config_errors;
 mod cross_origin;
 mod forwarding;
 mod framing;
+mod health_checks;
 mod hsts;
 mod idp_kit;
 mod large_bodies;

@@ -18,7 +18,7 @@ use std::{collections::BTreeSet, path::Path};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use super::balancing::tls_server;
+use super::balancing::{listed, send, served_by, set_state, tls_server, upstreams, ADMIN_TOKEN};
 
 use crate::{
     kit::{
@@ -28,14 +28,11 @@ use crate::{
     sessions::support::{users_section, Browser},
 };
 
-/// The admin token of every gateway here.
-const ADMIN_TOKEN: &str = "route-reload-admin-token-0123456789";
-
 /// Where the kit's config files start their routes (they come last).
-const ROUTES_TABLE: &str = "\n[[routes]]\n";
+pub(super) const ROUTES_TABLE: &str = "\n[[routes]]\n";
 
 /// A gateway with [`ADMIN_TOKEN`] and `routes`.
-fn site(routes: impl IntoIterator<Item = RouteSpec>) -> GatewayConfig {
+pub(super) fn site(routes: impl IntoIterator<Item = RouteSpec>) -> GatewayConfig {
     routes.into_iter().fold(
         GatewayConfig::new().admin("token", quoted(ADMIN_TOKEN)),
         GatewayConfig::route,
@@ -43,7 +40,7 @@ fn site(routes: impl IntoIterator<Item = RouteSpec>) -> GatewayConfig {
 }
 
 /// `[[routes]]` tables for `routes`, as the kit renders them.
-fn routes_toml(routes: &[RouteSpec]) -> String {
+pub(super) fn routes_toml(routes: &[RouteSpec]) -> String {
     let text = site(routes.iter().cloned()).render("cert.pem", "key.pem");
     let start = text
         .find(ROUTES_TABLE)
@@ -52,7 +49,7 @@ fn routes_toml(routes: &[RouteSpec]) -> String {
 }
 
 /// Everything in a kit config file before its routes.
-fn before_routes(text: &str) -> &str {
+pub(super) fn before_routes(text: &str) -> &str {
     let start = text
         .find(ROUTES_TABLE)
         .unwrap_or_else(|| panic!("no [[routes]] in the config file:\n{text}"));
@@ -61,29 +58,15 @@ fn before_routes(text: &str) -> &str {
 
 /// Rewrites the config file at `path` with `extra` (raw TOML, placed before the routes) and
 /// `routes` instead of its routes; the other sections stay as they are.
-fn rewrite(path: &Path, extra: &str, routes: &str) {
+pub(super) fn rewrite(path: &Path, extra: &str, routes: &str) {
     let text = std::fs::read_to_string(path).expect("read the config file");
     let new = format!("{}\n{extra}{routes}", before_routes(&text));
     std::fs::write(path, new).expect("rewrite the config file");
 }
 
 /// Rewrites the config file at `path` with `routes` instead of its routes.
-fn rewrite_routes(path: &Path, routes: &[RouteSpec]) {
+pub(super) fn rewrite_routes(path: &Path, routes: &[RouteSpec]) {
     rewrite(path, "", &routes_toml(routes));
-}
-
-/// Sends `request`, failing the test on a transport error or after 10 s.
-async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
-    within(secs(10), "response from the gateway", request.send())
-        .await
-        .unwrap_or_else(|e| panic!("request failed: {e:?}"))
-}
-
-/// `GET path` with `client`: the name of the upstream that answered; fails unless a 200 echo.
-async fn served_by(client: &reqwest::Client, gw: &GatewayAddrs, path: &str) -> String {
-    let echo = Echo::from_response(send(client.get(gw.url(path))).await).await;
-    assert_eq!(echo.path(), path);
-    echo.upstream().to_owned()
 }
 
 /// `GET path` with `client`: the status only.
@@ -108,21 +91,13 @@ fn restart_needs(report: &Value, section: &str) -> bool {
 }
 
 /// `POST /reload`, which must have put new routes in force.
-async fn reload_routes(gw: &GatewayAddrs) -> Value {
+pub(super) async fn reload_routes(gw: &GatewayAddrs) -> Value {
     let (status, report) = reload(gw).await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["reloaded"], true, "{report}");
     assert_eq!(report["routes_reloaded"], true, "{report}");
     assert!(!restart_needs(&report, "routes"), "routes applied, yet: {report}");
     report
-}
-
-/// `GET /upstreams`: every entry.
-async fn upstreams(gw: &GatewayAddrs) -> Vec<Value> {
-    let response = send(plain_client().get(gw.admin_url("/upstreams")).bearer_auth(ADMIN_TOKEN)).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let all: Value = response.json().await.expect("a JSON answer to GET /upstreams");
-    all["upstreams"].as_array().expect("an `upstreams` list").clone()
 }
 
 /// The servers `GET /upstreams` lists, sorted.
@@ -132,27 +107,6 @@ async fn listed_servers(gw: &GatewayAddrs) -> BTreeSet<String> {
         .iter()
         .map(|u| u["upstream"].as_str().expect("an `upstream` string").to_owned())
         .collect()
-}
-
-/// `GET /upstreams`: the entry of `upstream`.
-async fn listed(gw: &GatewayAddrs, upstream: &str) -> Value {
-    let all = upstreams(gw).await;
-    all.iter()
-        .find(|u| u["upstream"] == upstream)
-        .unwrap_or_else(|| panic!("{upstream} not listed in {all:?}"))
-        .clone()
-}
-
-/// `POST /upstreams/state`: the status.
-async fn set_state(gw: &GatewayAddrs, upstream: &str, state: &str) -> StatusCode {
-    send(
-        plain_client()
-            .post(gw.admin_url("/upstreams/state"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&serde_json::json!({ "upstream": upstream, "state": state })),
-    )
-    .await
-    .status()
 }
 
 /// Client connections the HTTPS listener has accepted, over every worker.
@@ -314,7 +268,7 @@ async fn a_server_in_maintenance_stays_in_maintenance_across_a_reload() {
     );
     let optional = |origins: &[String]| RouteSpec::balanced("/", origins).set("auth", quoted("optional"));
     let gw = TestGateway::start(site([optional(&[a.url(), b.url()])])).await;
-    assert_eq!(set_state(&gw, &a.url(), "maintenance").await, StatusCode::OK);
+    assert_eq!(set_state(&gw, &a.url(), "maintenance").await.0, StatusCode::OK);
     assert_eq!(served_by(&gw.client(), &gw, "/before").await, "b");
 
     rewrite_routes(gw.config_path(), &[optional(&[a.url(), b.url(), c.url()])]);
@@ -341,7 +295,7 @@ async fn a_server_in_maintenance_stays_in_maintenance_across_a_reload() {
     reload_routes(&gw).await;
     assert_eq!(listed(&gw, &a.url()).await["state"], "ready");
     assert_eq!(served_by(&gw.client(), &gw, "/only-a").await, "a");
-    assert_eq!(set_state(&gw, &a.url(), "maintenance").await, StatusCode::CONFLICT);
+    assert_eq!(set_state(&gw, &a.url(), "maintenance").await.0, StatusCode::CONFLICT);
 }
 
 /// A server the reload removes gets nothing more, on a kept-alive connection or a new one,

@@ -12,6 +12,7 @@
 //! | `/many-headers/{n}` | answers 200 with `n` response headers `X-Many-{i}: {i}` |
 //! | `.../with-headers?name=value&...` | answers 200 with each query pair as a response header (form-decoded) |
 //! | `/ws` | WebSocket echo (text and binary messages come back unchanged) |
+//! | `/healthz` | an empty answer with the status set by [`TestUpstream::set_health`] (200 until then), for active health checks |
 //!
 //! It also counts TCP accepts and records the target of every request, so a test can prove
 //! that something was *not* forwarded, or that connections were reused.
@@ -21,7 +22,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU16, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -56,12 +57,23 @@ static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// What the upstream has seen so far, shared with its connection tasks.
-#[derive(Default)]
 struct Seen {
     /// TCP connections accepted; proves (or disproves) connection pooling in the gateway.
     accepts: AtomicUsize,
     /// Request targets (path and query) in arrival order; proves what reached the app.
     targets: Mutex<Vec<String>>,
+    /// The status `/healthz` answers, so a test can make the gateway's health check fail.
+    health: AtomicU16,
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Self {
+            accepts: AtomicUsize::new(0),
+            targets: Mutex::new(Vec::new()),
+            health: AtomicU16::new(200),
+        }
+    }
 }
 
 /// A running upstream app on `127.0.0.1:<random port>`; stops accepting when dropped.
@@ -137,6 +149,12 @@ impl TestUpstream {
     pub fn request_count(&self) -> usize {
         self.seen.targets.lock().expect("upstream log lock").len()
     }
+
+    /// From now on `/healthz` answers `status` (an app whose database is gone answers 503).
+    pub fn set_health(&self, status: u16) {
+        assert!(StatusCode::from_u16(status).is_ok(), "not a status: {status}");
+        self.seen.health.store(status, Ordering::SeqCst);
+    }
 }
 
 impl Drop for TestUpstream {
@@ -202,6 +220,9 @@ async fn handle(req: Request<Incoming>, name: Arc<str>, seen: Arc<Seen>) -> Resu
     let path = req.uri().path().to_owned();
     let response = if path == "/ws" {
         websocket_echo(req)
+    } else if path == "/healthz" {
+        let status = StatusCode::from_u16(seen.health.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
+        plain_status(status)
     } else if let Some(n) = number_after(&path, "/bytes/") {
         byte_stream(n)
     } else if let Some(ms) = number_after(&path, "/delay/") {
