@@ -29,10 +29,10 @@ use crate::{
 };
 
 /// Where the kit's config files start their routes (they come last).
-pub(super) const ROUTES_TABLE: &str = "\n[[routes]]\n";
+const ROUTES_TABLE: &str = "\n[[routes]]\n";
 
 /// A gateway with [`ADMIN_TOKEN`] and `routes`.
-pub(super) fn site(routes: impl IntoIterator<Item = RouteSpec>) -> GatewayConfig {
+fn site(routes: impl IntoIterator<Item = RouteSpec>) -> GatewayConfig {
     routes.into_iter().fold(
         GatewayConfig::new().admin("token", quoted(ADMIN_TOKEN)),
         GatewayConfig::route,
@@ -40,7 +40,7 @@ pub(super) fn site(routes: impl IntoIterator<Item = RouteSpec>) -> GatewayConfig
 }
 
 /// `[[routes]]` tables for `routes`, as the kit renders them.
-pub(super) fn routes_toml(routes: &[RouteSpec]) -> String {
+fn routes_toml(routes: &[RouteSpec]) -> String {
     let text = site(routes.iter().cloned()).render("cert.pem", "key.pem");
     let start = text
         .find(ROUTES_TABLE)
@@ -49,7 +49,7 @@ pub(super) fn routes_toml(routes: &[RouteSpec]) -> String {
 }
 
 /// Everything in a kit config file before its routes.
-pub(super) fn before_routes(text: &str) -> &str {
+fn before_routes(text: &str) -> &str {
     let start = text
         .find(ROUTES_TABLE)
         .unwrap_or_else(|| panic!("no [[routes]] in the config file:\n{text}"));
@@ -58,7 +58,7 @@ pub(super) fn before_routes(text: &str) -> &str {
 
 /// Rewrites the config file at `path` with `extra` (raw TOML, placed before the routes) and
 /// `routes` instead of its routes; the other sections stay as they are.
-pub(super) fn rewrite(path: &Path, extra: &str, routes: &str) {
+fn rewrite(path: &Path, extra: &str, routes: &str) {
     let text = std::fs::read_to_string(path).expect("read the config file");
     let new = format!("{}\n{extra}{routes}", before_routes(&text));
     std::fs::write(path, new).expect("rewrite the config file");
@@ -502,4 +502,52 @@ async fn sighup_reloads_the_routes_of_the_running_process() {
     let echo = after.echo();
     assert_eq!((echo.upstream(), echo.path()), ("b", "/after"));
     assert_eq!(a.targets(), ["/before"]);
+}
+
+/// Requests keep flowing, on HTTP/1.1 and HTTP/2 connections that stay open, while the routes
+/// are replaced again and again: every one is answered 200 by a server of the routes in force
+/// before or after its reload, and none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_during_many_reloads_are_all_answered() {
+    let (a, b) = (TestUpstream::named("a").await, TestUpstream::named("b").await);
+    let round_robin = |origins: &[String]| RouteSpec::balanced("/", origins).set("balance", quoted("round-robin"));
+    let gw = TestGateway::start(site([round_robin(&[a.url()])])).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loads: Vec<_> = [gw.client(), gw.client(), gw.client_h2(), gw.client_h2()]
+        .into_iter()
+        .enumerate()
+        .map(|(n, client)| {
+            let (gw, stop) = ((*gw).clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut answered = BTreeSet::new();
+                let mut count = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    answered.insert(served_by(&client, &gw, &format!("/load/{n}/{count}")).await);
+                    count += 1;
+                }
+                (count, answered)
+            })
+        })
+        .collect();
+
+    let lists = [vec![a.url(), b.url()], vec![b.url()], vec![a.url()]];
+    for i in 0..15 {
+        rewrite_routes(gw.config_path(), &[round_robin(&lists[i % 3])]);
+        reload_routes(&gw).await;
+        // Some requests between reloads, whatever the machine's speed.
+        let before = a.request_count() + b.request_count();
+        within(secs(10), "requests between two reloads", async {
+            while a.request_count() + b.request_count() < before + 8 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for load in loads {
+        let (count, answered) = load.await.expect("a load task");
+        assert!(count > 0, "a client sent nothing");
+        assert!(answered.iter().all(|s| s == "a" || s == "b"), "{answered:?}");
+    }
+    assert!(a.request_count() > 0 && b.request_count() > 0);
 }
