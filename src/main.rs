@@ -225,7 +225,11 @@ fn check(path: &Path) -> ExitCode {
             .as_ref()
             .map(|path| {
                 let every = humantime::format_duration(config.server.health_check_interval);
-                format!(" health_check={path} every {every}")
+                let host = match r.health_check_host.as_ref().or(r.host.as_ref()) {
+                    Some(host) => format!(" host={host}"),
+                    None => String::new(),
+                };
+                format!(" health_check={path}{host} every {every}")
             })
             .unwrap_or_default();
         println!(

@@ -176,6 +176,9 @@ pub struct Route {
     /// What the active health check asks its servers for (see
     /// `proxy::health_check`).
     pub health_check: Option<http::uri::PathAndQuery>,
+    /// The `Host` of the checks: `health_check_host`, else the route's
+    /// `host`; `None`: each server's own.
+    pub health_check_host: Option<http::HeaderValue>,
     /// Label used in metrics and logs.
     pub label: String,
     /// Position in the router's table (indexes per-route state elsewhere).
@@ -220,6 +223,11 @@ impl Router {
                 cross_origin: r.cross_origin,
                 framing: r.framing,
                 health_check: r.health_check.clone(),
+                health_check_host: r
+                    .health_check_host
+                    .as_ref()
+                    .or(r.host.as_ref())
+                    .and_then(|h| http::HeaderValue::from_str(h).ok()),
                 label: match &r.host {
                     Some(h) => format!("{h}{}", r.path_prefix),
                     None => r.path_prefix.clone(),

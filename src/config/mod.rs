@@ -184,6 +184,9 @@ pub struct RouteConfig {
     /// The path (and query) each of its servers is asked for by the active
     /// health check; only on routes with several servers.
     pub health_check: Option<http::uri::PathAndQuery>,
+    /// The `Host` the checks send, as configured (`host[:port]`); `None`:
+    /// the route's `host`, else each server's own `host:port`.
+    pub health_check_host: Option<String>,
 }
 
 #[cfg(test)]
@@ -207,6 +210,7 @@ impl RouteConfig {
             cross_origin: CrossOrigin::Reject,
             framing: Framing::SameOrigin,
             health_check: None,
+            health_check_host: None,
         }
     }
 }
@@ -1291,6 +1295,18 @@ impl Validator<'_> {
             None => None,
         };
         let health_check = self.health_check(&key("health_check"), r, &upstreams)?;
+        let health_check_host = match &r.health_check_host {
+            Some(_) if health_check.is_none() => {
+                return Err(self.err(&key("health_check_host"), "only applies to routes with health_check"))
+            }
+            Some(h) if h.parse::<http::uri::Authority>().is_err() || h.contains('@') || h.is_empty() => {
+                return Err(self.err(
+                    &key("health_check_host"),
+                    format!("`{h}` is not a host name, with a port or without"),
+                ))
+            }
+            other => other.clone(),
+        };
         Ok(RouteConfig {
             path_prefix: r.path_prefix.clone(),
             host,
@@ -1303,6 +1319,7 @@ impl Validator<'_> {
             cross_origin,
             framing,
             health_check,
+            health_check_host,
         })
     }
 

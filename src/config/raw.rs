@@ -329,6 +329,7 @@ pub struct RawRoute {
     #[serde(default = "d_route_framing")]
     pub framing: String,
     pub health_check: Option<String>,
+    pub health_check_host: Option<String>,
 }
 
 /// A route's `upstream`: one origin, or a list of them. Read by hand,

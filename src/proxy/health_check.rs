@@ -32,6 +32,8 @@ use tokio::sync::watch;
 struct Target<'t> {
     server: &'t Server,
     path: &'t PathAndQuery,
+    /// The route's `Host` for checks; `None`: the server's own.
+    host: Option<&'t HeaderValue>,
     route: &'t str,
 }
 
@@ -111,7 +113,7 @@ impl Checks {
     }
 
     async fn check(&self, target: &Target<'_>) -> Result<(), Failed> {
-        let req = request(target.server, target.path).map_err(|e| Failed::Connect(e.to_string()))?;
+        let req = request(target).map_err(|e| Failed::Connect(e.to_string()))?;
         let exchange = async {
             let resp = self
                 .client
@@ -146,6 +148,7 @@ fn targets(table: &Table) -> Vec<Target<'_>> {
                 targets.push(Target {
                     server,
                     path,
+                    host: route.health_check_host.as_ref(),
                     route: &route.label,
                 });
             }
@@ -154,15 +157,18 @@ fn targets(table: &Table) -> Vec<Target<'_>> {
     targets
 }
 
-/// `GET path` to `server`'s pool, with the server's own authority as
-/// `Host` (there is no client's to pass on).
-fn request(server: &Server, path: &PathAndQuery) -> Result<Request<Body>, http::Error> {
+/// `GET path` to the target server's pool. There is no client's `Host` to
+/// pass on: the route's (an app behind name-based virtual hosts answers
+/// only for its name), else the server's own authority.
+fn request(target: &Target<'_>) -> Result<Request<Body>, http::Error> {
+    let server = target.server;
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(server.upstream.scheme.clone());
     uri.authority = Some(server.pool_authority.clone());
-    uri.path_and_query = Some(path.clone());
+    uri.path_and_query = Some(target.path.clone());
+    let host = target.host.cloned().unwrap_or_else(|| host_of(&server.upstream));
     Request::get(Uri::from_parts(uri)?)
-        .header(header::HOST, host_of(&server.upstream))
+        .header(header::HOST, host)
         .header(header::USER_AGENT, HeaderValue::from_static("sessiongate-health-check"))
         .body(body::empty())
 }

@@ -653,10 +653,23 @@ fn a_health_check_on_one_server_or_not_a_path_or_longer_than_its_interval_is_nam
     let never = valid_config().server_str("health_check_interval", "0s");
     assert_rejected_at_key(&never.prepare(), "server.health_check_interval", "zero");
 
+    // `health_check_host`: only with a check, and a host name (a port allowed).
+    let unchecked = GatewayConfig::new()
+        .route(RouteSpec::balanced("/", &[&one, &other]).set("health_check_host", quoted("app.example.test")));
+    assert_rejected_at_key(
+        &unchecked.prepare(),
+        "routes[0].health_check_host",
+        "only applies to routes with health_check",
+    );
+    for bad in ["app.example.test/healthz", "app example", "user@app.example.test", ""] {
+        let config = GatewayConfig::new().route(checked("/healthz").set("health_check_host", quoted(bad)));
+        assert_rejected_at_key(&config.prepare(), "routes[0].health_check_host", "is not a host name");
+    }
+
     let good = GatewayConfig::new()
         .server_str("health_check_interval", "1s")
         .server_str("health_check_timeout", "1s")
-        .route(checked("/status?deep=1"));
+        .route(checked("/status?deep=1").set("health_check_host", quoted("app.example.test:8080")));
     let out = run_cli([
         OsStr::new("check"),
         OsStr::new("--config"),
@@ -665,8 +678,8 @@ fn a_health_check_on_one_server_or_not_a_path_or_longer_than_its_interval_is_nam
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
 }
 
-/// `check` says which routes have their servers checked, at which path and how often (after
-/// the route's balance); the others say nothing of it.
+/// `check` says which routes have their servers checked, at which path, with which `Host` when
+/// not the servers' own, and how often (after the route's balance); the others say nothing of it.
 #[test]
 fn check_prints_a_routes_health_check_and_its_interval() {
     let (a, b) = ("http://127.0.0.1:18093", "http://127.0.0.1:18094");
@@ -676,7 +689,12 @@ fn check_prints_a_routes_health_check_and_its_interval() {
                 .set("auth", quoted("optional"))
                 .set("health_check", quoted("/healthz")),
         )
-        .route(RouteSpec::balanced("/other/", &[a, b]).set("auth", quoted("optional")));
+        .route(RouteSpec::balanced("/other/", &[a, b]).set("auth", quoted("optional")))
+        .route(
+            RouteSpec::balanced("/vhost/", &[a, b])
+                .set("health_check", quoted("/healthz"))
+                .set("health_check_host", quoted("app.example.test")),
+        );
     for (config, every) in [
         (site.clone(), "5s"),
         (
@@ -696,5 +714,10 @@ fn check_prints_a_routes_health_check_and_its_interval() {
             out.stdout
         );
         assert!(!line("/other/").contains("health_check"), "{}", out.stdout);
+        assert!(
+            line("/vhost/").contains(&format!("health_check=/healthz host=app.example.test every {every}")),
+            "{}",
+            out.stdout
+        );
     }
 }

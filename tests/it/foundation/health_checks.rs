@@ -361,3 +361,36 @@ async fn an_answer_to_a_request_does_not_clear_a_failing_check() {
     assert_eq!(gw.metric(&ready_series(&a.url())).await, Some(0.0));
     assert_eq!(gw.metric(&down_series(&a.url())).await, Some(1.0), "marked down again");
 }
+
+/// The checks send the route's `Host`: `health_check_host`, else the route's `host` (an app
+/// behind name-based virtual hosts answers only for its own name), else the server's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checks_send_the_routes_host_or_health_check_host() {
+    let (vhost, named, plain) = (
+        HungServer::start().await,
+        HungServer::start().await,
+        HungServer::start().await,
+    );
+    let live = TestUpstream::named("live").await;
+    let gw = TestGateway::start(site([
+        checked(&[vhost.url(), live.url()], HEALTHZ).set("health_check_host", quoted("app.example.test:8080")),
+        checked(&[named.url(), live.url()], HEALTHZ).host("shop.example.test"),
+        RouteSpec::balanced("/plain/", &[plain.url(), live.url()]).set("health_check", quoted(HEALTHZ)),
+    ]))
+    .await;
+    for (server, host) in [
+        (&vhost, "app.example.test:8080".to_owned()),
+        (&named, "shop.example.test".to_owned()),
+        (&plain, plain.addr.to_string()),
+    ] {
+        wait_for_check(&gw, &server.url(), "failing").await;
+        let heads = server.heads();
+        assert!(!heads.is_empty(), "{} was never asked", server.url());
+        for head in &heads {
+            assert!(
+                head.contains(&format!("\r\nhost: {host}\r\n")),
+                "not Host {host}: {head}"
+            );
+        }
+    }
+}
