@@ -316,6 +316,10 @@ impl Gateway {
             metrics: self.shared.metrics.clone(),
             interval: self.config.server.health_check_interval,
             timeout: self.config.server.health_check_timeout,
+            streaks: proxy::health_check::Streaks::new(
+                self.config.server.health_check_fails,
+                self.config.server.health_check_passes,
+            ),
         };
         let checks_task = tokio::spawn(checks.run(shutdown_rx.clone()));
         let redirect_task = self.redirect.map(|l| {

@@ -256,6 +256,10 @@ pub struct ServerConfig {
     /// and how long a check may take (see `proxy::health_check`).
     pub health_check_interval: Duration,
     pub health_check_timeout: Duration,
+    /// How many checks in a row must fail to mark a server down, and pass
+    /// to bring it back (1 to 10 each).
+    pub health_check_fails: u32,
+    pub health_check_passes: u32,
     pub tls_handshakes: Handshakes,
     /// CPUs the TLS handshake threads and the embedded store's commit
     /// thread are confined to, each listed once; empty: wherever the process
@@ -1013,6 +1017,8 @@ impl Validator<'_> {
             // Never zero: `duration` refuses it.
             health_check_interval: self.duration("server.health_check_interval", &s.health_check_interval)?,
             health_check_timeout: self.health_check_timeout(s)?,
+            health_check_fails: self.check_run("server.health_check_fails", s.health_check_fails)?,
+            health_check_passes: self.check_run("server.health_check_passes", s.health_check_passes)?,
             tls_handshakes: match s.tls_handshakes.to_ascii_lowercase().as_str() {
                 "auto" => Handshakes::Auto,
                 "background" => Handshakes::Background,
@@ -1347,6 +1353,14 @@ impl Validator<'_> {
                 format!("`{path}` is not a path starting with `/` (a query may follow)"),
             )),
         }
+    }
+
+    /// A run of check results that changes a verdict: 1 to 10.
+    fn check_run(&self, key: &str, n: u32) -> Result<u32, ConfigError> {
+        if !(1..=10).contains(&n) {
+            return Err(self.err(key, format!("{n} is not between 1 and 10")));
+        }
+        Ok(n)
     }
 
     /// `health_check_timeout`, at most `health_check_interval`: checks of

@@ -159,6 +159,10 @@ pub struct RawServer {
     pub health_check_interval: String,
     #[serde(default = "d_health_check_timeout")]
     pub health_check_timeout: String,
+    #[serde(default = "d_health_check_runs")]
+    pub health_check_fails: u32,
+    #[serde(default = "d_health_check_runs")]
+    pub health_check_passes: u32,
     #[serde(default = "d_upstream_pool_max_idle")]
     pub upstream_pool_max_idle_per_host: usize,
     #[serde(default = "d_tls_handshakes")]
@@ -196,6 +200,8 @@ impl Default for RawServer {
             upstream_fail_timeout: d_upstream_fail_timeout(),
             health_check_interval: d_health_check_interval(),
             health_check_timeout: d_health_check_timeout(),
+            health_check_fails: d_health_check_runs(),
+            health_check_passes: d_health_check_runs(),
             upstream_pool_max_idle_per_host: d_upstream_pool_max_idle(),
             tls_handshakes: d_tls_handshakes(),
             background_cpus: Vec::new(),
@@ -225,6 +231,9 @@ fn d_health_check_interval() -> String {
 }
 fn d_health_check_timeout() -> String {
     "2s".into()
+}
+fn d_health_check_runs() -> u32 {
+    2
 }
 fn d_upstream_connect_timeout() -> String {
     "5s".into()

@@ -5,10 +5,13 @@
 //! accepts connections but is broken (it answers 500 or 503 while its
 //! database is gone, or hangs) keeps its sessions until users complain, and
 //! a server that died is found by a visitor's request. A check finds both
-//! between requests: a server whose check fails (no answer within
-//! `health_check_timeout`, or a status other than 2xx or 3xx) is marked
-//! down, and its sessions go to their next-ranked servers, until a check
-//! passes again. One failure or one pass decides, as nginx's defaults do.
+//! between requests: a server whose checks fail (no answer within
+//! `health_check_timeout`, or a status other than 2xx or 3xx)
+//! `health_check_fails` times in a row is marked down, and its sessions go
+//! to their next-ranked servers, until `health_check_passes` checks in a
+//! row pass. Both default to 2 (HAProxy's are 3 and 2): moving a session
+//! loses what a legacy app keeps of it in memory, so one slow answer must
+//! not move them.
 //!
 //! One task runs the checks of every server, all at once, from the route
 //! table in force at each round, so a reload's routes are checked from the
@@ -62,11 +65,53 @@ pub struct Checks {
     pub metrics: Arc<Metrics>,
     pub interval: Duration,
     pub timeout: Duration,
+    pub streaks: Streaks,
+}
+
+/// Each origin's run of check results, and how long a run must be to
+/// change its verdict. Slots are positions in `upstream::Origins`, which
+/// stay the same across reloads, so runs do too.
+pub struct Streaks {
+    fails: u32,
+    passes: u32,
+    /// Positive: passes in a row; negative: failures in a row.
+    by_slot: Vec<i64>,
+}
+
+impl Streaks {
+    pub fn new(fails: u32, passes: u32) -> Streaks {
+        Streaks {
+            fails,
+            passes,
+            by_slot: Vec::new(),
+        }
+    }
+
+    /// Adds a result to `slot`'s run: the verdict (`true`: passes) once the
+    /// run is long enough, and on every result after that.
+    fn record(&mut self, slot: usize, passed: bool) -> Option<bool> {
+        if self.by_slot.len() <= slot {
+            self.by_slot.resize(slot + 1, 0);
+        }
+        let run = &mut self.by_slot[slot];
+        *run = match (passed, *run) {
+            (true, n) if n > 0 => n.saturating_add(1),
+            (true, _) => 1,
+            (false, n) if n < 0 => n.saturating_sub(1),
+            (false, _) => -1,
+        };
+        let long_enough = if passed {
+            *run >= i64::from(self.passes)
+        } else {
+            -*run >= i64::from(self.fails)
+        };
+        long_enough.then_some(passed)
+    }
 }
 
 impl Checks {
     /// Checks every round until `shutdown` says stop.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -74,13 +119,14 @@ impl Checks {
                 _ = ticks.tick() => {}
                 _ = crate::server::stopped(&mut shutdown) => return,
             }
-            self.round(&self.tables.current()).await;
+            let table = self.tables.current();
+            self.round(&table).await;
         }
     }
 
     /// Checks each server of `table` once, all at once, and records the
     /// results in the table's health.
-    async fn round(&self, table: &Table) {
+    async fn round(&mut self, table: &Table) {
         let targets = targets(table);
         if targets.is_empty() {
             return;
@@ -88,7 +134,10 @@ impl Checks {
         let results = futures_util::future::join_all(targets.iter().map(|t| self.check(t))).await;
         for (target, result) in targets.iter().zip(results) {
             let server = target.server;
-            if !table.health.checked(server.origin(), result.is_ok()) {
+            let Some(verdict) = self.streaks.record(server.origin(), result.is_ok()) else {
+                continue;
+            };
+            if !table.health.checked(server.origin(), verdict) {
                 continue;
             }
             match result {
@@ -175,4 +224,26 @@ fn request(target: &Target<'_>) -> Result<Request<Body>, http::Error> {
 
 fn host_of(upstream: &Upstream) -> HeaderValue {
     HeaderValue::from_str(upstream.authority.as_str()).unwrap_or(HeaderValue::from_static("localhost"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verdict_needs_its_run_of_results() {
+        let mut s = Streaks::new(2, 3);
+        assert_eq!(s.record(4, false), None, "one failure is not enough");
+        assert_eq!(s.record(4, true), None, "a pass breaks the run");
+        assert_eq!(s.record(4, false), None);
+        assert_eq!(s.record(4, false), Some(false), "two in a row");
+        assert_eq!(s.record(4, false), Some(false));
+        assert_eq!(s.record(0, true), None, "slots have their own runs");
+        assert_eq!(s.record(4, true), None);
+        assert_eq!(s.record(4, true), None);
+        assert_eq!(s.record(4, true), Some(true), "three passes in a row");
+        let mut one = Streaks::new(1, 1);
+        assert_eq!(one.record(0, false), Some(false));
+        assert_eq!(one.record(0, true), Some(true));
+    }
 }

@@ -652,6 +652,10 @@ fn a_health_check_on_one_server_or_not_a_path_or_longer_than_its_interval_is_nam
     );
     let never = valid_config().server_str("health_check_interval", "0s");
     assert_rejected_at_key(&never.prepare(), "server.health_check_interval", "zero");
+    for (key, runs) in [("health_check_fails", "0"), ("health_check_passes", "11")] {
+        let config = valid_config().server(key, runs);
+        assert_rejected_at_key(&config.prepare(), &format!("server.{key}"), "is not between 1 and 10");
+    }
 
     // `health_check_host`: only with a check, and a host name (a port allowed).
     let unchecked = GatewayConfig::new()

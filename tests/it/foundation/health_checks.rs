@@ -1,8 +1,9 @@
 //! Active health checks: a route with several servers and `health_check = "/path"` has each
 //! of them asked `GET /path` every `[server] health_check_interval` (`Host` the server's own,
 //! `User-Agent: sessiongate-health-check`). A 2xx or 3xx within `health_check_timeout` passes;
-//! anything else (another status, no answer in time) fails, and one failure marks the server
-//! down: its sessions and its turns go to the route's other servers until one check passes.
+//! anything else (another status, no answer in time) fails, and `health_check_fails` failures
+//! in a row (2 by default, as here) mark the server down: its sessions and its turns go to the
+//! route's other servers until `health_check_passes` checks in a row pass.
 //! An answer to a real request does not undo a failing check.
 //!
 //! What shows it: `GET /upstreams` on the admin listener gives each server a `"check"`
@@ -231,7 +232,7 @@ async fn a_server_that_fails_its_check_gets_no_requests_until_it_passes_again() 
     assert_eq!(
         gw.metric(&down_series(&a.url())).await,
         Some(1.0),
-        "one failure marks it down once, however many checks fail after it"
+        "failures mark it down once, however many checks fail after it"
     );
     assert_eq!(gw.metric(&down_series(&b.url())).await, None);
 
