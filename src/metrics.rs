@@ -213,7 +213,7 @@ impl Metrics {
         );
         registry.register(
             "config_reloads",
-            "Reloads of the config file's [[users]] (SIGHUP, POST /reload), by result (ok, failed)",
+            "Reloads of the config file's [[users]] and [[routes]] (SIGHUP, POST /reload), by result (ok, failed)",
             config_reloads.clone(),
         );
         registry.register(
