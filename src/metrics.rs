@@ -35,6 +35,7 @@ pub struct Metrics {
     latency: Family<Labels, Histogram, fn() -> Histogram>,
     upstream_errors: Family<Labels, Counter>,
     upstream_down: Family<Labels, Counter>,
+    health_checks: Family<Labels, Counter>,
     upstream_ready: Family<Labels, Gauge>,
     requests_refused: Family<Labels, Counter>,
     pub open_connections: Gauge,
@@ -117,6 +118,7 @@ impl Metrics {
         let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let upstream_errors = Family::<Labels, Counter>::default();
         let upstream_down = Family::<Labels, Counter>::default();
+        let health_checks = Family::<Labels, Counter>::default();
         let upstream_ready = Family::<Labels, Gauge>::default();
         let requests_refused = Family::<Labels, Counter>::default();
         let open_connections = Gauge::default();
@@ -157,12 +159,17 @@ impl Metrics {
         );
         registry.register(
             "upstream_down",
-            "Times one of a route's several upstream servers was marked down after a failed connection, by server",
+            "Times one of a route's several upstream servers was marked down after a failed connection or failed health checks, by server",
             upstream_down.clone(),
         );
         registry.register(
+            "health_checks",
+            "Active health checks of upstream servers, by server and result (passed, failed)",
+            health_checks.clone(),
+        );
+        registry.register(
             "upstream_ready",
-            "1 while an upstream server takes requests, 0 while it is marked down or in maintenance (set at each scrape)",
+            "1 while an upstream server takes requests, 0 while it is marked down, failing its health checks or in maintenance (set at each scrape)",
             upstream_ready.clone(),
         );
         registry.register(
@@ -275,6 +282,7 @@ impl Metrics {
             latency,
             upstream_errors,
             upstream_down,
+            health_checks,
             upstream_ready,
             requests_refused,
             open_connections,
@@ -336,6 +344,17 @@ impl Metrics {
     pub fn upstream_down(&self, upstream: &crate::config::Upstream) {
         self.upstream_down
             .get_or_create(&vec![("upstream", upstream.to_string())])
+            .inc();
+    }
+
+    /// One active health check of `upstream` (`proxy::health_check`).
+    pub fn health_check(&self, upstream: &crate::config::Upstream, passed: bool) {
+        let result = if passed { "passed" } else { "failed" };
+        self.health_checks
+            .get_or_create(&vec![
+                ("upstream", upstream.to_string()),
+                ("result", result.to_string()),
+            ])
             .inc();
     }
 

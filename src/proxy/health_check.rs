@@ -134,6 +134,10 @@ impl Checks {
         let results = futures_util::future::join_all(targets.iter().map(|t| self.check(t))).await;
         for (target, result) in targets.iter().zip(results) {
             let server = target.server;
+            self.metrics.health_check(&server.upstream, result.is_ok());
+            if let Err(why) = &result {
+                tracing::debug!(upstream = %server.upstream, route = target.route, error = %why, "health check failed");
+            }
             let Some(verdict) = self.streaks.record(server.origin(), result.is_ok()) else {
                 continue;
             };

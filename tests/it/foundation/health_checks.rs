@@ -235,6 +235,13 @@ async fn a_server_that_fails_its_check_gets_no_requests_until_it_passes_again() 
         "failures mark it down once, however many checks fail after it"
     );
     assert_eq!(gw.metric(&down_series(&b.url())).await, None);
+    let checks = |origin: &str, result: &str| {
+        format!("sessiongate_health_checks_total{{upstream=\"{origin}\",result=\"{result}\"}}")
+    };
+    let failed = gw.metric(&checks(&a.url(), "failed")).await.unwrap_or(0.0);
+    assert!(failed >= 2.0, "two failures in a row mark it down, {failed} counted");
+    assert!(gw.metric(&checks(&b.url(), "passed")).await.unwrap_or(0.0) >= 2.0);
+    assert_eq!(gw.metric(&checks(&b.url(), "failed")).await, None);
 
     a.set_health(200);
     wait_for_check(&gw, &a.url(), "passing").await;
