@@ -281,8 +281,7 @@ impl Health {
     }
 
     fn is_up(&self, origin: usize, now: u64) -> bool {
-        let passive = self.down_until.get(origin);
-        passive.is_none_or(|until| until.load(Ordering::Relaxed) <= now) && !self.check_failed(origin)
+        self.is_up_passively(origin, now) && !self.check_failed(origin)
     }
 
     fn check_failed(&self, origin: usize) -> bool {
@@ -304,12 +303,12 @@ impl Health {
                 .is_some_and(|u| u.swap(0, Ordering::Relaxed) > self.now_ms());
             flag.swap(false, Ordering::Relaxed) || was_down
         } else {
-            !flag.swap(true, Ordering::Relaxed) && self.is_up_passively(origin)
+            !flag.swap(true, Ordering::Relaxed) && self.is_up_passively(origin, self.now_ms())
         }
     }
 
-    fn is_up_passively(&self, origin: usize) -> bool {
-        let now = self.now_ms();
+    /// Not marked down by a failed connection (whatever its checks say).
+    fn is_up_passively(&self, origin: usize, now: u64) -> bool {
         self.down_until
             .get(origin)
             .is_none_or(|until| until.load(Ordering::Relaxed) <= now)

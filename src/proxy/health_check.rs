@@ -24,7 +24,7 @@ use crate::proxy::body::{self, Body};
 use crate::proxy::table::{Table, Tables};
 use crate::proxy::upstream::UpstreamClient;
 use http::uri::PathAndQuery;
-use http::{header, HeaderValue, Request, StatusCode, Uri};
+use http::{header, HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -166,7 +166,7 @@ impl Checks {
     }
 
     async fn check(&self, target: &Target<'_>) -> Result<(), Failed> {
-        let req = request(target).map_err(|e| Failed::Connect(e.to_string()))?;
+        let req = request(target).map_err(Failed::Connect)?;
         let exchange = async {
             let resp = self
                 .client
@@ -213,17 +213,15 @@ fn targets(table: &Table) -> Vec<Target<'_>> {
 /// `GET path` to the target server's pool. There is no client's `Host` to
 /// pass on: the route's (an app behind name-based virtual hosts answers
 /// only for its name), else the server's own authority.
-fn request(target: &Target<'_>) -> Result<Request<Body>, http::Error> {
+fn request(target: &Target<'_>) -> Result<Request<Body>, String> {
     let server = target.server;
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(server.upstream.scheme.clone());
-    uri.authority = Some(server.pool_authority.clone());
-    uri.path_and_query = Some(target.path.clone());
+    let uri = super::server_uri(server, Some(target.path.clone())).map_err(|e| e.to_string())?;
     let host = target.host.cloned().unwrap_or_else(|| host_of(&server.upstream));
-    Request::get(Uri::from_parts(uri)?)
+    Request::get(uri)
         .header(header::HOST, host)
         .header(header::USER_AGENT, HeaderValue::from_static("sessiongate-health-check"))
         .body(body::empty())
+        .map_err(|e| e.to_string())
 }
 
 fn host_of(upstream: &Upstream) -> HeaderValue {

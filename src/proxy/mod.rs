@@ -746,7 +746,7 @@ fn build_upstream_request(
 
 /// The absolute URI the pooled client needs: the server's pool name, and
 /// the request's target.
-fn server_uri(server: &Server, target: Option<PathAndQuery>) -> Result<Uri, GatewayError> {
+pub(crate) fn server_uri(server: &Server, target: Option<PathAndQuery>) -> Result<Uri, GatewayError> {
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(server.upstream.scheme.clone());
     uri.authority = Some(server.pool_authority.clone());
