@@ -19,6 +19,7 @@
 use crate::auth::endpoints::{json, rfc3339};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::proxy::balance::Service;
 use crate::proxy::body::{self, Body};
 use crate::proxy::table::Replaced;
 use crate::session::record::{Identity, SessionRecord};
@@ -111,7 +112,7 @@ impl<'t> Upstreams<'t> {
         json!({
             "upstream": origin.upstream.to_string(),
             "routes": origin.routes,
-            "state": if state.maintenance { "maintenance" } else { "ready" },
+            "state": state.service.as_str(),
             "down_for_ms": u64::try_from(state.down_for.as_millis()).unwrap_or(u64::MAX),
             "check": check,
         })
@@ -439,12 +440,13 @@ async fn config_reload(state: &AdminState, req: &Request<Incoming>) -> Response<
 }
 
 /// `GET /upstreams`: every upstream server with its routes, `state`
-/// (`ready` or `maintenance`) and `down_for_ms` (how much longer it is
-/// marked down after a failed connection). `POST /upstreams/state` with
-/// `{"upstream": "http://...", "state": "maintenance" | "ready"}` takes a
-/// server out of service (its requests go to the route's other servers,
-/// as when it is marked down, but without a failed connection first) or
-/// puts it back. On this instance only; admin token.
+/// (`ready`, `drain` or `maintenance`) and `down_for_ms` (how much longer
+/// it is marked down after a failed connection). `POST /upstreams/state`
+/// with `{"upstream": "http://...", "state": "maintenance" | "drain" |
+/// "ready"}` takes a server out of service (its requests go to the
+/// route's other servers, as when it is marked down, but without a failed
+/// connection first), drains it (only the sessions pinned to it reach it)
+/// or puts it back. On this instance only; admin token.
 async fn upstreams_api(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
     if !authorized(state, req.headers()) {
         return unauthorized();
@@ -484,10 +486,11 @@ async fn set_upstream_state(tables: &crate::proxy::table::Tables, req: Request<I
         Ok(r) => r,
         Err(e) => return bad(format!("bad request: {e}")),
     };
-    let maintenance = match asked.state.as_str() {
-        "maintenance" => true,
-        "ready" => false,
-        other => return bad(format!("state `{other}` is not \"ready\" or \"maintenance\"")),
+    let Some(service) = Service::parse(&asked.state) else {
+        return bad(format!(
+            "state `{}` is not \"ready\", \"drain\" or \"maintenance\"",
+            asked.state
+        ));
     };
     let upstream = match crate::config::parse_upstream(&asked.upstream) {
         Ok(u) => u,
@@ -503,7 +506,7 @@ async fn set_upstream_state(tables: &crate::proxy::table::Tables, req: Request<I
             );
         };
         let routes = ups.routes.iter().map(|(label, o)| (*label, o.as_slice()));
-        match ups.health.set_maintenance(origin.slot, maintenance, routes) {
+        match ups.health.set_service(origin.slot, service, routes) {
             Ok(()) => {
                 tracing::warn!(event = "upstream_state", upstream = %upstream, state = asked.state, "upstream server state set through the admin API");
                 json(StatusCode::OK, &ups.describe(origin))
@@ -511,7 +514,7 @@ async fn set_upstream_state(tables: &crate::proxy::table::Tables, req: Request<I
             Err(crate::proxy::balance::StateError::LastInService(route)) => json(
                 StatusCode::CONFLICT,
                 &json!({"error": format!(
-                    "route {route} would have no upstream server in service; put another back first"
+                    "route {route} would have no upstream server in service (ready for new sessions); put another back first"
                 )}),
             ),
         }
@@ -555,7 +558,7 @@ fn metrics(state: &AdminState) -> Response<Body> {
     state.metrics.clear_upstream_ready();
     for origin in ups.origins.iter().filter(|o| ups.watched(o)) {
         let now = ups.health.state(origin.slot);
-        let ready = !now.maintenance && now.down_for.is_zero() && !now.check_failed;
+        let ready = now.service == Service::Ready && now.down_for.is_zero() && !now.check_failed;
         state.metrics.upstream_ready(origin.upstream, ready);
     }
     let mut r = Response::new(body::full(state.metrics.encode()));

@@ -35,6 +35,7 @@ pub struct Metrics {
     latency: Family<Labels, Histogram, fn() -> Histogram>,
     upstream_errors: Family<Labels, Counter>,
     upstream_down: Family<Labels, Counter>,
+    upstream_requests: Family<Labels, Counter>,
     health_checks: Family<Labels, Counter>,
     upstream_ready: Family<Labels, Gauge>,
     requests_refused: Family<Labels, Counter>,
@@ -45,6 +46,7 @@ pub struct Metrics {
     pub sessions_rotated: Counter,
     sessions_revoked: Family<Labels, Counter>,
     sessions_expired: Family<Labels, Counter>,
+    session_pins: Family<Labels, Counter>,
     user_session_limit: Family<Labels, Counter>,
     pub sessions_not_issued: Counter,
     tls_reloads: Family<Labels, Counter>,
@@ -118,6 +120,7 @@ impl Metrics {
         let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let upstream_errors = Family::<Labels, Counter>::default();
         let upstream_down = Family::<Labels, Counter>::default();
+        let upstream_requests = Family::<Labels, Counter>::default();
         let health_checks = Family::<Labels, Counter>::default();
         let upstream_ready = Family::<Labels, Gauge>::default();
         let requests_refused = Family::<Labels, Counter>::default();
@@ -128,6 +131,7 @@ impl Metrics {
         let sessions_rotated = Counter::default();
         let sessions_revoked = Family::<Labels, Counter>::default();
         let sessions_expired = Family::<Labels, Counter>::default();
+        let session_pins = Family::<Labels, Counter>::default();
         let user_session_limit = Family::<Labels, Counter>::default();
         let sessions_not_issued = Counter::default();
         let tls_reloads = Family::<Labels, Counter>::default();
@@ -161,6 +165,11 @@ impl Metrics {
             "upstream_down",
             "Times one of a route's several upstream servers was marked down after a failed connection or failed health checks, by server",
             upstream_down.clone(),
+        );
+        registry.register(
+            "upstream_requests",
+            "Requests answered by each of a route's several upstream servers (any status), by server: a drained server's falls to zero as its sessions end",
+            upstream_requests.clone(),
         );
         registry.register(
             "health_checks",
@@ -202,6 +211,11 @@ impl Metrics {
             "sessions_expired",
             "Sessions refused as expired, by reason",
             sessions_expired.clone(),
+        );
+        registry.register(
+            "session_pins",
+            "Sessions pinned to an upstream server of a route with several: first (its first request there) or moved (its server was out of service or down)",
+            session_pins.clone(),
         );
         registry.register(
             "user_session_limit",
@@ -282,6 +296,7 @@ impl Metrics {
             latency,
             upstream_errors,
             upstream_down,
+            upstream_requests,
             health_checks,
             upstream_ready,
             requests_refused,
@@ -292,6 +307,7 @@ impl Metrics {
             sessions_rotated,
             sessions_revoked,
             sessions_expired,
+            session_pins,
             user_session_limit,
             sessions_not_issued,
             tls_reloads,
@@ -341,6 +357,14 @@ impl Metrics {
     }
 
     /// One of a route's several servers was marked down (`proxy::balance`).
+    /// The handle counting `upstream`'s answers, as one of a route's
+    /// several servers (a route's only server is counted by its route).
+    pub fn upstream_requests(&self, upstream: &crate::config::Upstream) -> Counter {
+        self.upstream_requests
+            .get_or_create(&vec![("upstream", upstream.to_string())])
+            .clone()
+    }
+
     pub fn upstream_down(&self, upstream: &crate::config::Upstream) {
         self.upstream_down
             .get_or_create(&vec![("upstream", upstream.to_string())])
@@ -389,6 +413,12 @@ impl Metrics {
         self.sessions_revoked
             .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
+    }
+
+    /// A session pinned to an upstream server (`Sessions::pin`).
+    pub fn session_pinned(&self, moved: bool) {
+        let why = if moved { "moved" } else { "first" };
+        self.session_pins.get_or_create(&vec![("why", why.to_string())]).inc();
     }
 
     pub fn session_expired(&self, reason: &'static str) {

@@ -347,7 +347,7 @@ impl Gateway {
         if let Some(t) = redirect_task {
             t.abort();
         }
-        self.shared.sessions.flush().await;
+        self.shared.sessions.settle().await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -16,15 +16,16 @@ pub enum UpstreamCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Take a server out of service (`maintenance`) or put it back
-    /// (`ready`) on this gateway instance; prints its new line.
+    /// Take a server out of service (`maintenance`), drain it (`drain`:
+    /// only the sessions pinned to it reach it) or put it back (`ready`)
+    /// on this gateway instance; prints its new line.
     Set {
         #[command(flatten)]
         admin: AdminArgs,
         /// The server as a route lists it, e.g. http://10.0.0.5:8080
         #[arg(long)]
         upstream: String,
-        #[arg(long, value_parser = ["maintenance", "ready"])]
+        #[arg(long, value_parser = ["maintenance", "drain", "ready"])]
         state: String,
     },
 }

@@ -10,6 +10,17 @@
 //! only its own sessions, to their next-ranked server. Requests without a
 //! session take turns.
 //!
+//! Why pinned too: the ranking alone moves sessions whenever the list or
+//! the servers' health changes. A server a reload adds would take about
+//! 1/(n+1) of the existing sessions, and a server back from maintenance or
+//! from being marked down would take its sessions back from the servers
+//! that stood in for it, each time leaving the app's state of them
+//! behind. So the server that serves a session is recorded in the session
+//! (`SessionRecord::servers`, a [`ServerKey`] per group of servers), and
+//! it comes first for as long as it is in service and up. The ranking
+//! only places sessions that have no server among the route's yet, as
+//! HAProxy's cookie persistence with `redispatch` does.
+//!
 //! Health is passive: a connection that cannot be made (refused,
 //! unreachable, timed out, TLS handshake failed) marks its server down for
 //! `[server] upstream_fail_timeout`, shared by every worker. The first
@@ -21,13 +32,16 @@
 //!
 //! An operator can take a server out of service for a deploy (the admin
 //! API's `POST /upstreams/state`): it gets no requests, as if marked down,
-//! without a failed connection first.
+//! without a failed connection first. Or drain it first: it keeps the
+//! sessions pinned to it and gets no others, so that they end on their
+//! own (logout, idle timeout) before the deploy takes it out.
 
 use crate::config::{Balance, RouteConfig, Upstream};
 use crate::proxy::upstream::Origins;
+use crate::session::record::{ServerKey, MAX_PINS};
 use crate::session::token::SessionId;
 use http::uri::Authority;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -59,11 +73,64 @@ pub struct Servers {
     turn: AtomicUsize,
 }
 
+/// A session to pin to the server of a route that just answered it (see
+/// [`Servers::pin_for`]). Applied to the session's pins when it is
+/// written, not when it is asked: the pins a request saw may be older
+/// than a write under way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinRequest {
+    /// The route's servers: any of them among the pins is replaced.
+    group: Box<[ServerKey]>,
+    served: ServerKey,
+    /// The server that answered, for the log.
+    pub upstream: Upstream,
+}
+
+/// A session's new pins (see [`PinRequest::apply`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Pins {
+    pub servers: Vec<ServerKey>,
+    /// It was pinned to another of the route's servers.
+    pub moved: bool,
+}
+
+impl PinRequest {
+    /// A request of a route whose servers are `group`, from `served`.
+    #[cfg(test)]
+    pub fn for_tests(group: &[ServerKey], served: ServerKey) -> PinRequest {
+        PinRequest {
+            group: group.into(),
+            served,
+            upstream: crate::config::parse_upstream("http://10.0.0.1:80").unwrap_or_else(|e| panic!("{e}")),
+        }
+    }
+
+    /// The pins a session pinned to `current` has after this request, and
+    /// whether it moved; `None` when it is pinned to the server already.
+    /// `served` replaces any other server of the route among them (the
+    /// session moved), or joins them (its first request there), the newest
+    /// last and at most [`MAX_PINS`].
+    pub fn apply(&self, current: &[ServerKey]) -> Option<Pins> {
+        if current.contains(&self.served) {
+            return None;
+        }
+        let mut servers: Vec<ServerKey> = current.iter().copied().filter(|k| !self.group.contains(k)).collect();
+        let moved = servers.len() < current.len();
+        servers.push(self.served);
+        let over = servers.len().saturating_sub(MAX_PINS);
+        servers.drain(..over);
+        Some(Pins { servers, moved })
+    }
+}
+
 /// One request's way through its route's servers.
 #[derive(Debug)]
 pub struct Attempt {
     /// The session id's ranking key, for a sticky route; `None`: turns.
     key: Option<u64>,
+    /// The servers the session is pinned to, one bit each (at most one,
+    /// unless the route lists servers of two groups the session used).
+    pinned: u64,
     /// The turn taken when the attempt began.
     turn: usize,
     /// The servers tried so far, one bit each.
@@ -71,9 +138,14 @@ pub struct Attempt {
 }
 
 impl Server {
-    /// Its slot in [`Health`].
+    /// Its slot in [`Health`] (its origin's position).
     pub fn origin(&self) -> usize {
         self.origin
+    }
+
+    /// What a session pinned to it records.
+    pub fn key(&self) -> ServerKey {
+        ServerKey(self.seed)
     }
 }
 
@@ -110,21 +182,51 @@ impl Servers {
         &self.list
     }
 
-    /// The first server for a request with `session` (if any).
-    pub fn begin(&self, session: Option<&SessionId>, health: &Health) -> (Attempt, &Server) {
-        let key = match (self.balance, session) {
-            (Balance::Sticky, Some(id)) => Some(key_of(id)),
-            _ => None,
+    /// The first server for a request with a session (its id, and the
+    /// servers it is pinned to), or without one.
+    pub fn begin(&self, session: Option<(&SessionId, &[ServerKey])>, health: &Health) -> (Attempt, &Server) {
+        let (key, pinned) = match (self.balance, session) {
+            (Balance::Sticky, Some((id, pins))) => (Some(key_of(id)), self.pinned(pins)),
+            _ => (None, 0),
         };
         let turn = match key {
             Some(_) => 0,
             None => self.turn.fetch_add(1, Ordering::Relaxed),
         };
-        let mut attempt = Attempt { key, turn, tried: 0 };
+        let mut attempt = Attempt {
+            key,
+            pinned,
+            turn,
+            tried: 0,
+        };
         // `None` only if every server were in maintenance, which the admin
         // API refuses (a race of two changes aside): then the first.
         let first = self.choose(&mut attempt, health, true).unwrap_or(0);
         (attempt, &self.list[first])
+    }
+
+    /// The route's servers among `pins`, one bit each.
+    fn pinned(&self, pins: &[ServerKey]) -> u64 {
+        if pins.is_empty() {
+            return 0;
+        }
+        let listed = self.list.iter().take(MAX_SERVERS).enumerate();
+        listed
+            .filter(|(_, s)| pins.contains(&s.key()))
+            .fold(0, |bits, (i, _)| bits | 1 << i)
+    }
+
+    /// What to pin, if anything, once `served` answered a session pinned
+    /// to `pins`: on a sticky route, unless it is pinned to `served`.
+    pub fn pin_for(&self, pins: &[ServerKey], served: &Server) -> Option<PinRequest> {
+        if self.balance != Balance::Sticky || pins.contains(&served.key()) {
+            return None;
+        }
+        Some(PinRequest {
+            group: self.list.iter().map(Server::key).collect(),
+            served: served.key(),
+            upstream: served.upstream.clone(),
+        })
     }
 
     /// The next server to try, after the last one's connection failed:
@@ -144,10 +246,11 @@ impl Servers {
         let best = |up_only: bool| {
             let candidates = (0..n.min(MAX_SERVERS))
                 .filter(|&i| attempt.tried & (1 << i) == 0)
-                .filter(|&i| health.in_service(self.list[i].origin))
+                .filter(|&i| health.service(self.list[i].origin).takes(attempt.pinned & 1 << i != 0))
                 .filter(|&i| !up_only || health.is_up(self.list[i].origin, now));
             match attempt.key {
-                Some(key) => candidates.max_by_key(|&i| rank(key, self.list[i].seed)),
+                // The pinned server first, then the ranking.
+                Some(key) => candidates.max_by_key(|&i| (attempt.pinned & 1 << i != 0, rank(key, self.list[i].seed))),
                 // The turn's server first, then the ones after it in order.
                 None => candidates.min_by_key(|&i| (i + n - attempt.turn % n) % n),
             }
@@ -158,20 +261,64 @@ impl Servers {
     }
 }
 
-/// Which origins are marked down, and which an operator took out of
-/// service, shared by every worker and the admin API; slots by origin.
+/// What an operator says a server takes (the admin API's
+/// `POST /upstreams/state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// Every request its routes give it: the default.
+    Ready,
+    /// Only the sessions pinned to it: no new sessions, no turns of
+    /// requests without a session (HAProxy's drain).
+    Drain,
+    /// Nothing: its pinned sessions move to other servers.
+    Maintenance,
+}
+
+impl Service {
+    pub const ALL: [Service; 3] = [Service::Ready, Service::Drain, Service::Maintenance];
+
+    /// Its name in the admin API and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::Ready => "ready",
+            Service::Drain => "drain",
+            Service::Maintenance => "maintenance",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Service> {
+        Service::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    fn from_u8(v: u8) -> Service {
+        Service::ALL.get(usize::from(v)).copied().unwrap_or(Service::Ready)
+    }
+
+    /// Whether it takes a request, of a session pinned to it or not.
+    fn takes(self, pinned: bool) -> bool {
+        match self {
+            Service::Ready => true,
+            Service::Drain => pinned,
+            Service::Maintenance => false,
+        }
+    }
+}
+
+/// Which origins are marked down, and which an operator drained or took
+/// out of service, shared by every worker and the admin API; slots by
+/// origin.
 #[derive(Debug)]
 pub struct Health {
     epoch: Instant,
     /// The millisecond (since `epoch`) until which the origin is marked down.
     down_until: Box<[AtomicU64]>,
-    /// Set through the admin API (`POST /upstreams/state`): no requests.
-    maintenance: Box<[AtomicBool]>,
+    /// Set through the admin API (`POST /upstreams/state`): a [`Service`].
+    service: Box<[AtomicU8]>,
     /// Set while the origin's last active health check failed (see
     /// `proxy::health_check`): marked down until one passes.
     check_failed: Box<[AtomicBool]>,
-    /// Held while the admin API checks and changes `maintenance`, so that
-    /// two changes cannot each leave the other's route without a server.
+    /// Held while the admin API checks and changes `service`, so that two
+    /// changes cannot each leave the other's route without a server.
     changing: Mutex<()>,
     fail_timeout: Duration,
 }
@@ -179,17 +326,17 @@ pub struct Health {
 /// An origin's state as the admin API shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OriginState {
-    pub maintenance: bool,
+    pub service: Service,
     /// Its last active health check failed.
     pub check_failed: bool,
     /// How much longer it is marked down; zero when it is not.
     pub down_for: Duration,
 }
 
-/// Why an origin's maintenance could not be set.
+/// Why an origin's [`Service`] could not be set.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StateError {
-    /// A route would have no server left in service; its label.
+    /// A route would have no server left that takes new sessions; its label.
     LastInService(String),
 }
 
@@ -198,7 +345,7 @@ impl Health {
         Health {
             epoch: Instant::now(),
             down_until: (0..origins).map(|_| AtomicU64::new(0)).collect(),
-            maintenance: (0..origins).map(|_| AtomicBool::new(false)).collect(),
+            service: (0..origins).map(|_| AtomicU8::new(Service::Ready as u8)).collect(),
             check_failed: (0..origins).map(|_| AtomicBool::new(false)).collect(),
             changing: Mutex::new(()),
             fail_timeout,
@@ -220,6 +367,10 @@ impl Health {
             let down = previous.down_until.get(i).filter(|_| kept(i));
             down.map_or(0, |d| d.load(Ordering::Relaxed))
         };
+        let copy_u8 = |i: usize| {
+            let service = previous.service.get(i).filter(|_| kept(i));
+            service.map_or(Service::Ready as u8, |s| s.load(Ordering::Relaxed))
+        };
         let copy_bool = |flags: &[AtomicBool], i: usize| {
             let flag = flags.get(i).filter(|_| kept(i));
             flag.is_some_and(|f| f.load(Ordering::Relaxed))
@@ -227,9 +378,7 @@ impl Health {
         Health {
             epoch: previous.epoch,
             down_until: (0..origins).map(|i| AtomicU64::new(copy_u64(i))).collect(),
-            maintenance: (0..origins)
-                .map(|i| AtomicBool::new(copy_bool(&previous.maintenance, i)))
-                .collect(),
+            service: (0..origins).map(|i| AtomicU8::new(copy_u8(i))).collect(),
             check_failed: (0..origins)
                 .map(|i| AtomicBool::new(checked.get(i) == Some(&true) && copy_bool(&previous.check_failed, i)))
                 .collect(),
@@ -238,40 +387,46 @@ impl Health {
         }
     }
 
-    fn in_service(&self, origin: usize) -> bool {
-        self.maintenance.get(origin).is_none_or(|m| !m.load(Ordering::Relaxed))
+    /// What the operator set for `origin`.
+    pub fn service(&self, origin: usize) -> Service {
+        self.service
+            .get(origin)
+            .map_or(Service::Ready, |s| Service::from_u8(s.load(Ordering::Relaxed)))
     }
 
     /// `origin`'s state (see [`OriginState`]).
     pub fn state(&self, origin: usize) -> OriginState {
         let until = self.down_until.get(origin).map_or(0, |u| u.load(Ordering::Relaxed));
         OriginState {
-            maintenance: !self.in_service(origin),
+            service: self.service(origin),
             check_failed: self.check_failed(origin),
             down_for: Duration::from_millis(until.saturating_sub(self.now_ms())),
         }
     }
 
-    /// Takes `origin` out of service (`true`) or puts it back. Refused when
-    /// a route among `routes` (label and origins) would have no server in
-    /// service: every request of that route would then fail.
-    pub fn set_maintenance<'r>(
+    /// Sets what `origin` takes. Draining it or taking it out of service
+    /// is refused when a route among `routes` (label and origins) would
+    /// have no server left that is ready: its new sessions would then have
+    /// nowhere to go.
+    pub fn set_service<'r>(
         &self,
         origin: usize,
-        on: bool,
+        service: Service,
         routes: impl IntoIterator<Item = (&'r str, &'r [usize])>,
     ) -> Result<(), StateError> {
         let _changing = self.changing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if on {
+        if service != Service::Ready {
             for (label, origins) in routes {
-                let left = origins.iter().any(|&o| o != origin && self.in_service(o));
+                let left = origins
+                    .iter()
+                    .any(|&o| o != origin && self.service(o) == Service::Ready);
                 if origins.contains(&origin) && !left {
                     return Err(StateError::LastInService(label.to_owned()));
                 }
             }
         }
-        if let Some(slot) = self.maintenance.get(origin) {
-            slot.store(on, Ordering::Relaxed);
+        if let Some(slot) = self.service.get(origin) {
+            slot.store(service as u8, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -398,7 +553,7 @@ mod tests {
     }
 
     fn first<'s>(s: &'s Servers, h: &Health, id: Option<&SessionId>) -> &'s str {
-        s.begin(id, h).1.pool_authority.as_str()
+        s.begin(id.map(|id| (id, &[][..])), h).1.pool_authority.as_str()
     }
 
     const THREE: [&str; 3] = ["http://10.0.0.1:80", "http://10.0.0.2:80", "http://10.0.0.3:80"];
@@ -464,8 +619,8 @@ mod tests {
         let (b, hb) = servers(&["http://10.0.0.3", THREE[0], "http://10.0.0.2:80/"], Balance::Sticky);
         let mut seen = std::collections::HashSet::new();
         for n in 0..200 {
-            let (_, in_a) = a.begin(Some(&session(n)), &ha);
-            let (_, in_b) = b.begin(Some(&session(n)), &hb);
+            let (_, in_a) = a.begin(Some((&session(n), &[])), &ha);
+            let (_, in_b) = b.begin(Some((&session(n), &[])), &hb);
             assert_eq!(in_a.upstream, in_b.upstream, "session {n}");
             seen.insert(in_a.pool_authority.to_string());
         }
@@ -492,7 +647,7 @@ mod tests {
 
     /// The servers one request tries, in order.
     fn tries(s: &Servers, h: &Health, id: &SessionId) -> Vec<String> {
-        let (mut attempt, server) = s.begin(Some(id), h);
+        let (mut attempt, server) = s.begin(Some((id, &[])), h);
         let mut order = vec![server.pool_authority.to_string()];
         while let Some(next) = s.next(&mut attempt, h) {
             order.push(next.pool_authority.to_string());
@@ -529,7 +684,7 @@ mod tests {
     fn a_server_in_maintenance_gets_nothing_and_the_last_one_in_service_stays() {
         let (s, h) = servers(&THREE, Balance::Sticky);
         let route = [("/", &[0usize, 1, 2][..])];
-        assert_eq!(h.set_maintenance(1, true, route), Ok(()));
+        assert_eq!(h.set_service(1, Service::Maintenance, route), Ok(()));
         for n in 0..300 {
             assert_ne!(first(&s, &h, Some(&session(n))), "1");
         }
@@ -538,14 +693,142 @@ mod tests {
         h.mark_down(&s.as_slice()[2]);
         assert_ne!(tries(&s, &h, &session(1))[0], "1");
         assert!(tries(&s, &h, &session(1)).iter().all(|t| t != "1"));
-        assert_eq!(h.set_maintenance(0, true, route), Ok(()));
+        assert_eq!(h.set_service(0, Service::Maintenance, route), Ok(()));
         assert_eq!(
-            h.set_maintenance(2, true, route),
+            h.set_service(2, Service::Maintenance, route),
             Err(StateError::LastInService("/".into()))
         );
-        assert!(h.state(1).maintenance && !h.state(2).maintenance);
-        assert_eq!(h.set_maintenance(1, false, route), Ok(()));
-        assert!(!h.state(1).maintenance);
+        assert_eq!(
+            h.set_service(2, Service::Drain, route),
+            Err(StateError::LastInService("/".into())),
+            "drained, it would take no new session either"
+        );
+        assert_eq!(h.state(1).service, Service::Maintenance);
+        assert_eq!(h.state(2).service, Service::Ready);
+        assert_eq!(h.set_service(1, Service::Ready, route), Ok(()));
+        assert_eq!(h.state(1).service, Service::Ready);
+    }
+
+    /// The first server for a session pinned to `pins`.
+    fn first_pinned<'s>(s: &'s Servers, h: &Health, id: &SessionId, pins: &[ServerKey]) -> &'s str {
+        s.begin(Some((id, pins)), h).1.pool_authority.as_str()
+    }
+
+    #[test]
+    fn a_pinned_server_comes_first_while_it_is_in_service_and_up() {
+        let (s, h) = servers(&THREE, Balance::Sticky);
+        let route = [("/", &[0usize, 1, 2][..])];
+        for n in 0..60 {
+            let id = session(n);
+            let ranked = first(&s, &h, Some(&id)).to_owned();
+            let other = s.as_slice().iter().find(|x| x.pool_authority.as_str() != ranked);
+            let Some(other) = other else {
+                unreachable!("three servers")
+            };
+            let pin = [ServerKey(0x77), other.key()];
+            assert_eq!(
+                first_pinned(&s, &h, &id, &pin),
+                other.pool_authority.as_str(),
+                "session {n}"
+            );
+            // A pin to a server of no route of this one's is no pin here.
+            assert_eq!(first_pinned(&s, &h, &id, &[ServerKey(0x77)]), ranked);
+        }
+        let id = session(1);
+        let pinned = &s.as_slice()[2];
+        let pin = [pinned.key()];
+        assert_eq!(first_pinned(&s, &h, &id, &pin), "2");
+        // Down or out of service, it is skipped like any other server.
+        assert!(h.mark_down(pinned));
+        assert_ne!(first_pinned(&s, &h, &id, &pin), "2");
+        assert!(h.mark_up(pinned));
+        assert_eq!(h.set_service(2, Service::Maintenance, route), Ok(()));
+        assert_ne!(first_pinned(&s, &h, &id, &pin), "2");
+        // When every server is down, the pinned one is still tried first.
+        assert_eq!(h.set_service(2, Service::Ready, route), Ok(()));
+        for server in s.as_slice() {
+            h.mark_down(server);
+        }
+        assert_eq!(first_pinned(&s, &h, &id, &pin), "2");
+    }
+
+    #[test]
+    fn a_drained_server_keeps_its_pinned_sessions_and_gets_no_others() {
+        let (s, h) = servers(&THREE, Balance::Sticky);
+        let route = [("/", &[0usize, 1, 2][..])];
+        assert_eq!(h.set_service(1, Service::Drain, route), Ok(()));
+        let pin = [s.as_slice()[1].key()];
+        for n in 0..300 {
+            let id = session(n);
+            assert_ne!(first(&s, &h, Some(&id)), "1", "a new session, {n}");
+            assert_eq!(first_pinned(&s, &h, &id, &pin), "1", "a pinned session, {n}");
+        }
+        let turns: Vec<&str> = (0..4).map(|_| first(&s, &h, None)).collect();
+        assert!(turns.iter().all(|&t| t != "1"), "{turns:?}");
+        assert_eq!(Service::parse("drain"), Some(Service::Drain));
+        assert_eq!(Service::parse("Drain"), None);
+    }
+
+    #[test]
+    fn pins_change_only_when_another_server_answers() {
+        let (s, _) = servers(&THREE, Balance::Sticky);
+        let [a, b, _] = [&s.as_slice()[0], &s.as_slice()[1], &s.as_slice()[2]];
+        let elsewhere = ServerKey(0x99);
+        let to = |server: &Server, pins: &[ServerKey]| s.pin_for(pins, server).and_then(|r| r.apply(pins));
+        assert_eq!(
+            to(a, &[]),
+            Some(Pins {
+                servers: vec![a.key()],
+                moved: false
+            }),
+            "first request: pinned"
+        );
+        assert_eq!(s.pin_for(&[elsewhere, a.key()], a), None, "served where pinned");
+        assert_eq!(
+            to(b, &[a.key(), elsewhere]),
+            Some(Pins {
+                servers: vec![elsewhere, b.key()],
+                moved: true
+            }),
+            "moved: the route's old pin goes, the other group's stays"
+        );
+        let full: Vec<ServerKey> = (1..=MAX_PINS as u64).map(ServerKey).collect();
+        let mut expected = full[1..].to_vec();
+        expected.push(a.key());
+        assert_eq!(
+            to(a, &full).map(|p| p.servers),
+            Some(expected),
+            "the oldest pin makes room"
+        );
+        let (rr, _) = servers(&THREE, Balance::RoundRobin);
+        assert_eq!(rr.pin_for(&[], &rr.as_slice()[0]), None, "round robin pins nothing");
+
+        // Asked on pins that a write under way then changed: applied to the pins it finds.
+        let asked_unpinned = s.pin_for(&[], b);
+        let Some(asked) = asked_unpinned else {
+            unreachable!("b answered an unpinned session")
+        };
+        let moved = asked.apply(&[a.key()]);
+        assert_eq!(moved.map(|p| (p.servers, p.moved)), Some((vec![b.key()], true)));
+        assert_eq!(asked.apply(&[b.key()]), None, "already there");
+    }
+
+    #[test]
+    fn server_keys_are_the_rendezvous_seeds_and_ignore_spelling() {
+        let (a, _) = servers(&THREE, Balance::Sticky);
+        let (b, _) = servers(
+            &["http://10.0.0.3", "http://10.0.0.1:80/", "http://10.0.0.2:80"],
+            Balance::Sticky,
+        );
+        let keys = |s: &Servers| {
+            let mut k: Vec<u64> = s.as_slice().iter().map(|x| x.key().0).collect();
+            k.sort_unstable();
+            k
+        };
+        assert_eq!(keys(&a), keys(&b));
+        // Stored in sessions: the value must never change between builds
+        // (FNV-1a of "http://10.0.0.1:80").
+        assert_eq!(a.as_slice()[0].key(), ServerKey(0xc2e8_df17_9a35_1d87));
     }
 
     #[tokio::test(start_paused = true)]

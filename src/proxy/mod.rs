@@ -25,7 +25,6 @@ use crate::error::GatewayError;
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::routing::{normalize_path, PathError, Route};
 use crate::server::StartError;
-use crate::session::token::SessionId;
 use crate::session::{Live, Lookup, SessionError, Sessions};
 use balance::Server;
 use body::{Body, UploadHook};
@@ -392,14 +391,13 @@ async fn pipeline<'s>(
         }
         // Boxed: the retry's state stays out of every other request's future.
         None => {
-            let id = session.as_ref().map(|live| &live.record.id);
             Box::pin(exchange_balanced(
                 shared,
-                &table.health,
+                table,
                 conn,
                 ctx,
                 route,
-                id,
+                session.as_ref(),
                 req,
                 upload,
             ))
@@ -430,18 +428,21 @@ const REPLAYABLE_BODY_BYTES: u64 = 64 * 1024;
 /// no body, with its body read whole first when that is at most
 /// [`REPLAYABLE_BODY_BYTES`]. A larger body gets the 502: it streams from
 /// the client into the failed attempt, and no copy is kept to send again.
+/// The server that answers a session is pinned in it (see `balance`).
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 async fn exchange_balanced<'s>(
     shared: &Shared,
-    health: &balance::Health,
+    table: &table::Table,
     conn: &ConnInfo,
     ctx: &mut RequestCtx<'s>,
     route: &'s Route,
-    session: Option<&SessionId>,
+    session: Option<&Arc<Live>>,
     req: Request<Incoming>,
     upload: UploadHook<'_>,
 ) -> Result<Response<Incoming>, GatewayError> {
-    let (mut attempt, mut server) = route.servers.begin(session, health);
+    let health = &*table.health;
+    let sticky = session.map(|live| (&live.record.id, live.record.servers()));
+    let (mut attempt, mut server) = route.servers.begin(sticky, health);
     let has_body = request_has_body(&req);
     let replayable = !has_body
         || req
@@ -462,8 +463,14 @@ async fn exchange_balanced<'s>(
         let err = match exchange(shared, conn, ctx, sent).await {
             Err(GatewayError::UpstreamConnect(err)) => err,
             Ok(resp) => {
+                table.answered(server);
                 if health.mark_up(server) {
                     tracing::info!(event = "upstream_up", upstream = %server.upstream, route = %route.label, "upstream server answers again");
+                }
+                if let Some(live) = session {
+                    if let Some(request) = route.servers.pin_for(live.record.servers(), server) {
+                        shared.sessions.pin(live, request);
+                    }
                 }
                 return Ok(resp);
             }

@@ -11,10 +11,11 @@
 
 use crate::config::RouteConfig;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::proxy::balance::Health;
+use crate::proxy::balance::{Health, Server, Service};
 use crate::proxy::upstream::Origins;
 use crate::routing::{Readings, Route, Router};
 use arc_swap::ArcSwap;
+use prometheus_client::metrics::counter::Counter;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -24,8 +25,12 @@ pub struct Table {
     pub router: Router,
     /// Metric handles, parallel to `router.routes()`.
     route_metrics: Vec<RouteMetrics>,
-    /// Which servers are marked down or in maintenance, by origin slot.
+    /// Which servers are marked down, drained or in maintenance, by
+    /// origin slot.
     pub health: Arc<Health>,
+    /// Each server's answers (`sessiongate_upstream_requests_total`), by
+    /// origin slot; counted for the servers of routes with several.
+    answers: Box<[Counter]>,
     /// The `[[routes]]` this table was built from, for the next reload to
     /// compare with.
     pub config: Vec<RouteConfig>,
@@ -35,6 +40,13 @@ pub struct Table {
 impl Table {
     pub fn route_metrics(&self, route: &Route) -> Option<&RouteMetrics> {
         self.route_metrics.get(route.index)
+    }
+
+    /// Counts an answer from `server`, one of a route's several.
+    pub fn answered(&self, server: &Server) {
+        if let Some(c) = self.answers.get(server.origin()) {
+            c.inc();
+        }
     }
 }
 
@@ -146,19 +158,22 @@ impl Tables {
     }
 }
 
-/// Puts back in service the servers of any route that has none left in
-/// service (its servers all in maintenance, or its only one): the admin
-/// API refuses to make such a route (409), and a reload must not either,
-/// or the route would serve from servers shown as out of service.
+/// Makes ready the servers of any route that has none ready (its servers
+/// all drained or in maintenance, or its only one): the admin API refuses
+/// to make such a route (409), and a reload must not either, or the
+/// route's new sessions would go to servers shown as taking none.
 fn back_in_service(table: &Table) {
     for route in table.router.routes() {
         let servers = route.servers.as_slice();
-        if servers.iter().any(|s| !table.health.state(s.origin()).maintenance) {
+        if servers
+            .iter()
+            .any(|s| table.health.service(s.origin()) == Service::Ready)
+        {
             continue;
         }
         for server in servers {
             let none: [(&str, &[usize]); 0] = [];
-            let _ = table.health.set_maintenance(server.origin(), false, none);
+            let _ = table.health.set_service(server.origin(), Service::Ready, none);
             tracing::warn!(event = "upstream_state", upstream = %server.upstream, route = %route.label, state = "ready", "after the reload the route had no server in service: put back in service");
         }
     }
@@ -174,9 +189,18 @@ fn build(
 ) -> Table {
     let router = Router::new(routes, origins, readings);
     let route_metrics = router.routes().iter().map(|r| metrics.route(&r.label)).collect();
+    let mut answers: Box<[Counter]> = (0..origins.count()).map(|_| Counter::default()).collect();
+    for route in router.routes().iter().filter(|r| r.servers.single().is_none()) {
+        for server in route.servers.as_slice() {
+            if let Some(slot) = answers.get_mut(server.origin()) {
+                *slot = metrics.upstream_requests(&server.upstream);
+            }
+        }
+    }
     Table {
         router,
         route_metrics,
+        answers,
         health: Arc::new(health),
         config: routes.to_vec(),
         generation,
@@ -210,7 +234,11 @@ mod tests {
         let servers = old.router.routes()[0].servers.as_slice();
         assert!(old.health.mark_down(&servers[0]));
         let no_routes: [(&str, &[usize]); 0] = [];
-        assert_eq!(old.health.set_maintenance(servers[1].origin(), true, no_routes), Ok(()));
+        assert_eq!(
+            old.health
+                .set_service(servers[1].origin(), Service::Maintenance, no_routes),
+            Ok(())
+        );
 
         let new_routes = [route("/", &[C, B]), route("/a/", &[A])];
         assert_eq!(tables.replace(&new_routes, false), Replaced::Applied);
@@ -225,9 +253,9 @@ mod tests {
         };
         assert_eq!((slot(A), slot(B), slot(C)), (Some(0), Some(1), Some(2)));
         assert!(new.health.state(0).down_for > Duration::ZERO, "a stays marked down");
-        assert!(new.health.state(1).maintenance, "b stays in maintenance");
+        assert_eq!(new.health.service(1), Service::Maintenance, "b stays in maintenance");
         assert_eq!(new.health.state(2).down_for, Duration::ZERO);
-        assert!(!new.health.state(2).maintenance);
+        assert_eq!(new.health.service(2), Service::Ready);
         let labels: Vec<_> = new.router.routes().iter().map(|r| r.label.as_str()).collect();
         assert_eq!(labels.len(), 2);
 
@@ -240,8 +268,9 @@ mod tests {
         assert_eq!(servers.iter().map(|s| s.origin()).collect::<Vec<_>>(), [2]);
         // But not its state: listed again, it starts ready.
         assert_eq!(tables.replace(&[route("/", &[C, B])], false), Replaced::Applied);
-        assert!(
-            !tables.current().health.state(1).maintenance,
+        assert_eq!(
+            tables.current().health.service(1),
+            Service::Ready,
             "a server listed again starts ready"
         );
     }
@@ -251,13 +280,18 @@ mod tests {
         let tables = tables(&[route("/", &[A, B]), route("/c/", &[C])]);
         let old = tables.current();
         let no_routes: [(&str, &[usize]); 0] = [];
-        assert_eq!(old.health.set_maintenance(0, true, no_routes), Ok(()));
-        // A, in maintenance, becomes the only server of "/"; C's route keeps B.
+        assert_eq!(old.health.set_service(0, Service::Maintenance, no_routes), Ok(()));
+        assert_eq!(old.health.set_service(2, Service::Drain, no_routes), Ok(()));
+        // A, in maintenance, becomes the only server of "/"; C, drained, of
+        // "/c/" with B in maintenance.
+        assert_eq!(old.health.set_service(1, Service::Maintenance, no_routes), Ok(()));
         assert_eq!(
             tables.replace(&[route("/", &[A]), route("/c/", &[C, B])], false),
             Replaced::Applied
         );
-        assert!(!tables.current().health.state(0).maintenance, "A is back in service");
+        let health = &tables.current().health;
+        assert_eq!(health.service(0), Service::Ready, "A is back in service");
+        assert_eq!((health.service(1), health.service(2)), (Service::Ready, Service::Ready));
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //! The store's [`SessionRecord`] and its serde form are unchanged: this is
 //! only the in-memory shape.
 
-use super::record::{check_binding, ClientBinding, Expiry, Identity, Mismatch, SessionRecord};
+use super::record::{check_binding, ClientBinding, Expiry, Identity, Mismatch, ServerKey, SessionRecord};
 use super::token::{self, SessionId, TokenHash};
 use crate::config::BindingConfig;
 use bytes::Bytes;
@@ -59,11 +59,31 @@ pub struct CachedRecord {
     pub identity: Option<Arc<SharedIdentity>>,
     pub binding: CachedBinding,
     pub expires_at: u64,
-    /// The session data (UTF-8, non-empty), shared with the header values
-    /// made from it; `None` when empty, which is most sessions.
-    data: Option<Box<Bytes>>,
+    /// The session data and server pins; `None` when both are empty, which
+    /// is most sessions: boxed, they cost a cached session nothing then.
+    extra: Option<Box<Extra>>,
     /// When this entry was built (Unix seconds): [`CACHE_TTL`] counts from it.
     cached_at: u32,
+}
+
+/// What few sessions have, kept out of line (see [`CachedRecord::extra`]).
+#[derive(Clone)]
+struct Extra {
+    /// The session data (UTF-8), shared with the header values made from it.
+    data: Bytes,
+    /// The servers the session is pinned to (`SessionRecord::servers`).
+    servers: smallvec::SmallVec<[ServerKey; 2]>,
+}
+
+impl Extra {
+    fn boxed(data: Bytes, servers: &[ServerKey]) -> Option<Box<Extra>> {
+        (!data.is_empty() || !servers.is_empty()).then(|| {
+            Box::new(Extra {
+                data,
+                servers: servers.iter().copied().collect(),
+            })
+        })
+    }
 }
 
 fn unix_secs(ms: u64) -> u32 {
@@ -79,9 +99,7 @@ impl Live {
     /// how a step-up route reads the sign-in's age without a field of its
     /// own (a `Live` fills its 120 bytes; see the allocator test).
     pub fn new(hash: TokenHash, record: &SessionRecord, identities: &Identities, now: u64, absolute_ms: u64) -> Live {
-        let data = Some(&record.data)
-            .filter(|d| !d.is_empty())
-            .map(|d| Box::new(Bytes::copy_from_slice(d.as_bytes())));
+        let extra = Extra::boxed(Bytes::copy_from_slice(record.data.as_bytes()), &record.servers);
         Live {
             hash,
             record: CachedRecord {
@@ -91,7 +109,7 @@ impl Live {
                 expires_at: record
                     .expires_at
                     .min(record.authenticated_at.saturating_add(absolute_ms)),
-                data,
+                extra,
                 cached_at: unix_secs(now),
             },
             last_seen: AtomicU64::new(record.last_seen),
@@ -100,6 +118,24 @@ impl Live {
 
     pub fn last_seen(&self) -> u64 {
         self.last_seen.load(Ordering::Relaxed)
+    }
+
+    /// This session pinned to `servers` instead: the cache's copy after
+    /// the store took the new pins (`Sessions::pin`).
+    pub fn with_servers(&self, servers: &[ServerKey]) -> Live {
+        let data = self.record.extra.as_deref().map(|e| e.data.clone()).unwrap_or_default();
+        Live {
+            hash: self.hash,
+            record: CachedRecord {
+                id: self.record.id,
+                identity: self.record.identity.clone(),
+                binding: self.record.binding.clone(),
+                expires_at: self.record.expires_at,
+                extra: Extra::boxed(data, servers),
+                cached_at: self.record.cached_at,
+            },
+            last_seen: AtomicU64::new(self.last_seen()),
+        }
     }
 
     pub fn is_authenticated(&self) -> bool {
@@ -123,7 +159,10 @@ impl Live {
     /// The session-data header value (no copy: it shares the data's bytes),
     /// if there is data and it is a valid header value.
     pub fn data_header(&self) -> Option<HeaderValue> {
-        let data = self.record.data.as_deref()?;
+        let data = &self.record.extra.as_deref()?.data;
+        if data.is_empty() {
+            return None;
+        }
         HeaderValue::from_maybe_shared(data.clone())
             .ok()
             .filter(|v| v.to_str().is_ok())
@@ -146,10 +185,15 @@ impl CachedRecord {
 
     /// The session data ("" when none).
     pub fn data(&self) -> &str {
-        self.data
+        self.extra
             .as_deref()
-            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|e| std::str::from_utf8(&e.data).ok())
             .unwrap_or("")
+    }
+
+    /// The servers the session is pinned to, the newest last.
+    pub fn servers(&self) -> &[ServerKey] {
+        self.extra.as_deref().map_or(&[], |e| &e.servers)
     }
 }
 
@@ -280,6 +324,7 @@ mod tests {
             csrf: token::random_string::<24>().unwrap_or_default(),
             login_entry: None,
             provider_login: false,
+            servers: Vec::new(),
         }
     }
 
@@ -382,6 +427,27 @@ mod tests {
             ));
         }
         assert!(ids.len() < 64, "dead identities are pruned: {}", ids.len());
+    }
+
+    #[test]
+    fn pins_are_cached_and_replaced_without_touching_the_rest() {
+        let ids = Identities::default();
+        let mut r = record(Some("ann"), "");
+        let plain = Live::new(TokenHash([1; 32]), &r, &ids, 0, u64::MAX);
+        assert!(plain.record.extra.is_none(), "no data, no pins: nothing boxed");
+        assert_eq!(plain.record.servers(), []);
+        r.servers = vec![ServerKey(1), ServerKey(2)];
+        r.data = "k=v".into();
+        let pinned = Live::new(TokenHash([1; 32]), &r, &ids, 0, u64::MAX);
+        assert_eq!(pinned.record.servers(), [ServerKey(1), ServerKey(2)]);
+        let moved = pinned.with_servers(&[ServerKey(3)]);
+        assert_eq!(moved.record.servers(), [ServerKey(3)]);
+        assert_eq!(moved.record.data(), "k=v");
+        assert_eq!(moved.data_header(), Some(HeaderValue::from_static("k=v")));
+        assert_eq!(moved.record.id, pinned.record.id);
+        assert_eq!(moved.last_seen(), pinned.last_seen());
+        assert!(moved.record.identity.is_some());
+        assert!(plain.with_servers(&[]).record.extra.is_none());
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod token;
 
 use crate::config::{Config, OnMismatch, OnUserLimit, SameSite, StoreKind};
 use crate::metrics::Metrics;
+use crate::proxy::balance::{PinRequest, Pins};
 use http::{HeaderMap, HeaderValue};
 pub use live::Live;
 use live::{Identities, CACHE_TTL};
@@ -151,6 +152,40 @@ pub struct Sessions {
     set_cookie_suffix: String,
     clear_cookie: HeaderValue,
     new_limit: new_limit::NewSessionLimit,
+    /// Sessions whose pins are being written ([`Sessions::pin`]), with the
+    /// latest request that came meanwhile, written next: a burst of a
+    /// session's requests writes once or twice, and the last word wins.
+    pinning: Mutex<HashMap<TokenHash, Option<PinRequest>, BuildTokenHasher>>,
+    /// Told when the last pin in flight is written ([`Sessions::settle`]).
+    pins_done: tokio::sync::Notify,
+    /// The runtime of the background tasks, which outlives the workers':
+    /// pins are written there, so that a worker that stops (shutdown)
+    /// does not cancel them.
+    background: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// Held while a session's record is read, changed and written back
+    /// (data, pins), by the token hash's last byte: two such updates of one
+    /// session in this process never undo each other.
+    updating: Box<[tokio::sync::Mutex<()>]>,
+}
+
+/// How many locks [`Sessions::updating`] spreads sessions over.
+const UPDATE_LOCKS: usize = 64;
+
+/// A pin being written: when it is done, or its task cancelled, the
+/// session may be pinned again, and [`Sessions::settle`] is told.
+struct Pinning {
+    sessions: Arc<Sessions>,
+    live: Arc<Live>,
+}
+
+impl Drop for Pinning {
+    fn drop(&mut self) {
+        let mut pinning = self.sessions.pinning.lock().unwrap_or_else(|p| p.into_inner());
+        pinning.remove(&self.live.hash);
+        if pinning.is_empty() {
+            self.sessions.pins_done.notify_waiters();
+        }
+    }
 }
 
 impl Sessions {
@@ -221,6 +256,10 @@ impl Sessions {
             touch_ms: millis(config.store.touch_interval),
             set_cookie_suffix: suffix,
             new_limit: new_limit::NewSessionLimit::new(s.new_per_ip_per_minute),
+            pinning: Mutex::default(),
+            pins_done: tokio::sync::Notify::new(),
+            background: std::sync::OnceLock::new(),
+            updating: (0..UPDATE_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
             clear_cookie: HeaderValue::from_str(&clear).unwrap_or_else(|_| HeaderValue::from_static("")),
             metrics,
             config,
@@ -230,6 +269,7 @@ impl Sessions {
     /// Starts the write-behind and sweeper tasks. They hold a weak reference
     /// and end with the manager.
     pub fn start_background(self: &Arc<Self>) {
+        let _ = self.background.set(tokio::runtime::Handle::current());
         let events = self.events.lock().ok().and_then(|mut e| e.take());
         if let Some(mut events) = events {
             let weak = Arc::downgrade(self);
@@ -283,6 +323,26 @@ impl Sessions {
 
     pub fn cookie_name(&self) -> &str {
         &self.config.session.cookie_name
+    }
+
+    /// At shutdown: waits (a few seconds at most) for the pins being
+    /// written, then writes the queued `last_seen` updates.
+    pub async fn settle(&self) {
+        let written = async {
+            loop {
+                let done = self.pins_done.notified();
+                tokio::pin!(done);
+                done.as_mut().enable();
+                if self.pinning.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+                    return;
+                }
+                done.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), written).await.is_err() {
+            tracing::warn!("stopping with session pins not yet written");
+        }
+        self.flush().await;
     }
 
     /// Writes queued `last_seen` updates to the store.
@@ -630,6 +690,7 @@ impl Sessions {
             csrf: token::random_string::<24>()?,
             login_entry: None,
             provider_login: false,
+            servers: Vec::new(),
         })
     }
 
@@ -980,6 +1041,7 @@ impl Sessions {
     /// write only replaces an existing record, and a cache entry put back
     /// after a concurrent revocation is taken out again.
     pub async fn set_data(&self, live: &Live, data: String) -> Result<(), StoreError> {
+        let _updating = self.updating(&live.hash).lock().await;
         // The full record is in the store only (see `live.rs`).
         let Some(mut record) = self.store.get(live.hash).await.inspect_err(|_| self.store_failed())? else {
             return Ok(());
@@ -1000,6 +1062,97 @@ impl Sessions {
         self.generations.advance(&live.hash);
         // `remove` marks `revoked` before it invalidates: whichever order the
         // two ran in, the entry does not outlive the revocation.
+        if self.revoked.contains_key(&live.hash) {
+            self.uncache(&live.hash).await;
+        }
+        Ok(())
+    }
+
+    fn updating(&self, hash: &TokenHash) -> &tokio::sync::Mutex<()> {
+        &self.updating[usize::from(hash.0[31]) % UPDATE_LOCKS]
+    }
+
+    /// Pins the session to the server that just answered it (see
+    /// `SessionRecord::servers`). In the background: the request does not
+    /// wait for the store, and a write that fails costs only the pin (the
+    /// session is placed again, and pinned, by its next request). While a
+    /// pin of the session is written, the latest request that comes is
+    /// kept and written after it, applied to the pins that write left.
+    pub fn pin(self: &Arc<Self>, live: &Arc<Live>, request: PinRequest) {
+        {
+            let mut pinning = self.pinning.lock().unwrap_or_else(|p| p.into_inner());
+            match pinning.entry(live.hash) {
+                std::collections::hash_map::Entry::Occupied(mut under_way) => {
+                    *under_way.get_mut() = Some(request);
+                    return;
+                }
+                std::collections::hash_map::Entry::Vacant(none) => {
+                    none.insert(None);
+                }
+            }
+        }
+        let written = Pinning {
+            sessions: Arc::clone(self),
+            live: Arc::clone(live),
+        };
+        let task = async move {
+            let mut next = Some(request);
+            while let Some(request) = next {
+                if let Err(e) = written.sessions.store_pin(&written.live, &request).await {
+                    tracing::warn!(session_id = %written.live.record.id, error = %e, "session's upstream server not recorded");
+                }
+                let mut pinning = written.sessions.pinning.lock().unwrap_or_else(|p| p.into_inner());
+                next = pinning.get_mut(&written.live.hash).and_then(Option::take);
+            }
+        };
+        match self.background.get() {
+            Some(runtime) => drop(runtime.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
+    }
+
+    /// Writes one pin, applied to the session's pins as they are now.
+    async fn store_pin(&self, live: &Live, request: &PinRequest) -> Result<(), StoreError> {
+        let _updating = self.updating(&live.hash).lock().await;
+        // The cached entry now, which a data update or a pin may have replaced.
+        let cached = self
+            .cache
+            .get(&live.hash.prefix())
+            .await
+            .filter(|c| c.hash == live.hash);
+        let current = match &cached {
+            Some(entry) => entry.record.servers().to_vec(),
+            None => match self.store.get(live.hash).await.inspect_err(|_| self.store_failed())? {
+                Some(record) => record.servers,
+                None => return Ok(()),
+            },
+        };
+        let Some(Pins { servers, moved }) = request.apply(&current) else {
+            return Ok(());
+        };
+        let set = self
+            .store
+            .set_servers(live.hash, servers.clone())
+            .await
+            .inspect_err(|_| self.store_failed())?;
+        if !set {
+            return Ok(());
+        }
+        self.metrics.session_pinned(moved);
+        if moved {
+            tracing::debug!(event = "session_moved", session_id = %live.record.id, upstream = %request.upstream, "session pinned to another upstream server");
+        }
+        let Some(cached) = cached else {
+            return Ok(());
+        };
+        if self.revoked.contains_key(&live.hash) {
+            return Ok(());
+        }
+        self.cache
+            .insert(live.hash.prefix(), Arc::new(cached.with_servers(&servers)))
+            .await;
+        self.generations.advance(&live.hash);
+        // As in `set_data`: the entry must not outlive a revocation.
         if self.revoked.contains_key(&live.hash) {
             self.uncache(&live.hash).await;
         }
@@ -1124,6 +1277,7 @@ fn millis(d: Duration) -> u64 {
 mod tests {
     use super::*;
     use http::header::COOKIE;
+    use record::ServerKey;
 
     fn sessions(dir: &std::path::Path) -> Sessions {
         sessions_with(dir, "")
@@ -1237,5 +1391,42 @@ mod tests {
         assert!(!s.cache.contains_key(&regulars[0].prefix()));
         assert!(regulars[1..].iter().all(|h| s.cache.contains_key(&h.prefix())));
         assert_eq!(s.cache.entry_count(), 4);
+    }
+
+    /// Pins and a data update of one session, all under way: each keeps
+    /// the others' changes, in the store and in the cache; a pin asked
+    /// while one is written is written after it, on the pins it left (a
+    /// move, counted as one); shutdown waits for both.
+    #[tokio::test]
+    async fn pins_and_a_data_update_keep_each_other() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = Arc::new(sessions(dir.path()));
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let (_, live) = s.issue(ip, &HeaderMap::new()).await.unwrap_or_else(|e| panic!("{e}"));
+        let group = [ServerKey(1), ServerKey(2)];
+        s.pin(&live, PinRequest::for_tests(&group, ServerKey(1)));
+        s.pin(&live, PinRequest::for_tests(&group, ServerKey(2)));
+        s.set_data(&live, "cart=1".into())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.settle().await;
+        let stored = s.stored(&live).await.ok().flatten().unwrap_or_else(|| unreachable!());
+        assert_eq!((stored.servers, stored.data.as_str()), (vec![ServerKey(2)], "cart=1"));
+        let cached = s
+            .get(live.hash, now_ms())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| unreachable!());
+        assert_eq!(
+            (cached.record.servers(), cached.record.data()),
+            (&[ServerKey(2)][..], "cart=1")
+        );
+        assert!(s.pinning.lock().unwrap_or_else(|p| p.into_inner()).is_empty());
+        let text = s.metrics.encode();
+        for why in ["first", "moved"] {
+            let line = format!("sessiongate_session_pins_total{{why=\"{why}\"}} 1");
+            assert!(text.contains(&line), "{line} in {text}");
+        }
     }
 }

@@ -193,6 +193,7 @@ mod tests {
             csrf: String::new(),
             login_entry: None,
             provider_login: false,
+            servers: Vec::new(),
         };
         Arc::new(Live::new(TokenHash(hash), &record, &Identities::default(), 1, u64::MAX))
     }

@@ -264,6 +264,36 @@ pub struct SessionRecord {
     /// session a sign-out may end too.
     #[serde(default, skip_serializing_if = "is_false")]
     pub provider_login: bool,
+    /// The upstream servers this session is pinned to, one per group of
+    /// servers a route balances over (see `proxy::balance`): written when
+    /// a route with several servers first serves the session, and when its
+    /// server is taken out of service or marked down and another serves
+    /// it. So a session stays where its app state is, whatever servers a
+    /// reload adds or a deploy brings back. The newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ServerKey>,
+}
+
+/// An upstream server as a session's pin names it: the server's rendezvous
+/// seed (`proxy::balance`), a hash of its origin that is the same in every
+/// build, instance and spelling of the address. Stored as 16 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ServerKey(pub u64);
+
+/// The most pins a session keeps: one per group of servers it used; the
+/// oldest goes first (a group that no route lists any more).
+pub const MAX_PINS: usize = 4;
+
+impl Serialize for ServerKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_hex(&self.0.to_be_bytes(), s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ServerKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_hex(d, "server key").map(|b| ServerKey(u64::from_be_bytes(b)))
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -321,6 +351,7 @@ impl SessionRecord {
             csrf: "c".into(),
             login_entry: None,
             provider_login: false,
+            servers: Vec::new(),
         }
     }
 }
@@ -386,6 +417,26 @@ mod tests {
         for bad in ["\"ab\"", "\"zz\"", "1"] {
             assert!(serde_json::from_str::<Fingerprint>(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Pins are stored as 16 hex digits each, and left out when there are
+    /// none: a record written before pins existed reads as unpinned.
+    #[test]
+    fn pins_are_stored_as_hex_and_optional() {
+        let mut r = SessionRecord::anonymous_at(1, 2);
+        let plain = serde_json::to_string(&r).unwrap_or_default();
+        assert!(!plain.contains("servers"), "{plain}");
+        let back: Option<SessionRecord> = serde_json::from_str(&plain).ok();
+        assert_eq!(back.map(|b| b.servers), Some(vec![]));
+        r.servers = vec![ServerKey(0x0123_4567_89ab_cdef), ServerKey(5)];
+        let json = serde_json::to_string(&r).unwrap_or_default();
+        assert!(
+            json.contains(r#""servers":["0123456789abcdef","0000000000000005"]"#),
+            "{json}"
+        );
+        let back: Option<SessionRecord> = serde_json::from_str(&json).ok();
+        assert_eq!(back.map(|b| b.servers), Some(r.servers));
+        assert!(serde_json::from_str::<ServerKey>("\"12\"").is_err());
     }
 
     /// Fingerprinting `User-Agent` and `Accept-Language`; a request with only the first.

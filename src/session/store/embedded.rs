@@ -21,7 +21,7 @@
 //! larger of the two.
 
 use super::{is_dead, matches_user, Newest, SessionStore, StoreError, StoreFuture};
-use crate::session::record::SessionRecord;
+use crate::session::record::{ServerKey, SessionRecord};
 use crate::session::token::{SessionId, TokenHash};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
@@ -458,6 +458,20 @@ impl SessionStore for EmbeddedStore {
             if t.sessions.get(hash.0.as_slice()).map_err(backend)?.is_none() {
                 return Ok(false);
             }
+            t.write(&hash, &record)?;
+            Ok(true)
+        })
+    }
+
+    fn set_servers(&self, hash: TokenHash, servers: Vec<ServerKey>) -> StoreFuture<'_, bool> {
+        // Read and written in one transaction: a data update queued before
+        // or after it keeps its data.
+        self.queued(move |t| {
+            let stored = t.sessions.get(hash.0.as_slice()).map_err(backend)?;
+            let Some(mut record) = stored.map(|v| decode(v.value())).transpose()? else {
+                return Ok(false);
+            };
+            record.servers = servers;
             t.write(&hash, &record)?;
             Ok(true)
         })
@@ -1048,5 +1062,30 @@ mod tests {
             store.touch(vec![(a, 7_000)]).await.unwrap_or_else(|e| panic!("{e}"));
         }
         assert_eq!(seen(&open(&dir), a).await, Some(7_000));
+    }
+
+    /// Pins are set alone: the data and the written-behind `last_seen` stay,
+    /// a missing session is not brought back, and they survive reopening.
+    #[tokio::test]
+    async fn pins_change_nothing_else_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (a, gone) = (TokenHash([1; 32]), TokenHash([2; 32]));
+        let pins = vec![ServerKey(1), ServerKey(u64::MAX)];
+        {
+            let store = open(&dir);
+            let mut r = record(1_000);
+            r.data = "cart=3".into();
+            store.put(a, r).await.unwrap_or_else(|e| panic!("{e}"));
+            store.touch(vec![(a, 7_000)]).await.unwrap_or_else(|e| panic!("{e}"));
+            let set = store.set_servers(a, pins.clone()).await;
+            assert!(set.unwrap_or_else(|e| panic!("{e}")));
+            let missing = store.set_servers(gone, pins.clone()).await;
+            assert!(!missing.unwrap_or_else(|e| panic!("{e}")));
+            assert!(store.get(gone).await.ok().flatten().is_none());
+        }
+        let store = open(&dir);
+        let r = store.get(a).await.ok().flatten();
+        let r = r.unwrap_or_else(|| panic!("the session is gone"));
+        assert_eq!((r.servers, r.data.as_str(), r.last_seen), (pins, "cart=3", 7_000));
     }
 }

@@ -2,7 +2,7 @@
 //! deployments that accept a logout-everyone restart.
 
 use super::{is_dead, matches_user, SessionStore, StoreFuture};
-use crate::session::record::SessionRecord;
+use crate::session::record::{ServerKey, SessionRecord};
 use crate::session::token::{SessionId, TokenHash};
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -49,6 +49,11 @@ impl SessionStore for MemoryStore {
             None => false,
         });
         Box::pin(async move { Ok(replaced) })
+    }
+
+    fn set_servers(&self, hash: TokenHash, servers: Vec<ServerKey>) -> StoreFuture<'_, bool> {
+        let set = self.write(|m| m.get_mut(&hash).map(|r| r.servers = servers).is_some());
+        Box::pin(async move { Ok(set) })
     }
 
     fn rotate(&self, old: TokenHash, new: TokenHash, record: SessionRecord) -> StoreFuture<'_, ()> {
@@ -131,6 +136,7 @@ mod tests {
             csrf: "c".into(),
             login_entry: None,
             provider_login: false,
+            servers: Vec::new(),
         }
     }
 

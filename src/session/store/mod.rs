@@ -10,7 +10,7 @@ pub mod embedded;
 pub mod memory;
 pub mod redis;
 
-use super::record::SessionRecord;
+use super::record::{ServerKey, SessionRecord};
 use super::token::{SessionId, TokenHash};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -172,6 +172,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Replaces the record under `hash` only if one is still there (a
     /// concurrent logout must not be undone). Returns whether it was.
     fn replace(&self, hash: TokenHash, record: SessionRecord) -> StoreFuture<'_, bool>;
+    /// Sets the servers a session is pinned to, only if its record is
+    /// still there, and nothing else of it: one atomic write (a data
+    /// update racing it keeps its data). Returns whether it was there.
+    fn set_servers(&self, hash: TokenHash, servers: Vec<ServerKey>) -> StoreFuture<'_, bool>;
     /// Atomically removes `old` and stores `record` under `new`.
     fn rotate(&self, old: TokenHash, new: TokenHash, record: SessionRecord) -> StoreFuture<'_, ()>;
     /// [`SessionStore::rotate`], then deletes `end` (the sessions a login

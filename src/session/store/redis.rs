@@ -18,7 +18,7 @@
 
 use super::{matches_user, CacheEvent, Newest, SessionStore, StoreError, StoreFuture};
 use crate::config::RedisConfig;
-use crate::session::record::SessionRecord;
+use crate::session::record::{ServerKey, SessionRecord};
 use crate::session::token::{hex, SessionId, TokenHash};
 use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -73,6 +73,7 @@ pub struct RedisStore {
     events: Mutex<Option<mpsc::UnboundedReceiver<CacheEvent>>>,
     replace_script: Script,
     touch_script: Script,
+    servers_script: Script,
 }
 
 fn backend(e: redis::RedisError) -> StoreError {
@@ -100,6 +101,11 @@ const REPLACE: &str =
 const TOUCH: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then \
     local cur = tonumber(redis.call('HGET', KEYS[1], 's') or '0') \
     if tonumber(ARGV[1]) > cur then redis.call('HSET', KEYS[1], 's', ARGV[1]) end end return 0";
+
+/// Pins live in a field of their own, `p`, so that setting them never
+/// rewrites the record (`r`) that another instance may be replacing.
+const SET_SERVERS: &str =
+    "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'p', ARGV[1]) return 1 end return 0";
 
 /// The most touches one pipeline carries (see `RedisStore::touch`).
 const TOUCH_PIPELINE: usize = 1000;
@@ -143,6 +149,7 @@ impl RedisStore {
             events: Mutex::new(Some(rx)),
             replace_script: Script::new(REPLACE),
             touch_script: Script::new(TOUCH),
+            servers_script: Script::new(SET_SERVERS),
         })
     }
 
@@ -179,16 +186,21 @@ impl RedisStore {
 
     async fn read(&self, hash: TokenHash) -> Result<Option<SessionRecord>, StoreError> {
         let mut c = self.conn.clone();
-        let (r, s): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+        let (r, s, p): (Option<String>, Option<u64>, Option<String>) = redis::cmd("HMGET")
             .arg(self.key(&hash))
             .arg("r")
             .arg("s")
+            .arg("p")
             .query_async(&mut c)
             .await
             .map_err(backend)?;
         let Some(r) = r else { return Ok(None) };
-        let mut rec: SessionRecord = serde_json::from_str(&r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+        let mut rec: SessionRecord = serde_json::from_str(&r).map_err(corrupt)?;
         rec.last_seen = rec.last_seen.max(s.unwrap_or(0));
+        if let Some(p) = p {
+            rec.servers = serde_json::from_str(&p).map_err(corrupt)?;
+        }
         Ok(Some(rec))
     }
 
@@ -501,6 +513,24 @@ impl SessionStore for RedisStore {
                 self.publish(&hash, false).await;
             }
             Ok(replaced == 1)
+        })
+    }
+
+    fn set_servers(&self, hash: TokenHash, servers: Vec<ServerKey>) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            let json = serde_json::to_string(&servers).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let mut c = self.conn.clone();
+            let set: i64 = self
+                .servers_script
+                .key(self.key(&hash))
+                .arg(json)
+                .invoke_async(&mut c)
+                .await
+                .map_err(backend)?;
+            if set == 1 {
+                self.publish(&hash, false).await;
+            }
+            Ok(set == 1)
         })
     }
 

@@ -2,7 +2,8 @@
 //! default) or `"round-robin"`, and servers marked down when a connection to them fails.
 //!
 //! A request that carries a gateway session goes to the server its session's stable id ranks
-//! first (rendezvous hashing), so the id, not the token, decides: a login, which rotates the
+//! first (rendezvous hashing; that server is then pinned in the session, see `pinning`), so
+//! the session, not the token, decides: a login, which rotates the
 //! token, keeps the server. Requests without a session (`auth = "none"`), and every request
 //! of a `round-robin` route, take turns in the list's order, one counter per route.
 //!
@@ -118,7 +119,7 @@ async fn poll_until(
 }
 
 /// Three upstreams named `a`, `b` and `c`, and their origins in that order.
-async fn three_servers() -> ([TestUpstream; 3], Vec<String>) {
+pub(super) async fn three_servers() -> ([TestUpstream; 3], Vec<String>) {
     let servers = [
         TestUpstream::named("a").await,
         TestUpstream::named("b").await,
@@ -664,8 +665,8 @@ pub(super) async fn upstreams(gw: &GatewayAddrs) -> Vec<serde_json::Value> {
 
 /// An operator takes a server out for a deploy through the admin API: its sessions and its
 /// turns go to the other server at once, without a failed connection (no request with a body
-/// gets 502), and come back when it is put back. The last server in service of a route cannot
-/// be taken out.
+/// gets 502); put back, it takes turns and new sessions again, while the sessions that moved
+/// stay pinned where they went. The last server in service of a route cannot be taken out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_takes_a_server_out_of_service_and_back() {
     let a = TestUpstream::named("a").await;
@@ -728,14 +729,15 @@ async fn an_operator_takes_a_server_out_of_service_and_back() {
     // Unknown servers, states and bodies are refused, and change nothing.
     let (_, stranger) = dead_server();
     assert_eq!(set_state(&gw, &stranger, "ready").await.0, StatusCode::NOT_FOUND);
-    assert_eq!(set_state(&gw, &a.url(), "drain").await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(set_state(&gw, &a.url(), "draining").await.0, StatusCode::BAD_REQUEST);
     assert_eq!(set_state(&gw, "not a url", "ready").await.0, StatusCode::BAD_REQUEST);
     assert_eq!(listed(&gw, &a.url()).await["state"], "maintenance");
 
-    // Back in service: its sessions come back to it.
+    // Back in service: it takes requests again, but the session that moved is pinned to
+    // the server that stood in, and stays there (see `pinning`).
     let (status, answer) = set_state(&gw, &a.url(), "ready").await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(served_by(on_a, &gw, "/back").await, "a");
+    assert_eq!(served_by(on_a, &gw, "/back").await, "b");
     assert_eq!(served_by(on_b, &gw, "/back").await, "b");
     assert_eq!(gw.metric(&ready_series(&a.url())).await, Some(1.0));
 }

@@ -186,7 +186,8 @@ async fn hold_connections(listener: TcpListener, heads: Arc<Mutex<Vec<String>>>)
 /// An app whose check fails (503, its database gone) gets nothing but checks: its sessions go
 /// to the other server, which answers them; it is shown failing, not ready and counted down
 /// once, while its `state` stays `ready` (maintenance is the operator's, apart). When its check
-/// passes again its sessions come back. The real binary, for the log lines.
+/// passes again it takes new sessions; the ones that moved stay pinned where they went. The
+/// real binary, for the log lines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_fails_its_check_gets_no_requests_until_it_passes_again() {
     let (a, b) = (TestUpstream::named("a").await, TestUpstream::named("b").await);
@@ -252,7 +253,9 @@ async fn a_server_that_fails_its_check_gets_no_requests_until_it_passes_again() 
         })
         .await;
     assert_eq!(log_field_text(&line, "level").as_deref(), Some("INFO"), "{line}");
-    assert_eq!(served_by(on_a, &gw, "/back").await, "a", "a's session came back to it");
+    // a takes new sessions again; the one that moved is pinned to b and stays (`pinning`).
+    browsers_on(&gw, &["a"]).await;
+    assert_eq!(served_by(on_a, &gw, "/back").await, "b", "a's old session stays on b");
     assert_eq!(served_by(on_b, &gw, "/back").await, "b");
     assert_eq!(gw.metric(&ready_series(&a.url())).await, Some(1.0));
     assert_eq!(gw.metric(&down_series(&a.url())).await, Some(1.0));
@@ -325,7 +328,7 @@ async fn a_route_given_a_health_check_by_a_reload_is_checked() {
 }
 
 /// A reload that takes `health_check` away from the only route checking a failing server
-/// leaves nothing to clear its mark: the mark goes with it, and the server takes its
+/// leaves nothing to clear its mark: the mark goes with it, and the server takes new
 /// sessions again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_removes_the_health_check_puts_a_failing_server_back() {
@@ -341,8 +344,13 @@ async fn a_reload_that_removes_the_health_check_puts_a_failing_server_back() {
     reload_routes(&gw).await;
 
     assert_eq!(listed(&gw, &a.url()).await["check"], "none");
-    assert_eq!(served_by(&on["a"], &gw, "/unchecked").await, "a", "a's session");
     assert_eq!(gw.metric(&ready_series(&a.url())).await, Some(1.0));
+    browsers_on(&gw, &["a"]).await;
+    assert_eq!(
+        served_by(&on["a"], &gw, "/unchecked").await,
+        "b",
+        "moved, and pinned there"
+    );
 }
 
 /// An answer to a real request does not undo a failing check. With every server failing, a

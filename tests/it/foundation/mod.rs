@@ -12,6 +12,9 @@
 //! - `upstream_tls`: `https://` upstreams, verified, with an optional client certificate.
 //! - `upstream_errors`: 502 and 504 without leaking the upstream.
 //! - `balancing`: several upstreams per route, sticky sessions or round-robin, failover.
+//! - `pinning`: a sticky route's server is pinned in the session: reloads, maintenance and
+//!   restarts do not move sessions back and forth.
+//! - `draining`: a drained server keeps its pinned sessions and takes no new ones.
 //! - `health_checks`: active health checks leave out servers that fail them, until they pass.
 //! - `limits`: body and header limits, slow clients, the connection limit.
 //! - `websocket`: upgrades through the gateway.
@@ -30,6 +33,7 @@ mod admin;
 mod balancing;
 mod config_errors;
 mod cross_origin;
+mod draining;
 mod forwarding;
 mod framing;
 mod health_checks;
@@ -37,6 +41,7 @@ mod hsts;
 mod idp_kit;
 mod large_bodies;
 mod limits;
+mod pinning;
 mod protocol;
 mod proxy_protocol;
 mod redirect;

@@ -17,12 +17,14 @@
 //!   sessions intact afterwards.
 //! - `cluster`: the same across a three-node Redis Cluster.
 //! - `batch`: a batch mint (`"count": N`) reaches the store whole, on a node and a cluster.
+//! - `pinning`: the server a session is pinned to (moved there by one instance) is shared.
 //! - `write_behind`: `last_seen` is written behind, not on every request.
 
 mod batch;
 mod cluster;
 mod invalidation;
 mod outage;
+mod pinning;
 mod pubsub;
 mod server;
 mod sharing;

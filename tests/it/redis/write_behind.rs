@@ -126,6 +126,7 @@ fn record(n: u16, seen: u64) -> SessionRecord {
         csrf: String::new(),
         login_entry: None,
         provider_login: false,
+        servers: Vec::new(),
     }
 }
 
