@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::proxy::balance::Service;
 use crate::proxy::body::{self, Body};
 use crate::proxy::table::Replaced;
-use crate::session::record::{Identity, SessionRecord};
+use crate::session::record::{Identity, ServerKey, SessionRecord};
 use crate::session::token::SessionId;
 use crate::session::{SessionError, Sessions, UserLimitReached};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -616,7 +616,9 @@ async fn sessions_api(
             (Method::GET, "") => match query_limit(req.uri().query()) {
                 Ok(limit) => {
                     let listing = s.list(user, limit).await?;
-                    let sessions: Vec<Described> = listing.sessions.iter().map(Described::of).collect();
+                    let table = state.routes.current();
+                    let names = ServerNames::of(&table);
+                    let sessions: Vec<Described> = listing.sessions.iter().map(|r| Described::of(r, &names)).collect();
                     let answer = Listed {
                         count: sessions.len(),
                         total: listing.matched,
@@ -817,10 +819,31 @@ struct Described<'a> {
     /// How the session's user signed in: `password` (`[[users]]`), `oidc`
     /// (the provider), or `null` (anonymous, or minted by the admin API).
     login: Option<&'static str>,
+    /// The upstream servers it is pinned to (one per group of servers it
+    /// used, see `proxy::balance`), as the routes in force name them; a
+    /// server that no route names any more shows as its 16-digit key.
+    upstreams: Vec<String>,
+}
+
+/// The names of the servers of the routes in force, by their pin key.
+struct ServerNames(std::collections::HashMap<ServerKey, String>);
+
+impl ServerNames {
+    fn of(table: &crate::proxy::table::Table) -> ServerNames {
+        let servers = table.router.routes().iter().flat_map(|r| r.servers.as_slice());
+        ServerNames(servers.map(|s| (s.key(), s.upstream.to_string())).collect())
+    }
+
+    fn name(&self, key: &ServerKey) -> String {
+        match self.0.get(key) {
+            Some(name) => name.clone(),
+            None => format!("{:016x}", key.0),
+        }
+    }
 }
 
 impl<'a> Described<'a> {
-    fn of(r: &'a SessionRecord) -> Described<'a> {
+    fn of(r: &'a SessionRecord, names: &ServerNames) -> Described<'a> {
         Described {
             id: r.id.to_string(),
             user: r.identity.as_ref().map(|i| i.user.as_str()),
@@ -835,6 +858,7 @@ impl<'a> Described<'a> {
             } else {
                 None
             },
+            upstreams: r.servers.iter().map(|k| names.name(k)).collect(),
         }
     }
 }

@@ -243,7 +243,7 @@ async fn mint(admin: &AdminClient, mut body: Value, count: Option<u64>) -> anyho
 
 /// The columns of `session list`, as the admin API names its fields (new
 /// ones go last, so that scripts cutting columns by position keep working).
-const LIST_COLUMNS: [&str; 7] = [
+const LIST_COLUMNS: [&str; 8] = [
     "id",
     "user",
     "ip_prefix",
@@ -251,6 +251,7 @@ const LIST_COLUMNS: [&str; 7] = [
     "last_seen",
     "expires_at",
     "login",
+    "upstreams",
 ];
 
 async fn list(admin: &AdminClient, user: Option<&str>, limit: Option<u64>, json: bool) -> anyhow::Result<()> {
@@ -284,11 +285,17 @@ async fn list(admin: &AdminClient, user: Option<&str>, limit: Option<u64>, json:
 }
 
 /// One session's fields in [`LIST_COLUMNS`] order; `-` for an absent one
-/// (an anonymous session has no user, an unbound one no address).
+/// (an anonymous session has no user, an unbound one no address, an
+/// unpinned one no upstream), a list joined with commas.
 fn list_row(session: &Value) -> String {
+    let item = |v: &Value| {
+        v.as_str()
+            .map_or_else(|| v.to_string(), |s| s.replace(['\t', '\n', ','], " "))
+    };
     let field = |name: &str| match session.get(name) {
         Some(Value::String(s)) => s.replace(['\t', '\n'], " "),
-        Some(Value::Null) | None => "-".to_owned(),
+        Some(Value::Array(items)) if !items.is_empty() => items.iter().map(item).collect::<Vec<_>>().join(","),
+        Some(Value::Null | Value::Array(_)) | None => "-".to_owned(),
         Some(other) => other.to_string(),
     };
     LIST_COLUMNS.map(field).join("\t")
@@ -328,9 +335,18 @@ mod tests {
         let s = serde_json::json!({
             "id": "ab12", "user": null, "ip_prefix": "10.0.0.0/24",
             "created_at": "2026-12-07T08:00:00Z", "last_seen": "x\ty", "expires_at": "z",
-            "login": "oidc",
+            "login": "oidc", "upstreams": [],
         });
-        assert_eq!(list_row(&s), "ab12\t-\t10.0.0.0/24\t2026-12-07T08:00:00Z\tx y\tz\toidc");
+        assert_eq!(
+            list_row(&s),
+            "ab12\t-\t10.0.0.0/24\t2026-12-07T08:00:00Z\tx y\tz\toidc\t-"
+        );
+        let pinned = serde_json::json!({"id": "cd", "upstreams": ["http://a:80", "http://b:80"]});
+        assert!(
+            list_row(&pinned).ends_with("\t-\thttp://a:80,http://b:80"),
+            "{}",
+            list_row(&pinned)
+        );
     }
 
     #[test]

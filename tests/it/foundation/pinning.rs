@@ -96,6 +96,35 @@ async fn until_pins(gw: &GatewayAddrs, browser: &mut Browser, path: &str, server
     }
 }
 
+/// `GET /sessions` on the admin listener: each session's id and the upstreams it is pinned to.
+async fn listed_upstreams(gw: &GatewayAddrs) -> std::collections::HashMap<String, Vec<String>> {
+    let response = crate::kit::client::plain_client()
+        .get(gw.admin_url("/sessions"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("GET /sessions");
+    assert_eq!(response.status(), 200);
+    let all: serde_json::Value = response.json().await.expect("a JSON listing");
+    let sessions = all["sessions"].as_array().expect("a `sessions` list");
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        let items = v.as_array().expect("an `upstreams` list");
+        items
+            .iter()
+            .map(|u| u.as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    sessions
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap_or_default().to_owned(),
+                strings(&s["upstreams"]),
+            )
+        })
+        .collect()
+}
+
 /// Before pinning, adding c to [a, b] moved about a third of the sessions to c (those whose
 /// id ranks c first). With 24 sessions, a gateway without pins would leave them all in place
 /// with a chance of (2/3)^24, about 6e-5; and it would count no pins at all.
@@ -180,6 +209,13 @@ async fn a_session_moved_off_a_server_in_maintenance_stays_on_its_new_server() {
     assert_eq!(status, 200, "{answer}");
     until_pins(&gw, &mut on_a, "/out", "b", "moved", 1.0).await;
     assert_eq!(served(&mut on_b, "/out").await, "b");
+
+    // The admin's listing names the server each session is pinned to.
+    let listed = listed_upstreams(&gw).await;
+    for browser in [&mut on_a, &mut on_b] {
+        let id = session_id(&browser.get("/whose").await.echo()).expect("a session id");
+        assert_eq!(listed.get(&id), Some(&vec![b.url()]), "session {id} in {listed:?}");
+    }
 
     let (status, answer) = set_state(&gw, &a.url(), "ready").await;
     assert_eq!(status, 200, "{answer}");

@@ -100,13 +100,17 @@ async fn list_and_revoke_end_a_users_sessions_by_id_or_all_at_once() {
     let mut lines = out.stdout.lines();
     assert_eq!(
         lines.next(),
-        Some("id\tuser\tip_prefix\tcreated_at\tlast_seen\texpires_at\tlogin")
+        Some("id\tuser\tip_prefix\tcreated_at\tlast_seen\texpires_at\tlogin\tupstreams")
     );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
     assert_eq!(rows.len(), 2, "{}", out.stdout);
     for row in &rows {
-        assert_eq!(row.len(), 7, "{row:?}");
+        assert_eq!(row.len(), 8, "{row:?}");
         assert_eq!(row[6], "-", "minted sessions name no login: {row:?}");
+        assert_eq!(
+            row[7], "-",
+            "and no upstream server before their first request: {row:?}"
+        );
         assert_eq!(row[1], "alice", "{row:?}");
         assert!(row[2].contains("127.0.0.1"), "{row:?}");
     }
