@@ -68,6 +68,28 @@ pub(super) async fn send(request: reqwest::RequestBuilder) -> reqwest::Response 
         .unwrap_or_else(|e| panic!("request failed: {e:?}"))
 }
 
+/// A browser with a cookie store: its first request starts the session it keeps.
+pub(super) fn browser(gw: &GatewayAddrs) -> reqwest::Client {
+    gw.client_builder().cookie_store().build()
+}
+
+/// One browser whose session each of `names` serves, found among fresh browsers.
+pub(super) async fn browsers_on(
+    gw: &GatewayAddrs,
+    names: &[&str],
+) -> std::collections::BTreeMap<String, reqwest::Client> {
+    let mut on = std::collections::BTreeMap::new();
+    for n in 0..40 {
+        let browser = browser(gw);
+        let server = served_by(&browser, gw, &format!("/first/{n}")).await;
+        on.entry(server).or_insert(browser);
+        if names.iter().all(|name| on.contains_key(*name)) {
+            return on;
+        }
+    }
+    panic!("40 sessions and not one on each of {names:?}: {:?}", on.keys());
+}
+
 /// `GET path` with `client`: the name of the upstream that answered; fails unless a 200 echo.
 pub(super) async fn served_by(client: &reqwest::Client, gw: &GatewayAddrs, path: &str) -> String {
     let echo = Echo::from_response(send(client.get(gw.url(path))).await).await;
@@ -689,15 +711,7 @@ async fn an_operator_takes_a_server_out_of_service_and_back() {
     assert_eq!(entry["down_for_ms"], 0, "{entry}");
 
     // Sessions spread over both; remember one on each.
-    let mut on = std::collections::BTreeMap::new();
-    for n in 0..40 {
-        let browser = gw.client_builder().cookie_store().build();
-        let server = served_by(&browser, &gw, &format!("/first/{n}")).await;
-        on.entry(server).or_insert(browser);
-        if on.len() == 2 {
-            break;
-        }
-    }
+    let on = browsers_on(&gw, &["a", "b"]).await;
     let (on_a, on_b) = (&on["a"], &on["b"]);
 
     let (status, answer) = set_state(&gw, &a.url(), "maintenance").await;

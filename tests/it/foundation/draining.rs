@@ -6,7 +6,7 @@
 
 use reqwest::StatusCode;
 
-use super::balancing::{listed, ready_series, served_by, set_state, ADMIN_TOKEN};
+use super::balancing::{browser, browsers_on, listed, ready_series, served_by, set_state, ADMIN_TOKEN};
 use crate::kit::{quoted, GatewayAddrs, GatewayConfig, RouteSpec, TestGateway, TestUpstream};
 
 /// The `/metrics` counter of the answers `origin` gave.
@@ -32,15 +32,7 @@ async fn a_drained_server_keeps_its_sessions_and_takes_no_new_ones() {
     .await;
 
     // A session on each server.
-    let mut on = std::collections::BTreeMap::new();
-    for n in 0..40 {
-        let browser = gw.client_builder().cookie_store().build();
-        let server = served_by(&browser, &gw, &format!("/first/{n}")).await;
-        on.entry(server).or_insert(browser);
-        if on.len() == 2 {
-            break;
-        }
-    }
+    let on = browsers_on(&gw, &["a", "b"]).await;
     let (on_a, on_b) = (&on["a"], &on["b"]);
 
     let (status, answer) = set_state(&gw, &a.url(), "drain").await;
@@ -60,9 +52,8 @@ async fn a_drained_server_keeps_its_sessions_and_takes_no_new_ones() {
     // No new session goes to it (with a's share of half, 20 new sessions all on b by
     // chance would be 1 in a million), and no turn of a request without a session.
     for n in 0..20 {
-        let browser = gw.client_builder().cookie_store().build();
         assert_eq!(
-            served_by(&browser, &gw, &format!("/new/{n}")).await,
+            served_by(&browser(&gw), &gw, &format!("/new/{n}")).await,
             "b",
             "new session {n}"
         );

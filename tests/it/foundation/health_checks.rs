@@ -19,7 +19,6 @@
 //! 250 ms; tests wait for their effect by polling the admin API, never by sleeping a guess.
 
 use std::{
-    collections::BTreeMap,
     future::Future,
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -29,7 +28,7 @@ use std::{
 use tokio::{io::AsyncReadExt, net::TcpListener, task::JoinHandle};
 
 use super::{
-    balancing::{down_series, listed, ready_series, served_by, ADMIN_TOKEN},
+    balancing::{browser, browsers_on, down_series, listed, ready_series, served_by, ADMIN_TOKEN},
     route_reload::{reload_routes, rewrite_routes},
 };
 use crate::kit::{
@@ -68,25 +67,6 @@ fn checked(origins: &[String], path: &str) -> RouteSpec {
 /// `/` to `origins` without sessions (`auth` left at `"none"`): requests take turns.
 fn turns_to(origins: &[String]) -> RouteSpec {
     RouteSpec::balanced("/", origins)
-}
-
-/// A browser with a cookie store: its first request starts the session it keeps.
-fn browser(gw: &GatewayAddrs) -> reqwest::Client {
-    gw.client_builder().cookie_store().build()
-}
-
-/// One browser whose session each of `names` serves, found among fresh browsers.
-async fn browsers_on(gw: &GatewayAddrs, names: &[&str]) -> BTreeMap<String, reqwest::Client> {
-    let mut on = BTreeMap::new();
-    for n in 0..40 {
-        let browser = browser(gw);
-        let server = served_by(&browser, gw, &format!("/first/{n}")).await;
-        on.entry(server).or_insert(browser);
-        if names.iter().all(|name| on.contains_key(*name)) {
-            return on;
-        }
-    }
-    panic!("40 sessions and not one on each of {names:?}: {:?}", on.keys());
 }
 
 /// What reached `server` besides the health checks.
