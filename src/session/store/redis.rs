@@ -204,6 +204,28 @@ impl RedisStore {
         Ok(Some(rec))
     }
 
+    /// Runs `script` (which sets one field of an existing session to its
+    /// argument, `json`) and tells the other instances when it did.
+    async fn set_field(
+        &self,
+        script: &Script,
+        hash: TokenHash,
+        json: serde_json::Result<String>,
+    ) -> Result<bool, StoreError> {
+        let json = json.map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut c = self.conn.clone();
+        let set: i64 = script
+            .key(self.key(&hash))
+            .arg(json)
+            .invoke_async(&mut c)
+            .await
+            .map_err(backend)?;
+        if set == 1 {
+            self.publish(&hash, false).await;
+        }
+        Ok(set == 1)
+    }
+
     /// Adds the record's key-value pairs to a pipeline: the hash, its expiry
     /// and the indexes.
     fn write_into(&self, pipe: &mut Pipeline, hash: &TokenHash, record: &SessionRecord) -> Result<(), StoreError> {
@@ -499,39 +521,11 @@ impl SessionStore for RedisStore {
     }
 
     fn replace(&self, hash: TokenHash, record: SessionRecord) -> StoreFuture<'_, bool> {
-        Box::pin(async move {
-            let json = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let mut c = self.conn.clone();
-            let replaced: i64 = self
-                .replace_script
-                .key(self.key(&hash))
-                .arg(json)
-                .invoke_async(&mut c)
-                .await
-                .map_err(backend)?;
-            if replaced == 1 {
-                self.publish(&hash, false).await;
-            }
-            Ok(replaced == 1)
-        })
+        Box::pin(self.set_field(&self.replace_script, hash, serde_json::to_string(&record)))
     }
 
     fn set_servers(&self, hash: TokenHash, servers: Vec<ServerKey>) -> StoreFuture<'_, bool> {
-        Box::pin(async move {
-            let json = serde_json::to_string(&servers).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let mut c = self.conn.clone();
-            let set: i64 = self
-                .servers_script
-                .key(self.key(&hash))
-                .arg(json)
-                .invoke_async(&mut c)
-                .await
-                .map_err(backend)?;
-            if set == 1 {
-                self.publish(&hash, false).await;
-            }
-            Ok(set == 1)
-        })
+        Box::pin(self.set_field(&self.servers_script, hash, serde_json::to_string(&servers)))
     }
 
     fn rotate(&self, old: TokenHash, new: TokenHash, record: SessionRecord) -> StoreFuture<'_, ()> {
