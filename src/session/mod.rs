@@ -561,6 +561,8 @@ impl Sessions {
     async fn load(&self, hash: TokenHash) -> Result<Option<Arc<Live>>, StoreError> {
         let key = hash.prefix();
         self.metrics.cache_misses.inc();
+        // A pin written while this reads the store moves it (`store_pin`).
+        let before = self.generations.of(&hash);
         let store = self.store.clone();
         let revoked = self.revoked.clone();
         let identities = self.identities.clone();
@@ -580,6 +582,12 @@ impl Sessions {
             })
             .await;
         match res {
+            // The entry may predate an update that finished meanwhile: out
+            // again, and this request reads the store itself.
+            Ok(live) if live.hash == hash && self.generations.of(&hash) != before => {
+                self.cache.invalidate(&key).await;
+                self.read_through(hash).await
+            }
             Ok(live) if live.hash == hash => Ok(Some(live)),
             Ok(_) => self.read_through(hash).await,
             Err(e) => match &*e {
@@ -1142,16 +1150,17 @@ impl Sessions {
         if moved {
             tracing::debug!(event = "session_moved", session_id = %live.record.id, upstream = %request.upstream, "session pinned to another upstream server");
         }
-        let Some(cached) = cached else {
-            return Ok(());
-        };
-        if self.revoked.contains_key(&live.hash) {
-            return Ok(());
+        // The cache gets the new pins, or loses the entry (a fill that read
+        // the store before the write may have put it back meanwhile); then
+        // the generation moves, which such a fill checks (`load`).
+        match cached.filter(|_| !self.revoked.contains_key(&live.hash)) {
+            Some(cached) => {
+                let fresh = Arc::new(cached.with_servers(&servers));
+                self.cache.insert(live.hash.prefix(), fresh).await;
+                self.generations.advance(&live.hash);
+            }
+            None => self.uncache(&live.hash).await,
         }
-        self.cache
-            .insert(live.hash.prefix(), Arc::new(cached.with_servers(&servers)))
-            .await;
-        self.generations.advance(&live.hash);
         // As in `set_data`: the entry must not outlive a revocation.
         if self.revoked.contains_key(&live.hash) {
             self.uncache(&live.hash).await;
@@ -1285,17 +1294,18 @@ mod tests {
 
     /// A manager on the memory store, with `extra` TOML (whole tables).
     fn sessions_with(dir: &std::path::Path, extra: &str) -> Sessions {
+        sessions_on(dir, extra, Arc::new(store::memory::MemoryStore::default()))
+    }
+
+    /// A manager on `store`, with `extra` TOML (whole tables).
+    fn sessions_on(dir: &std::path::Path, extra: &str, store: Arc<dyn SessionStore>) -> Sessions {
         let (cert, key) = crate::tls::write_self_signed(dir, &["localhost".into()]).unwrap_or_else(|e| panic!("{e}"));
         let text = format!(
             "[tls]\ncert = {cert:?}\nkey = {key:?}\n[store]\nkind = \"memory\"\n{extra}\
              [[routes]]\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\n"
         );
         let config = Config::parse(&text, &dir.join("test.toml")).unwrap_or_else(|e| panic!("{e}"));
-        Sessions::with_store(
-            Arc::new(config),
-            Arc::new(Metrics::new()),
-            Arc::new(store::memory::MemoryStore::default()),
-        )
+        Sessions::with_store(Arc::new(config), Arc::new(Metrics::new()), store)
     }
 
     #[tokio::test]
@@ -1428,5 +1438,92 @@ mod tests {
             let line = format!("sessiongate_session_pins_total{{why=\"{why}\"}} 1");
             assert!(text.contains(&line), "{line} in {text}");
         }
+    }
+
+    /// The memory store, whose next read, once `hold` is set, returns what
+    /// it read only when `go` is told: a cache fill that read the store
+    /// just before a write.
+    #[derive(Default)]
+    struct HeldRead {
+        inner: store::memory::MemoryStore,
+        hold: std::sync::atomic::AtomicBool,
+        read: tokio::sync::Notify,
+        go: tokio::sync::Notify,
+    }
+
+    impl SessionStore for HeldRead {
+        fn get(&self, hash: TokenHash) -> store::StoreFuture<'_, Option<SessionRecord>> {
+            let read = self.inner.get(hash);
+            Box::pin(async move {
+                let record = read.await;
+                if self.hold.swap(false, Ordering::SeqCst) {
+                    self.read.notify_one();
+                    self.go.notified().await;
+                }
+                record
+            })
+        }
+        fn put(&self, hash: TokenHash, record: SessionRecord) -> store::StoreFuture<'_, ()> {
+            self.inner.put(hash, record)
+        }
+        fn replace(&self, hash: TokenHash, record: SessionRecord) -> store::StoreFuture<'_, bool> {
+            self.inner.replace(hash, record)
+        }
+        fn set_servers(&self, hash: TokenHash, servers: Vec<ServerKey>) -> store::StoreFuture<'_, bool> {
+            self.inner.set_servers(hash, servers)
+        }
+        fn rotate(&self, old: TokenHash, new: TokenHash, record: SessionRecord) -> store::StoreFuture<'_, ()> {
+            self.inner.rotate(old, new, record)
+        }
+        fn delete(&self, hash: TokenHash) -> store::StoreFuture<'_, bool> {
+            self.inner.delete(hash)
+        }
+        fn touch(&self, batch: Vec<(TokenHash, u64)>) -> store::StoreFuture<'_, ()> {
+            self.inner.touch(batch)
+        }
+        fn list(&self, user: Option<String>) -> store::StoreFuture<'_, Vec<(TokenHash, SessionRecord)>> {
+            self.inner.list(user)
+        }
+        fn find_id(&self, id: SessionId) -> store::StoreFuture<'_, Option<(TokenHash, SessionRecord)>> {
+            self.inner.find_id(id)
+        }
+        fn sweep(&self, now: u64, idle_ms: u64) -> store::StoreFuture<'_, Vec<TokenHash>> {
+            self.inner.sweep(now, idle_ms)
+        }
+    }
+
+    /// A cache fill that read the session before its pin was written, and
+    /// puts it in the cache after: the pin is not lost from the cache (the
+    /// session would be placed by the ranking again).
+    #[tokio::test]
+    async fn a_fill_that_read_before_a_pin_does_not_hide_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let held = Arc::new(HeldRead::default());
+        let s = Arc::new(sessions_on(dir.path(), "", held.clone()));
+        let (_, live) = s
+            .issue(IpAddr::from([127, 0, 0, 1]), &HeaderMap::new())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.uncache(&live.hash).await;
+
+        held.hold.store(true, Ordering::SeqCst);
+        let filling = {
+            let s = s.clone();
+            let hash = live.hash;
+            tokio::spawn(async move { s.get(hash, now_ms()).await.ok().flatten() })
+        };
+        held.read.notified().await;
+        let pin = PinRequest::for_tests(&[ServerKey(1), ServerKey(2)], ServerKey(1));
+        s.store_pin(&live, &pin).await.unwrap_or_else(|e| panic!("{e}"));
+        held.go.notify_one();
+        let filled = filling
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| unreachable!("the session exists"));
+        assert_eq!(filled.record.servers(), [ServerKey(1)], "the fill's own answer");
+        let now = s.get(live.hash, now_ms()).await.ok().flatten();
+        let now = now.unwrap_or_else(|| unreachable!("the session exists"));
+        assert_eq!(now.record.servers(), [ServerKey(1)], "the cache's entry");
     }
 }
