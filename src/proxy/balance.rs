@@ -216,6 +216,15 @@ impl Servers {
             .fold(0, |bits, (i, _)| bits | 1 << i)
     }
 
+    /// The server a new session with `id` is pinned to from the start, on
+    /// a sticky route with several: the one its first request goes to.
+    pub fn placement(&self, id: &SessionId, health: &Health) -> Option<ServerKey> {
+        if self.balance != Balance::Sticky || self.single().is_some() {
+            return None;
+        }
+        Some(self.begin(Some((id, &[])), health).1.key())
+    }
+
     /// What to pin, if anything, once `served` answered a session pinned
     /// to `pins`: on a sticky route, unless it is pinned to `served`.
     pub fn pin_for(&self, pins: &[ServerKey], served: &Server) -> Option<PinRequest> {
@@ -811,6 +820,20 @@ mod tests {
         let moved = asked.apply(&[a.key()]);
         assert_eq!(moved.map(|p| (p.servers, p.moved)), Some((vec![b.key()], true)));
         assert_eq!(asked.apply(&[b.key()]), None, "already there");
+    }
+
+    #[test]
+    fn a_new_session_is_placed_where_its_first_request_goes() {
+        let (s, h) = servers(&THREE, Balance::Sticky);
+        for n in 0..30 {
+            let id = session(n);
+            let first = s.begin(Some((&id, &[])), &h).1.key();
+            assert_eq!(s.placement(&id, &h), Some(first), "session {n}");
+        }
+        let (rr, hr) = servers(&THREE, Balance::RoundRobin);
+        assert_eq!(rr.placement(&session(1), &hr), None);
+        let (one, ho) = servers(&THREE[..1], Balance::Sticky);
+        assert_eq!(one.placement(&session(1), &ho), None);
     }
 
     #[test]

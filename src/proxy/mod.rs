@@ -25,6 +25,7 @@ use crate::error::GatewayError;
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::routing::{normalize_path, PathError, Route};
 use crate::server::StartError;
+use crate::session::token::SessionId;
 use crate::session::{Live, Lookup, SessionError, Sessions};
 use balance::Server;
 use body::{Body, UploadHook};
@@ -322,18 +323,21 @@ async fn pipeline<'s>(
             };
             let found = match looked_up {
                 Lookup::Valid(live) => Some(live),
-                Lookup::None { .. } => match Box::pin(shared.sessions.issue(client.ip, req.headers())).await {
-                    Ok((token, live)) => {
-                        set_cookie = Some(shared.sessions.set_cookie(&token));
-                        Some(live)
+                Lookup::None { .. } => {
+                    let place = |id: &SessionId| route.servers.placement(id, &table.health);
+                    match Box::pin(shared.sessions.issue_placed(client.ip, req.headers(), place)).await {
+                        Ok((token, live)) => {
+                            set_cookie = Some(shared.sessions.set_cookie(&token));
+                            Some(live)
+                        }
+                        // Past `new_per_ip_per_minute`: an `optional` route goes
+                        // on without a session (an anonymous visitor, as far as
+                        // the upstream can tell); a `required` one is refused
+                        // as it would have been, without the cookie.
+                        Err(SessionError::NewSessionLimit { .. }) => None,
+                        Err(e) => return Err(e.into()),
                     }
-                    // Past `new_per_ip_per_minute`: an `optional` route goes
-                    // on without a session (an anonymous visitor, as far as
-                    // the upstream can tell); a `required` one is refused
-                    // as it would have been, without the cookie.
-                    Err(SessionError::NewSessionLimit { .. }) => None,
-                    Err(e) => return Err(e.into()),
-                },
+                }
             };
             match found {
                 Some(live) => {

@@ -24,6 +24,7 @@ use crate::proxy::balance::{PinRequest, Pins};
 use http::{HeaderMap, HeaderValue};
 pub use live::Live;
 use live::{Identities, CACHE_TTL};
+use record::ServerKey;
 use record::{now_ms, ClientBinding, Identity, SessionRecord};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -725,6 +726,29 @@ impl Sessions {
         Ok((token, live))
     }
 
+    /// [`Sessions::issue`], pinned at once to the server `place` picks for
+    /// the new session's id, if any (see `SessionRecord::servers`): a
+    /// session made by a request to a route with several servers is
+    /// written once, its pin included, rather than pinned by a second
+    /// write after its first answer.
+    pub async fn issue_placed(
+        &self,
+        client_ip: IpAddr,
+        headers: &HeaderMap,
+        place: impl FnOnce(&SessionId) -> Option<ServerKey>,
+    ) -> Result<(SessionToken, Arc<Live>), SessionError> {
+        self.admit_new(client_ip)?;
+        let mut record = self.new_record(client_ip, headers, None)?;
+        record.servers.extend(place(&record.id));
+        let pinned = !record.servers.is_empty();
+        let (token, live) = self.insert(record).await?;
+        if pinned {
+            self.metrics.session_pinned(false);
+        }
+        tracing::debug!(event = "session_created", session_id = %live.record.id);
+        Ok((token, live))
+    }
+
     /// [`Sessions::issue`], with the new session's CSRF secret: a login form
     /// needs it, and the cache does not hold it, so without it the form
     /// would read back from the store the record it has just written.
@@ -1286,7 +1310,6 @@ fn millis(d: Duration) -> u64 {
 mod tests {
     use super::*;
     use http::header::COOKIE;
-    use record::ServerKey;
 
     fn sessions(dir: &std::path::Path) -> Sessions {
         sessions_with(dir, "")
@@ -1525,5 +1548,31 @@ mod tests {
         let now = s.get(live.hash, now_ms()).await.ok().flatten();
         let now = now.unwrap_or_else(|| unreachable!("the session exists"));
         assert_eq!(now.record.servers(), [ServerKey(1)], "the cache's entry");
+    }
+
+    /// A session issued on a route with several servers carries its pin
+    /// from its first write: in the store and the cache, counted once.
+    #[tokio::test]
+    async fn a_placed_session_is_written_once_with_its_pin() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = sessions(dir.path());
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let (_, live) = s
+            .issue_placed(ip, &HeaderMap::new(), |_| Some(ServerKey(9)))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(live.record.servers(), [ServerKey(9)]);
+        let stored = s.stored(&live).await.ok().flatten().unwrap_or_else(|| unreachable!());
+        assert_eq!(stored.servers, [ServerKey(9)]);
+        let (_, plain) = s
+            .issue_placed(ip, &HeaderMap::new(), |_| None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(plain.record.servers(), []);
+        let text = s.metrics.encode();
+        assert!(
+            text.contains("sessiongate_session_pins_total{why=\"first\"} 1\n"),
+            "{text}"
+        );
     }
 }
