@@ -172,20 +172,40 @@ pub struct Sessions {
 /// How many locks [`Sessions::updating`] spreads sessions over.
 const UPDATE_LOCKS: usize = 64;
 
-/// A pin being written: when it is done, or its task cancelled, the
-/// session may be pinned again, and [`Sessions::settle`] is told.
+/// A session's pins being written. Its task takes the requests queued
+/// for the session ([`Sessions::pin`]) until none is left, and then, under
+/// the same lock, lets the session be pinned again; a task that is
+/// cancelled does so when it is dropped. [`Sessions::settle`] is told
+/// when none is left.
 struct Pinning {
     sessions: Arc<Sessions>,
     live: Arc<Live>,
+    /// The session's entry is gone: a later one is another task's.
+    ended: bool,
+}
+
+impl Pinning {
+    /// The request queued while the last one was written, if any; when
+    /// there is none, the session's entry goes in the same step, so a
+    /// request that comes after is not queued for a task that has ended.
+    fn next(&mut self) -> Option<PinRequest> {
+        let mut pinning = self.sessions.pinning.lock().unwrap_or_else(|p| p.into_inner());
+        let next = pinning.get_mut(&self.live.hash).and_then(Option::take);
+        if next.is_none() {
+            pinning.remove(&self.live.hash);
+            self.ended = true;
+            if pinning.is_empty() {
+                self.sessions.pins_done.notify_waiters();
+            }
+        }
+        next
+    }
 }
 
 impl Drop for Pinning {
     fn drop(&mut self) {
-        let mut pinning = self.sessions.pinning.lock().unwrap_or_else(|p| p.into_inner());
-        pinning.remove(&self.live.hash);
-        if pinning.is_empty() {
-            self.sessions.pins_done.notify_waiters();
-        }
+        // Cancelled (its runtime stopped): what was queued is lost with it.
+        while !self.ended && self.next().is_some() {}
     }
 }
 
@@ -722,8 +742,7 @@ impl Sessions {
         client_ip: IpAddr,
         headers: &HeaderMap,
     ) -> Result<(SessionToken, Arc<Live>), SessionError> {
-        let (token, live, _) = self.issue_with_csrf(client_ip, headers).await?;
-        Ok((token, live))
+        self.issue_placed(client_ip, headers, |_| None).await
     }
 
     /// [`Sessions::issue`], pinned at once to the server `place` picks for
@@ -737,15 +756,7 @@ impl Sessions {
         headers: &HeaderMap,
         place: impl FnOnce(&SessionId) -> Option<ServerKey>,
     ) -> Result<(SessionToken, Arc<Live>), SessionError> {
-        self.admit_new(client_ip)?;
-        let mut record = self.new_record(client_ip, headers, None)?;
-        record.servers.extend(place(&record.id));
-        let pinned = !record.servers.is_empty();
-        let (token, live) = self.insert(record).await?;
-        if pinned {
-            self.metrics.session_pinned(false);
-        }
-        tracing::debug!(event = "session_created", session_id = %live.record.id);
+        let (token, live, _) = self.create(client_ip, headers, place).await?;
         Ok((token, live))
     }
 
@@ -757,10 +768,26 @@ impl Sessions {
         client_ip: IpAddr,
         headers: &HeaderMap,
     ) -> Result<(SessionToken, Arc<Live>, String), SessionError> {
+        self.create(client_ip, headers, |_| None).await
+    }
+
+    /// A new anonymous session, pinned to what `place` picks, and its CSRF
+    /// secret.
+    async fn create(
+        &self,
+        client_ip: IpAddr,
+        headers: &HeaderMap,
+        place: impl FnOnce(&SessionId) -> Option<ServerKey>,
+    ) -> Result<(SessionToken, Arc<Live>, String), SessionError> {
         self.admit_new(client_ip)?;
-        let record = self.new_record(client_ip, headers, None)?;
+        let mut record = self.new_record(client_ip, headers, None)?;
+        record.servers.extend(place(&record.id));
+        let pinned = !record.servers.is_empty();
         let csrf = record.csrf.clone();
         let (token, live) = self.insert(record).await?;
+        if pinned {
+            self.metrics.session_pinned(false);
+        }
         tracing::debug!(event = "session_created", session_id = %live.record.id);
         Ok((token, live, csrf))
     }
@@ -1123,9 +1150,10 @@ impl Sessions {
                 }
             }
         }
-        let written = Pinning {
+        let mut written = Pinning {
             sessions: Arc::clone(self),
             live: Arc::clone(live),
+            ended: false,
         };
         let task = async move {
             let mut next = Some(request);
@@ -1133,8 +1161,7 @@ impl Sessions {
                 if let Err(e) = written.sessions.store_pin(&written.live, &request).await {
                     tracing::warn!(session_id = %written.live.record.id, error = %e, "session's upstream server not recorded");
                 }
-                let mut pinning = written.sessions.pinning.lock().unwrap_or_else(|p| p.into_inner());
-                next = pinning.get_mut(&written.live.hash).and_then(Option::take);
+                next = written.next();
             }
         };
         match self.background.get() {
@@ -1177,7 +1204,7 @@ impl Sessions {
         // The cache gets the new pins, or loses the entry (a fill that read
         // the store before the write may have put it back meanwhile); then
         // the generation moves, which such a fill checks (`load`).
-        match cached.filter(|_| !self.revoked.contains_key(&live.hash)) {
+        match cached {
             Some(cached) => {
                 let fresh = Arc::new(cached.with_servers(&servers));
                 self.cache.insert(live.hash.prefix(), fresh).await;
@@ -1461,6 +1488,13 @@ mod tests {
             let line = format!("sessiongate_session_pins_total{{why=\"{why}\"}} 1");
             assert!(text.contains(&line), "{line} in {text}");
         }
+        // The task that wrote them has ended: a later pin starts its own.
+        s.pin(&live, PinRequest::for_tests(&group, ServerKey(1)));
+        s.settle().await;
+        let stored = s.stored(&live).await.ok().flatten().unwrap_or_else(|| unreachable!());
+        assert_eq!(stored.servers, [ServerKey(1)]);
+        assert!(s.metrics.encode().contains("sessiongate_session_pins_total{why=\"moved\"} 2"));
+        assert!(s.pinning.lock().unwrap_or_else(|p| p.into_inner()).is_empty());
     }
 
     /// The memory store, whose next read, once `hold` is set, returns what
