@@ -1493,7 +1493,10 @@ mod tests {
         s.settle().await;
         let stored = s.stored(&live).await.ok().flatten().unwrap_or_else(|| unreachable!());
         assert_eq!(stored.servers, [ServerKey(1)]);
-        assert!(s.metrics.encode().contains("sessiongate_session_pins_total{why=\"moved\"} 2"));
+        assert!(s
+            .metrics
+            .encode()
+            .contains("sessiongate_session_pins_total{why=\"moved\"} 2"));
         assert!(s.pinning.lock().unwrap_or_else(|p| p.into_inner()).is_empty());
     }
 
